@@ -1,0 +1,154 @@
+/**
+ * Every error taskvalve raises is a {@link TaskvalveError} with one of these stable codes.
+ * Switch on `error.code`, never on the message.
+ */
+export const ErrorCode = {
+  INVALID_CONFIG: 'INVALID_CONFIG',
+  INVALID_ARGUMENT: 'INVALID_ARGUMENT',
+  PROFILE_EXISTS: 'PROFILE_EXISTS',
+  PROFILE_NOT_FOUND: 'PROFILE_NOT_FOUND',
+  SUBSCRIPTION_NOT_FOUND: 'SUBSCRIPTION_NOT_FOUND',
+  SUBSCRIPTION_INACTIVE: 'SUBSCRIPTION_INACTIVE',
+  SUBSCRIPTION_EXPIRED: 'SUBSCRIPTION_EXPIRED',
+  SUBSCRIPTION_NOT_STARTED: 'SUBSCRIPTION_NOT_STARTED',
+  QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
+  RATE_LIMITED: 'RATE_LIMITED',
+  QUEUE_FULL: 'QUEUE_FULL',
+  ABORTED: 'ABORTED',
+  TASK_TIMEOUT: 'TASK_TIMEOUT',
+  TASK_FAILED: 'TASK_FAILED',
+  WORKER_CRASHED: 'WORKER_CRASHED',
+  SHUTTING_DOWN: 'SHUTTING_DOWN',
+  STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
+} as const;
+
+/** One of the stable error codes in {@link ErrorCode}. */
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Extra fields an error may carry. */
+export interface TaskvalveErrorDetails {
+  /** For RATE_LIMITED (and QUOTA_EXCEEDED with a period): when a retry can succeed. */
+  retryAfterMs?: number;
+  /** The underlying error: for TASK_FAILED, the task's own error rebuilt on this thread. */
+  cause?: unknown;
+  /** False when a retry cannot help; the retry policy honours it. */
+  retryable?: boolean;
+}
+
+/** The one error class of taskvalve: `instanceof Error`, with a stable `code`. */
+export class TaskvalveError extends Error {
+  /** Stable, switchable code. */
+  readonly code: ErrorCode;
+  /** Milliseconds until a retry can succeed, where that is known. */
+  readonly retryAfterMs?: number;
+  /** False when retrying cannot help. */
+  readonly retryable?: boolean;
+
+  constructor(code: ErrorCode, message: string, details?: TaskvalveErrorDetails) {
+    super(message, details?.cause === undefined ? undefined : { cause: details.cause });
+    this.name = 'TaskvalveError';
+    this.code = code;
+    if (details?.retryAfterMs !== undefined) this.retryAfterMs = details.retryAfterMs;
+    if (details?.retryable !== undefined) this.retryable = details.retryable;
+  }
+}
+
+/** Quotes a user-supplied value for an error message, short and unambiguous. */
+export function show(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
+  if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`;
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === null || typeof value !== 'object') return String(value);
+  try {
+    const json = JSON.stringify(value);
+    return json.length > 80 ? `${json.slice(0, 77)}...` : json;
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
+}
+
+/** A config field failed validation at registration. */
+export function invalidConfig(where: string, field: string, value: unknown, rule: string): TaskvalveError {
+  return new TaskvalveError(ErrorCode.INVALID_CONFIG, `${where}: ${field} must be ${rule}, got ${show(value)}`);
+}
+
+/** A call argument failed validation. */
+export function invalidArgument(message: string, cause?: unknown): TaskvalveError {
+  return new TaskvalveError(ErrorCode.INVALID_ARGUMENT, message, cause === undefined ? { retryable: false } : { cause, retryable: false });
+}
+
+export function profileExists(name: string): TaskvalveError {
+  return new TaskvalveError(ErrorCode.PROFILE_EXISTS, `profile ${show(name)} is already registered`);
+}
+
+export function profileNotFound(name: string): TaskvalveError {
+  return new TaskvalveError(ErrorCode.PROFILE_NOT_FOUND, `profile ${show(name)} is not registered`);
+}
+
+export function subscriptionNotFound(userId: string): TaskvalveError {
+  return new TaskvalveError(ErrorCode.SUBSCRIPTION_NOT_FOUND, `user ${show(userId)} has no subscription`);
+}
+
+export function subscriptionInactive(userId: string): TaskvalveError {
+  return new TaskvalveError(ErrorCode.SUBSCRIPTION_INACTIVE, `subscription of user ${show(userId)} is canceled`);
+}
+
+export function subscriptionExpired(userId: string, endsAt: number): TaskvalveError {
+  return new TaskvalveError(
+    ErrorCode.SUBSCRIPTION_EXPIRED,
+    `subscription of user ${show(userId)} expired at ${new Date(endsAt).toISOString()}`,
+  );
+}
+
+export function subscriptionNotStarted(userId: string, startsAt: number, now: number): TaskvalveError {
+  return new TaskvalveError(
+    ErrorCode.SUBSCRIPTION_NOT_STARTED,
+    `subscription of user ${show(userId)} starts at ${new Date(startsAt).toISOString()}`,
+    { retryAfterMs: Math.max(0, startsAt - now) },
+  );
+}
+
+export function quotaExceeded(userId: string, usage: number, limit: number, cost: number, retryAfterMs?: number): TaskvalveError {
+  return new TaskvalveError(
+    ErrorCode.QUOTA_EXCEEDED,
+    `user ${show(userId)} is over quota: usage ${usage} + cost ${cost} > limit ${limit}`,
+    retryAfterMs === undefined ? undefined : { retryAfterMs },
+  );
+}
+
+export function rateLimited(userId: string, profileName: string, retryAfterMs: number): TaskvalveError {
+  return new TaskvalveError(
+    ErrorCode.RATE_LIMITED,
+    `user ${show(userId)} (profile ${show(profileName)}) is rate limited; retry after ${retryAfterMs} ms`,
+    { retryAfterMs },
+  );
+}
+
+export function queueFull(profileName: string, maxQueue: number): TaskvalveError {
+  return new TaskvalveError(ErrorCode.QUEUE_FULL, `queue of profile ${show(profileName)} is full (maxQueue ${maxQueue})`);
+}
+
+export function aborted(reason?: unknown): TaskvalveError {
+  return new TaskvalveError(ErrorCode.ABORTED, 'task was aborted', reason === undefined ? undefined : { cause: reason });
+}
+
+export function taskTimeout(timeoutMs: number): TaskvalveError {
+  return new TaskvalveError(ErrorCode.TASK_TIMEOUT, `task ran past its timeout of ${timeoutMs} ms and was stopped`);
+}
+
+export function taskFailed(cause: Error, retryable?: boolean): TaskvalveError {
+  return new TaskvalveError(
+    ErrorCode.TASK_FAILED,
+    `task failed: ${cause.message}`,
+    retryable === undefined ? { cause } : { cause, retryable },
+  );
+}
+
+export function workerCrashed(cause: unknown): TaskvalveError {
+  const detail = cause instanceof Error ? cause.message : String(cause);
+  return new TaskvalveError(ErrorCode.WORKER_CRASHED, `worker thread died while running the task: ${detail}`, { cause });
+}
+
+export function shuttingDown(): TaskvalveError {
+  return new TaskvalveError(ErrorCode.SHUTTING_DOWN, 'manager is shutting down; no new work is admitted');
+}

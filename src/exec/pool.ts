@@ -1,0 +1,163 @@
+/**
+ * The worker pool of one profile: a Piscina pool running `workers/task-worker.js`, which
+ * imports the profile's module lazily and answers with a value or a described error, so
+ * that a task's error, a crash, a timeout and a missing export can be told apart.
+ */
+import { randomUUID } from 'node:crypto';
+import { BroadcastChannel } from 'node:worker_threads';
+import { Piscina } from 'piscina';
+import { ErrorCode, TaskvalveError, invalidArgument, taskFailed, taskTimeout, workerCrashed } from '../errors.js';
+import type { Profile } from '../profile.js';
+
+const WORKER = new URL('../../workers/task-worker.js', import.meta.url).href;
+
+/** An error as the worker describes it. */
+export interface ErrorDescription {
+  name: string;
+  message: string;
+  stack?: string;
+  code?: unknown;
+  cause?: ErrorDescription;
+  [key: string]: unknown;
+}
+
+/** Rebuilds an Error on this thread from the worker's description of it. */
+export function rebuildError(e: ErrorDescription): Error {
+  const { name, message, stack, cause, nonError: _nonError, ...own } = e;
+  const err = new Error(message, cause === undefined ? undefined : { cause: rebuildError(cause) });
+  Object.defineProperty(err, 'name', { value: name, writable: true, configurable: true, enumerable: false });
+  if (stack !== undefined) err.stack = stack;
+  Object.assign(err, own);
+  return err;
+}
+
+/** What one run on a thread came to. */
+export type RunResult =
+  | { ok: true; value: unknown }
+  /** `refund`: the task never really ran (bad name, bad payload, module failed to import). */
+  | { ok: false; error: TaskvalveError; refund: boolean }
+  /** Stopped through its controller (caller's abort or shutdown): the caller decides the code. */
+  | { ok: false; error: undefined; refund: false };
+
+type WorkerAnswer = { k: 'ok'; v: unknown } | { k: 'error' | 'import' | 'missing'; e: ErrorDescription };
+
+/** One Piscina pool for one profile. */
+export class WorkerPool {
+  private readonly piscina: Piscina;
+  private readonly channel: BroadcastChannel;
+  /** Per-run "execution began" flags, written by the worker; one slot per thread at most in flight. */
+  private readonly flags: Int32Array;
+  private readonly freeSlots: number[] = [];
+
+  /**
+   * @param profile The profile whose pool this is (its `pool.filename` must be set).
+   * @param onLateError An error a task raised after it returned (no caller to reject).
+   */
+  constructor(
+    private readonly profile: Profile,
+    onLateError: (error: Error) => void,
+  ) {
+    const name = `taskvalve:${randomUUID()}`;
+    const options = profile.pool;
+    this.piscina = new Piscina({
+      filename: WORKER,
+      workerData: { moduleUrl: options.filename, channel: name },
+      atomics: 'disabled',
+      maxThreads: options.maxThreads,
+      minThreads: options.minThreads,
+      idleTimeout: 30_000,
+      concurrentTasksPerWorker: 1,
+      ...(options.resourceLimits === undefined ? {} : { resourceLimits: options.resourceLimits }),
+    });
+    // A thread that dies outside any task emits 'error'; without a listener it would crash the process.
+    this.piscina.on('error', (error: unknown) => onLateError(error instanceof Error ? error : new Error(String(error))));
+    this.channel = new BroadcastChannel(name);
+    this.channel.unref();
+    this.channel.onmessage = (event: unknown) => {
+      const data = (event as { data?: { error?: ErrorDescription } }).data;
+      if (data?.error !== undefined) onLateError(rebuildError(data.error));
+    };
+    const slots = options.maxThreads * 2;
+    this.flags = new Int32Array(new SharedArrayBuffer(4 * slots));
+    for (let i = slots - 1; i >= 0; i--) this.freeSlots.push(i);
+  }
+
+  /**
+   * Runs export `name` with `payload` on a thread. Never rejects. With `timeoutMs`, the run is
+   * stopped (its thread terminated) that long after it begins executing on its thread.
+   */
+  async run(name: string, payload: unknown, timeoutMs: number, controller: AbortController | undefined): Promise<RunResult> {
+    if (timeoutMs > 0 && controller === undefined) controller = new AbortController();
+    const slot = timeoutMs > 0 ? (this.freeSlots.pop() ?? -1) : -1;
+    let timer: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    let done = false;
+    if (slot >= 0) {
+      Atomics.store(this.flags, slot, 0);
+      const started = Atomics.waitAsync(this.flags, slot, 0);
+      const arm = (): void => {
+        if (done || controller!.signal.aborted || Atomics.load(this.flags, slot) !== 1) return;
+        timer = setTimeout(() => {
+          timedOut = true;
+          controller!.abort();
+        }, timeoutMs);
+      };
+      if (started.async) void started.value.then(arm);
+      else arm();
+    } else if (timeoutMs > 0) {
+      // More runs in flight than slots (cannot happen while the executor gates by thread): time from now.
+      timer = setTimeout(() => {
+        timedOut = true;
+        controller!.abort();
+      }, timeoutMs);
+    }
+    const message = { n: name, p: payload, s: slot, f: slot >= 0 ? this.flags : undefined };
+    try {
+      const answer = (await (controller === undefined
+        ? this.piscina.run(message)
+        : this.piscina.run(message, { signal: controller.signal }))) as WorkerAnswer;
+      switch (answer.k) {
+        case 'ok':
+          return { ok: true, value: answer.v };
+        case 'error': {
+          const cause = rebuildError(answer.e);
+          return { ok: false, error: taskFailed(cause, (cause as { retryable?: unknown }).retryable === false ? false : undefined), refund: false };
+        }
+        case 'missing':
+          return { ok: false, error: invalidArgument(`task ${JSON.stringify(name)}: ${answer.e.message}`), refund: true };
+        default:
+          return {
+            ok: false,
+            error: new TaskvalveError(
+              ErrorCode.INVALID_CONFIG,
+              `profile ${JSON.stringify(this.profile.name)}: pool.filename ${this.profile.pool.filename} failed to import: ${answer.e.message}`,
+              { cause: rebuildError(answer.e), retryable: false },
+            ),
+            refund: true,
+          };
+      }
+    } catch (error) {
+      if (timedOut) return { ok: false, error: taskTimeout(timeoutMs), refund: false };
+      if (controller?.signal.aborted) return { ok: false, error: undefined, refund: false };
+      if ((error as { name?: unknown }).name === 'DataCloneError') {
+        return { ok: false, error: invalidArgument(`payload of task ${JSON.stringify(name)} cannot be cloned to a worker thread: ${(error as Error).message}`, error), refund: true };
+      }
+      return { ok: false, error: workerCrashed(error), refund: false };
+    } finally {
+      done = true;
+      if (timer !== undefined) clearTimeout(timer);
+      if (slot >= 0) {
+        // Wake a waiter still pending (the run ended before it began executing), then free the slot.
+        Atomics.store(this.flags, slot, 2);
+        Atomics.notify(this.flags, slot);
+        this.freeSlots.push(slot);
+      }
+    }
+  }
+
+  /** Terminates every thread; runs in flight reject. */
+  async destroy(): Promise<void> {
+    this.channel.close();
+    await this.piscina.destroy();
+  }
+}

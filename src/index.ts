@@ -1,0 +1,12 @@
+/** taskvalve: govern work in multi-tenant backends. See shared/API.md for the contract. */
+export { Manager, DeadLetterQueue } from './manager.js';
+export type { ManagerOptions, SubscribeOptions, SubscriptionEvent, Logger } from './manager.js';
+export { Limiter } from './limiter.js';
+export type { Task, SubmitOptions, Decision, PeekResult, CloseReport } from './limiter.js';
+export { MemoryStore } from './store/memory.js';
+export type { MemoryStoreOptions } from './store/memory.js';
+export type { Store, Subscription, SubscriptionStatus, FailedTask, DlqQuery, DeadTask } from './store/store.js';
+export { TaskvalveError, ErrorCode } from './errors.js';
+export type { TaskvalveErrorDetails } from './errors.js';
+export type { ProfileConfig, RateConfig, PoolConfig, QuotaConfig, RetryConfig, DlqConfig } from './profile.js';
+export type { InlineTask } from './exec/job.js';

@@ -1,0 +1,346 @@
+/** The Manager: profiles, subscriptions, limiter handles, the dead-letter queue, and close(). */
+import { EventEmitter } from 'node:events';
+import { Registry } from 'prom-client';
+import {
+  ErrorCode,
+  TaskvalveError,
+  invalidArgument,
+  invalidConfig,
+  profileExists,
+  profileNotFound,
+  show,
+  subscriptionInactive,
+  subscriptionNotFound,
+} from './errors.js';
+import { Limiter, Pipeline, type CloseReport, type Task } from './limiter.js';
+import { Metrics } from './metrics.js';
+import { resolveProfile, sameBucket, type Profile, type ProfileConfig } from './profile.js';
+import { MemoryStore } from './store/memory.js';
+import type { DlqQuery, FailedTask, Store, Subscription } from './store/store.js';
+
+/** A pino-compatible logger. */
+export interface Logger {
+  info(obj: unknown, msg?: string): void;
+  warn(obj: unknown, msg?: string): void;
+  error(obj: unknown, msg?: string): void;
+}
+
+/** Options of the {@link Manager}. */
+export interface ManagerOptions {
+  /** Where state lives; default a new MemoryStore (embedded, one process). */
+  store?: Store;
+  /** prom-client registry; default a new one per Manager. */
+  registry?: Registry;
+  /** Prefix of every metric name; default 'taskvalve_'. */
+  metricsPrefix?: string;
+  /** Milliseconds since the epoch; default Date.now. Must advance with the timers. */
+  clock?: () => number;
+  /** Default: silent. */
+  logger?: Logger;
+  /** When the store is unreachable; only 'fail-closed' applies to the embedded store. */
+  onStoreUnavailable?: 'fail-closed' | 'fail-open' | 'local';
+}
+
+/** Options of {@link Manager.subscribe}. */
+export interface SubscribeOptions {
+  /** Length of the subscription from its start; neither this nor endsAt: no end. */
+  durationMs?: number;
+  /** Default: now. */
+  startsAt?: Date | number;
+  endsAt?: Date | number;
+  /** Per-user override of the profile's quota limit; null: the profile's. */
+  quota?: number | null;
+  /** Re-subscribing keeps the period's usage unless this is true. */
+  resetUsage?: boolean;
+}
+
+/** A subscription change, as the `subscription` event tells it. */
+export interface SubscriptionEvent {
+  userId: string;
+  event: 'created' | 'extended' | 'canceled' | 'quota_updated' | 'usage_reset' | 'profile_changed' | 'expired';
+  subscription?: Subscription;
+}
+
+const SILENT: Logger = { info() {}, warn() {}, error() {} };
+const MAX_USER_ID = 4096;
+const MAX_HANDLES = 10_000;
+
+function checkUserId(userId: unknown): asserts userId is string {
+  if (typeof userId !== 'string' || userId.length === 0 || userId.length > MAX_USER_ID) {
+    throw invalidArgument(`userId must be a non-empty string of at most ${MAX_USER_ID} characters, got ${show(userId)}`);
+  }
+}
+
+function checkInt(name: string, value: unknown, min: number): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw invalidArgument(`${name} must be an integer >= ${min}, got ${show(value)}`);
+  }
+  return value;
+}
+
+function time(name: string, value: unknown): number {
+  const ms = value instanceof Date ? value.getTime() : value;
+  if (typeof ms !== 'number' || !Number.isFinite(ms)) throw invalidArgument(`${name} must be a Date or a number of ms, got ${show(value)}`);
+  return ms;
+}
+
+/** Runs `fn` and turns a synchronous throw into a rejected promise. */
+async function attempt<T>(fn: () => T | Promise<T>): Promise<T> {
+  return fn();
+}
+
+/**
+ * The dead-letter queue: tasks that failed their last attempt, oldest first. Bounded per profile
+ * by `dlq.maxEntries` and `dlq.retentionMs`.
+ */
+export class DeadLetterQueue {
+  /** @internal */
+  constructor(
+    private readonly store: Store,
+    private readonly clock: () => number,
+    private readonly replayer: (entry: FailedTask) => Promise<unknown>,
+  ) {}
+
+  /** Entries, oldest first, optionally filtered. */
+  list(query: DlqQuery = {}): Promise<FailedTask[]> {
+    return attempt(() => {
+      if (query.limit !== undefined) checkInt('limit', query.limit, 0);
+      return this.store.dlqList(query, this.clock());
+    });
+  }
+
+  get(id: string): Promise<FailedTask | undefined> {
+    return attempt(() => this.store.dlqGet(id));
+  }
+
+  /** True if the entry existed. */
+  remove(id: string): Promise<boolean> {
+    return attempt(() => this.store.dlqRemove(id));
+  }
+
+  /** Resubmits the task through the full pipeline; the entry is removed once the replay is admitted. */
+  async replay(id: string): Promise<unknown> {
+    const entry = await this.store.dlqGet(id);
+    if (entry === undefined) throw invalidArgument(`no dead letter with id ${show(id)}`);
+    return this.replayer(entry);
+  }
+}
+
+/**
+ * Governs work for many users: register profiles, subscribe users, then
+ * `await manager.getLimiter(userId).submit(task)`.
+ */
+export class Manager extends EventEmitter {
+  /** The prom-client registry: `await manager.registry.metrics()` is the scrape body. */
+  readonly registry: Registry;
+  /** Tasks that failed their last attempt. */
+  readonly dlq: DeadLetterQueue;
+  private readonly store: Store;
+  private readonly clock: () => number;
+  private readonly logger: Logger;
+  private readonly metrics: Metrics;
+  private readonly profiles = new Map<string, Profile>();
+  private readonly pipeline: Pipeline;
+  private readonly handles = new Map<string, Limiter>();
+  private closed: Promise<CloseReport> | undefined;
+
+  constructor(options: ManagerOptions = {}) {
+    super();
+    if (options === null || typeof options !== 'object') throw invalidConfig('Manager', 'options', options, 'an object');
+    const policy = options.onStoreUnavailable ?? 'fail-closed';
+    if (!['fail-closed', 'fail-open', 'local'].includes(policy)) {
+      throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed', 'fail-open' or 'local'");
+    }
+    if (policy !== 'fail-closed' && (options.store === undefined || options.store instanceof MemoryStore)) {
+      throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed' with the embedded store (it is never unreachable)");
+    }
+    if (options.clock !== undefined && typeof options.clock !== 'function') throw invalidConfig('Manager', 'clock', options.clock, 'a function returning ms');
+    const prefix = options.metricsPrefix ?? 'taskvalve_';
+    if (typeof prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) {
+      throw invalidConfig('Manager', 'metricsPrefix', prefix, 'a valid Prometheus metric name prefix');
+    }
+    this.store = options.store ?? new MemoryStore();
+    this.clock = options.clock ?? (() => Date.now());
+    this.logger = options.logger ?? SILENT;
+    this.registry = options.registry ?? new Registry();
+    this.metrics = new Metrics(this.registry, prefix);
+    this.store.attach({
+      expired: (userId, profileName) => this.tell(userId, profileName, 'expired'),
+    });
+    this.pipeline = new Pipeline({
+      store: this.store,
+      clock: this.clock,
+      metrics: this.metrics,
+      fault: (error) => this.fault(error),
+      deadLetter: (entry) => this.emit('dead-letter', entry),
+    });
+    this.dlq = new DeadLetterQueue(this.store, this.clock, (entry) => this.replay(entry));
+  }
+
+  /** Registers a profile; validates every field (INVALID_CONFIG naming it), PROFILE_EXISTS on a duplicate. */
+  registerProfile(name: string, config: ProfileConfig): void {
+    if (typeof name !== 'string' || name.length === 0) throw invalidConfig('registerProfile', 'name', name, 'a non-empty string');
+    if (this.profiles.has(name)) throw profileExists(name);
+    const profile = resolveProfile(name, config);
+    if (profile.shared !== undefined) {
+      for (const other of this.profiles.values()) {
+        if (other.shared === profile.shared && !sameBucket(other, profile)) {
+          throw invalidConfig(
+            `profile ${JSON.stringify(name)}`,
+            'rate',
+            config.rate,
+            `the rate and burst that profile ${JSON.stringify(other.name)} gives shared bucket ${JSON.stringify(profile.shared)} (limit ${other.rate.limit} per ${other.rate.intervalMs} ms, burst ${other.rate.burst})`,
+          );
+        }
+      }
+    }
+    const defined = this.store.defineProfile(profile);
+    if (defined instanceof Promise) defined.catch((error: unknown) => this.fault(error));
+    this.profiles.set(name, profile);
+  }
+
+  private profile(name: unknown): Profile {
+    const profile = typeof name === 'string' ? this.profiles.get(name) : undefined;
+    if (profile === undefined) throw profileNotFound(String(name));
+    return profile;
+  }
+
+  /** Subscribes a user (or re-subscribes: new profile and dates, same period usage unless resetUsage). */
+  subscribe(userId: string, profileName: string, options: SubscribeOptions = {}): Promise<Subscription> {
+    return attempt(async () => {
+      checkUserId(userId);
+      const profile = this.profile(profileName);
+      if (options === null || typeof options !== 'object') throw invalidArgument(`subscribe options must be an object, got ${show(options)}`);
+      const now = this.clock();
+      const startsAt = options.startsAt === undefined ? now : time('startsAt', options.startsAt);
+      if (options.durationMs !== undefined && options.endsAt !== undefined) throw invalidArgument('give durationMs or endsAt, not both');
+      let endsAt = Infinity;
+      if (options.durationMs !== undefined) endsAt = startsAt + checkInt('durationMs', options.durationMs, 1);
+      if (options.endsAt !== undefined) endsAt = time('endsAt', options.endsAt);
+      if (endsAt <= startsAt) throw invalidArgument(`endsAt (${new Date(endsAt).toISOString()}) must be after startsAt (${new Date(startsAt).toISOString()})`);
+      const quota = options.quota === undefined || options.quota === null ? options.quota : checkInt('quota', options.quota, 0);
+      if (options.resetUsage !== undefined && typeof options.resetUsage !== 'boolean') throw invalidArgument(`resetUsage must be a boolean, got ${show(options.resetUsage)}`);
+      const sub = await this.store.subscribe(userId, profile, { startsAt, endsAt, quota, resetUsage: options.resetUsage === true }, now);
+      this.tell(userId, profile.name, 'created', sub);
+      return sub;
+    });
+  }
+
+  getSubscription(userId: string): Promise<Subscription | undefined> {
+    return attempt(() => {
+      checkUserId(userId);
+      return this.store.getSubscription(userId, this.clock());
+    });
+  }
+
+  /** Extends from endsAt if still ahead, else from now; no end stays no end; canceled stays canceled. */
+  extendSubscription(userId: string, ms: number): Promise<Subscription> {
+    return this.mutate(userId, 'extended', () => this.store.extendSubscription(userId, checkInt('ms', ms, 1), this.clock()));
+  }
+
+  /** Cancels; the user's tasks not yet started are rejected SUBSCRIPTION_INACTIVE and refunded. */
+  async cancelSubscription(userId: string): Promise<Subscription> {
+    const sub = await this.mutate(userId, 'canceled', () => this.store.cancelSubscription(userId, this.clock()));
+    this.pipeline.rejectWaiting(userId, subscriptionInactive(userId));
+    return sub;
+  }
+
+  /** Moves a user to another profile (upgrade or downgrade); usage is kept. */
+  changeProfile(userId: string, profileName: string): Promise<Subscription> {
+    return this.mutate(userId, 'profile_changed', () => this.store.changeProfile(userId, this.profile(profileName), this.clock()));
+  }
+
+  resetUsage(userId: string): Promise<Subscription> {
+    return this.mutate(userId, 'usage_reset', () => this.store.resetUsage(userId, this.clock()));
+  }
+
+  /** Sets the per-user quota limit; null returns to the profile's. */
+  updateSubscriptionQuota(userId: string, quota: number | null): Promise<Subscription> {
+    return this.mutate(userId, 'quota_updated', () =>
+      this.store.setQuota(userId, quota === null ? null : checkInt('quota', quota, 0), this.clock()),
+    );
+  }
+
+  private mutate(
+    userId: string,
+    event: SubscriptionEvent['event'],
+    change: () => Subscription | undefined | Promise<Subscription | undefined>,
+  ): Promise<Subscription> {
+    return attempt(async () => {
+      checkUserId(userId);
+      const sub = await change();
+      if (sub === undefined) throw subscriptionNotFound(userId);
+      this.tell(userId, sub.profileName, event, sub);
+      return sub;
+    });
+  }
+
+  private tell(userId: string, profileName: string, event: SubscriptionEvent['event'], subscription?: Subscription): void {
+    this.metrics.profile(profileName).subscriptionEvent(event);
+    this.emit('subscription', subscription === undefined ? { userId, event } : { userId, event, subscription });
+  }
+
+  /** A cheap handle for one user (from a bounded cache); every call checks the subscription anew. */
+  getLimiter(userId: string): Limiter {
+    let limiter = this.handles.get(userId);
+    if (limiter === undefined) {
+      checkUserId(userId);
+      limiter = new Limiter(this.pipeline, userId);
+      if (this.handles.size >= MAX_HANDLES) this.handles.delete(this.handles.keys().next().value as string);
+      this.handles.set(userId, limiter);
+    }
+    return limiter;
+  }
+
+  private replay(entry: FailedTask): Promise<unknown> {
+    if (this.closed !== undefined) return Promise.reject(new TaskvalveError(ErrorCode.SHUTTING_DOWN, 'manager is shutting down'));
+    const run = this.getLimiter(entry.userId).submit(entry.task as Task, { cost: entry.cost });
+    // Admitted (or at least not refused at admission): the entry goes. A refusal keeps it.
+    return run.then(
+      async (value) => {
+        await this.store.dlqRemove(entry.id);
+        return value;
+      },
+      async (error: unknown) => {
+        if (!(error instanceof TaskvalveError) || !ADMISSION_CODES.has(error.code)) await this.store.dlqRemove(entry.id);
+        throw error;
+      },
+    );
+  }
+
+  /** A fault with no caller: the 'error' event if someone listens, else the logger. */
+  private fault(error: unknown): void {
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+    else this.logger.error({ err: error }, 'taskvalve: fault with no caller');
+  }
+
+  /**
+   * Stops admission (SHUTTING_DOWN from then on); with drain, every admitted task runs to its
+   * end within timeoutMs, else tasks not started are rejected and refunded; then waits for
+   * running tasks up to the timeout and destroys the pools. Never closes a client it was given.
+   */
+  close(options: { drain?: boolean; timeoutMs?: number } = {}): Promise<CloseReport> {
+    if (this.closed === undefined) {
+      const drain = options.drain ?? true;
+      const timeoutMs = options.timeoutMs ?? 30_000;
+      if (typeof drain !== 'boolean') return Promise.reject(invalidArgument(`drain must be a boolean, got ${show(drain)}`));
+      if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0) return Promise.reject(invalidArgument(`timeoutMs must be a non-negative integer, got ${show(timeoutMs)}`));
+      this.closed = this.pipeline.close(drain, timeoutMs);
+    }
+    return this.closed;
+  }
+}
+
+/** Codes that mean a replay was refused at admission (the dead letter is kept). */
+const ADMISSION_CODES: ReadonlySet<string> = new Set([
+  ErrorCode.INVALID_ARGUMENT,
+  ErrorCode.SUBSCRIPTION_NOT_FOUND,
+  ErrorCode.SUBSCRIPTION_INACTIVE,
+  ErrorCode.SUBSCRIPTION_EXPIRED,
+  ErrorCode.SUBSCRIPTION_NOT_STARTED,
+  ErrorCode.QUOTA_EXCEEDED,
+  ErrorCode.RATE_LIMITED,
+  ErrorCode.QUEUE_FULL,
+  ErrorCode.SHUTTING_DOWN,
+  ErrorCode.STORE_UNAVAILABLE,
+]);

@@ -1,0 +1,157 @@
+/**
+ * The Store interface: everything a decision needs lives behind it, so that one process
+ * (MemoryStore) and many (a Redis store) answer the same calls. Admission is one atomic
+ * operation that sees subscription validity, quota and bucket together.
+ *
+ * Methods may answer synchronously (a value) or asynchronously (a promise); callers handle
+ * both. `nowMs` is the manager's clock; a store may decide on a clock of its own instead.
+ */
+import type { Profile } from '../profile.js';
+
+/** Status of a subscription. It stays 'active' before `startsAt`. */
+export type SubscriptionStatus = 'active' | 'canceled' | 'expired';
+
+/** A user's subscription, as returned by the manager. */
+export interface Subscription {
+  userId: string;
+  profileName: string;
+  status: SubscriptionStatus;
+  startsAt: Date;
+  endsAt: Date | null;
+  /** Units admitted in the current period (or for life without a period). */
+  usage: number;
+  /** The per-user override of the quota limit, or null. */
+  quota: number | null;
+  /** The limit in force: the override, else the profile's; null means unlimited. */
+  quotaLimit: number | null;
+  /** Start of the current quota period, when the profile has one. */
+  periodStartedAt?: Date;
+}
+
+/** Outcome of {@link Store.admit}. */
+export const Verdict = {
+  /** Quota and bucket charged: the task may proceed now. */
+  ALLOWED: 0,
+  /** Quota charged; the task waits for its rate turn on `bucket` (about `waitMs`). */
+  QUEUED: 1,
+  RATE_LIMITED: 2,
+  QUOTA_EXCEEDED: 3,
+  NOT_FOUND: 4,
+  CANCELED: 5,
+  EXPIRED: 6,
+  NOT_STARTED: 7,
+  COST_OVER_BURST: 8,
+} as const;
+export type Verdict = (typeof Verdict)[keyof typeof Verdict];
+
+/** `admit` decides on the rate now (check, reject mode, wait: false) or by the profile's onLimit. */
+export const AdmitMode = { NOW: 0, PROFILE: 1 } as const;
+export type AdmitMode = (typeof AdmitMode)[keyof typeof AdmitMode];
+
+/**
+ * The answer of one admission. A synchronous store may reuse one object for every answer:
+ * read it before the next call.
+ */
+export interface AdmitResult {
+  verdict: Verdict;
+  /** The user's profile (undefined only for NOT_FOUND). */
+  profile: Profile | undefined;
+  /** Bucket capacity in units. */
+  limit: number;
+  /** Units that still conform now. */
+  remaining: number;
+  /** RATE_LIMITED / QUOTA_EXCEEDED / NOT_STARTED: when to retry; QUEUED: estimated wait. */
+  retryAfterMs: number;
+  /** Until the bucket is full again. */
+  resetAfterMs: number;
+  /** Usage after this decision. */
+  usage: number;
+  /** Quota limit in force, null for none. */
+  quotaLimit: number | null;
+  /** Token of the usage period charged; pass it back to `refund`. */
+  period: number;
+  /** QUEUED: key of the bucket the task waits on. */
+  bucket: string;
+  /** The subscription's status ('not_found' without one). */
+  status: SubscriptionStatus | 'not_found';
+  /** For messages: the subscription's start and end (ms). */
+  startsAt: number;
+  endsAt: number;
+}
+
+/** Options of {@link Store.subscribe}, already validated, times in ms. */
+export interface SubscribeInput {
+  startsAt: number;
+  /** Infinity: no end. */
+  endsAt: number;
+  /** Undefined: no override. */
+  quota: number | null | undefined;
+  resetUsage: boolean;
+}
+
+/** A task as recorded in the dead-letter queue. */
+export type DeadTask = { name: string; payload?: unknown } | ((ctx: { signal: AbortSignal; attempt: number }) => unknown);
+
+/** A task that exhausted its attempts. */
+export interface FailedTask {
+  id: string;
+  userId: string;
+  profileName: string;
+  task: DeadTask;
+  /** Units the task was charged. */
+  cost: number;
+  error: { code: string; name: string; message: string; stack?: string };
+  attempts: number;
+  firstFailedAt: Date;
+  lastFailedAt: Date;
+}
+
+/** Filters of {@link Store.dlqList}. */
+export interface DlqQuery {
+  limit?: number;
+  userId?: string;
+  profileName?: string;
+}
+
+/** What a store tells the manager of on its own. */
+export interface StoreListener {
+  /** A subscription was seen past its end for the first time. */
+  expired(userId: string, profileName: string): void;
+}
+
+type MaybePromise<T> = T | Promise<T>;
+
+/** What taskvalve needs from a place to keep its state. */
+export interface Store {
+  /** Called once by the manager. */
+  attach(listener: StoreListener): void;
+  /** Makes a registered profile known (a store may check it against other processes'). */
+  defineProfile(profile: Profile): MaybePromise<void>;
+
+  subscribe(userId: string, profile: Profile, input: SubscribeInput, nowMs: number): MaybePromise<Subscription>;
+  getSubscription(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
+  /** Undefined when the user has no subscription. */
+  extendSubscription(userId: string, ms: number, nowMs: number): MaybePromise<Subscription | undefined>;
+  cancelSubscription(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
+  changeProfile(userId: string, profile: Profile, nowMs: number): MaybePromise<Subscription | undefined>;
+  resetUsage(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
+  setQuota(userId: string, quota: number | null, nowMs: number): MaybePromise<Subscription | undefined>;
+
+  /**
+   * One atomic admission of `cost` units for `userId`: subscription status, quota, and bucket.
+   * `waiting` holds the units this process has queued per bucket key: a new request never
+   * overtakes them. Denials write nothing.
+   */
+  admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number): MaybePromise<AdmitResult>;
+  /** Takes `cost` units from the user's bucket if they conform: 0 when taken, else ms to wait. */
+  take(userId: string, cost: number, nowMs: number): MaybePromise<number>;
+  /** Gives back quota charged for a task that never started (no-op if the period moved on). */
+  refund(userId: string, cost: number, period: number, nowMs: number): MaybePromise<void>;
+  /** The decision `check(1)` would make on the rate now, without changing anything. */
+  peek(userId: string, nowMs: number): MaybePromise<AdmitResult>;
+
+  dlqAdd(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): MaybePromise<void>;
+  dlqList(query: DlqQuery, nowMs: number): MaybePromise<FailedTask[]>;
+  dlqGet(id: string): MaybePromise<FailedTask | undefined>;
+  dlqRemove(id: string): MaybePromise<boolean>;
+}

@@ -1,0 +1,110 @@
+// taskvalve worker entry point, loaded by Piscina in each worker thread.
+// Plain ESM with no build step. workerData is { moduleUrl, channel }.
+// A task message is { n: export name, p: payload, s: slot index or -1, f: Int32Array | undefined }.
+// The result is always a plain object: { k: 'ok', v } | { k: 'error' | 'import' | 'missing', e }.
+// The default export never throws. A failure becomes a value, so Piscina's own rejections
+// mean only thread-level trouble (exit, OOM, abort, destroy).
+import { workerData, threadId, BroadcastChannel } from 'node:worker_threads';
+
+const { moduleUrl, channel: channelName } = workerData;
+
+/** True if `value` survives structured cloning (what postMessage needs). */
+function cloneable(value) {
+  if (typeof value === 'function' || typeof value === 'symbol') return false;
+  if (value === null || typeof value !== 'object') return true;
+  try {
+    structuredClone(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Turns anything thrown into a plain, cloneable object that describes it. */
+function serialise(err, depth = 0) {
+  if (!(err instanceof Error)) {
+    let message;
+    try {
+      message = typeof err === 'object' && err !== null ? JSON.stringify(err) ?? String(err) : String(err);
+    } catch {
+      message = Object.prototype.toString.call(err); // circular, BigInt inside, ...
+    }
+    const out = { name: 'Error', message, nonError: true };
+    if (cloneable(err)) out.value = err;
+    return out;
+  }
+  const out = { name: String(err.name), message: String(err.message), stack: err.stack };
+  if (err.code !== undefined && cloneable(err.code)) out.code = err.code;
+  // `cause` is non-enumerable when set via `new Error(msg, { cause })`: keep a few levels of it.
+  if (err.cause !== undefined && depth < 3) out.cause = serialise(err.cause, depth + 1);
+  for (const key of Object.keys(err)) {
+    if (key in out) continue;
+    try {
+      const v = err[key];
+      if (cloneable(v)) out[key] = v;
+    } catch {
+      /* a throwing getter: skip the property */
+    }
+  }
+  return out;
+}
+
+// Import the user's module once, lazily. The promise never rejects: a failure is kept as a
+// value, so every later task reports it at once and no rejection goes unhandled.
+let loaded;
+function load() {
+  loaded ??= import(moduleUrl).then(
+    (mod) => ({ mod }),
+    (err) => ({ fail: serialise(err) }),
+  );
+  return loaded;
+}
+
+// Errors raised after a task has returned (from a timer, a dangling promise...) would otherwise
+// crash the thread and fail whichever unrelated task it runs next. Report them to the main
+// thread on a BroadcastChannel instead. unref() keeps the channel from holding the thread alive.
+let bc;
+function reportLate(err) {
+  try {
+    if (!bc) {
+      bc = new BroadcastChannel(channelName);
+      bc.unref();
+    }
+    bc.postMessage({ type: 'late-error', error: serialise(err), threadId });
+  } catch {
+    /* nothing more we can do */
+  }
+}
+process.on('uncaughtException', reportLate);
+process.on('unhandledRejection', reportLate);
+
+export default async function run({ n, p, s, f }) {
+  const { mod, fail } = await load();
+  if (fail) return { k: 'import', e: fail };
+  const fn = mod[n];
+  if (typeof fn !== 'function') {
+    return { k: 'missing', e: { name: 'Error', message: `module ${moduleUrl} has no exported function "${n}"` } };
+  }
+  // Tell the main thread that execution begins now, so its timeout excludes queueing and start-up.
+  if (s >= 0 && f) {
+    Atomics.store(f, s, 1);
+    Atomics.notify(f, s);
+  }
+  let v;
+  try {
+    v = await fn(p);
+  } catch (err) {
+    return { k: 'error', e: serialise(err) };
+  }
+  // Piscina posts the result itself. If that postMessage throws (DataCloneError), the error is
+  // rethrown in a microtask, our uncaughtException handler catches it, and the task never
+  // settles. So check cloneability here, which costs one extra clone of the result.
+  if (typeof v === 'object' || typeof v === 'function' || typeof v === 'symbol') {
+    try {
+      structuredClone(v);
+    } catch (err) {
+      return { k: 'error', e: serialise(err) };
+    }
+  }
+  return { k: 'ok', v };
+}
