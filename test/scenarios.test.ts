@@ -1,0 +1,500 @@
+// Scenarios of the embedded pipeline: setup, what is done, what must be seen. Fake clock throughout.
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { Manager, TaskvalveError } from '../src/index.js';
+
+/** A task whose end the test decides. */
+function gate<T = void>() {
+  let open!: (value: T) => void;
+  const opened = new Promise<T>((resolve) => {
+    open = resolve;
+  });
+  return { opened, open };
+}
+
+/** The rejection of a promise, or a failure if it resolves. */
+async function rejection(promise: Promise<unknown>): Promise<TaskvalveError> {
+  try {
+    await promise;
+  } catch (error) {
+    expect(error).toBeInstanceOf(TaskvalveError);
+    return error as TaskvalveError;
+  }
+  throw new Error('expected a rejection');
+}
+
+let manager: Manager;
+let t0: number;
+const since = () => Date.now() - t0;
+
+beforeEach(() => {
+  vi.useFakeTimers();
+  t0 = Date.now();
+  manager = new Manager();
+});
+
+afterEach(async () => {
+  const closing = manager.close({ drain: false, timeoutMs: 0 });
+  await vi.runAllTimersAsync();
+  await closing;
+  vi.useRealTimers();
+});
+
+describe('rate pacing', () => {
+  it('shared bucket at 2/s, burst 2: A and B submit 3 each at t=0; tasks start at 0, 0, 0.5, 1.0, 1.5, 2.0 s', async () => {
+    manager.registerProfile('free', { rate: { limit: 2, intervalMs: 1000, shared: 'pool' } });
+    await manager.subscribe('A', 'free');
+    await manager.subscribe('B', 'free');
+    const starts: number[] = [];
+    const runs = [];
+    for (const user of ['A', 'B']) {
+      for (let i = 0; i < 3; i++) runs.push(manager.getLimiter(user).submit(() => starts.push(since())));
+    }
+    await vi.advanceTimersByTimeAsync(2000);
+    await Promise.all(runs);
+    expect(starts.sort((a, b) => a - b)).toEqual([0, 0, 500, 1000, 1500, 2000]);
+  });
+
+  it('shared bucket takes turns between users: B is not starved behind A', async () => {
+    manager.registerProfile('free', { rate: { limit: 1, intervalMs: 1000, shared: 'pool', burst: 1 } });
+    await manager.subscribe('A', 'free');
+    await manager.subscribe('B', 'free');
+    const order: string[] = [];
+    const runs = [];
+    for (let i = 0; i < 5; i++) runs.push(manager.getLimiter('A').submit(() => order.push(`A${i}`)));
+    runs.push(manager.getLimiter('B').submit(() => order.push('B0')));
+    await vi.advanceTimersByTimeAsync(6000);
+    await Promise.all(runs);
+    expect(order.indexOf('B0')).toBeLessThanOrEqual(2);
+  });
+
+  it('dedicated buckets at 1/s: A and B both start at t=0', async () => {
+    manager.registerProfile('pro', { rate: { limit: 1, intervalMs: 1000 } });
+    await manager.subscribe('A', 'pro');
+    await manager.subscribe('B', 'pro');
+    const starts: Record<string, number[]> = { A: [], B: [] };
+    const runs = ['A', 'B', 'A'].map((u) => manager.getLimiter(u).submit(() => starts[u]!.push(since())));
+    await vi.advanceTimersByTimeAsync(1000);
+    await Promise.all(runs);
+    expect(starts).toEqual({ A: [0, 1000], B: [0] });
+  });
+
+  it('slow rate, 1 per 10 s: 3 tasks start at 0, 10 and 20 s', async () => {
+    manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 10_000 } });
+    await manager.subscribe('A', 'slow');
+    const starts: number[] = [];
+    const runs = [0, 1, 2].map(() => manager.getLimiter('A').submit(() => starts.push(since())));
+    await vi.advanceTimersByTimeAsync(9_999);
+    expect(starts).toEqual([0, 10_000].slice(0, 1));
+    await vi.advanceTimersByTimeAsync(10_001);
+    await Promise.all(runs);
+    expect(starts).toEqual([0, 10_000, 20_000]);
+  });
+
+  it('3 per second (emission interval not a whole number of µs) stays exact over a long run', async () => {
+    manager.registerProfile('three', { rate: { limit: 3, intervalMs: 1000 } });
+    await manager.subscribe('A', 'three');
+    const starts: number[] = [];
+    const runs = Array.from({ length: 3002 }, () => manager.getLimiter('A').submit(() => starts.push(since())));
+    await vi.advanceTimersByTimeAsync(1_000_000);
+    await Promise.all(runs);
+    // Burst 3: task k conforms at (k - 2) / 3 s exactly; its timer fires at that whole ms or the next.
+    expect(starts.map((t, k) => t - Math.max(0, Math.ceil(((k - 2) * 1000) / 3)))).toEqual(starts.map(() => 0));
+    expect(starts.at(-1)).toBe(999_667);
+  });
+
+  it("'reject' mode gives RATE_LIMITED with the exact retryAfterMs and charges nothing", async () => {
+    manager.registerProfile('r', { rate: { limit: 2, intervalMs: 1000, onLimit: 'reject' } });
+    await manager.subscribe('A', 'r');
+    const limiter = manager.getLimiter('A');
+    await limiter.submit(() => 1);
+    await limiter.submit(() => 2);
+    const err = await rejection(limiter.submit(() => 3));
+    expect(err.code).toBe('RATE_LIMITED');
+    expect(err.retryAfterMs).toBe(500);
+    expect((await manager.getSubscription('A'))?.usage).toBe(2);
+    await vi.advanceTimersByTimeAsync(499);
+    expect((await rejection(limiter.submit(() => 3))).retryAfterMs).toBe(1);
+    await vi.advanceTimersByTimeAsync(1);
+    await expect(limiter.submit(() => 3)).resolves.toBe(3);
+  });
+
+  it('wait: false gives RATE_LIMITED at once in wait mode', async () => {
+    manager.registerProfile('w', { rate: { limit: 1, intervalMs: 1000 } });
+    await manager.subscribe('A', 'w');
+    const limiter = manager.getLimiter('A');
+    await limiter.submit(() => 1);
+    const err = await rejection(limiter.submit(() => 2, { wait: false }));
+    expect(err.code).toBe('RATE_LIMITED');
+    expect(err.retryAfterMs).toBe(1000);
+  });
+
+  it('maxWaitMs rejects a task whose turn is too far away, charging nothing', async () => {
+    manager.registerProfile('w', { rate: { limit: 1, intervalMs: 1000, maxWaitMs: 1500 }, quota: { limit: 100 } });
+    await manager.subscribe('A', 'w');
+    const limiter = manager.getLimiter('A');
+    const runs = [limiter.submit(() => 1), limiter.submit(() => 2)];
+    // The third would wait behind the second: its turn is 2000 ms away.
+    const err = await rejection(limiter.submit(() => 3));
+    expect(err.code).toBe('RATE_LIMITED');
+    expect(err.retryAfterMs).toBe(2000);
+    expect((await manager.getSubscription('A'))?.usage).toBe(2);
+    await vi.advanceTimersByTimeAsync(1000);
+    await expect(Promise.all(runs)).resolves.toEqual([1, 2]);
+  });
+
+  it('a cost above the burst is INVALID_ARGUMENT at once, never a wait', async () => {
+    manager.registerProfile('b', { rate: { limit: 10, intervalMs: 1000, burst: 5 } });
+    await manager.subscribe('A', 'b');
+    expect((await rejection(manager.getLimiter('A').submit(() => 1, { cost: 6 }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejection(manager.getLimiter('A').check(6))).code).toBe('INVALID_ARGUMENT');
+    expect((await manager.getSubscription('A'))?.usage).toBe(0);
+  });
+
+  it('check decides now and never waits, whatever onLimit says; a denial changes nothing', async () => {
+    manager.registerProfile('c', { rate: { limit: 2, intervalMs: 1000, onLimit: 'wait' } });
+    await manager.subscribe('A', 'c');
+    const limiter = manager.getLimiter('A');
+    expect(await limiter.check(2)).toEqual({ allowed: true, limit: 2, remaining: 0, retryAfterMs: 0, resetAfterMs: 1000 });
+    const denied = await limiter.check(1);
+    expect(denied).toEqual({ allowed: false, limit: 2, remaining: 0, retryAfterMs: 500, resetAfterMs: 1000 });
+    await limiter.check(1);
+    await limiter.check(2);
+    const peek = await limiter.peek();
+    expect(peek).toMatchObject({ allowed: false, remaining: 0, retryAfterMs: 500, usage: 2, status: 'active' });
+    await vi.advanceTimersByTimeAsync(500);
+    expect(await limiter.check(1)).toMatchObject({ allowed: true, remaining: 0 });
+  });
+});
+
+describe('fairness and concurrency', () => {
+  it('A queues 20 tasks, then B submits 1: B starts before A\'s third (perUserConcurrency 1, inline)', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const order: string[] = [];
+    const task = (label: string) => async () => {
+      order.push(label);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    };
+    const runs = Array.from({ length: 20 }, (_, i) => manager.getLimiter('A').submit(task(`A${i}`)));
+    runs.push(manager.getLimiter('B').submit(task('B0')));
+    await vi.advanceTimersByTimeAsync(1000);
+    await Promise.all(runs);
+    expect(order.indexOf('B0')).toBeLessThan(order.indexOf('A2'));
+  });
+
+  it('perUserConcurrency caps running tasks of one user, worker-free', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 2 } });
+    await manager.subscribe('A', 'p');
+    let running = 0;
+    let peak = 0;
+    const runs = Array.from({ length: 10 }, () =>
+      manager.getLimiter('A').submit(async () => {
+        peak = Math.max(peak, ++running);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        running--;
+      }),
+    );
+    await vi.advanceTimersByTimeAsync(100);
+    await Promise.all(runs);
+    expect(peak).toBe(2);
+  });
+
+  it('past maxQueue: QUEUE_FULL at once, refunded', async () => {
+    manager.registerProfile('q', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1, maxQueue: 2 }, quota: { limit: 100 } });
+    await manager.subscribe('A', 'q');
+    const hold = gate();
+    const limiter = manager.getLimiter('A');
+    const runs = [limiter.submit(() => hold.opened), limiter.submit(() => 2), limiter.submit(() => 3)];
+    const err = await rejection(limiter.submit(() => 4));
+    expect(err.code).toBe('QUEUE_FULL');
+    expect((await manager.getSubscription('A'))?.usage).toBe(3);
+    hold.open();
+    await Promise.all(runs);
+  });
+
+  it('priority orders one user\'s queued tasks', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('A', 'p');
+    const hold = gate();
+    const order: string[] = [];
+    const limiter = manager.getLimiter('A');
+    const runs = [
+      limiter.submit(() => hold.opened),
+      limiter.submit(() => order.push('low')),
+      limiter.submit(() => order.push('high'), { priority: 5 }),
+      limiter.submit(() => order.push('mid'), { priority: 1 }),
+    ];
+    hold.open();
+    await Promise.all(runs);
+    expect(order).toEqual(['high', 'mid', 'low']);
+  });
+});
+
+describe('abort', () => {
+  it('an already-aborted signal gives ABORTED, the task never runs, usage unchanged', async () => {
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 10 } });
+    await manager.subscribe('A', 'p');
+    const task = vi.fn();
+    const err = await rejection(manager.getLimiter('A').submit(task, { signal: AbortSignal.abort() }));
+    expect(err.code).toBe('ABORTED');
+    expect(task).not.toHaveBeenCalled();
+    expect((await manager.getSubscription('A'))?.usage).toBe(0);
+  });
+
+  it('aborting a queued task: it never runs and is refunded', async () => {
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, pool: { perUserConcurrency: 1 }, quota: { limit: 10 } });
+    await manager.subscribe('A', 'p');
+    const hold = gate();
+    const limiter = manager.getLimiter('A');
+    const first = limiter.submit(() => hold.opened);
+    const controller = new AbortController();
+    const task = vi.fn();
+    const queued = limiter.submit(task, { signal: controller.signal });
+    controller.abort();
+    expect((await rejection(queued)).code).toBe('ABORTED');
+    hold.open();
+    await first;
+    expect(task).not.toHaveBeenCalled();
+    expect((await manager.getSubscription('A'))?.usage).toBe(1);
+  });
+
+  it('aborting a task waiting for its rate turn: it never runs, is refunded, and the next waiter moves up', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000 }, quota: { limit: 10 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    const starts: number[] = [];
+    await limiter.submit(() => starts.push(since()));
+    const controller = new AbortController();
+    const task = vi.fn();
+    const waiting = limiter.submit(task, { signal: controller.signal });
+    const next = limiter.submit(() => starts.push(since()));
+    await vi.advanceTimersByTimeAsync(200);
+    controller.abort();
+    expect((await rejection(waiting)).code).toBe('ABORTED');
+    await vi.advanceTimersByTimeAsync(2000);
+    await next;
+    expect(task).not.toHaveBeenCalled();
+    expect(starts).toEqual([0, 1000]);
+    expect((await manager.getSubscription('A'))?.usage).toBe(2);
+  });
+
+  it('aborting a running inline task rejects ABORTED at once and aborts ctx.signal', async () => {
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    await manager.subscribe('A', 'p');
+    const controller = new AbortController();
+    let seen: AbortSignal | undefined;
+    const run = manager.getLimiter('A').submit(({ signal }) => {
+      seen = signal;
+      return new Promise(() => {});
+    }, { signal: controller.signal });
+    await vi.advanceTimersByTimeAsync(0);
+    controller.abort();
+    expect((await rejection(run)).code).toBe('ABORTED');
+    expect(seen?.aborted).toBe(true);
+  });
+});
+
+describe('retries and dead letters', () => {
+  it('attempts 4, base 100, x2, cap 250, no jitter: tried at 0, 100, 300, 550 ms, then dead-lettered', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, retry: { attempts: 4, baseMs: 100, multiplier: 2, maxMs: 250 } });
+    await manager.subscribe('A', 'p');
+    const tries: number[] = [];
+    const letters: unknown[] = [];
+    manager.on('dead-letter', (entry) => letters.push(entry));
+    const run = manager.getLimiter('A').submit(({ attempt }) => {
+      tries.push(since());
+      throw Object.assign(new Error(`boom ${attempt}`), { code: 'E_BOOM' });
+    });
+    const settled = rejection(run);
+    await vi.advanceTimersByTimeAsync(1000);
+    const err = await settled;
+    expect(tries).toEqual([0, 100, 300, 550]);
+    expect(err.code).toBe('TASK_FAILED');
+    expect((err.cause as Error).message).toBe('boom 4');
+    const [entry] = await manager.dlq.list();
+    expect(entry).toMatchObject({ userId: 'A', profileName: 'p', attempts: 4, cost: 1, error: { code: 'TASK_FAILED', name: 'Error', message: 'boom 4' } });
+    expect(entry?.error.stack).toContain('boom 4');
+    expect(entry?.firstFailedAt.getTime()).toBe(t0);
+    expect(entry?.lastFailedAt.getTime()).toBe(t0 + 550);
+    expect(letters).toEqual([entry]);
+  });
+
+  it('retries are re-admitted through the rate, even in reject mode, and are charged once', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, onLimit: 'reject' }, retry: { attempts: 3, baseMs: 10 }, quota: { limit: 10 } });
+    await manager.subscribe('A', 'p');
+    const tries: number[] = [];
+    const run = rejection(manager.getLimiter('A').submit(() => {
+      tries.push(since());
+      throw new Error('no');
+    }));
+    await vi.advanceTimersByTimeAsync(3000);
+    await run;
+    expect(tries).toEqual([0, 1000, 2000]);
+    expect((await manager.getSubscription('A'))?.usage).toBe(1);
+  });
+
+  it('an error with retryable: false is not retried', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, retry: { attempts: 5, baseMs: 10 } });
+    await manager.subscribe('A', 'p');
+    let tries = 0;
+    const err = await rejection(manager.getLimiter('A').submit(() => {
+      tries++;
+      throw Object.assign(new Error('fatal'), { retryable: false });
+    }));
+    expect(tries).toBe(1);
+    expect(err.code).toBe('TASK_FAILED');
+    expect(await manager.dlq.list()).toHaveLength(1);
+  });
+
+  it('jitter draws each delay within [delay * (1 - jitter), delay]', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, retry: { attempts: 6, baseMs: 100, multiplier: 2, maxMs: 10_000, jitter: 0.5 } });
+    await manager.subscribe('A', 'p');
+    const tries: number[] = [];
+    const run = rejection(manager.getLimiter('A').submit(() => {
+      tries.push(since());
+      throw new Error('no');
+    }));
+    await vi.advanceTimersByTimeAsync(10_000);
+    await run;
+    const gaps = tries.slice(1).map((t, i) => t - tries[i]!);
+    gaps.forEach((gap, i) => {
+      const full = 100 * 2 ** i;
+      expect(gap).toBeGreaterThanOrEqual(Math.round(full * 0.5));
+      expect(gap).toBeLessThanOrEqual(full);
+    });
+  });
+
+  it('dlq list / get / remove / replay; replay removes the entry once admitted; bounded by maxEntries', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, dlq: { maxEntries: 3, retentionMs: 60_000 } });
+    await manager.subscribe('A', 'p');
+    let fail = true;
+    const task = () => {
+      if (fail) throw new Error('down');
+      return 'up';
+    };
+    for (let i = 0; i < 5; i++) await rejection(manager.getLimiter('A').submit(task));
+    const list = await manager.dlq.list();
+    expect(list).toHaveLength(3);
+    expect(await manager.dlq.list({ limit: 2 })).toEqual(list.slice(0, 2));
+    expect(await manager.dlq.list({ userId: 'B' })).toEqual([]);
+    expect(await manager.dlq.get(list[0]!.id)).toBe(list[0]);
+    expect(await manager.dlq.remove(list[0]!.id)).toBe(true);
+    expect(await manager.dlq.remove(list[0]!.id)).toBe(false);
+    fail = false;
+    await expect(manager.dlq.replay(list[1]!.id)).resolves.toBe('up');
+    expect((await manager.dlq.list()).map((e) => e.id)).toEqual([list[2]!.id]);
+    expect((await rejection(manager.dlq.replay('nope'))).code).toBe('INVALID_ARGUMENT');
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(await manager.dlq.list()).toEqual([]);
+  });
+});
+
+describe('close', () => {
+  it('drained close: 1 running and 3 queued all run', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('A', 'p');
+    const hold = gate();
+    const ran: number[] = [];
+    const limiter = manager.getLimiter('A');
+    const runs = [limiter.submit(async () => { await hold.opened; ran.push(0); })];
+    for (let i = 1; i < 4; i++) runs.push(limiter.submit(() => { ran.push(i); }));
+    const closing = manager.close({ drain: true });
+    expect((await rejection(limiter.submit(() => 9))).code).toBe('SHUTTING_DOWN');
+    expect((await rejection(manager.getLimiter('Z').check())).code).toBe('SHUTTING_DOWN');
+    hold.open();
+    expect(await closing).toEqual({ completed: 4, rejected: 0, abandoned: 0 });
+    await Promise.all(runs);
+    expect(ran).toEqual([0, 1, 2, 3]);
+  });
+
+  it('undrained close rejects the 3 queued SHUTTING_DOWN and refunds them', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, pool: { perUserConcurrency: 1 }, quota: { limit: 10 } });
+    await manager.subscribe('A', 'p');
+    const hold = gate();
+    const limiter = manager.getLimiter('A');
+    const first = limiter.submit(() => hold.opened);
+    const queued = [1, 2, 3].map(() => rejection(limiter.submit(() => 1)));
+    const closing = manager.close({ drain: false });
+    expect((await Promise.all(queued)).map((e) => e.code)).toEqual(['SHUTTING_DOWN', 'SHUTTING_DOWN', 'SHUTTING_DOWN']);
+    expect((await manager.getSubscription('A'))?.usage).toBe(1);
+    hold.open();
+    await first;
+    expect(await closing).toEqual({ completed: 1, rejected: 3, abandoned: 0 });
+  });
+
+  it('close timeout: a task that never settles; close({ timeoutMs: 100 }) settles at 100 ms with 1 abandoned', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await manager.subscribe('A', 'p');
+    const stuck = rejection(manager.getLimiter('A').submit(() => new Promise(() => {})));
+    let report: unknown;
+    const closing = manager.close({ timeoutMs: 100 }).then((r) => {
+      report = r;
+      return since();
+    });
+    await vi.advanceTimersByTimeAsync(99);
+    expect(report).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await closing).toBe(100);
+    expect(report).toEqual({ completed: 0, rejected: 0, abandoned: 1 });
+    expect((await stuck).code).toBe('SHUTTING_DOWN');
+  });
+
+  it('drained close waits for rate turns and retry backoff', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000 }, retry: { attempts: 2, baseMs: 500 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    let tries = 0;
+    const runs = [limiter.submit(() => 1), limiter.submit(() => 2), rejection(limiter.submit(() => { tries++; throw new Error('x'); }))];
+    // The first ran at once, before the close; the two others wait for their turns.
+    const closing = manager.close({ drain: true, timeoutMs: 10_000 });
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(await closing).toEqual({ completed: 2, rejected: 0, abandoned: 0 });
+    await Promise.all(runs);
+    expect(tries).toBe(2);
+  });
+});
+
+describe('subscriptions and tasks', () => {
+  it("canceling rejects the user's queued tasks SUBSCRIPTION_INACTIVE and refunds them; running ones finish", async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000 }, pool: { perUserConcurrency: 1 }, quota: { limit: 10 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const hold = gate();
+    const limiter = manager.getLimiter('A');
+    const running = limiter.submit(async () => {
+      await hold.opened;
+      return 'done';
+    });
+    const waiting = rejection(limiter.submit(() => 1));
+    const other = manager.getLimiter('B').submit(() => 'B');
+    await manager.cancelSubscription('A');
+    expect((await waiting).code).toBe('SUBSCRIPTION_INACTIVE');
+    hold.open();
+    await expect(running).resolves.toBe('done');
+    await expect(other).resolves.toBe('B');
+    expect((await manager.getSubscription('A'))?.usage).toBe(1);
+    expect((await rejection(limiter.submit(() => 1))).code).toBe('SUBSCRIPTION_INACTIVE');
+  });
+
+  it('status is checked at every submit, not when the handle is taken', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await manager.subscribe('A', 'p', { startsAt: t0 + 1000, durationMs: 1000 });
+    const limiter = manager.getLimiter('A');
+    const notYet = await rejection(limiter.submit(() => 1));
+    expect(notYet.code).toBe('SUBSCRIPTION_NOT_STARTED');
+    expect(notYet.retryAfterMs).toBe(1000);
+    await vi.advanceTimersByTimeAsync(1000);
+    await expect(limiter.submit(() => 1)).resolves.toBe(1);
+    const events: unknown[] = [];
+    manager.on('subscription', (e) => events.push(e));
+    await vi.advanceTimersByTimeAsync(1000);
+    expect((await rejection(limiter.submit(() => 1))).code).toBe('SUBSCRIPTION_EXPIRED');
+    expect(events).toEqual([{ userId: 'A', event: 'expired' }]);
+    expect((await manager.getSubscription('A'))?.status).toBe('expired');
+    await manager.extendSubscription('A', 5000);
+    await expect(limiter.submit(() => 2)).resolves.toBe(2);
+    expect((await manager.getSubscription('A'))?.endsAt?.getTime()).toBe(t0 + 2000 + 5000);
+    expect((await rejection(manager.getLimiter('nobody').submit(() => 1))).code).toBe('SUBSCRIPTION_NOT_FOUND');
+  });
+});
