@@ -286,9 +286,9 @@ export class MemoryStore implements Store {
       return out;
     }
 
+    const now = this.micros(nowMs) * rate.d; // first: it may re-base every TAT
     const shared = profile.shared === undefined ? undefined : this.buckets.get(profile.shared);
     const tat = shared === undefined ? rec.tat : shared.tat;
-    const now = this.micros(nowMs) * rate.d;
     let ahead = 0;
     let key = '';
     if (waiting.size > 0) {
@@ -359,9 +359,9 @@ export class MemoryStore implements Store {
     this.roll(rec, nowMs);
     this.expire(userId, rec, nowMs);
     const rate = rec.profile.rate;
+    const now = this.micros(nowMs) * rate.d; // first: it may re-base every TAT
     const shared = rec.profile.shared === undefined ? undefined : this.buckets.get(rec.profile.shared);
     const tat = shared === undefined ? rec.tat : shared.tat;
-    const now = this.micros(nowMs) * rate.d;
     const wait = waitFor(tat, now, 1, rate);
     out.verdict = wait === 0 ? Verdict.ALLOWED : Verdict.RATE_LIMITED;
     out.limit = rate.burst;
