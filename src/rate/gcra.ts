@@ -78,11 +78,17 @@ export function ticksToMs(ticks: number, rate: Rate): number {
 }
 
 /**
- * Re-expresses a TAT of one rate in the ticks of another (a profile change), rounding up so
- * that the change can never admit more than the old state allowed.
+ * Re-expresses a TAT of one rate in another (a profile change), keeping the units in use:
+ * a bucket that had `n` units outstanding still has `n`, rounded up, so that a change can
+ * never admit more than the old state allowed. `nowUs` is in microseconds since the epoch
+ * of the ticks.
  */
-export function convertTat(tat: number, now: number, from: Rate, to: Rate): number {
-  if (tat <= now || from.d === to.d) return tat <= now ? 0 : tat;
-  const aheadUs = (tat - now) / from.d;
-  return Math.ceil((now / from.d + aheadUs) * to.d);
+export function convertTat(tat: number, nowUs: number, from: Rate, to: Rate): number {
+  const ahead = tat - nowUs * from.d;
+  if (ahead <= 0) return 0;
+  // units in use = ahead / from.T; in the new ticks: units * to.T (exact in BigInt, rare path).
+  const num = BigInt(ahead) * BigInt(to.T);
+  const den = BigInt(from.T);
+  const aheadTo = Number((num + den - 1n) / den);
+  return nowUs * to.d + aheadTo;
 }

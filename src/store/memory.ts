@@ -216,8 +216,7 @@ export class MemoryStore implements Store {
     const from = rec.profile;
     if (from === profile) return;
     if (from.shared === undefined && profile.shared === undefined && rec.tat > 0) {
-      const us = this.micros(nowMs);
-      rec.tat = convertTat(rec.tat, us * from.rate.d, from.rate, profile.rate);
+      rec.tat = convertTat(rec.tat, this.micros(nowMs), from.rate, profile.rate);
     } else {
       rec.tat = 0;
     }
