@@ -143,7 +143,8 @@ export class Pipeline {
     return this.closing;
   }
 
-  submit(userId: string, task: Task, options: SubmitOptions | undefined): Promise<unknown> {
+  /** @param onAdmitted Called once the task is admitted (a dead-letter replay removes its entry then). */
+  submit(userId: string, task: Task, options: SubmitOptions | undefined, onAdmitted?: () => void): Promise<unknown> {
     let fn: InlineTask | undefined;
     let name: string | undefined;
     let payload: unknown;
@@ -177,8 +178,8 @@ export class Pipeline {
     } catch (error) {
       return Promise.reject(error);
     }
-    if (r instanceof Promise) return r.then((res) => this.admitted(userId, res, fn, name, payload, cost, o, now));
-    return this.admitted(userId, r, fn, name, payload, cost, o, now);
+    if (r instanceof Promise) return r.then((res) => this.admitted(userId, res, fn, name, payload, cost, o, now, onAdmitted));
+    return this.admitted(userId, r, fn, name, payload, cost, o, now, onAdmitted);
   }
 
   /** Turns an admission into a job, or into the rejection it calls for. */
@@ -191,6 +192,7 @@ export class Pipeline {
     cost: number,
     o: SubmitOptions,
     now: number,
+    onAdmitted: (() => void) | undefined,
   ): Promise<unknown> {
     const profile = r.profile;
     if (profile === undefined) return Promise.reject(subscriptionNotFound(userId));
@@ -220,6 +222,7 @@ export class Pipeline {
       }
     }
     this.live.add(job);
+    onAdmitted?.();
     if (job.signal !== undefined) {
       job.onAbort = () => this.abort(job);
       job.signal.addEventListener('abort', job.onAbort, { once: true });

@@ -2,13 +2,12 @@
 import { EventEmitter } from 'node:events';
 import { Registry } from 'prom-client';
 import {
-  ErrorCode,
-  TaskvalveError,
   invalidArgument,
   invalidConfig,
   profileExists,
   profileNotFound,
   show,
+  shuttingDown,
   subscriptionInactive,
   subscriptionNotFound,
 } from './errors.js';
@@ -293,19 +292,12 @@ export class Manager extends EventEmitter {
   }
 
   private replay(entry: FailedTask): Promise<unknown> {
-    if (this.closed !== undefined) return Promise.reject(new TaskvalveError(ErrorCode.SHUTTING_DOWN, 'manager is shutting down'));
-    const run = this.getLimiter(entry.userId).submit(entry.task as Task, { cost: entry.cost });
-    // Admitted (or at least not refused at admission): the entry goes. A refusal keeps it.
-    return run.then(
-      async (value) => {
-        await this.store.dlqRemove(entry.id);
-        return value;
-      },
-      async (error: unknown) => {
-        if (!(error instanceof TaskvalveError) || !ADMISSION_CODES.has(error.code)) await this.store.dlqRemove(entry.id);
-        throw error;
-      },
-    );
+    if (this.closed !== undefined) return Promise.reject(shuttingDown());
+    // The entry goes once the replay is admitted; a refusal at admission keeps it.
+    return this.pipeline.submit(entry.userId, entry.task as Task, { cost: entry.cost }, () => {
+      const removed = this.store.dlqRemove(entry.id);
+      if (removed instanceof Promise) removed.catch((error: unknown) => this.fault(error));
+    });
   }
 
   /** A fault with no caller: the 'error' event if someone listens, else the logger. */
@@ -330,17 +322,3 @@ export class Manager extends EventEmitter {
     return this.closed;
   }
 }
-
-/** Codes that mean a replay was refused at admission (the dead letter is kept). */
-const ADMISSION_CODES: ReadonlySet<string> = new Set([
-  ErrorCode.INVALID_ARGUMENT,
-  ErrorCode.SUBSCRIPTION_NOT_FOUND,
-  ErrorCode.SUBSCRIPTION_INACTIVE,
-  ErrorCode.SUBSCRIPTION_EXPIRED,
-  ErrorCode.SUBSCRIPTION_NOT_STARTED,
-  ErrorCode.QUOTA_EXCEEDED,
-  ErrorCode.RATE_LIMITED,
-  ErrorCode.QUEUE_FULL,
-  ErrorCode.SHUTTING_DOWN,
-  ErrorCode.STORE_UNAVAILABLE,
-]);

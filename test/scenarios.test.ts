@@ -388,6 +388,37 @@ describe('retries and dead letters', () => {
     await vi.advanceTimersByTimeAsync(60_000);
     expect(await manager.dlq.list()).toEqual([]);
   });
+  it('replay removes the entry once admitted, before the task ends; a second replay of it is refused', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await manager.subscribe('A', 'p');
+    const hold = gate();
+    let fail = true;
+    await rejection(manager.getLimiter('A').submit(async () => {
+      if (fail) throw new Error('down');
+      await hold.opened;
+      return 'up';
+    }));
+    const [entry] = await manager.dlq.list();
+    fail = false;
+    const replay = manager.dlq.replay(entry!.id);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(await manager.dlq.get(entry!.id)).toBeUndefined();
+    expect((await rejection(manager.dlq.replay(entry!.id))).code).toBe('INVALID_ARGUMENT');
+    hold.open();
+    await expect(replay).resolves.toBe('up');
+  });
+
+  it('a replay refused at admission keeps its entry', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await manager.subscribe('A', 'p');
+    await rejection(manager.getLimiter('A').submit(() => {
+      throw new Error('down');
+    }));
+    const [entry] = await manager.dlq.list();
+    await manager.cancelSubscription('A');
+    expect((await rejection(manager.dlq.replay(entry!.id))).code).toBe('SUBSCRIPTION_INACTIVE');
+    expect(await manager.dlq.get(entry!.id)).toBe(entry);
+  });
 });
 
 describe('close', () => {

@@ -1,0 +1,168 @@
+// Bad input: a clear TaskvalveError with a code at the earliest point, and nothing lost.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Manager, TaskvalveError, type ProfileConfig } from '../src/index.js';
+
+function thrown(fn: () => unknown): TaskvalveError {
+  try {
+    fn();
+  } catch (error) {
+    expect(error).toBeInstanceOf(TaskvalveError);
+    return error as TaskvalveError;
+  }
+  throw new Error('expected a throw');
+}
+
+async function rejected(promise: Promise<unknown>): Promise<TaskvalveError> {
+  try {
+    await promise;
+  } catch (error) {
+    expect(error).toBeInstanceOf(TaskvalveError);
+    return error as TaskvalveError;
+  }
+  throw new Error('expected a rejection');
+}
+
+let manager: Manager;
+beforeEach(() => {
+  manager = new Manager();
+});
+afterEach(async () => {
+  await manager.close();
+});
+
+describe('registerProfile', () => {
+  const base: ProfileConfig = { rate: { limit: 10, intervalMs: 1000 } };
+  const bad: [string, unknown, string, string][] = [
+    ['missing rate', {}, 'rate', 'undefined'],
+    ['zero limit', { rate: { limit: 0, intervalMs: 1000 } }, 'rate.limit', '0'],
+    ['fractional limit', { rate: { limit: 1.5, intervalMs: 1000 } }, 'rate.limit', '1.5'],
+    ['NaN interval', { rate: { limit: 1, intervalMs: NaN } }, 'rate.intervalMs', 'NaN'],
+    ['over a million per second', { rate: { limit: 2_000_001, intervalMs: 2000 } }, 'rate.limit', '2000001'],
+    ['negative burst', { rate: { limit: 1, intervalMs: 1000, burst: -1 } }, 'rate.burst', '-1'],
+    ['empty shared key', { rate: { limit: 1, intervalMs: 1000, shared: '' } }, 'rate.shared', '""'],
+    ['bad onLimit', { rate: { limit: 1, intervalMs: 1000, onLimit: 'drop' } }, 'rate.onLimit', '"drop"'],
+    ['unknown rate field', { rate: { limit: 1, intervalMs: 1000, brust: 5 } }, 'rate.brust', '5'],
+    ['unknown top field', { ...base, queue: {} }, 'profile.queue', '{}'],
+    ['minThreads over maxThreads', { ...base, pool: { maxThreads: 1, minThreads: 2 } }, 'pool.minThreads', '2'],
+    ['zero perUserConcurrency', { ...base, pool: { perUserConcurrency: 0 } }, 'pool.perUserConcurrency', '0'],
+    ['non-file URL', { ...base, pool: { filename: new URL('https://example.com/x.js') } }, 'pool.filename', 'https://example.com/x.js'],
+    ['quota without limit', { ...base, quota: {} }, 'quota.limit', 'undefined'],
+    ['bad quota kind', { ...base, quota: { limit: 1, kind: 'loose' } }, 'quota.kind', '"loose"'],
+    ['jitter above 1', { ...base, retry: { jitter: 2 } }, 'retry.jitter', '2'],
+    ['zero attempts', { ...base, retry: { attempts: 0 } }, 'retry.attempts', '0'],
+    ['multiplier below 1', { ...base, retry: { multiplier: 0.5 } }, 'retry.multiplier', '0.5'],
+    ['zero dlq entries', { ...base, dlq: { maxEntries: 0 } }, 'dlq.maxEntries', '0'],
+  ];
+  for (const [label, config, field, value] of bad) {
+    it(`${label}: INVALID_CONFIG naming ${field} and ${value}`, () => {
+      const err = thrown(() => manager.registerProfile('p', config as ProfileConfig));
+      expect(err.code).toBe('INVALID_CONFIG');
+      expect(err.message).toContain(field);
+      expect(err.message).toContain(value);
+      expect(err.message).toContain('"p"');
+    });
+  }
+
+  it('a duplicate name is PROFILE_EXISTS; a failed registration leaves nothing behind', () => {
+    expect(() => manager.registerProfile('p', { rate: { limit: 0, intervalMs: 1 } })).toThrow(TaskvalveError);
+    manager.registerProfile('p', base);
+    expect(thrown(() => manager.registerProfile('p', base)).code).toBe('PROFILE_EXISTS');
+  });
+
+  it('profiles naming one shared bucket must give it the same rate and burst', () => {
+    manager.registerProfile('a', { rate: { limit: 10, intervalMs: 1000, shared: 'gpu' } });
+    manager.registerProfile('b', { rate: { limit: 10, intervalMs: 1000, shared: 'gpu', onLimit: 'reject' } });
+    const err = thrown(() => manager.registerProfile('c', { rate: { limit: 20, intervalMs: 1000, shared: 'gpu' } }));
+    expect(err.code).toBe('INVALID_CONFIG');
+    expect(err.message).toContain('"gpu"');
+  });
+
+  it('the Manager validates its own options', () => {
+    expect(thrown(() => new Manager({ onStoreUnavailable: 'fail-open' })).code).toBe('INVALID_CONFIG');
+    expect(thrown(() => new Manager({ metricsPrefix: '9bad' })).code).toBe('INVALID_CONFIG');
+    expect(thrown(() => new Manager({ clock: 5 as never })).code).toBe('INVALID_CONFIG');
+  });
+});
+
+describe('call arguments', () => {
+  beforeEach(async () => {
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 100 } });
+    await manager.subscribe('u', 'p');
+  });
+
+  it('costs that are NaN, negative, fractional or too large are INVALID_ARGUMENT; nothing is charged', async () => {
+    const limiter = manager.getLimiter('u');
+    for (const cost of [NaN, -1, 0, 1.5, '2', 11, Number.MAX_SAFE_INTEGER + 2]) {
+      expect((await rejected(limiter.submit(() => 1, { cost: cost as number }))).code).toBe('INVALID_ARGUMENT');
+      expect((await rejected(limiter.check(cost as number))).code).toBe('INVALID_ARGUMENT');
+    }
+    expect((await manager.getSubscription('u'))?.usage).toBe(0);
+  });
+
+  it('an empty or non-string user id throws INVALID_ARGUMENT from getLimiter; promise methods reject', async () => {
+    expect(thrown(() => manager.getLimiter('')).code).toBe('INVALID_ARGUMENT');
+    expect(thrown(() => manager.getLimiter(42 as never)).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(manager.subscribe('', 'p'))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(manager.getSubscription(''))).code).toBe('INVALID_ARGUMENT');
+  });
+
+  it('an unknown profile is PROFILE_NOT_FOUND', async () => {
+    expect((await rejected(manager.subscribe('v', 'nope'))).code).toBe('PROFILE_NOT_FOUND');
+  });
+
+  it('subscribe options are checked', async () => {
+    expect((await rejected(manager.subscribe('v', 'p', { durationMs: -5 }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(manager.subscribe('v', 'p', { durationMs: 5, endsAt: Date.now() + 9 }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(manager.subscribe('v', 'p', { startsAt: 'soon' as never }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(manager.subscribe('v', 'p', { quota: -1 }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(manager.subscribe('v', 'p', { endsAt: Date.now() - 1 }))).code).toBe('INVALID_ARGUMENT');
+    expect(await manager.getSubscription('v')).toBeUndefined();
+  });
+
+  it('a task that is neither a function nor { name } is INVALID_ARGUMENT; so are bad options', async () => {
+    const limiter = manager.getLimiter('u');
+    for (const task of [null, 5, 'name', {}, { name: '' }, { payload: 1 }]) {
+      expect((await rejected(limiter.submit(task as never))).code).toBe('INVALID_ARGUMENT');
+    }
+    expect((await rejected(limiter.submit(() => 1, { signal: {} as never }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(limiter.submit(() => 1, { timeoutMs: 0 }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(limiter.submit(() => 1, { wait: 'no' as never }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(limiter.submit(() => 1, { priority: Infinity }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(limiter.submit(() => 1, { idempotencyKey: 'k' }))).code).toBe('INVALID_ARGUMENT');
+    expect((await manager.getSubscription('u'))?.usage).toBe(0);
+  });
+
+  it('a named task on a profile without pool.filename is INVALID_ARGUMENT and refunded', async () => {
+    const err = await rejected(manager.getLimiter('u').submit({ name: 'work' }));
+    expect(err.code).toBe('INVALID_ARGUMENT');
+    expect(err.message).toContain('pool.filename');
+    expect((await manager.getSubscription('u'))?.usage).toBe(0);
+  });
+
+  it('close arguments are checked', async () => {
+    const other = new Manager();
+    expect((await rejected(other.close({ timeoutMs: -1 }))).code).toBe('INVALID_ARGUMENT');
+    await other.close();
+  });
+});
+
+describe('bounded memory', () => {
+  it('the handle cache is bounded; a handle taken again still works', async () => {
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    await manager.subscribe('u0', 'p');
+    const first = manager.getLimiter('u0');
+    for (let i = 1; i <= 20_000; i++) manager.getLimiter(`u${i}`);
+    expect((manager as unknown as { handles: Map<string, unknown> }).handles.size).toBeLessThanOrEqual(10_000);
+    expect(manager.getLimiter('u0')).not.toBe(first);
+    expect((await manager.getLimiter('u0').check()).allowed).toBe(true);
+  });
+
+  it('a million distinct unsubscribed users leave no state behind', async () => {
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    for (let i = 0; i < 1_000_000; i++) {
+      const err = await manager.getLimiter(`x${i}`).check().catch((e: TaskvalveError) => e.code);
+      if (err !== 'SUBSCRIPTION_NOT_FOUND') throw new Error(`user x${i}: ${String(err)}`);
+    }
+    expect((manager as unknown as { handles: Map<string, unknown> }).handles.size).toBeLessThanOrEqual(10_000);
+  });
+});
