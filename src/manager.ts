@@ -150,8 +150,8 @@ export class Manager extends EventEmitter {
     if (!['fail-closed', 'fail-open', 'local'].includes(policy)) {
       throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed', 'fail-open' or 'local'");
     }
-    if (policy !== 'fail-closed' && (options.store === undefined || options.store instanceof MemoryStore)) {
-      throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed' with the embedded store (it is never unreachable)");
+    if (policy !== 'fail-closed') {
+      throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed' (the only policy of the embedded store, which is never unreachable)");
     }
     if (options.clock !== undefined && typeof options.clock !== 'function') throw invalidConfig('Manager', 'clock', options.clock, 'a function returning ms');
     const prefix = options.metricsPrefix ?? 'taskvalve_';

@@ -102,6 +102,24 @@ describe('rate pacing', () => {
     expect(starts.at(-1)).toBe(999_667);
   });
 
+  it('a newcomer after every waiter aborted is paced by its own turn, not by a stale timer', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    expect((await limiter.check(3)).allowed).toBe(true);
+    // The bucket is empty: a cost-3 task would wait 3 s. It is aborted; a cost-1 task then waits 1 s.
+    const controller = new AbortController();
+    const big = limiter.submit(() => 'never', { cost: 3, signal: controller.signal });
+    await vi.advanceTimersByTimeAsync(10);
+    controller.abort();
+    await big.catch(() => undefined);
+    const starts: number[] = [];
+    const small = limiter.submit(() => starts.push(since()));
+    await vi.advanceTimersByTimeAsync(3000);
+    await small;
+    expect(starts).toEqual([1000]);
+  });
+
   it("'reject' mode gives RATE_LIMITED with the exact retryAfterMs and charges nothing", async () => {
     manager.registerProfile('r', { rate: { limit: 2, intervalMs: 1000, onLimit: 'reject' } });
     await manager.subscribe('A', 'r');

@@ -72,8 +72,17 @@ export class WaitLines {
     if (line === undefined) return;
     line.units -= job.cost;
     this.waiting--;
-    if (line.units > 0) this.units.set(key, line.units);
-    else this.units.delete(key);
+    if (line.units > 0) {
+      this.units.set(key, line.units);
+      return;
+    }
+    this.units.delete(key);
+    // Nobody waits any more: drop the line and its timer, so a newcomer arms its own.
+    if (!line.busy) {
+      if (line.timer !== undefined) clearTimeout(line.timer);
+      line.timer = undefined;
+      if (this.lines.get(key) === line) this.lines.delete(key);
+    }
   }
 
   /** Every waiting job. */
@@ -118,7 +127,7 @@ export class WaitLines {
     for (;;) {
       const job = this.head(line);
       if (job === undefined) {
-        if (line.units <= 0) this.lines.delete(key);
+        if (line.units <= 0 && this.lines.get(key) === line) this.lines.delete(key);
         return;
       }
       let wait: number | Promise<number>;
