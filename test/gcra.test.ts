@@ -2,7 +2,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import vectors from './vectors/gcra.json' with { type: 'json' };
-import { Manager } from '../src/index.js';
+import { Manager, type Limiter } from '../src/index.js';
 import { conform, makeRate, remaining, ticksToMs } from '../src/rate/gcra.js';
 
 describe('GCRA vectors', () => {
@@ -67,25 +67,40 @@ const scenario = fc
     }),
   );
 
+type RateArgs = { limit: number; intervalMs: number; burst: number };
+
+/**
+ * Replays steps against a fresh manager and the model; `decide` asks the limiter. Returns the
+ * admitted requests (ms from the start, cost).
+ */
+async function replay(
+  rate: RateArgs,
+  steps: { dt: number; cost: number }[],
+  decide: (limiter: Limiter, cost: number) => Promise<boolean>,
+): Promise<{ at: number; cost: number }[]> {
+  let now = Date.UTC(2026, 0, 1);
+  const start = now;
+  const manager = new Manager({ clock: () => now });
+  manager.registerProfile('p', { rate: { ...rate, onLimit: 'reject' } });
+  await manager.subscribe('u', 'p');
+  const limiter = manager.getLimiter('u');
+  const model = new ModelBucket(BigInt(rate.limit), BigInt(rate.intervalMs) * 1000n, BigInt(rate.burst));
+  const admitted: { at: number; cost: number }[] = [];
+  for (const step of steps) {
+    now += step.dt;
+    const allowed = await decide(limiter, step.cost);
+    expect(allowed).toBe(model.take(now - start, step.cost));
+    if (allowed) admitted.push({ at: now - start, cost: step.cost });
+  }
+  await manager.close();
+  return admitted;
+}
+
 describe('the limiter against a naive exact model', () => {
   it('check() admits exactly what the model admits, and never more than burst + elapsed x rate in any window', async () => {
     await fc.assert(
       fc.asyncProperty(scenario, async ({ rate, steps }) => {
-        let now = Date.UTC(2026, 0, 1);
-        const start = now;
-        const manager = new Manager({ clock: () => now });
-        manager.registerProfile('p', { rate: { ...rate, onLimit: 'reject' } });
-        await manager.subscribe('u', 'p');
-        const limiter = manager.getLimiter('u');
-        const model = new ModelBucket(BigInt(rate.limit), BigInt(rate.intervalMs) * 1000n, BigInt(rate.burst));
-        const admitted: { at: number; cost: number }[] = [];
-        for (const step of steps) {
-          now += step.dt;
-          const decision = await limiter.check(step.cost);
-          const expected = model.take(now - start, step.cost);
-          expect(decision.allowed).toBe(expected);
-          if (decision.allowed) admitted.push({ at: now - start, cost: step.cost });
-        }
+        const admitted = await replay(rate, steps, async (limiter, cost) => (await limiter.check(cost)).allowed);
         // Window property in exact integers: (units - burst) * intervalMs <= elapsed * limit.
         for (let i = 0; i < admitted.length; i++) {
           let units = 0;
@@ -95,7 +110,6 @@ describe('the limiter against a naive exact model', () => {
             expect((units - rate.burst) * rate.intervalMs).toBeLessThanOrEqual(elapsed * rate.limit);
           }
         }
-        await manager.close();
       }),
       { numRuns: 300 },
     );
@@ -104,19 +118,7 @@ describe('the limiter against a naive exact model', () => {
   it('submit in reject mode agrees with the model too', async () => {
     await fc.assert(
       fc.asyncProperty(scenario, async ({ rate, steps }) => {
-        let now = Date.UTC(2026, 0, 1);
-        const start = now;
-        const manager = new Manager({ clock: () => now });
-        manager.registerProfile('p', { rate: { ...rate, onLimit: 'reject' } });
-        await manager.subscribe('u', 'p');
-        const limiter = manager.getLimiter('u');
-        const model = new ModelBucket(BigInt(rate.limit), BigInt(rate.intervalMs) * 1000n, BigInt(rate.burst));
-        for (const step of steps) {
-          now += step.dt;
-          const allowed = await limiter.submit(() => true, { cost: step.cost }).catch(() => false);
-          expect(allowed).toBe(model.take(now - start, step.cost));
-        }
-        await manager.close();
+        await replay(rate, steps, (limiter, cost) => limiter.submit<boolean>(() => true, { cost }).catch(() => false));
       }),
       { numRuns: 100 },
     );

@@ -1,26 +1,7 @@
 // Scenarios of the embedded pipeline: setup, what is done, what must be seen. Fake clock throughout.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Manager, TaskvalveError } from '../src/index.js';
-
-/** A task whose end the test decides. */
-function gate<T = void>() {
-  let open!: (value: T) => void;
-  const opened = new Promise<T>((resolve) => {
-    open = resolve;
-  });
-  return { opened, open };
-}
-
-/** The rejection of a promise, or a failure if it resolves. */
-async function rejection(promise: Promise<unknown>): Promise<TaskvalveError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(TaskvalveError);
-    return error as TaskvalveError;
-  }
-  throw new Error('expected a rejection');
-}
+import { Manager } from '../src/index.js';
+import { gate, rejection } from './helpers.js';
 
 let manager: Manager;
 let t0: number;

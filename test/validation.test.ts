@@ -1,26 +1,7 @@
 // Bad input: a clear TaskvalveError with a code at the earliest point, and nothing lost.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Manager, TaskvalveError, type ProfileConfig } from '../src/index.js';
-
-function thrown(fn: () => unknown): TaskvalveError {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(TaskvalveError);
-    return error as TaskvalveError;
-  }
-  throw new Error('expected a throw');
-}
-
-async function rejected(promise: Promise<unknown>): Promise<TaskvalveError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(TaskvalveError);
-    return error as TaskvalveError;
-  }
-  throw new Error('expected a rejection');
-}
+import { rejection as rejected, thrown } from './helpers.js';
 
 let manager: Manager;
 beforeEach(() => {
