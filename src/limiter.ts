@@ -20,13 +20,13 @@ import {
   taskFailed,
 } from './errors.js';
 import { Executor } from './exec/executor.js';
-import { Job, JobState, type InlineTask } from './exec/job.js';
+import { Job, JobState, TaskContext, type InlineTask } from './exec/job.js';
 import { WorkerPool, type RunResult } from './exec/pool.js';
 import { backoffMs, isRetryable } from './exec/retry.js';
 import type { Metrics, Outcome, ProfileStats, RejectReason } from './metrics.js';
 import type { Profile } from './profile.js';
 import { WaitLines } from './rate/wait-line.js';
-import { AdmitMode, Verdict, type AdmitResult, type FailedTask, type Store, type SubscriptionStatus } from './store/store.js';
+import { AdmitMode, Verdict, type AdmitResult, type FailedTask, type Store, type SubscriptionStatus, type UserSlot } from './store/store.js';
 
 /** A task: a named export of the profile's worker module with its payload, or a function run inline. */
 export type Task = { name: string; payload?: unknown } | InlineTask;
@@ -144,7 +144,8 @@ export class Pipeline {
   }
 
   /** @param onAdmitted Called once the task is admitted (a dead-letter replay removes its entry then). */
-  submit(userId: string, task: Task, options: SubmitOptions | undefined, onAdmitted?: () => void): Promise<unknown> {
+  submit(user: UserSlot & { userId: string }, task: Task, options: SubmitOptions | undefined, onAdmitted?: () => void): Promise<unknown> {
+    const userId = user.userId;
     let fn: InlineTask | undefined;
     let name: string | undefined;
     let payload: unknown;
@@ -174,7 +175,7 @@ export class Pipeline {
     const mode = o.wait === false ? AdmitMode.NOW : AdmitMode.PROFILE;
     let r: AdmitResult | Promise<AdmitResult>;
     try {
-      r = this.ctx.store.admit(userId, cost, mode, this.lines.units, now);
+      r = this.ctx.store.admit(userId, cost, mode, this.lines.units, now, user);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -255,12 +256,13 @@ export class Pipeline {
     }
   }
 
-  check(userId: string, cost: number): Promise<Decision> {
+  check(user: UserSlot & { userId: string }, cost: number): Promise<Decision> {
+    const userId = user.userId;
     if (!isCost(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
     if (this.closing) return Promise.reject(shuttingDown());
     let r: AdmitResult | Promise<AdmitResult>;
     try {
-      r = this.ctx.store.admit(userId, cost, AdmitMode.NOW, this.lines.units, this.ctx.clock());
+      r = this.ctx.store.admit(userId, cost, AdmitMode.NOW, this.lines.units, this.ctx.clock(), user);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -349,11 +351,11 @@ export class Pipeline {
       stats.wait.observe((startedAt - job.admittedAt) / 1000);
     }
     if (job.fn !== undefined) {
-      const controller = new AbortController();
-      job.controller = controller;
+      const ctx = new TaskContext(job.attempt);
+      job.controller = ctx;
       let out: unknown;
       try {
-        out = job.fn({ signal: controller.signal, attempt: job.attempt });
+        out = job.fn(ctx);
       } catch (error) {
         this.ran(job, { ok: false, error: taskFailed(asError(error)), refund: false }, startedAt);
         return;
@@ -574,7 +576,10 @@ export class Pipeline {
 }
 
 /** A cheap handle on one user's admission and tasks; status is checked at every use. */
-export class Limiter {
+export class Limiter implements UserSlot {
+  /** @internal The store's reference to this user's state. */
+  ref: unknown = undefined;
+
   /** @internal */
   constructor(
     private readonly pipeline: Pipeline,
@@ -588,7 +593,7 @@ export class Limiter {
    * task's return value; rejects with a {@link TaskvalveError}.
    */
   submit<R = unknown>(task: Task, options?: SubmitOptions): Promise<R> {
-    return this.pipeline.submit(this.userId, task, options) as Promise<R>;
+    return this.pipeline.submit(this, task, options) as Promise<R>;
   }
 
   /**
@@ -597,7 +602,7 @@ export class Limiter {
    * and subscription problems reject with their codes.
    */
   check(cost = 1): Promise<Decision> {
-    return this.pipeline.check(this.userId, cost);
+    return this.pipeline.check(this, cost);
   }
 
   /** What check(1) would say on the rate now, with usage and status; changes nothing, never rejects for subscription state. */

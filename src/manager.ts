@@ -285,7 +285,8 @@ export class Manager extends EventEmitter {
     if (limiter === undefined) {
       checkUserId(userId);
       limiter = new Limiter(this.pipeline, userId);
-      if (this.handles.size >= MAX_HANDLES) this.handles.delete(this.handles.keys().next().value as string);
+      // Bounded: starting afresh is O(1) amortised (deleting the oldest key of a Map is not).
+      if (this.handles.size >= MAX_HANDLES) this.handles.clear();
       this.handles.set(userId, limiter);
     }
     return limiter;
@@ -294,7 +295,7 @@ export class Manager extends EventEmitter {
   private replay(entry: FailedTask): Promise<unknown> {
     if (this.closed !== undefined) return Promise.reject(shuttingDown());
     // The entry goes once the replay is admitted; a refusal at admission keeps it.
-    return this.pipeline.submit(entry.userId, entry.task as Task, { cost: entry.cost }, () => {
+    return this.pipeline.submit(this.getLimiter(entry.userId), entry.task as Task, { cost: entry.cost }, () => {
       const removed = this.store.dlqRemove(entry.id);
       if (removed instanceof Promise) removed.catch((error: unknown) => this.fault(error));
     });

@@ -2,10 +2,28 @@
  * Prometheus metrics, registered in one place. Decisions count in plain numbers on a per-profile
  * record; prom-client reads them at scrape time (`collect`), so the hot path pays an increment.
  */
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 
 /** How a task that ran ended. */
 export type Outcome = 'success' | 'failed' | 'timeout' | 'crashed' | 'aborted' | 'invalid';
+
+const SECONDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60];
+
+/** One histogram series counted in plain numbers: observing is a loop over a few buckets. */
+export class Buckets {
+  /** Non-cumulative counts; the last one is +Inf. */
+  readonly counts = new Float64Array(SECONDS.length + 1);
+  sum = 0;
+  count = 0;
+
+  observe(seconds: number): void {
+    let i = 0;
+    while (i < SECONDS.length && seconds > SECONDS[i]!) i++;
+    this.counts[i]!++;
+    this.sum += seconds;
+    this.count++;
+  }
+}
 
 /** Why a submission or check was turned away. */
 export type RejectReason =
@@ -45,25 +63,54 @@ export class ProfileStats {
   queueDepth: () => number = () => 0;
   running: () => number = () => 0;
 
-  constructor(
-    /** Seconds from admission to the first start. */
-    readonly wait: { observe(seconds: number): void },
-    /** Seconds of each attempt's run. */
-    readonly run: { observe(seconds: number): void },
-  ) {}
+  /** Seconds from admission to the first start. */
+  readonly wait = new Buckets();
+  /** Seconds of each attempt's run. */
+  readonly run = new Buckets();
 
   subscriptionEvent(event: string): void {
     this.subscriptionEvents.set(event, (this.subscriptionEvents.get(event) ?? 0) + 1);
   }
 }
 
-const SECONDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60];
+/**
+ * A histogram with a `profile` label whose series are plain {@link Buckets}, read at scrape
+ * time: prom-client's own histogram re-hashes its labels at every observation.
+ */
+class ProfileHistogram {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  readonly labelNames = ['profile'];
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly series: (s: ProfileStats) => Buckets,
+    private readonly profiles: Map<string, ProfileStats>,
+  ) {}
+
+  get(): { name: string; help: string; type: string; aggregator: string; values: { labels: Record<string, string | number>; value: number; metricName: string }[] } {
+    const values = [];
+    for (const [profile, stats] of this.profiles) {
+      const b = this.series(stats);
+      let cumulative = 0;
+      for (let i = 0; i <= SECONDS.length; i++) {
+        cumulative += b.counts[i]!;
+        values.push({ labels: { profile, le: i < SECONDS.length ? SECONDS[i]! : '+Inf' }, value: cumulative, metricName: `${this.name}_bucket` });
+      }
+      values.push({ labels: { profile }, value: b.sum, metricName: `${this.name}_sum` });
+      values.push({ labels: { profile }, value: b.count, metricName: `${this.name}_count` });
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  /** Series are owned by the profiles' stats: a registry reset leaves them be. */
+  reset(): void {}
+}
 
 /** The series of one manager, in its registry. */
 export class Metrics {
   private readonly profiles = new Map<string, ProfileStats>();
-  private readonly waitSeconds: Histogram<'profile'>;
-  private readonly runSeconds: Histogram<'profile'>;
 
   constructor(registry: Registry, prefix: string) {
     const profiles = this.profiles;
@@ -111,27 +158,18 @@ export class Metrics {
     };
     gauge('queue_depth', 'Admitted tasks waiting for a thread or a concurrency slot.', (s) => s.queueDepth());
     gauge('tasks_running', 'Tasks running now.', (s) => s.running());
-    this.waitSeconds = new Histogram({
-      name: `${prefix}task_wait_seconds`,
-      help: 'Seconds from admission to the start of the first attempt.',
-      labelNames: ['profile'],
-      buckets: SECONDS,
-      registers,
-    });
-    this.runSeconds = new Histogram({
-      name: `${prefix}task_run_seconds`,
-      help: 'Seconds each attempt ran.',
-      labelNames: ['profile'],
-      buckets: SECONDS,
-      registers,
-    });
+    const histogram = (name: string, help: string, series: (s: ProfileStats) => Buckets): void => {
+      registry.registerMetric(new ProfileHistogram(prefix + name, help, series, profiles) as unknown as Parameters<Registry['registerMetric']>[0]);
+    };
+    histogram('task_wait_seconds', 'Seconds from admission to the start of the first attempt.', (s) => s.wait);
+    histogram('task_run_seconds', 'Seconds each attempt ran.', (s) => s.run);
   }
 
   /** The stats of a profile, created once with its label children resolved. */
   profile(name: string): ProfileStats {
     let s = this.profiles.get(name);
     if (s === undefined) {
-      s = new ProfileStats(this.waitSeconds.labels({ profile: name }), this.runSeconds.labels({ profile: name }));
+      s = new ProfileStats();
       this.profiles.set(name, s);
     }
     return s;

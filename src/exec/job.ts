@@ -18,6 +18,38 @@ export type JobState = (typeof JobState)[keyof typeof JobState];
 /** A task function run inline on the main thread. */
 export type InlineTask = (ctx: { signal: AbortSignal; attempt: number }) => unknown;
 
+/**
+ * What an inline task receives. Its signal is made on first read: most tasks never look at it,
+ * and an AbortController with its signal costs microseconds.
+ */
+export class TaskContext {
+  private controller: AbortController | undefined = undefined;
+  private stopped = false;
+  private reason: unknown = undefined;
+
+  constructor(
+    /** 1-based attempt number. */
+    readonly attempt: number,
+  ) {}
+
+  /** Aborted when the caller aborts, or the task is abandoned at shutdown. */
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.stopped) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  /** Aborts the signal, now or when it is first read. */
+  abort(reason?: unknown): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
 /** A job; the pipeline owns every field. */
 export class Job {
   state: JobState = JobState.WAITING;
@@ -27,8 +59,8 @@ export class Job {
   started = false;
   /** Backoff timer. */
   timer: NodeJS.Timeout | undefined = undefined;
-  /** Aborts the running attempt (worker run or inline ctx.signal). */
-  controller: AbortController | undefined = undefined;
+  /** Aborts the running attempt: a worker run's controller, or an inline task's context. */
+  controller: { abort(reason?: unknown): void } | undefined = undefined;
   firstFailedAt = 0;
   /** Set by the signal listener; removed at settle. */
   onAbort: (() => void) | undefined = undefined;

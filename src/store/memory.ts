@@ -16,6 +16,7 @@ import {
   type StoreListener,
   type SubscribeInput,
   type Subscription,
+  type UserSlot,
 } from './store.js';
 
 const ACTIVE = 0;
@@ -243,9 +244,14 @@ export class MemoryStore implements Store {
     return this.snapshot(userId, rec, nowMs);
   }
 
-  admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number): AdmitResult {
+  admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number, slot?: UserSlot): AdmitResult {
     const out = this.result;
-    const rec = this.users.get(userId);
+    // Records are never replaced, so a handle may keep its user's record and skip the lookup.
+    let rec = slot?.ref as UserRecord | undefined;
+    if (rec === undefined) {
+      rec = this.users.get(userId);
+      if (slot !== undefined) slot.ref = rec;
+    }
     if (rec === undefined) {
       out.verdict = Verdict.NOT_FOUND;
       out.profile = undefined;

@@ -113,6 +113,14 @@ export interface DlqQuery {
   profileName?: string;
 }
 
+/**
+ * Held by a user's limiter handle: a store may keep a reference to that user's state here and
+ * skip its own lookup next time. The store decides what it holds and when it is still valid.
+ */
+export interface UserSlot {
+  ref: unknown;
+}
+
 /** What a store tells the manager of on its own. */
 export interface StoreListener {
   /** A subscription was seen past its end for the first time. */
@@ -142,7 +150,7 @@ export interface Store {
    * `waiting` holds the units this process has queued per bucket key: a new request never
    * overtakes them. Denials write nothing.
    */
-  admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number): MaybePromise<AdmitResult>;
+  admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number, slot?: UserSlot): MaybePromise<AdmitResult>;
   /** Takes `cost` units from the user's bucket if they conform: 0 when taken, else ms to wait. */
   take(userId: string, cost: number, nowMs: number): MaybePromise<number>;
   /** Gives back quota charged for a task that never started (no-op if the period moved on). */
