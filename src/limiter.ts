@@ -372,9 +372,7 @@ export class Pipeline {
     }
     const controller = job.signal !== undefined ? new AbortController() : undefined;
     job.controller = controller;
-    void this.pool(job.profile)
-      .run(job.name as string, job.payload, job.timeoutMs, controller)
-      .then((result) => this.ran(job, result, startedAt));
+    this.pool(job.profile).run(job.name as string, job.payload, job.timeoutMs, controller, (result) => this.ran(job, result, startedAt));
   }
 
   /** An attempt ended: settle, retry, or dead-letter. */

@@ -78,10 +78,21 @@ function reportLate(err) {
 process.on('uncaughtException', reportLate);
 process.on('unhandledRejection', reportLate);
 
-export default async function run({ n, p, s, f }) {
-  const { mod, fail } = await load();
-  if (fail) return { k: 'import', e: fail };
-  const fn = mod[n];
+// The loaded module (or the import failure), once known: later tasks skip the await.
+let ready;
+
+export default function run(task) {
+  if (ready !== undefined) return execute(task);
+  return load().then((r) => {
+    ready = r;
+    return execute(task);
+  });
+}
+
+// Synchronous where the task is: a sync export answers without a microtask hop of ours.
+function execute({ n, p, s, f }) {
+  if (ready.fail) return { k: 'import', e: ready.fail };
+  const fn = ready.mod[n];
   if (typeof fn !== 'function') {
     return { k: 'missing', e: { name: 'Error', message: `module ${moduleUrl} has no exported function "${n}"` } };
   }
@@ -92,18 +103,29 @@ export default async function run({ n, p, s, f }) {
   }
   let v;
   try {
-    v = await fn(p);
+    v = fn(p);
+    if (v !== null && typeof v === 'object' && typeof v.then === 'function') {
+      return Promise.resolve(v).then(answer, failed);
+    }
   } catch (err) {
-    return { k: 'error', e: serialise(err) };
+    return failed(err);
   }
+  return answer(v);
+}
+
+function failed(err) {
+  return { k: 'error', e: serialise(err) };
+}
+
+function answer(v) {
   // Piscina posts the result itself. If that postMessage throws (DataCloneError), the error is
   // rethrown in a microtask, our uncaughtException handler catches it, and the task never
-  // settles. So check cloneability here, which costs one extra clone of the result.
+  // settles. So check cloneability here, which costs one extra clone of an object result.
   if (typeof v === 'object' || typeof v === 'function' || typeof v === 'symbol') {
     try {
       structuredClone(v);
     } catch (err) {
-      return { k: 'error', e: serialise(err) };
+      return failed(err);
     }
   }
   return { k: 'ok', v };

@@ -67,6 +67,7 @@ export class WorkerPool {
       minThreads: options.minThreads,
       idleTimeout: 30_000,
       concurrentTasksPerWorker: 1,
+      recordTiming: false,
       ...(options.resourceLimits === undefined ? {} : { resourceLimits: options.resourceLimits }),
     });
     // A thread that dies outside any task emits 'error'; without a listener it would crash the process.
@@ -83,81 +84,123 @@ export class WorkerPool {
   }
 
   /**
-   * Runs export `name` with `payload` on a thread. Never rejects. With `timeoutMs`, the run is
-   * stopped (its thread terminated) that long after it begins executing on its thread.
+   * Runs export `name` with `payload` on a thread and calls `done` with what it came to (never
+   * throws, never rejects). With `timeoutMs`, the run is stopped (its thread terminated) that
+   * long after it begins executing on its thread.
    */
-  async run(name: string, payload: unknown, timeoutMs: number, controller: AbortController | undefined): Promise<RunResult> {
-    if (timeoutMs > 0 && controller === undefined) controller = new AbortController();
-    const slot = timeoutMs > 0 ? (this.freeSlots.pop() ?? -1) : -1;
-    let timer: NodeJS.Timeout | undefined;
-    let timedOut = false;
-    let done = false;
-    if (slot >= 0) {
-      Atomics.store(this.flags, slot, 0);
-      const started = Atomics.waitAsync(this.flags, slot, 0);
-      const arm = (): void => {
-        if (done || controller!.signal.aborted || Atomics.load(this.flags, slot) !== 1) return;
-        timer = setTimeout(() => {
-          timedOut = true;
-          controller!.abort();
-        }, timeoutMs);
-      };
-      if (started.async) void started.value.then(arm);
-      else arm();
-    } else if (timeoutMs > 0) {
-      // More runs in flight than slots (cannot happen while the executor gates by thread): time from now.
-      timer = setTimeout(() => {
-        timedOut = true;
-        controller!.abort();
-      }, timeoutMs);
+  run(name: string, payload: unknown, timeoutMs: number, controller: AbortController | undefined, done: (result: RunResult) => void): void {
+    if (timeoutMs <= 0) {
+      const message = { n: name, p: payload, s: -1, f: undefined };
+      const running = controller === undefined ? this.piscina.run(message) : this.piscina.run(message, { signal: controller.signal });
+      running.then(
+        (answer: WorkerAnswer) => done(this.answer(name, answer)),
+        (error: unknown) => done(this.failure(name, error, false, timeoutMs, controller)),
+      );
+      return;
     }
-    const message = { n: name, p: payload, s: slot, f: slot >= 0 ? this.flags : undefined };
-    try {
-      const answer = (await (controller === undefined
-        ? this.piscina.run(message)
-        : this.piscina.run(message, { signal: controller.signal }))) as WorkerAnswer;
-      switch (answer.k) {
-        case 'ok':
-          return { ok: true, value: answer.v };
-        case 'error': {
-          const cause = rebuildError(answer.e);
-          return { ok: false, error: taskFailed(cause, (cause as { retryable?: unknown }).retryable === false ? false : undefined), refund: false };
-        }
-        case 'missing':
-          return { ok: false, error: invalidArgument(`task ${JSON.stringify(name)}: ${answer.e.message}`), refund: true };
-        default:
-          return {
-            ok: false,
-            error: new TaskvalveError(
-              ErrorCode.INVALID_CONFIG,
-              `profile ${JSON.stringify(this.profile.name)}: pool.filename ${this.profile.pool.filename} failed to import: ${answer.e.message}`,
-              { cause: rebuildError(answer.e), retryable: false },
-            ),
-            refund: true,
-          };
+    const stop = controller ?? new AbortController();
+    const timer = new RunTimer(this.flags, this.freeSlots.pop() ?? -1, timeoutMs, stop);
+    const message = { n: name, p: payload, s: timer.slot, f: timer.slot >= 0 ? this.flags : undefined };
+    this.piscina.run(message, { signal: stop.signal }).then(
+      (answer: WorkerAnswer) => {
+        this.release(timer);
+        done(this.answer(name, answer));
+      },
+      (error: unknown) => {
+        this.release(timer);
+        done(this.failure(name, error, timer.fired, timeoutMs, stop));
+      },
+    );
+  }
+
+  private release(timer: RunTimer): void {
+    timer.end();
+    if (timer.slot >= 0) this.freeSlots.push(timer.slot);
+  }
+
+  /** What the worker's answer means. */
+  private answer(name: string, answer: WorkerAnswer): RunResult {
+    switch (answer.k) {
+      case 'ok':
+        return { ok: true, value: answer.v };
+      case 'error': {
+        const cause = rebuildError(answer.e);
+        return { ok: false, error: taskFailed(cause, (cause as { retryable?: unknown }).retryable === false ? false : undefined), refund: false };
       }
-    } catch (error) {
-      if (timedOut) return { ok: false, error: taskTimeout(timeoutMs), refund: false };
-      if (controller?.signal.aborted) return { ok: false, error: undefined, refund: false };
-      if ((error as { name?: unknown }).name === 'DataCloneError') {
-        return { ok: false, error: invalidArgument(`payload of task ${JSON.stringify(name)} cannot be cloned to a worker thread: ${(error as Error).message}`, error), refund: true };
-      }
-      return { ok: false, error: workerCrashed(error), refund: false };
-    } finally {
-      done = true;
-      if (timer !== undefined) clearTimeout(timer);
-      if (slot >= 0) {
-        // Wake a waiter still pending (the run ended before it began executing), then free the slot.
-        Atomics.store(this.flags, slot, 2);
-        Atomics.notify(this.flags, slot);
-        this.freeSlots.push(slot);
-      }
+      case 'missing':
+        return { ok: false, error: invalidArgument(`task ${JSON.stringify(name)}: ${answer.e.message}`), refund: true };
+      default:
+        return {
+          ok: false,
+          error: new TaskvalveError(
+            ErrorCode.INVALID_CONFIG,
+            `profile ${JSON.stringify(this.profile.name)}: pool.filename ${this.profile.pool.filename} failed to import: ${answer.e.message}`,
+            { cause: rebuildError(answer.e), retryable: false },
+          ),
+          refund: true,
+        };
     }
+  }
+
+  /** What Piscina's rejection means: our timeout, an abort, a payload it could not send, or a dead thread. */
+  private failure(name: string, error: unknown, timedOut: boolean, timeoutMs: number, controller: AbortController | undefined): RunResult {
+    if (timedOut) return { ok: false, error: taskTimeout(timeoutMs), refund: false };
+    if (controller?.signal.aborted) return { ok: false, error: undefined, refund: false };
+    if ((error as { name?: unknown }).name === 'DataCloneError') {
+      return { ok: false, error: invalidArgument(`payload of task ${JSON.stringify(name)} cannot be cloned to a worker thread: ${(error as Error).message}`, error), refund: true };
+    }
+    return { ok: false, error: workerCrashed(error), refund: false };
   }
 
   /** Terminates every thread; runs in flight reject. */
   async destroy(): Promise<void> {
     this.channel.close();
     await this.piscina.destroy();
+  }
+}
+
+/**
+ * The timeout of one run, armed when the task begins executing on its thread: the worker flips
+ * the run's flag in shared memory and notifies; `Atomics.waitAsync` wakes us. Without a free
+ * slot (more runs than slots, which the executor prevents) it counts from the hand-off.
+ */
+class RunTimer {
+  fired = false;
+  private timer: NodeJS.Timeout | undefined = undefined;
+  private ended = false;
+
+  constructor(
+    private readonly flags: Int32Array,
+    readonly slot: number,
+    private readonly timeoutMs: number,
+    private readonly controller: AbortController,
+  ) {
+    if (slot < 0) {
+      this.arm();
+      return;
+    }
+    Atomics.store(flags, slot, 0);
+    const started = Atomics.waitAsync(flags, slot, 0);
+    if (started.async) void started.value.then(() => this.arm());
+    else this.arm();
+  }
+
+  private arm(): void {
+    if (this.ended || this.controller.signal.aborted) return;
+    if (this.slot >= 0 && Atomics.load(this.flags, this.slot) !== 1) return;
+    this.timer = setTimeout(() => {
+      this.fired = true;
+      this.controller.abort();
+    }, this.timeoutMs);
+  }
+
+  /** The run is over: disarm, and wake a waiter still pending (the run ended before it began). */
+  end(): void {
+    this.ended = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.slot >= 0) {
+      Atomics.store(this.flags, this.slot, 2);
+      Atomics.notify(this.flags, this.slot);
+    }
   }
 }
