@@ -1,5 +1,5 @@
 // Bad input: a clear TaskvalveError with a code at the earliest point, and nothing lost.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Manager, TaskvalveError, type ProfileConfig } from '../src/index.js';
 import { rejection as rejected, thrown } from './helpers.js';
 
@@ -137,6 +137,27 @@ describe('bounded memory', () => {
     expect((manager as unknown as { handles: Map<string, unknown> }).handles.size).toBeLessThanOrEqual(10_000);
     expect(manager.getLimiter('u0')).not.toBe(first);
     expect((await manager.getLimiter('u0').check()).allowed).toBe(true);
+  });
+
+  it('waiting lines and per-user queues go away once their tasks are done', async () => {
+    vi.useFakeTimers();
+    try {
+      manager.registerProfile('p', { rate: { limit: 1, intervalMs: 100 }, pool: { perUserConcurrency: 1 } });
+      const runs: Promise<unknown>[] = [];
+      for (let u = 0; u < 200; u++) {
+        await manager.subscribe(`u${u}`, 'p');
+        for (let i = 0; i < 3; i++) runs.push(manager.getLimiter(`u${u}`).submit(() => i));
+      }
+      const pipeline = (manager as unknown as { pipeline: { lines: { lines: Map<string, unknown>; units: Map<string, unknown> }; executors: Map<string, { lanes: Map<string, unknown> }> } }).pipeline;
+      expect(pipeline.lines.lines.size).toBe(200);
+      await vi.advanceTimersByTimeAsync(300);
+      await Promise.all(runs);
+      expect(pipeline.lines.lines.size).toBe(0);
+      expect(pipeline.lines.units.size).toBe(0);
+      expect(pipeline.executors.get('p')?.lanes.size).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('a million distinct unsubscribed users leave no state behind', async () => {
