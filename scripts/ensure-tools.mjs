@@ -1,10 +1,17 @@
 #!/usr/bin/env node
-// Pretest: makes sure the tools the tests need are on this machine (promtool, from Debian's
-// prometheus package). Installs them with apt-get when missing and running as root; otherwise
-// stops with the command to run.
+// Pretest: makes sure the tools the tests need are on this machine: promtool (Debian's
+// prometheus package) and redis-server / redis-cli (Debian's redis-server package and its
+// dependency redis-tools; test/support/redis.ts starts private servers and clusters on random
+// loopback ports). Installs them with apt-get when missing and running as root; otherwise stops
+// with the command to run. If the Debian postinst starts a system redis on 6379, that is harmless:
+// no test uses that port.
 import { execFileSync, spawnSync } from 'node:child_process';
 
-const tools = [{ command: 'promtool', pkg: 'prometheus' }];
+const tools = [
+  { command: 'promtool', pkg: 'prometheus' },
+  { command: 'redis-server', pkg: 'redis-server' },
+  { command: 'redis-cli', pkg: 'redis-tools' },
+];
 
 const has = (command) => spawnSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' }).status === 0;
 const missing = tools.filter((t) => !has(t.command));
@@ -14,7 +21,7 @@ const pkgs = [...new Set(missing.map((t) => t.pkg))];
 const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
 if (!isRoot || !has('apt-get')) {
   console.error(
-    `The tests need ${missing.map((t) => t.command).join(', ')}. Install it, for example on Debian/Ubuntu:\n` +
+    `The tests need ${missing.map((t) => t.command).join(', ')}. Install them, for example on Debian/Ubuntu:\n` +
       `  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${pkgs.join(' ')}`,
   );
   process.exit(1);

@@ -1,9 +1,11 @@
 /** taskvalve: govern work in multi-tenant backends. See shared/API.md for the contract. */
 export { Manager, DeadLetterQueue } from './manager.js';
-export type { ManagerOptions, SubscribeOptions, SubscriptionEvent, Logger } from './manager.js';
+export type { ManagerOptions, SubscribeOptions, SubscriptionEvent, Logger, ProfileView } from './manager.js';
 export { Limiter } from './limiter.js';
 export type { Task, SubmitOptions, Decision, PeekResult, CloseReport } from './limiter.js';
 export { MemoryStore } from './store/memory.js';
+export { RedisStore } from './store/redis/index.js';
+export type { RedisStoreOptions, RedisClientLike } from './store/redis/index.js';
 export type { MemoryStoreOptions } from './store/memory.js';
 export type { Store, Subscription, SubscriptionStatus, FailedTask, DlqQuery, DeadTask } from './store/store.js';
 export { TaskvalveError, ErrorCode } from './errors.js';

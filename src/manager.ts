@@ -40,6 +40,15 @@ export interface ManagerOptions {
   onStoreUnavailable?: 'fail-closed' | 'fail-open' | 'local';
 }
 
+/** What {@link Manager.getProfile} tells of a registered profile. */
+export interface ProfileView {
+  readonly name: string;
+  /** Units per interval, the bucket's capacity, and the shared bucket's key (undefined: one per user). */
+  readonly rate: { readonly limit: number; readonly intervalMs: number; readonly burst: number; readonly shared: string | undefined };
+  /** Null: no quota. `periodMs` null: a lifetime quota. */
+  readonly quota: { readonly limit: number; readonly periodMs: number | null; readonly kind: 'hard' | 'soft' } | null;
+}
+
 /** Options of {@link Manager.subscribe}. */
 export interface SubscribeOptions {
   /** Length of the subscription from its start; neither this nor endsAt: no end. */
@@ -198,6 +207,18 @@ export class Manager extends EventEmitter {
     this.profiles.set(name, profile);
   }
 
+  /**
+   * A registered profile's rate and quota, defaults filled in (a frozen copy), or undefined if
+   * no profile has that name. For callers that describe a profile, e.g. the HTTP edge's headers.
+   */
+  getProfile(name: string): ProfileView | undefined {
+    const p = this.profiles.get(name);
+    if (p === undefined) return undefined;
+    const { limit, intervalMs, burst } = p.rate;
+    const quota = p.quotaLimit === null ? null : Object.freeze({ limit: p.quotaLimit, periodMs: p.quotaPeriodMs > 0 ? p.quotaPeriodMs : null, kind: p.quotaHard ? ('hard' as const) : ('soft' as const) });
+    return Object.freeze({ name: p.name, rate: Object.freeze({ limit, intervalMs, burst, shared: p.shared }), quota });
+  }
+
   private profile(name: unknown): Profile {
     const profile = typeof name === 'string' ? this.profiles.get(name) : undefined;
     if (profile === undefined) throw profileNotFound(String(name));
@@ -210,16 +231,14 @@ export class Manager extends EventEmitter {
       checkUserId(userId);
       const profile = this.profile(profileName);
       if (options === null || typeof options !== 'object') throw invalidArgument(`subscribe options must be an object, got ${show(options)}`);
-      const now = this.clock();
-      const startsAt = options.startsAt === undefined ? now : time('startsAt', options.startsAt);
+      const startsAt = options.startsAt === undefined ? undefined : time('startsAt', options.startsAt);
       if (options.durationMs !== undefined && options.endsAt !== undefined) throw invalidArgument('give durationMs or endsAt, not both');
-      let endsAt = Infinity;
-      if (options.durationMs !== undefined) endsAt = startsAt + checkInt('durationMs', options.durationMs, 1);
-      if (options.endsAt !== undefined) endsAt = time('endsAt', options.endsAt);
-      if (endsAt <= startsAt) throw invalidArgument(`endsAt (${new Date(endsAt).toISOString()}) must be after startsAt (${new Date(startsAt).toISOString()})`);
+      const durationMs = options.durationMs === undefined ? undefined : checkInt('durationMs', options.durationMs, 1);
+      const endsAt = options.endsAt === undefined ? undefined : time('endsAt', options.endsAt);
       const quota = options.quota === undefined || options.quota === null ? options.quota : checkInt('quota', options.quota, 0);
       if (options.resetUsage !== undefined && typeof options.resetUsage !== 'boolean') throw invalidArgument(`resetUsage must be a boolean, got ${show(options.resetUsage)}`);
-      const sub = await this.store.subscribe(userId, profile, { startsAt, endsAt, quota, resetUsage: options.resetUsage === true }, now);
+      const input = { startsAt, endsAt, durationMs, quota, resetUsage: options.resetUsage === true };
+      const sub = await this.store.subscribe(userId, profile, input, this.clock());
       this.tell(userId, profile.name, 'created', sub);
       return sub;
     });
@@ -294,6 +313,9 @@ export class Manager extends EventEmitter {
 
   private replay(entry: FailedTask): Promise<unknown> {
     if (this.closed !== undefined) return Promise.reject(shuttingDown());
+    if (typeof entry.task !== 'function' && 'inline' in entry.task) {
+      return Promise.reject(invalidArgument(`dead letter ${entry.id} is an inline task (${entry.task.description}); a function cannot travel between processes, so it can only be replayed by the process where it failed`));
+    }
     // The entry goes once the replay is admitted; a refusal at admission keeps it.
     return this.pipeline.submit(this.getLimiter(entry.userId), entry.task as Task, { cost: entry.cost }, () => {
       const removed = this.store.dlqRemove(entry.id);

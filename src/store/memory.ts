@@ -3,7 +3,7 @@
  * atomic. One user's subscription, usage and bucket state sit in one record that one Map
  * lookup finds.
  */
-import { profileNotFound } from '../errors.js';
+import { invalidArgument, profileNotFound } from '../errors.js';
 import type { Profile } from '../profile.js';
 import { MAX_TICKS, conform, convertTat, remaining, ticksToMs, waitFor, type Rate } from '../rate/gcra.js';
 import {
@@ -166,17 +166,22 @@ export class MemoryStore implements Store {
   }
 
   subscribe(userId: string, profile: Profile, input: SubscribeInput, nowMs: number): Subscription {
+    const startsAt = input.startsAt ?? nowMs;
+    const endsAt = input.endsAt ?? (input.durationMs === undefined ? Infinity : startsAt + input.durationMs);
+    if (endsAt <= startsAt) {
+      throw invalidArgument(`endsAt (${new Date(endsAt).toISOString()}) must be after startsAt (${new Date(startsAt).toISOString()})`);
+    }
     this.defineProfile(profile);
     const rec = this.users.get(userId);
     if (rec === undefined) {
-      const created = new UserRecord(profile, ACTIVE, input.startsAt, input.endsAt, 0, input.quota ?? null, input.startsAt, 0, 0);
+      const created = new UserRecord(profile, ACTIVE, startsAt, endsAt, 0, input.quota ?? null, startsAt, 0, 0);
       this.users.set(userId, created);
       return this.snapshot(userId, created, nowMs);
     }
     this.switchProfile(rec, profile, nowMs);
     rec.status = ACTIVE;
-    rec.startsAt = input.startsAt;
-    rec.endsAt = input.endsAt;
+    rec.startsAt = startsAt;
+    rec.endsAt = endsAt;
     rec.quota = input.quota ?? null;
     if (input.resetUsage) this.reset(rec, nowMs);
     return this.snapshot(userId, rec, nowMs);

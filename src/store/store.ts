@@ -79,18 +79,26 @@ export interface AdmitResult {
   endsAt: number;
 }
 
-/** Options of {@link Store.subscribe}, already validated, times in ms. */
+/**
+ * Options of {@link Store.subscribe}, validated, times in ms. Absent times are the store's own
+ * now: a distributed store stamps them from its server's clock.
+ */
 export interface SubscribeInput {
-  startsAt: number;
-  /** Infinity: no end. */
-  endsAt: number;
-  /** Undefined: no override. */
+  startsAt: number | undefined;
+  /** Absent with no duration: no end. */
+  endsAt: number | undefined;
+  durationMs: number | undefined;
+  /** Undefined or null: no override. */
   quota: number | null | undefined;
   resetUsage: boolean;
 }
 
 /** A task as recorded in the dead-letter queue. */
-export type DeadTask = { name: string; payload?: unknown } | ((ctx: { signal: AbortSignal; attempt: number }) => unknown);
+export type DeadTask =
+  | { name: string; payload?: unknown }
+  | ((ctx: { signal: AbortSignal; attempt: number }) => unknown)
+  /** An inline task seen from another process: its function could not travel. */
+  | { inline: true; description: string };
 
 /** A task that exhausted its attempts. */
 export interface FailedTask {

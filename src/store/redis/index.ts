@@ -1,0 +1,494 @@
+/**
+ * RedisStore: the same Store as MemoryStore, kept in Redis (standalone, client-side shards, or
+ * Redis Cluster) so that every process pointed at it sees one world. Every decision is one
+ * Lua script call deciding on Redis TIME; see docs/redis.md for the protocol across slots.
+ */
+import { ErrorCode, TaskvalveError, invalidArgument, invalidConfig } from '../../errors.js';
+import type { Profile } from '../../profile.js';
+import {
+  AdmitMode,
+  Verdict,
+  type AdmitResult,
+  type DlqQuery,
+  type FailedTask,
+  type Store,
+  type StoreListener,
+  type SubscribeInput,
+  type Subscription,
+  type UserSlot,
+} from '../store.js';
+import { Keys, rendezvous, tagOf } from './keys.js';
+import { scripts, type Script, type ScriptClient } from './scripts.js';
+
+/** A client taskvalve can use: an ioredis `Redis` or `Cluster` (structurally). */
+export type RedisClientLike = ScriptClient & {
+  call?: unknown;
+  time?: () => Promise<[string, string]>;
+  hget(key: string, field: string): Promise<string | null>;
+  hset(key: string, ...args: (string | number)[]): Promise<unknown>;
+  hgetall?(key: string): Promise<Record<string, string>>;
+};
+
+/** Options of {@link RedisStore}. */
+export interface RedisStoreOptions {
+  /** An ioredis `Redis`, an ioredis `Cluster`, or an array of `Redis` (client-side shards, in a stable order; append to grow). */
+  client: RedisClientLike | RedisClientLike[];
+  /** Prefix of every key; default 'taskvalve'. No braces. */
+  prefix?: string;
+  /** Every Redis call fails with STORE_UNAVAILABLE past this; default 1,000 ms. */
+  timeoutMs?: number;
+}
+
+const STATUS = ['active', 'canceled', 'expired'] as const;
+const PROFILE_MISMATCH = 9;
+const PAST_DEADLINE = 10;
+const RESERVED = 11;
+/** Inline dead letters whose function this process keeps for replay. */
+const MAX_INLINE = 10_000;
+
+/** What a limiter handle keeps for this store: its keys and the profile last seen. */
+interface Ref {
+  store: RedisStore;
+  user: string;
+  dedicated: string;
+  profile: Profile | undefined;
+}
+
+type Reply = (string | number | null)[];
+
+function storeUnavailable(cause: unknown): TaskvalveError {
+  const message = cause instanceof Error ? cause.message : String(cause);
+  return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `Redis is unavailable: ${message}`, { cause });
+}
+
+/** The state of taskvalve in Redis. taskvalve never closes the client it is given. */
+export class RedisStore implements Store {
+  private readonly keys: Keys;
+  private readonly clients: RedisClientLike[];
+  private readonly clustered: boolean;
+  private readonly timeoutMs: number;
+  private readonly profiles = new Map<string, Profile>();
+  private listener: StoreListener = { expired() {} };
+  private offsetUs = 0;
+  constructor(options: RedisStoreOptions) {
+    if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
+    const prefix = options.prefix ?? 'taskvalve';
+    if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
+      throw invalidConfig('RedisStore', 'prefix', prefix, 'a non-empty string without braces');
+    }
+    const timeoutMs = options.timeoutMs ?? 1000;
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw invalidConfig('RedisStore', 'timeoutMs', timeoutMs, 'a positive integer');
+    const clients = Array.isArray(options.client) ? options.client : [options.client];
+    if (clients.length === 0 || clients.some((c) => c === null || typeof c !== 'object' || typeof c.evalsha !== 'function')) {
+      throw invalidConfig('RedisStore', 'client', options.client, 'an ioredis Redis, an ioredis Cluster, or an array of ioredis Redis');
+    }
+    this.keys = new Keys(prefix);
+    this.clients = clients;
+    this.clustered = !Array.isArray(options.client) && (options.client as { isCluster?: boolean }).isCluster === true;
+    this.timeoutMs = timeoutMs;
+  }
+
+  /** @internal For tests: moves this store's view of Redis TIME (every script adds it). */
+  setTimeOffsetMs(ms: number): void {
+    this.offsetUs = Math.round(ms * 1000);
+  }
+
+  attach(listener: StoreListener): void {
+    this.listener = listener;
+  }
+
+  defineProfile(profile: Profile): void {
+    this.profiles.set(profile.name, profile);
+  }
+
+  /** The client that owns a key's slot. */
+  private node(key: string): RedisClientLike {
+    if (this.clients.length === 1) return this.clients[0] as RedisClientLike;
+    return this.clients[rendezvous(tagOf(key), this.clients.length)] as RedisClientLike;
+  }
+
+  /** Whether two keys can be touched by one script call. */
+  private together(a: string, b: string): boolean {
+    if (this.clustered) return tagOf(a) === tagOf(b);
+    return this.clients.length === 1 || this.node(a) === this.node(b);
+  }
+
+  /** Runs a script with a deadline: past `timeoutMs` it is reported failed, and Redis refuses it. */
+  private async run(script: Script, keys: string[], args: (string | number)[]): Promise<Reply> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(storeUnavailable(new Error(`no answer within ${this.timeoutMs} ms`))), this.timeoutMs);
+    });
+    try {
+      return (await Promise.race([script.run(this.node(keys[0] as string), keys, args), timeout])) as Reply;
+    } catch (error) {
+      if (error instanceof TaskvalveError) throw error;
+      throw storeUnavailable(error);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * The server-time deadline of a call sent now: a script run later than this writes nothing.
+   * Zero (no deadline) until the first reply has told us the server's clock.
+   */
+  private deadline(): number {
+    return this.clockKnown ? Math.round((performance.timeOrigin + performance.now()) * 1000) + this.skewUs + this.timeoutMs * 1000 : 0;
+  }
+
+  private clockKnown = false;
+  /** Server time minus local time (µs), from the latest reply that carried it. */
+  private skewUs = 0;
+
+  private learnClock(serverMs: number): void {
+    this.skewUs = serverMs * 1000 - this.offsetUs - Math.round((performance.timeOrigin + performance.now()) * 1000);
+    this.clockKnown = true;
+  }
+
+  private ref(userId: string, slot: UserSlot | undefined): Ref {
+    const held = slot?.ref as Ref | undefined;
+    if (held !== undefined && held.store === this) return held;
+    const user = this.keys.user(userId);
+    const ref: Ref = { store: this, user, dedicated: this.keys.dedicated(user), profile: undefined };
+    if (slot !== undefined) slot.ref = ref;
+    return ref;
+  }
+
+  private subscription(userId: string, r: Reply): Subscription {
+    const [p, s, sa, ea, n, q, ps, , expiredNow, nowMs] = r as [string, number, string, string, string, string, string, string, number, number];
+    this.learnClock(Number(nowMs));
+    const profile = this.profiles.get(p);
+    if (expiredNow === 1) this.listener.expired(userId, p);
+    let usage = Number(n);
+    let periodStart = Number(ps);
+    const period = profile?.quotaPeriodMs ?? 0;
+    if (period > 0 && Number(nowMs) >= periodStart + period) {
+      periodStart += Math.floor((Number(nowMs) - periodStart) / period) * period;
+      usage = 0;
+    }
+    const quota = Number(q) >= 0 ? Number(q) : null;
+    const sub: Subscription = {
+      userId,
+      profileName: p,
+      status: STATUS[Number(s)] ?? 'active',
+      startsAt: new Date(Number(sa)),
+      endsAt: Number(ea) >= 0 ? new Date(Number(ea)) : null,
+      usage,
+      quota,
+      quotaLimit: quota ?? profile?.quotaLimit ?? null,
+    };
+    if (period > 0) sub.periodStartedAt = new Date(periodStart);
+    return sub;
+  }
+
+  async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
+    this.defineProfile(profile);
+    const r = await this.run(scripts.subscribe, [this.keys.user(userId)], [
+      profile.name,
+      input.startsAt ?? '',
+      input.endsAt === Infinity ? '' : (input.endsAt ?? ''),
+      input.durationMs ?? '',
+      input.quota ?? '',
+      input.resetUsage ? 1 : 0,
+      this.offsetUs,
+    ]);
+    if (r[0] === 'DATES') {
+      throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
+    }
+    return this.subscription(userId, r);
+  }
+
+  async getSubscription(userId: string, _nowMs: number): Promise<Subscription | undefined> {
+    const r = await this.run(scripts.read, [this.keys.user(userId)], [this.offsetUs]);
+    return r === null ? undefined : this.subscription(userId, r);
+  }
+
+  private async mutate(userId: string, op: string, value: string | number): Promise<Subscription | undefined> {
+    const r = await this.run(scripts.mutate, [this.keys.user(userId)], [op, value, this.offsetUs]);
+    return r === null ? undefined : this.subscription(userId, r);
+  }
+
+  extendSubscription(userId: string, ms: number): Promise<Subscription | undefined> {
+    return this.mutate(userId, 'extend', ms);
+  }
+
+  cancelSubscription(userId: string): Promise<Subscription | undefined> {
+    return this.mutate(userId, 'cancel', '');
+  }
+
+  changeProfile(userId: string, profile: Profile): Promise<Subscription | undefined> {
+    this.defineProfile(profile);
+    return this.mutate(userId, 'change', profile.name);
+  }
+
+  resetUsage(userId: string): Promise<Subscription | undefined> {
+    return this.mutate(userId, 'reset', '');
+  }
+
+  setQuota(userId: string, quota: number | null): Promise<Subscription | undefined> {
+    return this.mutate(userId, 'quota', quota ?? '');
+  }
+
+  /** The profile a user's hash names, read once per handle (then kept up to date by admit's replies). */
+  private async profileOf(ref: Ref): Promise<Profile | undefined | null> {
+    let name: string | null;
+    try {
+      name = await this.node(ref.user).hget(ref.user, 'p');
+    } catch (error) {
+      throw storeUnavailable(error);
+    }
+    if (name === null) return null;
+    return this.profiles.get(name);
+  }
+
+  async admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, _nowMs: number, slot?: UserSlot): Promise<AdmitResult> {
+    const ref = this.ref(userId, slot);
+    const out = newResult();
+    let profile = ref.profile ?? (await this.profileOf(ref));
+    for (let attempt = 0; attempt < 3; attempt++) {
+      if (profile === null) return this.notFound(out);
+      if (profile === undefined) throw this.unknownProfile(userId);
+      ref.profile = profile;
+      const r = await this.decide(userId, ref, profile, cost, mode, waiting);
+      if (r[0] !== PROFILE_MISMATCH) return this.fill(out, userId, profile, r);
+      profile = this.profiles.get(String(r[11]));
+    }
+    throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
+  }
+
+  private notFound(out: AdmitResult): AdmitResult {
+    out.verdict = Verdict.NOT_FOUND;
+    out.profile = undefined;
+    out.status = 'not_found';
+    return out;
+  }
+
+  private unknownProfile(userId: string): TaskvalveError {
+    return new TaskvalveError(ErrorCode.PROFILE_NOT_FOUND, `user ${JSON.stringify(userId)} is subscribed to a profile this process has not registered`);
+  }
+
+  private bucketOf(ref: Ref, profile: Profile): string {
+    return profile.shared === undefined ? ref.dedicated : this.keys.shared(profile.shared);
+  }
+
+  /** One admission: one script call, or the reserve / take / refund protocol across slots. */
+  private async decide(userId: string, ref: Ref, profile: Profile, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>): Promise<Reply> {
+    const rate = profile.rate;
+    const bucket = this.bucketOf(ref, profile);
+    const ahead = waiting.size === 0 ? 0 : (waiting.get(profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`) ?? 0);
+    const queue = mode === AdmitMode.PROFILE && profile.onLimit === 'wait';
+    const args = (step: string): (string | number)[] => [
+      profile.name,
+      rate.d,
+      rate.T,
+      rate.tau,
+      rate.burst,
+      profile.quotaLimit ?? -1,
+      profile.quotaPeriodMs,
+      profile.quotaHard ? 1 : 0,
+      queue ? 1 : 0,
+      profile.maxWaitMs === Infinity ? -1 : profile.maxWaitMs,
+      cost,
+      ahead,
+      this.deadline(),
+      this.offsetUs,
+      step,
+    ];
+    if (this.together(ref.user, bucket)) return this.run(scripts.admit, [ref.user, bucket], args('all'));
+    // The bucket lives elsewhere: reserve the quota, then take from the bucket, and give the
+    // reservation back if the bucket says no (docs/redis.md).
+    const reserved = await this.run(scripts.admit, [ref.user, ref.dedicated], args('quota'));
+    if (reserved[0] !== RESERVED) return reserved;
+    let taken: Reply;
+    try {
+      taken = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, cost, ahead, this.deadline(), this.offsetUs, 'take']);
+    } catch (error) {
+      await this.refundReply(ref, cost, reserved);
+      throw error;
+    }
+    const [ok, waitMs, remaining, resetMs] = taken as [number, number, number, number];
+    const reply = [...reserved];
+    reply[4] = remaining;
+    reply[5] = waitMs;
+    reply[6] = resetMs;
+    if (ok === 1) {
+      reply[0] = Verdict.ALLOWED;
+      return reply;
+    }
+    if (ok === 0 && queue && (profile.maxWaitMs === Infinity || waitMs <= profile.maxWaitMs)) {
+      reply[0] = Verdict.QUEUED;
+      return reply;
+    }
+    await this.refundReply(ref, cost, reserved);
+    reply[0] = ok === -1 ? PAST_DEADLINE : Verdict.RATE_LIMITED;
+    reply[1] = Number(reply[1]) - cost;
+    return reply;
+  }
+
+  private async refundReply(ref: Ref, cost: number, reserved: Reply): Promise<void> {
+    const profile = ref.profile;
+    await this.run(scripts.refund, [ref.user], [cost, Number(reserved[3]), profile?.quotaPeriodMs ?? 0, this.offsetUs]);
+  }
+
+  /** Copies a script's reply into the result object. */
+  private fill(out: AdmitResult, userId: string, profile: Profile, r: Reply): AdmitResult {
+    const verdict = Number(r[0]);
+    if (verdict === Verdict.NOT_FOUND) return this.notFound(out);
+    if (verdict === PAST_DEADLINE) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
+    out.verdict = verdict as Verdict;
+    out.profile = profile;
+    out.limit = profile.rate.burst;
+    out.usage = Number(r[1]);
+    out.quotaLimit = Number(r[2]) >= 0 ? Number(r[2]) : null;
+    out.period = Number(r[3]);
+    out.remaining = Number(r[4]);
+    out.retryAfterMs = Number(r[5]);
+    out.resetAfterMs = Number(r[6]);
+    out.startsAt = Number(r[7]);
+    out.endsAt = Number(r[8]) >= 0 ? Number(r[8]) : Infinity;
+    out.status = STATUS[Number(r[9])] ?? 'active';
+    if (Number(r[10]) === 1) this.listener.expired(userId, profile.name);
+    if (verdict === Verdict.QUEUED) out.bucket = profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`;
+    return out;
+  }
+
+  async take(userId: string, cost: number, _nowMs: number): Promise<number> {
+    const ref = this.ref(userId, undefined);
+    const profile = ref.profile ?? (await this.profileOf(ref));
+    if (!profile) return 0;
+    const rate = profile.rate;
+    const r = await this.run(scripts.take, [this.bucketOf(ref, profile)], [rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.offsetUs, 'take']);
+    if (Number(r[0]) === -1) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
+    return Number(r[0]) === 1 ? 0 : Math.max(1, Number(r[1]));
+  }
+
+  async refund(userId: string, cost: number, period: number, _nowMs: number): Promise<void> {
+    const ref = this.ref(userId, undefined);
+    const profile = ref.profile ?? (await this.profileOf(ref));
+    await this.run(scripts.refund, [ref.user], [cost, period, profile?.quotaPeriodMs ?? 0, this.offsetUs]);
+  }
+
+  async peek(userId: string, _nowMs: number): Promise<AdmitResult> {
+    const ref = this.ref(userId, undefined);
+    const out = newResult();
+    const profile = await this.profileOf(ref);
+    if (profile === null) return this.notFound(out);
+    if (profile === undefined) throw this.unknownProfile(userId);
+    const rate = profile.rate;
+    const bucket = this.bucketOf(ref, profile);
+    let r: Reply | null;
+    let tail: Reply;
+    if (this.together(ref.user, bucket)) {
+      r = await this.run(scripts.read, [ref.user, bucket], [this.offsetUs, rate.d, rate.T, rate.tau]);
+      if (r === null) return this.notFound(out);
+      tail = r.slice(10);
+    } else {
+      r = await this.run(scripts.read, [ref.user], [this.offsetUs]);
+      if (r === null) return this.notFound(out);
+      const t = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, 1, 0, 0, this.offsetUs, 'peek']);
+      tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
+    }
+    const sub = this.subscription(userId, r);
+    out.verdict = Number(tail[1]) === 0 ? Verdict.ALLOWED : Verdict.RATE_LIMITED;
+    out.profile = profile;
+    out.limit = rate.burst;
+    out.remaining = Number(tail[0]);
+    out.retryAfterMs = Number(tail[1]);
+    out.resetAfterMs = Number(tail[2]);
+    out.usage = sub.usage;
+    out.quotaLimit = sub.quotaLimit;
+    out.status = sub.status;
+    return out;
+  }
+
+  private dlqKeys(): string[] {
+    return [this.keys.dlq('e'), this.keys.dlq('o'), this.keys.dlq('x'), this.keys.dlq('seq')];
+  }
+
+  async dlqAdd(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, _nowMs: number): Promise<void> {
+    if (typeof entry.task === 'function') {
+      this.inline.set(entry.id, entry.task);
+      if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
+    }
+    const json = JSON.stringify(serialiseEntry(entry));
+    await this.run(scripts.dlq, [...this.dlqKeys(), this.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs, this.offsetUs]);
+  }
+
+  async dlqList(query: DlqQuery, _nowMs: number): Promise<FailedTask[]> {
+    const r = (await this.run(scripts.dlq, this.dlqKeys(), ['list', this.offsetUs])) as (string | null)[];
+    const out: FailedTask[] = [];
+    const limit = query.limit ?? Infinity;
+    for (const json of r) {
+      if (json === null) continue;
+      if (out.length >= limit) break;
+      const entry = this.restore(JSON.parse(json) as StoredEntry);
+      if (query.userId !== undefined && entry.userId !== query.userId) continue;
+      if (query.profileName !== undefined && entry.profileName !== query.profileName) continue;
+      out.push(entry);
+    }
+    return out;
+  }
+
+  async dlqGet(id: string): Promise<FailedTask | undefined> {
+    const json = (await this.run(scripts.dlq, this.dlqKeys(), ['get', id, this.offsetUs])) as unknown as string | null;
+    return json === null ? undefined : this.restore(JSON.parse(json) as StoredEntry);
+  }
+
+  async dlqRemove(id: string): Promise<boolean> {
+    const removed = (await this.run(scripts.dlq, this.dlqKeys(), ['remove', id, this.offsetUs])) as unknown as number;
+    this.inline.delete(id);
+    return removed === 1;
+  }
+
+  /** Inline task functions of this process's dead letters: a function cannot travel. */
+  private readonly inline = new Map<string, FailedTask['task']>();
+
+  private restore(stored: StoredEntry): FailedTask {
+    const { task, firstFailedAt, lastFailedAt, ...rest } = stored;
+    const fn = this.inline.get(stored.id);
+    return {
+      ...rest,
+      task: fn ?? (task.inline ? { inline: true, description: task.description ?? 'a function' } : { name: task.name as string, payload: task.payload }),
+      firstFailedAt: new Date(firstFailedAt),
+      lastFailedAt: new Date(lastFailedAt),
+    };
+  }
+}
+
+/** A fresh result per call: answers of concurrent calls must not share one object. */
+function newResult(): AdmitResult {
+  return {
+    verdict: Verdict.ALLOWED,
+    profile: undefined,
+    limit: 0,
+    remaining: 0,
+    retryAfterMs: 0,
+    resetAfterMs: 0,
+    usage: 0,
+    quotaLimit: null,
+    period: 0,
+    bucket: '',
+    status: 'active',
+    startsAt: 0,
+    endsAt: 0,
+  };
+}
+
+/** A dead letter as JSON. */
+interface StoredEntry extends Omit<FailedTask, 'task' | 'firstFailedAt' | 'lastFailedAt'> {
+  task: { inline?: boolean; description?: string; name?: string; payload?: unknown };
+  firstFailedAt: number;
+  lastFailedAt: number;
+}
+
+function serialiseEntry(entry: FailedTask): StoredEntry {
+  const t = entry.task;
+  const task =
+    typeof t === 'function'
+      ? { inline: true, description: t.name ? `function ${t.name}` : 'an anonymous function' }
+      : 'inline' in t
+        ? { inline: true, description: t.description }
+        : { name: t.name, payload: t.payload };
+  return { ...entry, task, firstFailedAt: entry.firstFailedAt.getTime(), lastFailedAt: entry.lastFailedAt.getTime() };
+}

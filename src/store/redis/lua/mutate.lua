@@ -1,0 +1,41 @@
+-- One change to an existing subscription; nil when there is none.
+--
+-- KEYS[1] the user's hash. ARGV: 1 op: 'extend' (2: ms), 'cancel', 'change' (2: profile),
+--   'reset', 'quota' (2: limit, '' : back to the profile's); 3 time offset µs (tests).
+-- Reply: the subscription fields (see user_reply).
+--@include time
+--@include user
+
+local now = server_now(tonumber(ARGV[3]), 0)
+local now_ms = math.floor(now / 1000)
+local key = KEYS[1]
+local u = user_load(key)
+if not u then
+  return nil
+end
+local op = ARGV[1]
+if op == 'extend' then
+  if u.s ~= 1 and u.ea >= 0 then
+    local from = u.ea
+    if from < now_ms then
+      from = now_ms
+    end
+    u.ea = from + tonumber(ARGV[2])
+    u.s = 0
+    redis.call('HSET', key, 'ea', int(u.ea), 's', 0)
+  end
+elseif op == 'cancel' then
+  u.s = 1
+  redis.call('HSET', key, 's', 1)
+elseif op == 'change' then
+  u.p = ARGV[2]
+  redis.call('HSET', key, 'p', u.p)
+elseif op == 'reset' then
+  u.n = 0
+  u.g = u.g + 1
+  redis.call('HSET', key, 'n', 0, 'g', int(u.g))
+elseif op == 'quota' then
+  u.q = tonumber(ARGV[2]) or -1
+  redis.call('HSET', key, 'q', int(u.q))
+end
+return user_reply(u, now_ms, user_expire(key, u, now_ms))

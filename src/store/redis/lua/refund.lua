@@ -1,0 +1,24 @@
+-- Gives back quota charged for a task that never started, unless the usage period moved on
+-- (or usage was reset) since the charge.
+--
+-- KEYS[1] the user's hash. ARGV: 1 cost, 2 period token, 3 period ms, 4 time offset µs (tests).
+--@include time
+--@include user
+
+local now = server_now(tonumber(ARGV[4]), 0)
+local u = user_load(KEYS[1])
+if not u then
+  return 0
+end
+if user_roll(u, math.floor(now / 1000), tonumber(ARGV[3])) then
+  return 0
+end
+if u.g ~= tonumber(ARGV[2]) then
+  return 0
+end
+local n = u.n - tonumber(ARGV[1])
+if n < 0 then
+  n = 0
+end
+redis.call('HSET', KEYS[1], 'n', int(n))
+return 1

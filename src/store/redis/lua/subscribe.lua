@@ -1,0 +1,36 @@
+-- Creates or replaces a subscription, its dates stamped from Redis TIME. Re-subscribing keeps
+-- the usage of the period unless asked to reset it.
+--
+-- KEYS[1] the user's hash. ARGV: 1 profile; 2 starts ms ('' : now); 3 ends ms ('' : none);
+--   4 duration ms ('' : none); 5 quota override ('' : none); 6 reset usage (1/0);
+--   7 time offset µs (tests).
+-- Reply: the subscription fields (see user_reply), or { 'DATES' } when it would end before it starts.
+--@include time
+--@include user
+
+local now = server_now(tonumber(ARGV[7]), 0)
+local now_ms = math.floor(now / 1000)
+local sa = tonumber(ARGV[2]) or now_ms
+local ea = tonumber(ARGV[3])
+if not ea then
+  local duration = tonumber(ARGV[4])
+  if duration then
+    ea = sa + duration
+  else
+    ea = -1
+  end
+end
+if ea >= 0 and ea <= sa then
+  return { 'DATES', int(sa), int(ea) }
+end
+local q = tonumber(ARGV[5]) or -1
+local u = user_load(KEYS[1])
+if not u then
+  u = { n = 0, ps = sa, g = 0 }
+elseif ARGV[6] == '1' then
+  u.n = 0
+  u.g = u.g + 1
+end
+u.p, u.s, u.sa, u.ea, u.q = ARGV[1], 0, sa, ea, q
+redis.call('HSET', KEYS[1], 'p', u.p, 's', 0, 'sa', int(sa), 'ea', int(ea), 'n', int(u.n), 'q', int(q), 'ps', int(u.ps), 'g', int(u.g))
+return user_reply(u, now_ms, 0)

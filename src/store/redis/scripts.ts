@@ -1,0 +1,57 @@
+/**
+ * The Lua scripts of the Redis store: one file per state transition in `lua/`, shared
+ * fragments in `lua/includes/` pulled in by `--@include name` lines. Each is read once, run
+ * by EVALSHA, and re-sent with EVAL (which caches it again) when a server answers NOSCRIPT:
+ * after SCRIPT FLUSH, a restart, or a failover.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+
+const DIR = new URL('./lua/', import.meta.url);
+
+/** What a script call needs from a client: ioredis's Redis and Cluster both have these. */
+export interface ScriptClient {
+  evalsha(sha: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
+  eval(script: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
+}
+
+function source(name: string, seen = new Set<string>()): string {
+  const text = readFileSync(new URL(`${name}.lua`, DIR), 'utf8');
+  return text.replace(/^--@include (\S+)\s*$/gm, (_, include: string) => {
+    if (seen.has(include)) return '';
+    seen.add(include);
+    return source(`includes/${include}`, seen);
+  });
+}
+
+/** One script, loaded from its file once. */
+export class Script {
+  readonly source: string;
+  readonly sha: string;
+
+  constructor(readonly name: string) {
+    this.source = source(name);
+    this.sha = createHash('sha1').update(this.source).digest('hex');
+  }
+
+  /** Runs on the node that owns `keys` (all in one slot). */
+  async run(client: ScriptClient, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    try {
+      return await client.evalsha(this.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!String((error as Error)?.message).startsWith('NOSCRIPT')) throw error;
+      return client.eval(this.source, keys.length, ...keys, ...args);
+    }
+  }
+}
+
+/** Every script of the store. */
+export const scripts = {
+  admit: new Script('admit'),
+  take: new Script('take'),
+  refund: new Script('refund'),
+  read: new Script('read'),
+  subscribe: new Script('subscribe'),
+  mutate: new Script('mutate'),
+  dlq: new Script('dlq'),
+};
