@@ -69,7 +69,8 @@ export class RedisStore implements Store {
   private readonly timeoutMs: number;
   private readonly profiles = new Map<string, Profile>();
   private listener: StoreListener = { expired() {} };
-  private offsetUs = 0;
+  /** Tests only: a fixed time (ms) for every script instead of Redis TIME. */
+  private testClock: (() => number) | undefined = undefined;
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
     const prefix = options.prefix ?? 'taskvalve';
@@ -88,9 +89,17 @@ export class RedisStore implements Store {
     this.timeoutMs = timeoutMs;
   }
 
-  /** @internal For tests: moves this store's view of Redis TIME (every script adds it). */
-  setTimeOffsetMs(ms: number): void {
-    this.offsetUs = Math.round(ms * 1000);
+  /**
+   * @internal Tests only: every script decides at `clock()` (ms) instead of Redis TIME, so that
+   * time-dependent cases can move time; undefined returns to Redis TIME.
+   */
+  setTestClock(clock: (() => number) | undefined): void {
+    this.testClock = clock;
+  }
+
+  /** The time argument of every script: Redis TIME, or a test's fixed time. */
+  private clockArg(): string {
+    return this.testClock === undefined ? '+0' : `=${Math.round(this.testClock() * 1000)}`;
   }
 
   attach(listener: StoreListener): void {
@@ -134,7 +143,7 @@ export class RedisStore implements Store {
    * Zero (no deadline) until the first reply has told us the server's clock.
    */
   private deadline(): number {
-    return this.clockKnown ? Math.round((performance.timeOrigin + performance.now()) * 1000) + this.skewUs + this.timeoutMs * 1000 : 0;
+    return this.clockKnown && this.testClock === undefined ? Math.round((performance.timeOrigin + performance.now()) * 1000) + this.skewUs + this.timeoutMs * 1000 : 0;
   }
 
   private clockKnown = false;
@@ -142,7 +151,8 @@ export class RedisStore implements Store {
   private skewUs = 0;
 
   private learnClock(serverMs: number): void {
-    this.skewUs = serverMs * 1000 - this.offsetUs - Math.round((performance.timeOrigin + performance.now()) * 1000);
+    if (this.testClock !== undefined) return;
+    this.skewUs = serverMs * 1000 - Math.round((performance.timeOrigin + performance.now()) * 1000);
     this.clockKnown = true;
   }
 
@@ -191,7 +201,7 @@ export class RedisStore implements Store {
       input.durationMs ?? '',
       input.quota ?? '',
       input.resetUsage ? 1 : 0,
-      this.offsetUs,
+      this.clockArg(),
     ]);
     if (r[0] === 'DATES') {
       throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
@@ -200,12 +210,12 @@ export class RedisStore implements Store {
   }
 
   async getSubscription(userId: string, _nowMs: number): Promise<Subscription | undefined> {
-    const r = await this.run(scripts.read, [this.keys.user(userId)], [this.offsetUs]);
+    const r = await this.run(scripts.read, [this.keys.user(userId)], [this.clockArg()]);
     return r === null ? undefined : this.subscription(userId, r);
   }
 
   private async mutate(userId: string, op: string, value: string | number): Promise<Subscription | undefined> {
-    const r = await this.run(scripts.mutate, [this.keys.user(userId)], [op, value, this.offsetUs]);
+    const r = await this.run(scripts.mutate, [this.keys.user(userId)], [op, value, this.clockArg()]);
     return r === null ? undefined : this.subscription(userId, r);
   }
 
@@ -292,7 +302,7 @@ export class RedisStore implements Store {
       cost,
       ahead,
       this.deadline(),
-      this.offsetUs,
+      this.clockArg(),
       step,
     ];
     if (this.together(ref.user, bucket)) return this.run(scripts.admit, [ref.user, bucket], args('all'));
@@ -302,7 +312,7 @@ export class RedisStore implements Store {
     if (reserved[0] !== RESERVED) return reserved;
     let taken: Reply;
     try {
-      taken = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, cost, ahead, this.deadline(), this.offsetUs, 'take']);
+      taken = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, cost, ahead, this.deadline(), this.clockArg(), 'take']);
     } catch (error) {
       await this.refundReply(ref, cost, reserved);
       throw error;
@@ -328,7 +338,7 @@ export class RedisStore implements Store {
 
   private async refundReply(ref: Ref, cost: number, reserved: Reply): Promise<void> {
     const profile = ref.profile;
-    await this.run(scripts.refund, [ref.user], [cost, Number(reserved[3]), profile?.quotaPeriodMs ?? 0, this.offsetUs]);
+    await this.run(scripts.refund, [ref.user], [cost, Number(reserved[3]), profile?.quotaPeriodMs ?? 0, this.clockArg()]);
   }
 
   /** Copies a script's reply into the result object. */
@@ -358,7 +368,7 @@ export class RedisStore implements Store {
     const profile = ref.profile ?? (await this.profileOf(ref));
     if (!profile) return 0;
     const rate = profile.rate;
-    const r = await this.run(scripts.take, [this.bucketOf(ref, profile)], [rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.offsetUs, 'take']);
+    const r = await this.run(scripts.take, [this.bucketOf(ref, profile)], [rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.clockArg(), 'take']);
     if (Number(r[0]) === -1) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
     return Number(r[0]) === 1 ? 0 : Math.max(1, Number(r[1]));
   }
@@ -366,7 +376,7 @@ export class RedisStore implements Store {
   async refund(userId: string, cost: number, period: number, _nowMs: number): Promise<void> {
     const ref = this.ref(userId, undefined);
     const profile = ref.profile ?? (await this.profileOf(ref));
-    await this.run(scripts.refund, [ref.user], [cost, period, profile?.quotaPeriodMs ?? 0, this.offsetUs]);
+    await this.run(scripts.refund, [ref.user], [cost, period, profile?.quotaPeriodMs ?? 0, this.clockArg()]);
   }
 
   async peek(userId: string, _nowMs: number): Promise<AdmitResult> {
@@ -380,13 +390,13 @@ export class RedisStore implements Store {
     let r: Reply | null;
     let tail: Reply;
     if (this.together(ref.user, bucket)) {
-      r = await this.run(scripts.read, [ref.user, bucket], [this.offsetUs, rate.d, rate.T, rate.tau]);
+      r = await this.run(scripts.read, [ref.user, bucket], [this.clockArg(), rate.d, rate.T, rate.tau]);
       if (r === null) return this.notFound(out);
       tail = r.slice(10);
     } else {
-      r = await this.run(scripts.read, [ref.user], [this.offsetUs]);
+      r = await this.run(scripts.read, [ref.user], [this.clockArg()]);
       if (r === null) return this.notFound(out);
-      const t = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, 1, 0, 0, this.offsetUs, 'peek']);
+      const t = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, 1, 0, 0, this.clockArg(), 'peek']);
       tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
     }
     const sub = this.subscription(userId, r);
@@ -412,11 +422,11 @@ export class RedisStore implements Store {
       if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
     }
     const json = JSON.stringify(serialiseEntry(entry));
-    await this.run(scripts.dlq, [...this.dlqKeys(), this.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs, this.offsetUs]);
+    await this.run(scripts.dlq, [...this.dlqKeys(), this.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs, this.clockArg()]);
   }
 
   async dlqList(query: DlqQuery, _nowMs: number): Promise<FailedTask[]> {
-    const r = (await this.run(scripts.dlq, this.dlqKeys(), ['list', this.offsetUs])) as (string | null)[];
+    const r = (await this.run(scripts.dlq, this.dlqKeys(), ['list', this.clockArg()])) as (string | null)[];
     const out: FailedTask[] = [];
     const limit = query.limit ?? Infinity;
     for (const json of r) {
@@ -431,12 +441,12 @@ export class RedisStore implements Store {
   }
 
   async dlqGet(id: string): Promise<FailedTask | undefined> {
-    const json = (await this.run(scripts.dlq, this.dlqKeys(), ['get', id, this.offsetUs])) as unknown as string | null;
+    const json = (await this.run(scripts.dlq, this.dlqKeys(), ['get', id, this.clockArg()])) as unknown as string | null;
     return json === null ? undefined : this.restore(JSON.parse(json) as StoredEntry);
   }
 
   async dlqRemove(id: string): Promise<boolean> {
-    const removed = (await this.run(scripts.dlq, this.dlqKeys(), ['remove', id, this.offsetUs])) as unknown as number;
+    const removed = (await this.run(scripts.dlq, this.dlqKeys(), ['remove', id, this.clockArg()])) as unknown as number;
     this.inline.delete(id);
     return removed === 1;
   }

@@ -5,7 +5,7 @@
 -- ARGV: 1 profile name the caller holds the parameters of; 2 d, 3 T, 4 tau, 5 burst;
 --   6 quota limit (-1: none), 7 period ms (0: lifetime), 8 hard (1/0); 9 may queue (1/0);
 --   10 max wait ms (-1: none); 11 cost; 12 units already waiting on this bucket in the caller;
---   13 deadline µs (0: none); 14 time offset µs (tests); 15 step: 'all', or 'quota' when the
+--   13 deadline µs (0: none); 14 clock ('+0', see time.lua); 15 step: 'all', or 'quota' when the
 --   bucket lives in another slot (check and reserve the quota only; see docs/redis.md).
 -- Reply: { verdict, usage, quota limit, period token, remaining, retry ms, reset ms,
 --          starts ms, ends ms, status, expired now (1/0), profile name }
@@ -22,7 +22,7 @@ local quota, period, hard = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
 local may_queue, max_wait = ARGV[9] == '1', tonumber(ARGV[10])
 local cost, waiting = tonumber(ARGV[11]), tonumber(ARGV[12])
 
-local now = server_now(tonumber(ARGV[14]), tonumber(ARGV[13]))
+local now = server_now(ARGV[14], tonumber(ARGV[13]))
 if not now then
   return { PAST_DEADLINE }
 end

@@ -3,12 +3,12 @@
 --
 -- KEYS[1] e, KEYS[2] o, KEYS[3] x, KEYS[4] sequence counter, KEYS[5] p:<profile> (add only).
 -- ARGV: 1 op: 'add' (2 id, 3 JSON, 4 max entries, 5 retention ms), 'list', 'get' (2 id),
---   'remove' (2 id); last: time offset µs (tests).
+--   'remove' (2 id); last: clock ('+0', see time.lua).
 -- Replies: add: nothing; list: entry JSONs, oldest first; get: JSON or nil; remove: 1/0.
 --@include time
 
 local op = ARGV[1]
-local now_ms = math.floor(server_now(tonumber(ARGV[#ARGV]), 0) / 1000)
+local now_ms = math.floor(server_now(ARGV[#ARGV], 0) / 1000)
 
 local function drop(id)
   local json = redis.call('HGET', KEYS[1], id)

@@ -1,12 +1,12 @@
 -- One change to an existing subscription; nil when there is none.
 --
 -- KEYS[1] the user's hash. ARGV: 1 op: 'extend' (2: ms), 'cancel', 'change' (2: profile),
---   'reset', 'quota' (2: limit, '' : back to the profile's); 3 time offset µs (tests).
+--   'reset', 'quota' (2: limit, '' : back to the profile's); 3 clock ('+0', see time.lua).
 -- Reply: the subscription fields (see user_reply).
 --@include time
 --@include user
 
-local now = server_now(tonumber(ARGV[3]), 0)
+local now = server_now(ARGV[3], 0)
 local now_ms = math.floor(now / 1000)
 local key = KEYS[1]
 local u = user_load(key)

@@ -1,7 +1,7 @@
 -- Reads a subscription (recording, once, that it passed its end), and with a bucket key also
 -- what check(1) would say on the rate now. Charges nothing.
 --
--- KEYS[1] the user's hash; KEYS[2] optional bucket. ARGV: 1 time offset µs (tests);
+-- KEYS[1] the user's hash; KEYS[2] optional bucket. ARGV: 1 clock ('+0', see time.lua);
 --   with a bucket: 2 d, 3 T, 4 tau.
 -- Reply: the subscription fields (see user_reply), then with a bucket:
 --   { ..., remaining, retry ms for one unit, reset ms }; nil when there is no subscription.
@@ -9,7 +9,7 @@
 --@include gcra
 --@include user
 
-local now = server_now(tonumber(ARGV[1]), 0)
+local now = server_now(ARGV[1], 0)
 local now_ms = math.floor(now / 1000)
 local u = user_load(KEYS[1])
 if not u then

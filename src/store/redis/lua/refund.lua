@@ -1,11 +1,11 @@
 -- Gives back quota charged for a task that never started, unless the usage period moved on
 -- (or usage was reset) since the charge.
 --
--- KEYS[1] the user's hash. ARGV: 1 cost, 2 period token, 3 period ms, 4 time offset µs (tests).
+-- KEYS[1] the user's hash. ARGV: 1 cost, 2 period token, 3 period ms, 4 clock ('+0', see time.lua).
 --@include time
 --@include user
 
-local now = server_now(tonumber(ARGV[4]), 0)
+local now = server_now(ARGV[4], 0)
 local u = user_load(KEYS[1])
 if not u then
   return 0

@@ -2,14 +2,14 @@
 -- ahead), else writes nothing and tells how long until they would.
 --
 -- KEYS[1] the bucket. ARGV: 1 d, 2 T, 3 tau, 4 cost, 5 units waiting ahead in the caller,
---   6 deadline µs (0: none), 7 time offset µs (tests), 8 'peek' to decide without writing.
+--   6 deadline µs (0: none), 7 clock ('+0', see time.lua), 8 'peek' to decide without writing.
 -- Reply: { taken (1/0, or -1 past the deadline), wait ms, remaining, reset ms }
 --@include time
 --@include gcra
 
 local d, T, tau = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, waiting = tonumber(ARGV[4]), tonumber(ARGV[5])
-local now = server_now(tonumber(ARGV[7]), tonumber(ARGV[6]))
+local now = server_now(ARGV[7], tonumber(ARGV[6]))
 if not now then
   return { -1, 0, 0, 0 }
 end

@@ -58,11 +58,17 @@ local function bucket_ahead(key, now, d, T)
   if a == 0 or (bd == d and bT == T) then
     return a
   end
+  -- units in use = a / bT; in the new ticks, rounded up (exact while a * T stays below 2^53).
+  local x = a * T
+  if x < 9007199254740992 then
+    return math.ceil(x / bT)
+  end
   return math.ceil(a / bT * T) + 1
 end
 
 -- Writes the TAT that lies `ahead` ticks after now, expiring when the bucket is full again.
 local function bucket_store(key, now, ahead, d, T)
   local tu, tf = gcra_split(now, ahead, d)
-  redis.call('SET', key, int(tu) .. ':' .. int(tf) .. ':' .. int(d) .. ':' .. int(T), 'PXAT', int(math.ceil(tu / 1000) + 1))
+  -- Relative expiry: the bucket is full again `ahead` ticks from now.
+  redis.call('SET', key, int(tu) .. ':' .. int(tf) .. ':' .. int(d) .. ':' .. int(T), 'PX', int(gcra_ms(ahead, d) + 1))
 end

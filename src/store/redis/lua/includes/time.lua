@@ -1,9 +1,15 @@
--- Server time in whole microseconds, plus a test-only offset (ARGV position given by the caller).
--- Refuses (returns nil) once past the caller's deadline, so that a call the client already
--- reported as failed never writes anything when Redis runs it late.
-local function server_now(offset_us, deadline_us)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + offset_us
+-- Server time in whole microseconds. `clock` is '+<µs>' (an offset added to Redis TIME; '+0' in
+-- production) or, for tests only, '=<µs>' (a fixed time). Returns nil once past the caller's
+-- deadline, so that a call the client already reported as failed never writes anything.
+local function server_now(clock, deadline_us)
+  local now
+  local value = tonumber(string.sub(clock, 2))
+  if string.sub(clock, 1, 1) == '=' then
+    now = value
+  else
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + value
+  end
   if deadline_us > 0 and now > deadline_us then
     return nil
   end

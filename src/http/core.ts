@@ -1,0 +1,362 @@
+/**
+ * The HTTP edge's one core, under every adapter: tenant -> cost -> admission -> an answer.
+ * Admit mode runs `check(cost)` and lets the request through; govern mode runs the rest of
+ * the request as an inline task of the user's limiter (per-user concurrency cap, fair queue),
+ * aborted when the client disconnects. Adapters only move headers and bodies.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ErrorCode, TaskvalveError, invalidConfig } from '../errors.js';
+import type { Decision, Limiter, PeekResult } from '../limiter.js';
+import type { Manager } from '../manager.js';
+import type { Subscription } from '../store/store.js';
+import { CostTable, type CostRule } from './costs.js';
+import { limitHeaders, policyFormat, seconds, type Header, type Limits, type PolicyFormat } from './headers.js';
+import {
+  GONE,
+  internalError,
+  isSubscriptionCode,
+  queueFull,
+  quotaExceeded,
+  shuttingDown,
+  storeUnavailable,
+  subscriptionProblem,
+  tooCostly,
+  unknownTenant,
+  type Denial,
+} from './problem.js';
+import { tenantResolver, type Tenant, type TenantOption, type TenantResolver } from './tenant.js';
+
+/** Options of the HTTP edge (every adapter). `Req` is the request object the adapter hands to a tenant function. */
+export interface HttpOptions<Req = IncomingMessage> {
+  /** How to find the request's user: `{ header, lookup }`, a function of the request, or `'ip'`. */
+  tenant: TenantOption<Req>;
+  /**
+   * A registered profile for clients known only by address (tenant `'ip'`, or a tenant left
+   * unresolved): the address is the user id, subscribed to this profile on first sight.
+   * Absent: an unresolved tenant is 401.
+   */
+  anonymousProfile?: string;
+  /** Cost rules; the most specific wins (longest prefix, then method-specific). Default: none. */
+  costs?: readonly CostRule[];
+  /** Cost of a request no rule matches; default 1. */
+  defaultCost?: number;
+  /** 'admit' (default): check(cost), then the handler runs as usual. 'govern': the handler runs as an inline task. */
+  mode?: 'admit' | 'govern';
+  /** Also send X-RateLimit-Limit/-Remaining/-Reset; default false. */
+  legacyHeaders?: boolean;
+  /** Default false: X-Forwarded-For is ignored. true: its left-most entry; N: N proxies of yours in front. */
+  trustProxy?: boolean | number;
+  /**
+   * The clock the quota policy's `t` is counted on: pass the manager's `clock` if you gave it one
+   * (tests); default Date.now. Rate figures come from the manager's decisions and need none.
+   */
+  clock?: () => number;
+  /** Faults behind a 500 (a throwing tenant lookup or handler); default: the manager's 'error' event, if listened to. */
+  onError?: (error: unknown) => void;
+}
+
+/** What an admitted request's handler learns. */
+export interface Admission {
+  /** The user the request was admitted for (the client address for an anonymous one). */
+  readonly userId: string;
+  /** The user's profile, the policy named in the headers; undefined if it could not be read. */
+  readonly profile: string | undefined;
+  /** Units charged. */
+  readonly cost: number;
+  /** Govern mode: aborted when the client disconnects (or the task is abandoned at shutdown). Admit mode: undefined. */
+  readonly signal: AbortSignal | undefined;
+}
+
+/** Called once a request is admitted, with its headers; it returns once its part is done (it may return a promise). */
+export type Proceed = (headers: readonly Header[], admission: Admission) => unknown;
+
+const WHERE = 'http options';
+const KNOWN = ['tenant', 'anonymousProfile', 'costs', 'defaultCost', 'mode', 'legacyHeaders', 'trustProxy', 'clock', 'onError'];
+const NO_HEADERS: readonly Header[] = [];
+
+/** Whole seconds for Retry-After: rounded up, at least 1 on a refusal (0 would invite a retry storm). */
+function retrySeconds(ms: number | undefined, fallbackMs: number): number {
+  return Math.max(1, seconds(ms ?? fallbackMs));
+}
+
+function codeOf(error: unknown): string | undefined {
+  return error instanceof TaskvalveError ? error.code : undefined;
+}
+
+/** Resolves once the response is over: sent, or its connection closed. */
+function ended(res: ServerResponse): Promise<void> {
+  if (res.writableFinished || res.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('finish', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('finish', done);
+    res.on('close', done);
+  });
+}
+
+/** Writes a refusal on a node:http response (the node and Express adapters; the core's own 500s). */
+export function writeDenial(res: ServerResponse, denial: Denial): void {
+  if (denial.body === undefined || res.headersSent) {
+    // Nobody to tell, or the handler already began its answer: cut the connection instead.
+    if (!res.writableEnded) res.destroy();
+    return;
+  }
+  res.statusCode = denial.status;
+  for (const [name, value] of denial.headers) res.setHeader(name, value);
+  res.setHeader('Content-Length', Buffer.byteLength(denial.body));
+  res.end(denial.body);
+}
+
+/** The decisions of the HTTP edge for one manager and one set of options. */
+export class HttpEdge<Req = IncomingMessage> {
+  /** 'admit' or 'govern'. */
+  readonly mode: 'admit' | 'govern';
+  private readonly resolve: TenantResolver<Req>;
+  private readonly costs: CostTable;
+  private readonly anonymousProfile: string | undefined;
+  private readonly legacy: boolean;
+  private readonly clock: () => number;
+  private readonly report: (error: unknown) => void;
+  private readonly unknown: Denial;
+  /** Formatted policies by profile name: registered profiles never change. */
+  private readonly formats = new Map<string, PolicyFormat>();
+
+  /** Validates the options (INVALID_CONFIG naming the field); profiles named must be registered first. */
+  constructor(
+    private readonly manager: Manager,
+    options: HttpOptions<Req>,
+  ) {
+    if (manager === null || typeof manager !== 'object' || typeof manager.getLimiter !== 'function') {
+      throw invalidConfig(WHERE, 'manager', manager, 'a taskvalve Manager');
+    }
+    if (options === null || typeof options !== 'object') throw invalidConfig(WHERE, 'options', options, 'an object');
+    for (const key of Object.keys(options)) {
+      if (!KNOWN.includes(key)) throw invalidConfig(WHERE, key, (options as unknown as Record<string, unknown>)[key], `one of the known fields (${KNOWN.join(', ')})`);
+    }
+    const { anonymousProfile, mode = 'admit', legacyHeaders = false, trustProxy = false, clock, onError } = options;
+    if (anonymousProfile !== undefined && (typeof anonymousProfile !== 'string' || manager.getProfile(anonymousProfile) === undefined)) {
+      throw invalidConfig(WHERE, 'anonymousProfile', anonymousProfile, 'the name of a registered profile');
+    }
+    if (mode !== 'admit' && mode !== 'govern') throw invalidConfig(WHERE, 'mode', mode, "'admit' or 'govern'");
+    if (typeof legacyHeaders !== 'boolean') throw invalidConfig(WHERE, 'legacyHeaders', legacyHeaders, 'a boolean');
+    if (typeof trustProxy !== 'boolean' && !(Number.isSafeInteger(trustProxy) && trustProxy >= 0)) {
+      throw invalidConfig(WHERE, 'trustProxy', trustProxy, 'a boolean or a non-negative integer (proxies of yours in front)');
+    }
+    if (clock !== undefined && typeof clock !== 'function') throw invalidConfig(WHERE, 'clock', clock, 'a function returning ms');
+    if (onError !== undefined && typeof onError !== 'function') throw invalidConfig(WHERE, 'onError', onError, 'a function');
+    if (options.tenant === undefined) throw invalidConfig(WHERE, 'tenant', undefined, "{ header, lookup }, a function of the request, or 'ip'");
+    this.resolve = tenantResolver(options.tenant, trustProxy, anonymousProfile !== undefined);
+    this.costs = new CostTable(options.costs, options.defaultCost ?? 1);
+    this.anonymousProfile = anonymousProfile;
+    this.mode = mode;
+    this.legacy = legacyHeaders;
+    this.clock = clock ?? Date.now;
+    this.report = onError ?? ((error) => {
+      if (manager.listenerCount('error') > 0) manager.emit('error', error);
+    });
+    this.unknown = unknownTenant(this.resolve.header);
+  }
+
+  /**
+   * Decides one request. Admitted: calls `proceed` with the headers to set (in govern mode from
+   * inside the task, which holds its slot until `proceed` has returned and the response is over)
+   * and resolves undefined. Refused: resolves with the denial to write. Never rejects.
+   * @param raw The node:http request (address, headers, method, url).
+   * @param req The adapter's request object, given to a tenant function.
+   * @param res The node:http response: its close before the end aborts a governed task.
+   */
+  handle(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
+    return this.decide(raw, req, res, proceed).catch((error: unknown) => {
+      this.report(error);
+      return internalError();
+    });
+  }
+
+  private async decide(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
+    const tenant = await this.resolve(raw, req);
+    if (tenant === undefined) return this.unknown;
+    const cost = this.costs.costOf(raw.method, raw.url);
+    const limiter = this.manager.getLimiter(tenant.userId);
+    return this.mode === 'admit' ? this.admit(tenant, limiter, cost, res, proceed) : this.govern(tenant, limiter, cost, res, proceed);
+  }
+
+  /** True when this tenant may be subscribed to the anonymous profile on first sight. */
+  private adopts(tenant: NonNullable<Tenant>, error: unknown): boolean {
+    return tenant.anonymous && this.anonymousProfile !== undefined && codeOf(error) === ErrorCode.SUBSCRIPTION_NOT_FOUND;
+  }
+
+  private async admit(tenant: NonNullable<Tenant>, limiter: Limiter, cost: number, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
+    const userId = tenant.userId;
+    // Both at once: one round trip with a remote store; the read sees this check's charge.
+    let [checked, read] = await Promise.allSettled([limiter.check(cost), this.manager.getSubscription(userId)]);
+    if (checked.status === 'rejected' && this.adopts(tenant, checked.reason)) {
+      await this.manager.subscribe(userId, this.anonymousProfile as string);
+      [checked, read] = await Promise.allSettled([limiter.check(cost), this.manager.getSubscription(userId)]);
+    }
+    const sub = read.status === 'fulfilled' ? read.value : undefined;
+    if (checked.status === 'rejected') return this.refuse(checked.reason, limiter, userId, cost, sub);
+    const decision: Decision = checked.value;
+    const limits = this.limits(sub, decision.remaining, decision.resetAfterMs);
+    if (!decision.allowed) return this.rateLimited(limits, decision.retryAfterMs, decision.remaining, cost);
+    const headers = limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy);
+    return this.proceed(proceed, headers, { userId, profile: sub?.profileName, cost, signal: undefined });
+  }
+
+  private async govern(tenant: NonNullable<Tenant>, limiter: Limiter, cost: number, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
+    const userId = tenant.userId;
+    const controller = new AbortController();
+    // A response closed before it finished: the client went away.
+    const hangUp = (): void => {
+      if (!res.writableFinished) controller.abort();
+    };
+    if (res.destroyed) hangUp();
+    else res.once('close', hangUp);
+    let started = false;
+    // Never throws: a failure here must not be retried or dead-lettered as a task failure.
+    const task = async (ctx: { signal: AbortSignal }): Promise<void> => {
+      started = true;
+      const signal = ctx.signal;
+      const snap = await this.snapshot(limiter, userId);
+      const limits = snap === undefined ? undefined : this.limits(snap.sub, snap.peek.remaining, snap.peek.resetAfterMs);
+      const headers = limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy);
+      const failed = await this.proceed(proceed, headers, { userId, profile: snap?.sub?.profileName, cost, signal });
+      if (failed !== undefined) writeDenial(res, failed);
+      await ended(res);
+    };
+    try {
+      try {
+        await limiter.submit(task, { cost, signal: controller.signal });
+      } catch (error) {
+        if (started || !this.adopts(tenant, error)) throw error;
+        await this.manager.subscribe(userId, this.anonymousProfile as string);
+        await limiter.submit(task, { cost, signal: controller.signal });
+      }
+      return undefined;
+    } catch (error) {
+      // Once started, the response is the handler's: an abort or a shutdown only ends the task.
+      if (started) return undefined;
+      return this.refuse(error, limiter, userId, cost, undefined);
+    } finally {
+      res.off('close', hangUp);
+    }
+  }
+
+  /** Runs the admitted request's part; a throw becomes a 500 (or a cut connection if the answer had begun). */
+  private async proceed(proceed: Proceed, headers: readonly Header[], admission: Admission): Promise<Denial | undefined> {
+    try {
+      await proceed(headers, admission);
+      return undefined;
+    } catch (error) {
+      this.report(error);
+      return internalError();
+    }
+  }
+
+  /** The answer to a refused admission. */
+  private async refuse(error: unknown, limiter: Limiter, userId: string, cost: number, sub: Subscription | undefined): Promise<Denial> {
+    const code = codeOf(error);
+    const retryAfterMs = error instanceof TaskvalveError ? error.retryAfterMs : undefined;
+    switch (code) {
+      case ErrorCode.RATE_LIMITED: {
+        const snap = await this.snapshot(limiter, userId);
+        const limits = snap === undefined ? undefined : this.limits(snap.sub, snap.peek.remaining, snap.peek.resetAfterMs);
+        return this.rateLimited(limits, retryAfterMs ?? 0, snap?.peek.remaining, cost);
+      }
+      case ErrorCode.QUOTA_EXCEEDED:
+        return this.quotaExceeded(await this.snapshot(limiter, userId), retryAfterMs, cost);
+      case ErrorCode.INVALID_ARGUMENT: {
+        // The only invalid argument a validated cost can meet: more than the bucket ever holds.
+        const snap = await this.snapshot(limiter, userId);
+        const format = snap?.sub === undefined ? undefined : this.format(snap.sub.profileName);
+        return tooCostly(cost, format?.rateName, format?.burst);
+      }
+      case ErrorCode.STORE_UNAVAILABLE:
+        return storeUnavailable(retrySeconds(retryAfterMs, 1000));
+      case ErrorCode.SHUTTING_DOWN:
+        return shuttingDown();
+      case ErrorCode.QUEUE_FULL:
+        return queueFull(1);
+      case ErrorCode.ABORTED:
+        return GONE;
+      default:
+        if (code !== undefined && isSubscriptionCode(code)) {
+          const known = sub ?? (await this.manager.getSubscription(userId).catch(() => undefined));
+          const when = code === ErrorCode.SUBSCRIPTION_EXPIRED ? known?.endsAt : code === ErrorCode.SUBSCRIPTION_NOT_STARTED ? known?.startsAt : undefined;
+          const headers: Header[] = code === ErrorCode.SUBSCRIPTION_NOT_STARTED && retryAfterMs !== undefined ? [['Retry-After', String(retrySeconds(retryAfterMs, 0))]] : [];
+          return subscriptionProblem(code, when, headers);
+        }
+        this.report(error);
+        return internalError();
+    }
+  }
+
+  /** 429 for the rate policy. Its t is Retry-After: the draft wants no Retry-After earlier than the window's end. */
+  private rateLimited(limits: Limits | undefined, retryAfterMs: number, remaining: number | undefined, cost: number): Denial {
+    const wait = retrySeconds(retryAfterMs, 1000);
+    const headers: Header[] = [['Retry-After', String(wait)]];
+    if (limits === undefined) return quotaExceeded(undefined, `This request costs ${cost} units; retry in ${wait} s.`, headers);
+    const shown: Limits = { ...limits, rate: { remaining: limits.rate.remaining, seconds: wait } };
+    const detail = `Policy "${limits.format.rateName}" admits ${remaining ?? limits.rate.remaining} units now; this request costs ${cost}. Retry in ${wait} s.`;
+    return quotaExceeded(limits.format.rateName, detail, [...limitHeaders(shown, this.legacy), ...headers]);
+  }
+
+  /** 429 for the quota policy; Retry-After when the quota renews (a lifetime quota never does). */
+  private quotaExceeded(snap: Snapshot | undefined, retryAfterMs: number | undefined, cost: number): Denial {
+    const renews = retryAfterMs !== undefined && retryAfterMs > 0;
+    const wait = renews ? retrySeconds(retryAfterMs, 0) : undefined;
+    const headers: Header[] = wait === undefined ? [] : [['Retry-After', String(wait)]];
+    const limits = snap === undefined ? undefined : this.limits(snap.sub, snap.peek.remaining, snap.peek.resetAfterMs);
+    if (limits?.quota === undefined) {
+      return quotaExceeded(undefined, `This request costs ${cost} units, more than the quota has left.`, headers);
+    }
+    const quota = { ...limits.quota, seconds: wait ?? limits.quota.seconds };
+    const name = limits.format.quotaName;
+    const detail = `Quota "${name}" has ${quota.remaining} units left; this request costs ${cost}. ${wait === undefined ? 'It does not renew.' : `It renews in ${wait} s.`}`;
+    return quotaExceeded(name, detail, [...limitHeaders({ ...limits, quota }, this.legacy), ...headers]);
+  }
+
+  /** The user's limits now, for headers; undefined if they cannot be read (headers are a courtesy). */
+  private async snapshot(limiter: Limiter, userId: string): Promise<Snapshot | undefined> {
+    try {
+      const [peek, sub] = await Promise.all([limiter.peek(), this.manager.getSubscription(userId)]);
+      return { peek, sub };
+    } catch (error) {
+      this.report(error);
+      return undefined;
+    }
+  }
+
+  /** The figures of the headers, from a decision's rate part and the subscription. */
+  private limits(sub: Subscription | undefined, remaining: number, resetAfterMs: number): Limits | undefined {
+    if (sub === undefined) return undefined;
+    const format = this.format(sub.profileName);
+    if (format === undefined) return undefined;
+    let quota: Limits['quota'];
+    if (sub.quotaLimit !== null) {
+      const start = sub.periodStartedAt?.getTime();
+      const left = format.quotaPeriodMs === null || start === undefined ? undefined : start + format.quotaPeriodMs - this.clock();
+      quota = { limit: sub.quotaLimit, remaining: Math.max(0, sub.quotaLimit - sub.usage), seconds: left === undefined ? undefined : seconds(left) };
+    }
+    return { format, rate: { remaining, seconds: seconds(resetAfterMs) }, quota };
+  }
+
+  private format(profileName: string): PolicyFormat | undefined {
+    let format = this.formats.get(profileName);
+    if (format === undefined) {
+      const profile = this.manager.getProfile(profileName);
+      if (profile === undefined) return undefined;
+      format = policyFormat(profile);
+      this.formats.set(profileName, format);
+    }
+    return format;
+  }
+}
+
+/** A user's rate and subscription, read together. */
+interface Snapshot {
+  peek: PeekResult;
+  sub: Subscription | undefined;
+}

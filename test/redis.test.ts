@@ -1,0 +1,176 @@
+// RedisStore behaviour that only Redis has: scripts surviving SCRIPT FLUSH and restarts, Redis
+// time over client time, deadlines, key escaping, bucket expiry, the protocol across slots.
+import { Cluster, Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Manager, RedisStore } from '../src/index.js';
+import { escapeId, rendezvous } from '../src/store/redis/keys.js';
+import { rejection } from './helpers.js';
+import { startCluster, startRedis, type RedisClusterHandle, type RedisServer } from './support/redis.js';
+
+let server: RedisServer;
+let durable: RedisServer;
+let cluster: RedisClusterHandle;
+const open: { close(): Promise<unknown> }[] = [];
+let prefixes = 0;
+
+beforeAll(async () => {
+  [server, durable, cluster] = await Promise.all([startRedis(), startRedis({ appendonly: true }), startCluster(3)]);
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all([server?.stop(), durable?.stop(), cluster?.stop()]);
+});
+
+afterEach(async () => {
+  for (const o of open.splice(0)) await o.close();
+});
+
+/** A manager on a RedisStore over `client`, closed (and the client disconnected) after the test. */
+function managerOn(client: Redis | Cluster, options: { clock?: () => number; timeoutMs?: number } = {}): { manager: Manager; store: RedisStore } {
+  const store = new RedisStore({ client, prefix: `r${++prefixes}`, ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
+  const manager = new Manager({ store, ...(options.clock === undefined ? {} : { clock: options.clock }) });
+  open.push({
+    close: async () => {
+      await manager.close();
+      client.disconnect();
+    },
+  });
+  return { manager, store };
+}
+
+describe('scripts', () => {
+  it('keep working after SCRIPT FLUSH (NOSCRIPT is answered by a reload)', async () => {
+    const client = new Redis({ port: server.port });
+    const { manager } = managerOn(client);
+    manager.registerProfile('p', { rate: { limit: 5, intervalMs: 3_600_000 } });
+    await manager.subscribe('u', 'p');
+    expect((await manager.getLimiter('u').check(2)).allowed).toBe(true);
+    await client.script('FLUSH');
+    expect(await client.script('EXISTS', '0000000000000000000000000000000000000000')).toEqual([0]);
+    expect(await manager.getLimiter('u').check(2)).toMatchObject({ allowed: true, remaining: 1 });
+    expect((await manager.getSubscription('u'))?.usage).toBe(4);
+  });
+
+  it('keep working after a restart, and an append-only server keeps subscriptions and usage', async () => {
+    const client = new Redis({ port: durable.port, maxRetriesPerRequest: null });
+    const { manager } = managerOn(client, { timeoutMs: 5000 });
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 3_600_000 }, quota: { limit: 50 } });
+    await manager.subscribe('u', 'p');
+    await manager.getLimiter('u').check(7);
+    await durable.kill();
+    await durable.restart();
+    expect(await manager.getSubscription('u')).toMatchObject({ profileName: 'p', usage: 7, status: 'active' });
+    expect((await manager.getLimiter('u').check(3)).allowed).toBe(true);
+    expect((await manager.getSubscription('u'))?.usage).toBe(10);
+  });
+});
+
+describe('time', () => {
+  it('decides on Redis TIME: a skewed client clock changes nothing, and subscription dates come from Redis', async () => {
+    const skewed = () => Date.now() + 3_600_000;
+    const { manager } = managerOn(new Redis({ port: server.port }), { clock: skewed });
+    manager.registerProfile('p', { rate: { limit: 2, intervalMs: 1000 } });
+    const before = Date.now();
+    const sub = await manager.subscribe('u', 'p', { durationMs: 60_000 });
+    const after = Date.now();
+    expect(sub.startsAt.getTime()).toBeGreaterThanOrEqual(before - 1000);
+    expect(sub.startsAt.getTime()).toBeLessThanOrEqual(after + 1000);
+    expect(sub.endsAt!.getTime() - sub.startsAt.getTime()).toBe(60_000);
+    // A client an hour ahead would see the bucket refilled and the subscription over: Redis does not.
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(2)).allowed).toBe(true);
+    const denied = await limiter.check(1);
+    expect(denied.allowed).toBe(false);
+    expect(denied.retryAfterMs).toBeGreaterThan(0);
+    expect(denied.retryAfterMs).toBeLessThanOrEqual(500);
+    expect((await manager.getSubscription('u'))?.status).toBe('active');
+  });
+
+  it('a call that times out on the client is refused by Redis when it runs late: it never charges', async () => {
+    const client = new Redis({ port: server.port });
+    const admin = new Redis({ port: server.port });
+    open.push({ close: async () => admin.disconnect() });
+    const { manager } = managerOn(client, { timeoutMs: 200 });
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 100 } });
+    await manager.subscribe('u', 'p');
+    await manager.getLimiter('u').check(1); // learns the server's clock
+    await admin.client('PAUSE', 600, 'ALL');
+    const err = await rejection(manager.getLimiter('u').check(5));
+    expect(err.code).toBe('STORE_UNAVAILABLE');
+    // The paused call is still queued on the connection: this PING answers once it has run.
+    await client.ping();
+    expect((await manager.getSubscription('u'))?.usage).toBe(1);
+  });
+});
+
+describe('keys', () => {
+  const ids = ['a:b', 'a{b}', '{a}', 'a}b{', 'a b', 'ünï©ødé', 'a%7db', 'a%u007db', '🙂', 'x'.repeat(1024), ':', '{}'];
+
+  it('escaping is injective and brace-free', () => {
+    const escaped = ids.map(escapeId);
+    expect(new Set(escaped).size).toBe(ids.length);
+    for (const e of escaped) expect(e).not.toMatch(/[{}]/);
+    expect(escapeId('\ud800')).not.toBe(escapeId('\udc00'));
+  });
+
+  it('odd user ids work on a Redis Cluster, each with its own usage', async () => {
+    const { manager } = managerOn(new Cluster(cluster.nodes));
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    for (const [i, id] of ids.entries()) {
+      await manager.subscribe(id, 'p');
+      await manager.getLimiter(id).check(i + 1);
+    }
+    for (const [i, id] of ids.entries()) expect((await manager.getSubscription(id))?.usage).toBe(i + 1);
+  });
+
+  it('a bucket key expires once the bucket is full again', async () => {
+    const client = new Redis({ port: server.port });
+    const { manager } = managerOn(client);
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000, shared: 'gpu' } });
+    await manager.subscribe('u', 'p');
+    await manager.getLimiter('u').check(3);
+    const keys = await client.keys(`r${prefixes}:{b:gpu}`);
+    expect(keys).toHaveLength(1);
+    const ttl = await client.pttl(keys[0]!);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(301);
+  });
+
+  it('rendezvous placement spreads tenants evenly and moves about 1/N of them when a shard is added', () => {
+    const tags = Array.from({ length: 20_000 }, (_, i) => `u:tenant-${i}`);
+    const before = tags.map((t) => rendezvous(t, 4));
+    const counts = [0, 0, 0, 0];
+    for (const s of before) counts[s]!++;
+    for (const c of counts) expect(Math.abs(c - 5000)).toBeLessThan(400);
+    const after = tags.map((t) => rendezvous(t, 5));
+    const moved = after.filter((s, i) => s !== before[i]);
+    expect(moved.every((s) => s === 4)).toBe(true);
+    expect(Math.abs(moved.length / tags.length - 0.2)).toBeLessThan(0.02);
+  });
+});
+
+describe('across slots (Redis Cluster)', () => {
+  it('a shared bucket in another slot: a rate denial gives the quota reservation back', async () => {
+    const { manager } = managerOn(new Cluster(cluster.nodes));
+    manager.registerProfile('p', { rate: { limit: 2, intervalMs: 3_600_000, shared: 'pool', onLimit: 'reject' }, quota: { limit: 10 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const results = await Promise.allSettled([
+      ...Array.from({ length: 5 }, () => manager.getLimiter('A').submit(() => 'A')),
+      ...Array.from({ length: 5 }, () => manager.getLimiter('B').submit(() => 'B')),
+    ]);
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(2);
+    const a = (await manager.getSubscription('A'))!.usage;
+    const b = (await manager.getSubscription('B'))!.usage;
+    expect(a + b).toBe(2);
+  });
+
+  it('waiting for a shared bucket in another slot keeps the reservation and runs in turn', async () => {
+    const { manager } = managerOn(new Cluster(cluster.nodes));
+    manager.registerProfile('p', { rate: { limit: 20, intervalMs: 1000, burst: 2, shared: 'slow' }, quota: { limit: 10 } });
+    await manager.subscribe('A', 'p');
+    const runs = await Promise.all(Array.from({ length: 4 }, (_, i) => manager.getLimiter('A').submit(() => i)));
+    expect(runs).toEqual([0, 1, 2, 3]);
+    expect((await manager.getSubscription('A'))?.usage).toBe(4);
+  });
+});
