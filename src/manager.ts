@@ -159,8 +159,11 @@ export class Manager extends EventEmitter {
     if (!['fail-closed', 'fail-open', 'local'].includes(policy)) {
       throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed', 'fail-open' or 'local'");
     }
-    if (policy !== 'fail-closed') {
-      throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed' (the only policy of the embedded store, which is never unreachable)");
+    if (policy !== 'fail-closed' && (options.store === undefined || options.store instanceof MemoryStore)) {
+      throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed' with the embedded store (it is never unreachable)");
+    }
+    if (options.store !== undefined && (options.store === null || typeof (options.store as Partial<Store>).admit !== 'function')) {
+      throw invalidConfig('Manager', 'store', options.store, 'a Store (a MemoryStore or a RedisStore)');
     }
     if (options.clock !== undefined && typeof options.clock !== 'function') throw invalidConfig('Manager', 'clock', options.clock, 'a function returning ms');
     const prefix = options.metricsPrefix ?? 'taskvalve_';
@@ -174,6 +177,12 @@ export class Manager extends EventEmitter {
     this.metrics = new Metrics(this.registry, prefix);
     this.store.attach({
       expired: (userId, profileName) => this.tell(userId, profileName, 'expired'),
+      fault: (error) => this.fault(error),
+      warn: (message, error) => {
+        this.logger.warn({ err: error }, message);
+        this.fault(error);
+      },
+      onUnavailable: policy,
     });
     this.pipeline = new Pipeline({
       store: this.store,
@@ -340,7 +349,10 @@ export class Manager extends EventEmitter {
       const timeoutMs = options.timeoutMs ?? 30_000;
       if (typeof drain !== 'boolean') return Promise.reject(invalidArgument(`drain must be a boolean, got ${show(drain)}`));
       if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0) return Promise.reject(invalidArgument(`timeoutMs must be a non-negative integer, got ${show(timeoutMs)}`));
-      this.closed = this.pipeline.close(drain, timeoutMs);
+      this.closed = this.pipeline.close(drain, timeoutMs).then(async (report) => {
+        await this.store.close?.();
+        return report;
+      });
     }
     return this.closed;
   }

@@ -60,7 +60,8 @@ describe('registerProfile', () => {
 
   it('the Manager validates its own options', () => {
     expect(thrown(() => new Manager({ onStoreUnavailable: 'fail-open' })).code).toBe('INVALID_CONFIG');
-    expect(thrown(() => new Manager({ onStoreUnavailable: 'local' as never, store: {} as never })).code).toBe('INVALID_CONFIG');
+    expect(thrown(() => new Manager({ onStoreUnavailable: 'sometimes' as never })).code).toBe('INVALID_CONFIG');
+    expect(thrown(() => new Manager({ store: {} as never })).code).toBe('INVALID_CONFIG');
     expect(thrown(() => new Manager({ metricsPrefix: '9bad' })).code).toBe('INVALID_CONFIG');
     expect(thrown(() => new Manager({ clock: 5 as never })).code).toBe('INVALID_CONFIG');
   });

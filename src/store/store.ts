@@ -129,10 +129,19 @@ export interface UserSlot {
   ref: unknown;
 }
 
-/** What a store tells the manager of on its own. */
+/** What a store does when its backend cannot be reached. */
+export type UnavailablePolicy = 'fail-closed' | 'fail-open' | 'local';
+
+/** What a store tells the manager of on its own, and how the manager wants outages handled. */
 export interface StoreListener {
   /** A subscription was seen past its end for the first time. */
   expired(userId: string, profileName: string): void;
+  /** A fault with no caller to reject (a failed reconciliation). */
+  fault?(error: unknown): void;
+  /** Something an operator should see, with the error that describes it (a configuration drift). */
+  warn?(message: string, error: unknown): void;
+  /** The policy while the backend is unreachable; default 'fail-closed'. */
+  onUnavailable?: UnavailablePolicy;
 }
 
 type MaybePromise<T> = T | Promise<T>;
@@ -170,4 +179,6 @@ export interface Store {
   dlqList(query: DlqQuery, nowMs: number): MaybePromise<FailedTask[]>;
   dlqGet(id: string): MaybePromise<FailedTask | undefined>;
   dlqRemove(id: string): MaybePromise<boolean>;
+  /** Called by Manager.close(): stops background work (never closes a client it was given). */
+  close?(): MaybePromise<void>;
 }

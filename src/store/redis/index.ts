@@ -3,8 +3,10 @@
  * Redis Cluster) so that every process pointed at it sees one world. Every decision is one
  * Lua script call deciding on Redis TIME; see docs/redis.md for the protocol across slots.
  */
+import { randomUUID } from 'node:crypto';
 import { ErrorCode, TaskvalveError, invalidArgument, invalidConfig } from '../../errors.js';
 import type { Profile } from '../../profile.js';
+import { conform, makeRate, remaining as gcraRemaining, ticksToMs, type Rate } from '../../rate/gcra.js';
 import {
   AdmitMode,
   Verdict,
@@ -15,18 +17,15 @@ import {
   type StoreListener,
   type SubscribeInput,
   type Subscription,
+  type UnavailablePolicy,
   type UserSlot,
 } from '../store.js';
 import { Keys, rendezvous, tagOf } from './keys.js';
 import { scripts, type Script, type ScriptClient } from './scripts.js';
 
-/** A client taskvalve can use: an ioredis `Redis` or `Cluster` (structurally). */
+/** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
 export type RedisClientLike = ScriptClient & {
-  call?: unknown;
-  time?: () => Promise<[string, string]>;
   hget(key: string, field: string): Promise<string | null>;
-  hset(key: string, ...args: (string | number)[]): Promise<unknown>;
-  hgetall?(key: string): Promise<Record<string, string>>;
 };
 
 /** Options of {@link RedisStore}. */
@@ -43,6 +42,8 @@ const STATUS = ['active', 'canceled', 'expired'] as const;
 const PROFILE_MISMATCH = 9;
 const PAST_DEADLINE = 10;
 const RESERVED = 11;
+/** A process not heard from for this long no longer counts for the 'local' policy's share. */
+const PRESENCE_TTL_MS = 15_000;
 /** Inline dead letters whose function this process keeps for replay. */
 const MAX_INLINE = 10_000;
 
@@ -52,6 +53,9 @@ interface Ref {
   user: string;
   dedicated: string;
   profile: Profile | undefined;
+  /** From the latest answer: usage, and whether the subscription was usable (for outages). */
+  usage: number;
+  usable: boolean;
 }
 
 type Reply = (string | number | null)[];
@@ -69,6 +73,15 @@ export class RedisStore implements Store {
   private readonly timeoutMs: number;
   private readonly profiles = new Map<string, Profile>();
   private listener: StoreListener = { expired() {} };
+  private policy: UnavailablePolicy = 'fail-closed';
+  /** This process, among the live ones (for the 'local' policy's share). */
+  private readonly id = randomUUID();
+  private processes = 1;
+  private presence: NodeJS.Timeout | undefined = undefined;
+  /** 'local' policy: buckets of this process's share, and usage admitted while Redis was away. */
+  private readonly insurance = new Map<string, { rate: Rate; tat: number }>();
+  private readonly owed = new Map<string, number>();
+  private reconciling = false;
   /** Tests only: a fixed time (ms) for every script instead of Redis TIME. */
   private testClock: (() => number) | undefined = undefined;
   constructor(options: RedisStoreOptions) {
@@ -104,10 +117,51 @@ export class RedisStore implements Store {
 
   attach(listener: StoreListener): void {
     this.listener = listener;
+    this.policy = listener.onUnavailable ?? 'fail-closed';
   }
 
-  defineProfile(profile: Profile): void {
+  /**
+   * Makes a profile known, and records its configuration (and its shared bucket's) in Redis:
+   * processes sharing one Redis with different configurations are warned about, both named.
+   */
+  async defineProfile(profile: Profile): Promise<void> {
     this.profiles.set(profile.name, profile);
+    const rate = { limit: profile.rate.limit, intervalMs: profile.rate.intervalMs, burst: profile.rate.burst };
+    const mine = JSON.stringify({ rate: { ...rate, shared: profile.shared ?? null, onLimit: profile.onLimit }, quota: profile.quotaLimit, periodMs: profile.quotaPeriodMs, hard: profile.quotaHard });
+    const records: [string, string][] = [[`profile:${profile.name}`, mine]];
+    if (profile.shared !== undefined) records.push([`bucket:${profile.shared}`, JSON.stringify(rate)]);
+    for (const [name, config] of records) {
+      const before = (await this.run(scripts.profile, [this.keys.profiles()], [name, config])) as unknown as string | null;
+      if (before !== null && before !== config) {
+        const what = name.replace(':', ' ');
+        const message = `configuration drift on ${what}: this process has ${config}, another process sharing this Redis registered ${before}`;
+        this.listener.warn?.(message, new TaskvalveError(ErrorCode.INVALID_CONFIG, message));
+      }
+    }
+    this.startPresence();
+  }
+
+  /** Keeps this process counted among the live ones, every few seconds, in the background. */
+  private startPresence(): void {
+    if (this.presence !== undefined) return;
+    const beat = (): void => {
+      this.run(scripts.presence, [this.keys.processes()], [this.id, PRESENCE_TTL_MS, '+0']).then(
+        (n) => {
+          this.processes = Math.max(1, Number(n));
+        },
+        () => {},
+      );
+    };
+    beat();
+    this.presence = setInterval(beat, PRESENCE_TTL_MS / 3);
+    this.presence.unref();
+  }
+
+  /** Stops the background presence (the client stays open: it is the caller's). */
+  async close(): Promise<void> {
+    if (this.presence !== undefined) clearInterval(this.presence);
+    this.presence = undefined;
+    await this.reconcile();
   }
 
   /** The client that owns a key's slot. */
@@ -160,7 +214,7 @@ export class RedisStore implements Store {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.store === this) return held;
     const user = this.keys.user(userId);
-    const ref: Ref = { store: this, user, dedicated: this.keys.dedicated(user), profile: undefined };
+    const ref: Ref = { store: this, user, dedicated: this.keys.dedicated(user), profile: undefined, usage: 0, usable: false };
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
@@ -193,7 +247,7 @@ export class RedisStore implements Store {
   }
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
-    this.defineProfile(profile);
+    this.profiles.set(profile.name, profile);
     const r = await this.run(scripts.subscribe, [this.keys.user(userId)], [
       profile.name,
       input.startsAt ?? '',
@@ -228,7 +282,7 @@ export class RedisStore implements Store {
   }
 
   changeProfile(userId: string, profile: Profile): Promise<Subscription | undefined> {
-    this.defineProfile(profile);
+    this.profiles.set(profile.name, profile);
     return this.mutate(userId, 'change', profile.name);
   }
 
@@ -260,8 +314,14 @@ export class RedisStore implements Store {
       if (profile === null) return this.notFound(out);
       if (profile === undefined) throw this.unknownProfile(userId);
       ref.profile = profile;
-      const r = await this.decide(userId, ref, profile, cost, mode, waiting);
-      if (r[0] !== PROFILE_MISMATCH) return this.fill(out, userId, profile, r);
+      let r: Reply;
+      try {
+        r = await this.decide(userId, ref, profile, cost, mode, waiting);
+      } catch (error) {
+        return this.withoutRedis(error, out, userId, ref, profile, cost);
+      }
+      if (this.owed.size > 0) void this.reconcile();
+      if (r[0] !== PROFILE_MISMATCH) return this.fill(out, userId, ref, profile, r);
       profile = this.profiles.get(String(r[11]));
     }
     throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
@@ -342,7 +402,7 @@ export class RedisStore implements Store {
   }
 
   /** Copies a script's reply into the result object. */
-  private fill(out: AdmitResult, userId: string, profile: Profile, r: Reply): AdmitResult {
+  private fill(out: AdmitResult, userId: string, ref: Ref, profile: Profile, r: Reply): AdmitResult {
     const verdict = Number(r[0]);
     if (verdict === Verdict.NOT_FOUND) return this.notFound(out);
     if (verdict === PAST_DEADLINE) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
@@ -360,6 +420,8 @@ export class RedisStore implements Store {
     out.status = STATUS[Number(r[9])] ?? 'active';
     if (Number(r[10]) === 1) this.listener.expired(userId, profile.name);
     if (verdict === Verdict.QUEUED) out.bucket = profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`;
+    ref.usage = out.usage;
+    ref.usable = verdict <= Verdict.QUOTA_EXCEEDED;
     return out;
   }
 
@@ -367,13 +429,111 @@ export class RedisStore implements Store {
     const ref = this.ref(userId, undefined);
     const profile = ref.profile ?? (await this.profileOf(ref));
     if (!profile) return 0;
+    ref.profile = profile;
     const rate = profile.rate;
-    const r = await this.run(scripts.take, [this.bucketOf(ref, profile)], [rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.clockArg(), 'take']);
-    if (Number(r[0]) === -1) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
+    const bucket = this.bucketOf(ref, profile);
+    let r: Reply;
+    try {
+      r = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.clockArg(), 'take']);
+      if (Number(r[0]) === -1) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
+    } catch (error) {
+      if (this.policy === 'fail-closed' || !(error instanceof TaskvalveError) || error.code !== ErrorCode.STORE_UNAVAILABLE) throw error;
+      if (this.policy === 'fail-open') return 0;
+      const local = this.localTake(bucket, profile, cost);
+      return local > 0 ? 0 : Math.max(1, -local);
+    }
     return Number(r[0]) === 1 ? 0 : Math.max(1, Number(r[1]));
   }
 
+  /**
+   * Redis is unreachable: fail closed (rethrow), fail open (admit, charge nothing), or decide
+   * locally on this process's share of the limits, remembering the usage to charge later.
+   * Only users this process has seen in good standing are admitted without Redis.
+   */
+  private withoutRedis(error: unknown, out: AdmitResult, userId: string, ref: Ref, profile: Profile, cost: number): AdmitResult {
+    const down = error instanceof TaskvalveError && error.code === ErrorCode.STORE_UNAVAILABLE;
+    if (!down || this.policy === 'fail-closed' || !ref.usable) throw error;
+    out.profile = profile;
+    out.limit = profile.rate.burst;
+    out.status = 'active';
+    out.startsAt = 0;
+    out.endsAt = Infinity;
+    out.period = -1;
+    out.quotaLimit = profile.quotaLimit;
+    out.usage = ref.usage;
+    out.retryAfterMs = 0;
+    out.resetAfterMs = 0;
+    out.remaining = profile.rate.burst;
+    if (this.policy === 'fail-open') {
+      out.verdict = Verdict.ALLOWED;
+      return out;
+    }
+    const owed = this.owed.get(userId) ?? 0;
+    if (profile.quotaHard && profile.quotaLimit !== null && ref.usage + owed + cost > profile.quotaLimit) {
+      out.verdict = Verdict.QUOTA_EXCEEDED;
+      return out;
+    }
+    const taken = this.localTake(this.bucketOf(ref, profile), profile, cost);
+    if (taken < 0) {
+      out.verdict = Verdict.RATE_LIMITED;
+      out.remaining = 0;
+      out.retryAfterMs = -taken;
+      return out;
+    }
+    this.owed.set(userId, owed + cost);
+    out.verdict = Verdict.ALLOWED;
+    out.usage = ref.usage + owed + cost;
+    return out;
+  }
+
+  /**
+   * The 'local' policy's bucket: this process's share (1 / live processes) of the rate and burst,
+   * exact GCRA on this process's clock. Positive: taken; negative: minus the ms to wait.
+   */
+  private localTake(bucket: string, profile: Profile, cost: number): number {
+    let entry = this.insurance.get(bucket);
+    const share = this.processes;
+    const limit = Math.max(1, Math.floor(profile.rate.limit / share));
+    const burst = Math.max(1, Math.floor(profile.rate.burst / share));
+    if (entry === undefined || entry.rate.limit !== limit || entry.rate.burst !== burst) {
+      entry = { rate: makeRate(limit, profile.rate.intervalMs, burst), tat: 0 };
+      this.insurance.set(bucket, entry);
+    }
+    const now = Math.round(performance.now() * 1000) * entry.rate.d;
+    if (cost > burst) return -ticksToMs(entry.rate.T * cost, entry.rate);
+    const next = conform(entry.tat, now, cost, entry.rate);
+    if (next < 0) return -Math.max(1, ticksToMs(-next, entry.rate));
+    entry.tat = next;
+    return 1 + gcraRemaining(next, now, entry.rate);
+  }
+
+  /** Redis is back: charge the usage admitted locally while it was away. */
+  private async reconcile(): Promise<void> {
+    if (this.reconciling || this.owed.size === 0) return;
+    this.reconciling = true;
+    try {
+      for (const [userId, units] of [...this.owed]) {
+        await this.run(scripts.mutate, [this.keys.user(userId)], ['charge', units, this.clockArg()]);
+        const left = (this.owed.get(userId) ?? 0) - units;
+        if (left > 0) this.owed.set(userId, left);
+        else this.owed.delete(userId);
+      }
+      this.insurance.clear();
+    } catch (error) {
+      this.listener.fault?.(error);
+    } finally {
+      this.reconciling = false;
+    }
+  }
+
   async refund(userId: string, cost: number, period: number, _nowMs: number): Promise<void> {
+    if (period < 0) {
+      // Admitted without Redis: give back what this process owes instead.
+      const owed = (this.owed.get(userId) ?? 0) - cost;
+      if (owed > 0) this.owed.set(userId, owed);
+      else this.owed.delete(userId);
+      return;
+    }
     const ref = this.ref(userId, undefined);
     const profile = ref.profile ?? (await this.profileOf(ref));
     await this.run(scripts.refund, [ref.user], [cost, period, profile?.quotaPeriodMs ?? 0, this.clockArg()]);

@@ -52,6 +52,11 @@ export class Keys {
     return `${this.prefix}:{dlq}:p:${profile}`;
   }
 
+  /** The live processes sharing this store (for the 'local' outage policy's share). */
+  processes(): string {
+    return `${this.prefix}:{cfg}:processes`;
+  }
+
   /** Where each process records its profiles' configurations, to detect drift. */
   profiles(): string {
     return `${this.prefix}:{cfg}:profiles`;

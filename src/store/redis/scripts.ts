@@ -54,4 +54,6 @@ export const scripts = {
   subscribe: new Script('subscribe'),
   mutate: new Script('mutate'),
   dlq: new Script('dlq'),
+  presence: new Script('presence'),
+  profile: new Script('profile'),
 };

@@ -1,7 +1,8 @@
 -- One change to an existing subscription; nil when there is none.
 --
 -- KEYS[1] the user's hash. ARGV: 1 op: 'extend' (2: ms), 'cancel', 'change' (2: profile),
---   'reset', 'quota' (2: limit, '' : back to the profile's); 3 clock ('+0', see time.lua).
+--   'reset', 'quota' (2: limit, '' : back to the profile's), 'charge' (2: units admitted while
+--   Redis was unreachable, added to the usage); 3 clock ('+0', see time.lua).
 -- Reply: the subscription fields (see user_reply).
 --@include time
 --@include user
@@ -34,6 +35,9 @@ elseif op == 'reset' then
   u.n = 0
   u.g = u.g + 1
   redis.call('HSET', key, 'n', 0, 'g', int(u.g))
+elseif op == 'charge' then
+  u.n = u.n + tonumber(ARGV[2])
+  redis.call('HINCRBY', key, 'n', tonumber(ARGV[2]))
 elseif op == 'quota' then
   u.q = tonumber(ARGV[2]) or -1
   redis.call('HSET', key, 'q', int(u.q))

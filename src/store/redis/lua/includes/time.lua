@@ -1,10 +1,12 @@
 -- Server time in whole microseconds. `clock` is '+<µs>' (an offset added to Redis TIME; '+0' in
 -- production) or, for tests only, '=<µs>' (a fixed time). Returns nil once past the caller's
 -- deadline, so that a call the client already reported as failed never writes anything.
+local clock_fixed = false
 local function server_now(clock, deadline_us)
   local now
   local value = tonumber(string.sub(clock, 2))
   if string.sub(clock, 1, 1) == '=' then
+    clock_fixed = true
     now = value
   else
     local t = redis.call('TIME')

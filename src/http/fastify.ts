@@ -1,0 +1,81 @@
+/** The Fastify plugin: an onRequest hook over the whole instance (not encapsulated). */
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { Manager } from '../manager.js';
+import { HttpEdge, type Admission, type HttpOptions } from './core.js';
+
+/** The parts of a Fastify request the plugin uses (typed structurally so that Fastify stays the user's dependency). */
+export interface FastifyRequestLike {
+  readonly raw: IncomingMessage;
+  readonly headers: IncomingHttpHeaders;
+  /** Set by the plugin on admitted requests. */
+  taskvalve?: Admission | null;
+}
+
+/** The parts of a Fastify reply the plugin uses. */
+export interface FastifyReplyLike {
+  readonly raw: ServerResponse;
+  code(status: number): unknown;
+  header(name: string, value: string): unknown;
+  send(payload?: unknown): unknown;
+  hijack(): unknown;
+}
+
+/** The parts of a Fastify instance the plugin uses. */
+export interface FastifyInstanceLike {
+  decorateRequest(name: string, value: null): unknown;
+  addHook(name: 'onRequest', hook: (request: FastifyRequestLike, reply: FastifyReplyLike, done: (error?: Error) => void) => void): unknown;
+}
+
+/** Options of {@link fastifyPlugin}: the manager and the HTTP edge's options. */
+export interface FastifyPluginOptions extends HttpOptions<FastifyRequestLike> {
+  manager: Manager;
+}
+
+/** What Fastify itself puts into a plugin's options. */
+const FASTIFY_KEYS = new Set(['prefix', 'logLevel', 'logSerializers']);
+
+function plugin(instance: FastifyInstanceLike, opts: FastifyPluginOptions, done: (error?: Error) => void): void {
+  let edge: HttpEdge<FastifyRequestLike>;
+  try {
+    const { manager, ...rest } = opts;
+    const options = Object.fromEntries(Object.entries(rest).filter(([key]) => !FASTIFY_KEYS.has(key))) as unknown as HttpOptions<FastifyRequestLike>;
+    edge = new HttpEdge<FastifyRequestLike>(manager, options);
+  } catch (error) {
+    done(error as Error);
+    return;
+  }
+  instance.decorateRequest('taskvalve', null);
+  instance.addHook('onRequest', (request, reply, next) => {
+    void edge
+      .handle(request.raw, request, reply.raw, (headers, admission) => {
+        for (const [name, value] of headers) reply.header(name, value);
+        request.taskvalve = admission;
+        next();
+      })
+      .then((denial) => {
+        if (denial === undefined) return;
+        if (denial.body === undefined) {
+          // The client is gone: tell Fastify the response is handled, and drop the connection.
+          reply.hijack();
+          reply.raw.destroy();
+          return;
+        }
+        reply.code(denial.status);
+        for (const [name, value] of denial.headers) reply.header(name, value);
+        reply.send(denial.body);
+      });
+  });
+  done();
+}
+
+/**
+ * `fastify.register(fastifyPlugin, { manager, ...options })`: admitted requests go on with the
+ * RateLimit headers set and `request.taskvalve` filled in; refused ones are answered in the
+ * onRequest hook with problem+json. The hook applies to the whole instance (the plugin skips
+ * Fastify's encapsulation, as fastify-plugin would). In govern mode the handler runs inside the
+ * task, which holds its slot until the response is sent or the connection closes.
+ */
+export const fastifyPlugin = Object.assign(plugin, {
+  [Symbol.for('skip-override')]: true,
+  [Symbol.for('fastify.display-name')]: 'taskvalve',
+});
