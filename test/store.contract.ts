@@ -1,0 +1,315 @@
+// The Store contract: the same behaviour from every store (MemoryStore, RedisStore on each
+// topology). A harness makes a store and lets the test move its time.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Manager, TaskvalveError, type Store, type SubscriptionEvent } from '../src/index.js';
+import vectors from './vectors/gcra.json' with { type: 'json' };
+
+/** How the contract gets a store. */
+export interface StoreHarness {
+  /** A fresh, empty store whose decisions follow `clock` (ms). */
+  make(clock: () => number): Promise<Store>;
+  /** Releases what make() took (clients), after the manager closed. */
+  release?(store: Store): Promise<void>;
+}
+
+let now: number;
+let manager: Manager;
+let store: Store;
+let events: SubscriptionEvent[];
+const T0 = Date.UTC(2026, 5, 1);
+
+async function code(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    expect(error).toBeInstanceOf(TaskvalveError);
+    return (error as TaskvalveError).code;
+  }
+  return 'resolved';
+}
+
+/** Registers the contract's tests against a harness. */
+export function storeContract(label: string, harness: StoreHarness): void {
+describe(`store contract: ${label}`, () => {
+beforeEach(async () => {
+  now = T0;
+  store = await harness.make(() => now);
+  manager = new Manager({ clock: () => now, store });
+  events = [];
+  manager.on('subscription', (e: SubscriptionEvent) => events.push(e));
+  manager.registerProfile('basic', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 10 } });
+  manager.registerProfile('big', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 100 } });
+});
+
+afterEach(async () => {
+  await manager.close();
+  await harness.release?.(store);
+});
+
+describe('lifecycle', () => {
+  it('subscribe returns the subscription and emits created', async () => {
+    const sub = await manager.subscribe('u', 'basic', { durationMs: 60_000 });
+    expect(sub).toEqual({
+      userId: 'u',
+      profileName: 'basic',
+      status: 'active',
+      startsAt: new Date(T0),
+      endsAt: new Date(T0 + 60_000),
+      usage: 0,
+      quota: null,
+      quotaLimit: 10,
+    });
+    expect(await manager.getSubscription('u')).toEqual(sub);
+    expect(await manager.getSubscription('nobody')).toBeUndefined();
+    expect(events.map((e) => e.event)).toEqual(['created']);
+  });
+
+  it('every mutation emits its event; each rejects SUBSCRIPTION_NOT_FOUND for an unknown user', async () => {
+    await manager.subscribe('u', 'basic', { durationMs: 1000 });
+    await manager.extendSubscription('u', 1000);
+    await manager.changeProfile('u', 'big');
+    await manager.updateSubscriptionQuota('u', 5);
+    await manager.resetUsage('u');
+    await manager.cancelSubscription('u');
+    expect(events.map((e) => e.event)).toEqual(['created', 'extended', 'profile_changed', 'quota_updated', 'usage_reset', 'canceled']);
+    expect(events.every((e) => e.userId === 'u')).toBe(true);
+    for (const call of [
+      manager.extendSubscription('x', 1),
+      manager.cancelSubscription('x'),
+      manager.changeProfile('x', 'big'),
+      manager.resetUsage('x'),
+      manager.updateSubscriptionQuota('x', 1),
+    ]) {
+      expect(await code(call)).toBe('SUBSCRIPTION_NOT_FOUND');
+    }
+  });
+
+  it('extend: from endsAt while ahead, from now once past; no end stays no end; canceled stays canceled', async () => {
+    await manager.subscribe('a', 'basic', { durationMs: 1000 });
+    expect((await manager.extendSubscription('a', 500))?.endsAt).toEqual(new Date(T0 + 1500));
+    now += 5000;
+    expect((await manager.extendSubscription('a', 500))?.endsAt).toEqual(new Date(now + 500));
+    await manager.subscribe('b', 'basic');
+    expect((await manager.extendSubscription('b', 500)).endsAt).toBeNull();
+    await manager.subscribe('c', 'basic', { durationMs: 1000 });
+    await manager.cancelSubscription('c');
+    expect(await manager.extendSubscription('c', 500)).toMatchObject({ status: 'canceled', endsAt: new Date(now + 1000) });
+  });
+
+  it('not yet started, expired and canceled each give their own code; an expired subscription emits expired once', async () => {
+    await manager.subscribe('later', 'basic', { startsAt: new Date(T0 + 1000) });
+    await manager.subscribe('short', 'basic', { endsAt: T0 + 1000 });
+    await manager.subscribe('gone', 'basic');
+    await manager.cancelSubscription('gone');
+    expect(await code(manager.getLimiter('later').check())).toBe('SUBSCRIPTION_NOT_STARTED');
+    expect(await code(manager.getLimiter('gone').check())).toBe('SUBSCRIPTION_INACTIVE');
+    now += 1000;
+    expect(await code(manager.getLimiter('later').check())).toBe('resolved');
+    events = [];
+    expect(await code(manager.getLimiter('short').check())).toBe('SUBSCRIPTION_EXPIRED');
+    expect(await code(manager.getLimiter('short').submit(() => 1))).toBe('SUBSCRIPTION_EXPIRED');
+    expect(events).toEqual([{ userId: 'short', event: 'expired' }]);
+    expect(await manager.getLimiter('short').peek()).toMatchObject({ status: 'expired', allowed: true });
+  });
+
+  it('re-subscribing replaces profile and dates but keeps the period usage, unless resetUsage', async () => {
+    await manager.subscribe('u', 'basic', { durationMs: 1000 });
+    const limiter = manager.getLimiter('u');
+    await limiter.check(4);
+    const again = await manager.subscribe('u', 'big', { durationMs: 5000 });
+    expect(again).toMatchObject({ profileName: 'big', usage: 4, quotaLimit: 100, endsAt: new Date(T0 + 5000) });
+    await manager.cancelSubscription('u');
+    expect((await manager.subscribe('u', 'big')).status).toBe('active');
+    expect((await manager.subscribe('u', 'basic', { resetUsage: true })).usage).toBe(0);
+  });
+
+  it('changeProfile keeps usage and applies the new limits at once', async () => {
+    await manager.subscribe('u', 'basic');
+    const limiter = manager.getLimiter('u');
+    await limiter.check(10);
+    expect(await code(limiter.check(1))).toBe('QUOTA_EXCEEDED');
+    expect(await manager.changeProfile('u', 'big')).toMatchObject({ usage: 10, quotaLimit: 100 });
+    expect((await limiter.check(1)).allowed).toBe(true);
+    expect(await code(manager.changeProfile('u', 'nope'))).toBe('PROFILE_NOT_FOUND');
+  });
+
+  it('a dedicated bucket carries over a profile change: a downgrade gains no capacity', async () => {
+    manager.registerProfile('fast', { rate: { limit: 10, intervalMs: 1000 } });
+    manager.registerProfile('slow', { rate: { limit: 3, intervalMs: 1000, burst: 10 } });
+    await manager.subscribe('u', 'fast');
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(10)).allowed).toBe(true);
+    await manager.changeProfile('u', 'slow');
+    // 10 units in use stay 10 units in use: the slower bucket is empty, one unit is 1/3 s away.
+    expect(await limiter.check(1)).toMatchObject({ allowed: false, retryAfterMs: 334 });
+    await manager.changeProfile('u', 'fast');
+    expect(await limiter.check(1)).toMatchObject({ allowed: false, retryAfterMs: 100 });
+  });
+});
+
+describe('quota', () => {
+  it('hard quota rejects QUOTA_EXCEEDED past the limit and counts nothing for the rejection', async () => {
+    await manager.subscribe('u', 'basic');
+    const limiter = manager.getLimiter('u');
+    await limiter.check(7);
+    expect(await code(limiter.submit(() => 1, { cost: 4 }))).toBe('QUOTA_EXCEEDED');
+    expect(await limiter.submit(() => 1, { cost: 3 })).toBe(1);
+    expect((await manager.getSubscription('u'))?.usage).toBe(10);
+  });
+
+  it('soft quota admits and counts the overage', async () => {
+    manager.registerProfile('soft', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 2, kind: 'soft' } });
+    await manager.subscribe('u', 'soft');
+    for (let i = 0; i < 5; i++) expect((await manager.getLimiter('u').check()).allowed).toBe(true);
+    expect(await manager.getSubscription('u')).toMatchObject({ usage: 5, quotaLimit: 2 });
+  });
+
+  it('periodMs resets usage each period, aligned to the subscription start', async () => {
+    manager.registerProfile('daily', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 3, periodMs: 86_400_000 } });
+    await manager.subscribe('u', 'daily');
+    const limiter = manager.getLimiter('u');
+    await limiter.check(3);
+    now += 3_600_000;
+    const err = await limiter.check(1).catch((e: TaskvalveError) => e);
+    expect(err).toMatchObject({ code: 'QUOTA_EXCEEDED', retryAfterMs: 86_400_000 - 3_600_000 });
+    now = T0 + 86_400_000 * 2 + 5;
+    expect((await limiter.check(1)).allowed).toBe(true);
+    expect(await manager.getSubscription('u')).toMatchObject({ usage: 1, periodStartedAt: new Date(T0 + 86_400_000 * 2) });
+  });
+
+  it('a per-user override replaces the profile limit; null returns to it', async () => {
+    await manager.subscribe('u', 'basic', { quota: 2 });
+    const limiter = manager.getLimiter('u');
+    await limiter.check(2);
+    expect(await code(limiter.check(1))).toBe('QUOTA_EXCEEDED');
+    expect(await manager.updateSubscriptionQuota('u', null)).toMatchObject({ quota: null, quotaLimit: 10 });
+    expect((await limiter.check(1)).allowed).toBe(true);
+    expect(await manager.updateSubscriptionQuota('u', 50)).toMatchObject({ quota: 50, quotaLimit: 50 });
+  });
+
+  it('usage counts every admitted unit, from check and submit, without a quota too', async () => {
+    manager.registerProfile('free', { rate: { limit: 1000, intervalMs: 1000 } });
+    await manager.subscribe('u', 'free');
+    await manager.getLimiter('u').check(2);
+    await manager.getLimiter('u').submit(() => 1, { cost: 3 });
+    expect(await manager.getSubscription('u')).toMatchObject({ usage: 5, quotaLimit: null });
+  });
+
+  it('resetUsage zeroes usage; a refund of a charge from before the reset does not go below it', async () => {
+    await manager.subscribe('u', 'basic');
+    await manager.getLimiter('u').check(5);
+    expect((await manager.resetUsage('u')).usage).toBe(0);
+    expect(await code(manager.getLimiter('u').check(11))).toBe('QUOTA_EXCEEDED');
+  });
+
+  it('on a shared pool the charge goes to the submitter: B over quota leaves A at 0; canceling A leaves B unaffected', async () => {
+    manager.registerProfile('pooled', { rate: { limit: 100, intervalMs: 1000, shared: 'pool' }, quota: { limit: 2 } });
+    await manager.subscribe('A', 'pooled');
+    await manager.subscribe('B', 'pooled');
+    const b = manager.getLimiter('B');
+    await b.submit(() => 1);
+    await b.submit(() => 2);
+    expect(await code(b.submit(() => 3))).toBe('QUOTA_EXCEEDED');
+    expect((await manager.getSubscription('A'))?.usage).toBe(0);
+    expect((await manager.getSubscription('B'))?.usage).toBe(2);
+    await manager.cancelSubscription('A');
+    await manager.updateSubscriptionQuota('B', 3);
+    expect(await b.submit(() => 3)).toBe(3);
+    expect(await code(manager.getLimiter('A').submit(() => 1))).toBe('SUBSCRIPTION_INACTIVE');
+  });
+
+  it('mutations never lose a concurrent usage charge', async () => {
+    await manager.subscribe('u', 'big', { quota: 100 });
+    const limiter = manager.getLimiter('u');
+    const work: Promise<unknown>[] = [];
+    for (let i = 0; i < 30; i++) {
+      work.push(limiter.check(1));
+      if (i % 5 === 0) {
+        work.push(manager.extendSubscription('u', 1000), manager.updateSubscriptionQuota('u', 100));
+        work.push(manager.changeProfile('u', i % 10 ? 'big' : 'basic'), manager.subscribe('u', 'big', { quota: 100 }));
+      }
+    }
+    const outcomes = await Promise.allSettled(work);
+    expect(outcomes.every((o) => o.status === 'fulfilled')).toBe(true);
+    expect((await manager.getSubscription('u'))?.usage).toBe(30);
+  });
+});
+
+describe('contention', () => {
+  it('1,000 concurrent checks of cost 1 on burst 10 with no refill admit exactly 10; with cost 3, exactly 3', async () => {
+    manager.registerProfile('tight', { rate: { limit: 10, intervalMs: 3_600_000 } });
+    await manager.subscribe('a', 'tight');
+    await manager.subscribe('b', 'tight');
+    const ones = await Promise.all(Array.from({ length: 1000 }, () => manager.getLimiter('a').check(1)));
+    expect(ones.filter((d) => d.allowed)).toHaveLength(10);
+    const threes = await Promise.all(Array.from({ length: 1000 }, () => manager.getLimiter('b').check(3)));
+    expect(threes.filter((d) => d.allowed)).toHaveLength(3);
+  });
+
+  it('1,000 concurrent submits in reject mode admit exactly 10 (cost 1) and 3 (cost 3)', async () => {
+    manager.registerProfile('tight', { rate: { limit: 10, intervalMs: 3_600_000, onLimit: 'reject' } });
+    await manager.subscribe('a', 'tight');
+    await manager.subscribe('b', 'tight');
+    for (const [user, cost, expected] of [['a', 1, 10], ['b', 3, 3]] as const) {
+      let ran = 0;
+      const outcomes = await Promise.allSettled(Array.from({ length: 1000 }, () => manager.getLimiter(user).submit(() => ++ran, { cost })));
+      expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(expected);
+      expect(ran).toBe(expected);
+      expect(outcomes.filter((o) => o.status === 'rejected').every((o) => (o as PromiseRejectedResult).reason.code === 'RATE_LIMITED')).toBe(true);
+    }
+  });
+
+  it('quota 10: 50 concurrent submits give exactly 10 accepted and 40 QUOTA_EXCEEDED; usage ends at 10', async () => {
+    await manager.subscribe('u', 'basic');
+    const outcomes = await Promise.allSettled(Array.from({ length: 50 }, () => manager.getLimiter('u').submit(() => 1)));
+    expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(10);
+    const codes = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected').map((o) => o.reason.code);
+    expect(codes).toEqual(Array(40).fill('QUOTA_EXCEEDED'));
+    expect((await manager.getSubscription('u'))?.usage).toBe(10);
+  });
+});
+
+describe('GCRA vectors through check()', () => {
+  for (const c of vectors.cases) {
+    it(c.name, async () => {
+      manager.registerProfile('v', { rate: c.rate });
+      await manager.subscribe('v', 'v');
+      const limiter = manager.getLimiter('v');
+      for (const step of c.steps) {
+        now = T0 + step.at;
+        const d = await limiter.check(step.cost);
+        expect({ at: step.at, allowed: d.allowed, remaining: d.remaining, retryAfterMs: d.retryAfterMs }).toEqual({
+          at: step.at,
+          allowed: step.allowed,
+          remaining: step.remaining,
+          retryAfterMs: step.retryAfterMs,
+        });
+      }
+    });
+  }
+});
+
+describe('dead letters', () => {
+  it('are stored, listed oldest first, bounded per profile, dropped after their retention', async () => {
+    manager.registerProfile('d', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { maxEntries: 3, retentionMs: 60_000 } });
+    await manager.subscribe('u', 'd');
+    for (let i = 0; i < 5; i++) {
+      now += 1;
+      expect(await code(manager.getLimiter('u').submit(() => {
+        throw new Error(`fail ${i}`);
+      }))).toBe('TASK_FAILED');
+    }
+    const list = await manager.dlq.list();
+    expect(list.map((e) => e.error.message)).toEqual(['fail 2', 'fail 3', 'fail 4']);
+    expect(list[0]).toMatchObject({ userId: 'u', profileName: 'd', attempts: 1, cost: 1, error: { code: 'TASK_FAILED', name: 'Error' } });
+    expect(await manager.dlq.get(list[0]!.id)).toMatchObject({ id: list[0]!.id, error: { message: 'fail 2' } });
+    expect(await manager.dlq.list({ limit: 1 })).toHaveLength(1);
+    expect(await manager.dlq.list({ userId: 'other' })).toEqual([]);
+    expect(await manager.dlq.remove(list[0]!.id)).toBe(true);
+    expect(await manager.dlq.remove(list[0]!.id)).toBe(false);
+    now += 60_000;
+    expect(await manager.dlq.list()).toEqual([]);
+  });
+});
+});
+}
