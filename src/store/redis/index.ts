@@ -81,7 +81,6 @@ export class RedisStore implements Store {
   /** 'local' policy: buckets of this process's share, and usage admitted while Redis was away. */
   private readonly insurance = new Map<string, { rate: Rate; tat: number }>();
   private readonly owed = new Map<string, number>();
-  private reconciling = false;
   /** Tests only: a fixed time (ms) for every script instead of Redis TIME. */
   private testClock: (() => number) | undefined = undefined;
   constructor(options: RedisStoreOptions) {
@@ -141,16 +140,17 @@ export class RedisStore implements Store {
     this.startPresence();
   }
 
+  /** Counts this process among the live ones now, and tells how many there are. */
+  async refreshPresence(): Promise<number> {
+    this.processes = Math.max(1, Number(await this.run(scripts.presence, [this.keys.processes()], [this.id, PRESENCE_TTL_MS, '+0'])));
+    return this.processes;
+  }
+
   /** Keeps this process counted among the live ones, every few seconds, in the background. */
   private startPresence(): void {
     if (this.presence !== undefined) return;
     const beat = (): void => {
-      this.run(scripts.presence, [this.keys.processes()], [this.id, PRESENCE_TTL_MS, '+0']).then(
-        (n) => {
-          this.processes = Math.max(1, Number(n));
-        },
-        () => {},
-      );
+      this.refreshPresence().catch(() => {});
     };
     beat();
     this.presence = setInterval(beat, PRESENCE_TTL_MS / 3);
@@ -256,7 +256,9 @@ export class RedisStore implements Store {
       input.quota ?? '',
       input.resetUsage ? 1 : 0,
       this.clockArg(),
+      this.deadline(),
     ]);
+    late(r);
     if (r[0] === 'DATES') {
       throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
     }
@@ -269,7 +271,8 @@ export class RedisStore implements Store {
   }
 
   private async mutate(userId: string, op: string, value: string | number): Promise<Subscription | undefined> {
-    const r = await this.run(scripts.mutate, [this.keys.user(userId)], [op, value, this.clockArg()]);
+    const r = await this.run(scripts.mutate, [this.keys.user(userId)], [op, value, this.clockArg(), this.deadline()]);
+    late(r);
     return r === null ? undefined : this.subscription(userId, r);
   }
 
@@ -507,13 +510,22 @@ export class RedisStore implements Store {
     return 1 + gcraRemaining(next, now, entry.rate);
   }
 
-  /** Redis is back: charge the usage admitted locally while it was away. */
-  private async reconcile(): Promise<void> {
-    if (this.reconciling || this.owed.size === 0) return;
-    this.reconciling = true;
+  private reconciling: Promise<void> | undefined = undefined;
+
+  /** Redis is back: charge the usage admitted locally while it was away (one run at a time). */
+  private reconcile(): Promise<void> {
+    if (this.reconciling === undefined && this.owed.size > 0) {
+      this.reconciling = this.chargeOwed().finally(() => {
+        this.reconciling = undefined;
+      });
+    }
+    return this.reconciling ?? Promise.resolve();
+  }
+
+  private async chargeOwed(): Promise<void> {
     try {
       for (const [userId, units] of [...this.owed]) {
-        await this.run(scripts.mutate, [this.keys.user(userId)], ['charge', units, this.clockArg()]);
+        late(await this.run(scripts.mutate, [this.keys.user(userId)], ['charge', units, this.clockArg(), this.deadline()]));
         const left = (this.owed.get(userId) ?? 0) - units;
         if (left > 0) this.owed.set(userId, left);
         else this.owed.delete(userId);
@@ -521,8 +533,6 @@ export class RedisStore implements Store {
       this.insurance.clear();
     } catch (error) {
       this.listener.fault?.(error);
-    } finally {
-      this.reconciling = false;
     }
   }
 
@@ -624,6 +634,11 @@ export class RedisStore implements Store {
       lastFailedAt: new Date(lastFailedAt),
     };
   }
+}
+
+/** A script that ran past its deadline wrote nothing: the call failed. */
+function late(r: Reply | null): void {
+  if (r !== null && r[0] === 'LATE') throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
 }
 
 /** A fresh result per call: answers of concurrent calls must not share one object. */

@@ -2,12 +2,15 @@
 --
 -- KEYS[1] the user's hash. ARGV: 1 op: 'extend' (2: ms), 'cancel', 'change' (2: profile),
 --   'reset', 'quota' (2: limit, '' : back to the profile's), 'charge' (2: units admitted while
---   Redis was unreachable, added to the usage); 3 clock ('+0', see time.lua).
+--   Redis was unreachable, added to the usage); 3 clock ('+0', see time.lua); 4 deadline µs (0: none).
 -- Reply: the subscription fields (see user_reply).
 --@include time
 --@include user
 
-local now = server_now(ARGV[3], 0)
+local now = server_now(ARGV[3], tonumber(ARGV[4]))
+if not now then
+  return { 'LATE' }
+end
 local now_ms = math.floor(now / 1000)
 local key = KEYS[1]
 local u = user_load(key)

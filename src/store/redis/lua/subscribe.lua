@@ -3,12 +3,15 @@
 --
 -- KEYS[1] the user's hash. ARGV: 1 profile; 2 starts ms ('' : now); 3 ends ms ('' : none);
 --   4 duration ms ('' : none); 5 quota override ('' : none); 6 reset usage (1/0);
---   7 clock ('+0', see time.lua).
+--   7 clock ('+0', see time.lua); 8 deadline µs (0: none).
 -- Reply: the subscription fields (see user_reply), or { 'DATES' } when it would end before it starts.
 --@include time
 --@include user
 
-local now = server_now(ARGV[7], 0)
+local now = server_now(ARGV[7], tonumber(ARGV[8]))
+if not now then
+  return { 'LATE' }
+end
 local now_ms = math.floor(now / 1000)
 local sa = tonumber(ARGV[2]) or now_ms
 local ea = tonumber(ARGV[3])

@@ -1,0 +1,97 @@
+// Redis goes away mid-load and comes back: each outage policy behaves as stated, the process
+// stays up, service resumes by itself, and no subscription or charged usage is lost. The server
+// runs append-only with fsync always, as docs/redis.md tells production users to run it.
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Manager, RedisStore, TaskvalveError } from '../src/index.js';
+import { startRedis, type RedisServer } from './support/redis.js';
+
+let server: RedisServer;
+
+beforeAll(async () => {
+  server = await startRedis({ appendonly: true });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+type Policy = 'fail-closed' | 'fail-open' | 'local';
+
+function setup(policy: Policy): { manager: Manager; store: RedisStore; client: Redis } {
+  const client = new Redis({ port: server.port, maxRetriesPerRequest: null, retryStrategy: () => 20 });
+  client.on('error', () => {}); // connection errors are expected here: the server is killed
+  const store = new RedisStore({ client, prefix: 'outage', timeoutMs: 300 });
+  const manager = new Manager({ store, onStoreUnavailable: policy });
+  // Three processes' worth of limits: every manager shares one bucket config.
+  manager.registerProfile('p', { rate: { limit: 30, intervalMs: 3_600_000 }, quota: { limit: 1000 } });
+  return { manager, store, client };
+}
+
+describe('Redis killed mid-load and restarted', () => {
+  it('fail-closed rejects, fail-open admits, local admits its share; all resume; no usage lost', async () => {
+    const all = (['fail-closed', 'fail-open', 'local'] as const).map((policy) => ({ policy, ...setup(policy) }));
+    const [closed, open, local] = all as [(typeof all)[0], (typeof all)[0], (typeof all)[0]];
+    for (const s of all) await s.manager.subscribe(s.policy, 'p');
+    // Every process counts itself among the live ones: 3, so 'local' holds a third of each limit.
+    for (const s of all) await s.store.refreshPresence();
+    expect(await local.store.refreshPresence()).toBe(3);
+
+    // Load on the fail-closed manager while the server dies and returns.
+    let admitted = 0;
+    let failed = 0;
+    let stop = false;
+    const errors = new Set<string>();
+    const load = (async () => {
+      while (!stop) {
+        const results = await Promise.allSettled(Array.from({ length: 5 }, () => closed.manager.getLimiter('fail-closed').check(1)));
+        for (const r of results) {
+          if (r.status === 'fulfilled') admitted += r.value.allowed ? 1 : 0;
+          else {
+            failed++;
+            errors.add((r.reason as TaskvalveError).code);
+          }
+        }
+      }
+    })();
+    for (const s of all) expect((await s.manager.getLimiter(s.policy).check(2)).allowed).toBe(true);
+
+    await server.kill();
+    expect((await closed.manager.getLimiter('fail-closed').check(1).catch((e: TaskvalveError) => e.code))).toBe('STORE_UNAVAILABLE');
+    // fail-open admits without charging anything.
+    const opened = await Promise.all(Array.from({ length: 40 }, () => open.manager.getLimiter('fail-open').check(1)));
+    expect(opened.every((d) => d.allowed)).toBe(true);
+    // local: this process's share of the burst, 30 / 3 live processes = 10.
+    const local1 = await Promise.all(Array.from({ length: 15 }, () => local.manager.getLimiter('local').check(1)));
+    expect(local1.filter((d) => d.allowed)).toHaveLength(10);
+    // Subscriptions cannot change without Redis: that is an error, not a guess.
+    expect((await local.manager.subscribe('new', 'p').catch((e: TaskvalveError) => e.code))).toBe('STORE_UNAVAILABLE');
+
+    await server.restart();
+    for (const s of all) await s.client.ping();
+    stop = true;
+    await load;
+    expect([...errors]).toEqual(errors.size === 0 ? [] : ['STORE_UNAVAILABLE']);
+
+    // Service resumed by itself; the local manager's next decision reconciles what it owes.
+    const last = await closed.manager.getLimiter('fail-closed').check(1);
+    if (last.allowed) admitted++;
+    for (const s of [open, local]) expect((await s.manager.getLimiter(s.policy).check(1)).allowed).toBe(true);
+    await local.manager.close();
+    await open.manager.close();
+    await closed.manager.close();
+    const reader = setup('fail-closed');
+    const usage = async (user: string) => (await reader.manager.getSubscription(user))!.usage;
+    // fail-closed: every admitted check is still charged; an unanswered call may have been charged too.
+    const closedUsage = await usage('fail-closed');
+    expect(closedUsage).toBeGreaterThanOrEqual(2 + admitted);
+    expect(closedUsage).toBeLessThanOrEqual(Math.min(30, 2 + admitted + failed));
+    // fail-open charged nothing while Redis was away.
+    expect(await usage('fail-open')).toBe(2 + 1);
+    // local: the 10 units admitted during the outage were charged when Redis returned.
+    expect(await usage('local')).toBe(2 + 10 + 1);
+    expect(await reader.manager.getSubscription('new')).toBeUndefined();
+    await reader.manager.close();
+    for (const s of [...all, reader]) s.client.disconnect();
+  });
+});
