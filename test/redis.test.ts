@@ -1,5 +1,8 @@
 // RedisStore behaviour that only Redis has: scripts surviving SCRIPT FLUSH and restarts, Redis
 // time over client time, deadlines, key escaping, bucket expiry, the protocol across slots.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore } from '../src/index.js';
@@ -26,9 +29,12 @@ afterEach(async () => {
 });
 
 /** A manager on a RedisStore over `client`, closed (and the client disconnected) after the test. */
-function managerOn(client: Redis | Cluster, options: { clock?: () => number; timeoutMs?: number } = {}): { manager: Manager; store: RedisStore } {
-  const store = new RedisStore({ client, prefix: `r${++prefixes}`, ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
-  const manager = new Manager({ store, ...(options.clock === undefined ? {} : { clock: options.clock }) });
+function managerOn(
+  client: Redis | Cluster,
+  options: { clock?: () => number; timeoutMs?: number; prefix?: string; logger?: ConstructorParameters<typeof Manager>[0] extends infer O ? (O extends { logger?: infer L } ? L : never) : never } = {},
+): { manager: Manager; store: RedisStore } {
+  const store = new RedisStore({ client, prefix: options.prefix ?? `r${++prefixes}`, ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
+  const manager = new Manager({ store, ...(options.clock === undefined ? {} : { clock: options.clock }), ...(options.logger === undefined ? {} : { logger: options.logger }) });
   open.push({
     close: async () => {
       await manager.close();
@@ -172,5 +178,57 @@ describe('across slots (Redis Cluster)', () => {
     const runs = await Promise.all(Array.from({ length: 4 }, (_, i) => manager.getLimiter('A').submit(() => i)));
     expect(runs).toEqual([0, 1, 2, 3]);
     expect((await manager.getSubscription('A'))?.usage).toBe(4);
+  });
+});
+
+describe('processes sharing one Redis', () => {
+  it('a profile registered with different rates is a drift: a logger warning and an error event naming both', async () => {
+    const prefix = `drift${++prefixes}`;
+    const first = managerOn(new Redis({ port: server.port }), { prefix });
+    first.manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000, shared: 'gpu' } });
+    await first.manager.subscribe('warm-up', 'p'); // the registration reached Redis by now
+    const warnings: string[] = [];
+    const logger = { info() {}, error() {}, warn: (_: unknown, msg?: string) => warnings.push(msg ?? '') };
+    const second = managerOn(new Redis({ port: server.port }), { prefix, logger });
+    const errors: Error[] = [];
+    second.manager.on('error', (e: Error) => errors.push(e));
+    const reported = new Promise((resolve) => second.manager.once('error', resolve));
+    second.manager.registerProfile('p', { rate: { limit: 20, intervalMs: 1000, shared: 'gpu' } });
+    await reported;
+    await second.manager.subscribe('warm-up-2', 'p');
+    expect(errors.length).toBeGreaterThanOrEqual(1);
+    expect(errors[0]!.message).toContain('"limit":20');
+    expect(errors[0]!.message).toContain('"limit":10');
+    expect(warnings.join('\n')).toContain('drift');
+  });
+
+  it('a dead-lettered worker task is replayed from another process; an inline one is refused there', async () => {
+    const prefix = `dlq${++prefixes}`;
+    const dir = mkdtempSync(join(tmpdir(), 'taskvalve-dlq-'));
+    const flag = join(dir, 'ready');
+    try {
+      const profile = { rate: { limit: 100, intervalMs: 1000 }, pool: { filename: new URL('./fixtures/tasks.mjs', import.meta.url), maxThreads: 1 } };
+      const a = managerOn(new Redis({ port: server.port }), { prefix });
+      const b = managerOn(new Redis({ port: server.port }), { prefix });
+      a.manager.registerProfile('p', profile);
+      b.manager.registerProfile('p', profile);
+      await a.manager.subscribe('u', 'p');
+      expect((await rejection(a.manager.getLimiter('u').submit({ name: 'failUnlessFile', payload: { path: flag } }))).code).toBe('TASK_FAILED');
+      expect((await rejection(a.manager.getLimiter('u').submit(function localOnly() {
+        throw new Error('inline failure');
+      }))).code).toBe('TASK_FAILED');
+      const entries = await b.manager.dlq.list();
+      expect(entries.map((e) => e.error.message)).toEqual([`${flag} is missing`, 'inline failure']);
+      expect(entries[0]!.task).toEqual({ name: 'failUnlessFile', payload: { path: flag } });
+      expect(entries[1]!.task).toEqual({ inline: true, description: 'function localOnly' });
+      writeFileSync(flag, '');
+      await expect(b.manager.dlq.replay(entries[0]!.id)).resolves.toBe('file found');
+      const refused = await rejection(b.manager.dlq.replay(entries[1]!.id));
+      expect(refused.code).toBe('INVALID_ARGUMENT');
+      expect(refused.message).toContain('localOnly');
+      expect((await a.manager.dlq.list()).map((e) => e.id)).toEqual([entries[1]!.id]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
