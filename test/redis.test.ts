@@ -232,3 +232,41 @@ describe('processes sharing one Redis', () => {
     }
   });
 });
+
+describe('sharding', () => {
+  it('after appending a shard, migrate() moves about 1/3 of the tenants; none is lost, none over-spends', async () => {
+    const extra = await Promise.all([startRedis(), startRedis(), startRedis()]);
+    try {
+      const prefix = `shard${++prefixes}`;
+      const two = extra.slice(0, 2).map((s) => new Redis({ port: s.port }));
+      const storeTwo = new RedisStore({ client: two, prefix });
+      const m2 = new Manager({ store: storeTwo });
+      const profile = { rate: { limit: 100, intervalMs: 3_600_000 }, quota: { limit: 1000 } };
+      m2.registerProfile('p', profile);
+      const users = Array.from({ length: 300 }, (_, i) => `tenant-${i}`);
+      for (const [i, u] of users.entries()) {
+        await m2.subscribe(u, 'p');
+        await m2.getLimiter(u).check((i % 5) + 1);
+      }
+      await m2.close();
+      const three = [...two, new Redis({ port: extra[2]!.port })];
+      const storeThree = new RedisStore({ client: three, prefix });
+      const m3 = new Manager({ store: storeThree });
+      m3.registerProfile('p', profile);
+      const moved = await storeThree.migrate(two);
+      // A user has a hash and a bucket key: about a third of 600 keys move.
+      expect(moved).toBeGreaterThan(150);
+      expect(moved).toBeLessThan(250);
+      for (const [i, u] of users.entries()) {
+        expect((await m3.getSubscription(u))?.usage).toBe((i % 5) + 1);
+        // The bucket moved too: 100 - used units remain, not a fresh 100.
+        expect((await m3.getLimiter(u).check(100 - ((i % 5) + 1))).allowed).toBe(true);
+        expect((await m3.getLimiter(u).check(1)).allowed).toBe(false);
+      }
+      await m3.close();
+      for (const c of three) c.disconnect();
+    } finally {
+      await Promise.all(extra.map((s) => s.stop()));
+    }
+  });
+});

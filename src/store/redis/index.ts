@@ -582,6 +582,62 @@ export class RedisStore implements Store {
     return out;
   }
 
+  /**
+   * Moves keys to the shard that owns them now, after shards were appended to `client`:
+   * `previous` is the array of shards before (a prefix of the current one). Run it once after
+   * deploying the larger array; until a tenant's keys have moved, that tenant is not found
+   * (its calls fail closed), and nothing is over-spent. A tenant that was charged on the new
+   * shard in the meantime keeps both charges (usage is added, the fuller bucket wins).
+   * Returns the number of keys moved.
+   */
+  async migrate(previous: RedisClientLike[]): Promise<number> {
+    const shards = this.clients as unknown as MigrationClient[];
+    if (!Array.isArray(previous) || previous.length > shards.length || previous.some((c, i) => c !== (shards[i] as unknown))) {
+      throw invalidArgument('migrate(previous): previous must be the shards before, a prefix of the current array');
+    }
+    let moved = 0;
+    for (let from = 0; from < previous.length; from++) {
+      const source = shards[from] as MigrationClient;
+      let cursor = '0';
+      do {
+        const [next, keys] = await source.scan(cursor, 'MATCH', `${this.keys.prefix}:{*`, 'COUNT', 500);
+        cursor = next;
+        for (const key of keys) {
+          const to = rendezvous(tagOf(key), shards.length);
+          if (to === from) continue;
+          if (await this.moveKey(key, source, shards[to] as MigrationClient)) moved++;
+        }
+      } while (cursor !== '0');
+    }
+    return moved;
+  }
+
+  private async moveKey(key: string, source: MigrationClient, target: MigrationClient): Promise<boolean> {
+    const [dump, ttl] = await Promise.all([source.dumpBuffer(key), source.pttl(key)]);
+    if (dump === null) return false;
+    try {
+      await target.restore(key, ttl > 0 ? ttl : 0, dump);
+    } catch (error) {
+      if (!String((error as Error).message).startsWith('BUSYKEY')) throw error;
+      await this.merge(key, source, target);
+    }
+    await source.del(key);
+    return true;
+  }
+
+  /** Both shards hold the key: keep both charges for a user, the fuller state for a bucket. */
+  private async merge(key: string, source: MigrationClient, target: MigrationClient): Promise<void> {
+    const type = await source.type(key);
+    if (type === 'hash') {
+      const usage = Number(await source.hget(key, 'n'));
+      if (usage > 0) await target.hincrby(key, 'n', usage);
+    } else if (type === 'string') {
+      const [a, b] = await Promise.all([source.get(key), target.get(key)]);
+      const tat = (v: string | null): number => (v === null ? -Infinity : Number(v.split(':')[0]));
+      if (tat(a) > tat(b)) await target.set(key, a as string, 'PX', Math.max(1, await source.pttl(key)));
+    }
+  }
+
   private dlqKeys(): string[] {
     return [this.keys.dlq('e'), this.keys.dlq('o'), this.keys.dlq('x'), this.keys.dlq('seq')];
   }
@@ -634,6 +690,20 @@ export class RedisStore implements Store {
       lastFailedAt: new Date(lastFailedAt),
     };
   }
+}
+
+/** What migrate() needs of a shard: an ioredis `Redis`. */
+interface MigrationClient {
+  scan(cursor: string, ...args: (string | number)[]): Promise<[string, string[]]>;
+  dumpBuffer(key: string): Promise<Buffer | null>;
+  pttl(key: string): Promise<number>;
+  restore(key: string, ttl: number, value: Buffer): Promise<unknown>;
+  del(key: string): Promise<number>;
+  type(key: string): Promise<string>;
+  hget(key: string, field: string): Promise<string | null>;
+  hincrby(key: string, field: string, by: number): Promise<number>;
+  get(key: string): Promise<string | null>;
+  set(key: string, value: string, px: 'PX', ms: number): Promise<unknown>;
 }
 
 /** A script that ran past its deadline wrote nothing: the call failed. */
