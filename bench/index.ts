@@ -87,4 +87,4 @@ async function main(): Promise<void> {
   );
 }
 
-await main();
+if (process.argv[2] === 'redis') await (await import('./redis.js')).main(); else await main(); // npm run bench -- redis
