@@ -51,7 +51,6 @@ const MAX_INLINE = 10_000;
 interface Ref {
   store: RedisStore;
   user: string;
-  dedicated: string;
   profile: Profile | undefined;
   /** From the latest answer: usage, and whether the subscription was usable (for outages). */
   usage: number;
@@ -214,7 +213,7 @@ export class RedisStore implements Store {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.store === this) return held;
     const user = this.keys.user(userId);
-    const ref: Ref = { store: this, user, dedicated: this.keys.dedicated(user), profile: undefined, usage: 0, usable: false };
+    const ref: Ref = { store: this, user, profile: undefined, usage: 0, usable: false };
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
@@ -312,20 +311,28 @@ export class RedisStore implements Store {
   async admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, _nowMs: number, slot?: UserSlot): Promise<AdmitResult> {
     const ref = this.ref(userId, slot);
     const out = newResult();
-    let profile = ref.profile ?? (await this.profileOf(ref));
+    // The profile this handle saw last; unknown at first: the script resolves it by name.
+    let profile = ref.profile;
     for (let attempt = 0; attempt < 3; attempt++) {
-      if (profile === null) return this.notFound(out);
-      if (profile === undefined) throw this.unknownProfile(userId);
-      ref.profile = profile;
-      let r: Reply;
+      let answer: Answer;
       try {
-        r = await this.decide(userId, ref, profile, cost, mode, waiting);
+        answer = await this.decide(userId, ref, profile, cost, mode, waiting);
       } catch (error) {
+        if (profile === undefined) throw error;
         return this.withoutRedis(error, out, userId, ref, profile, cost);
       }
       if (this.owed.size > 0) void this.reconcile();
-      if (r[0] !== PROFILE_MISMATCH) return this.fill(out, userId, ref, profile, r);
-      profile = this.profiles.get(String(r[11]));
+      const r = answer.reply;
+      if (r[0] === Verdict.NOT_FOUND) return this.notFound(out);
+      if (r[0] === PROFILE_MISMATCH) {
+        profile = this.profiles.get(String(r[11]));
+        if (profile === undefined) throw this.unknownProfile(userId);
+        continue;
+      }
+      profile = answer.profile ?? this.profiles.get(String(r[11]));
+      if (profile === undefined) throw this.unknownProfile(userId);
+      ref.profile = profile;
+      return this.fill(out, userId, ref, profile, r);
     }
     throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
   }
@@ -341,34 +348,54 @@ export class RedisStore implements Store {
     return new TaskvalveError(ErrorCode.PROFILE_NOT_FOUND, `user ${JSON.stringify(userId)} is subscribed to a profile this process has not registered`);
   }
 
+  /** The key holding a user's bucket: the user's hash, or the shared bucket's key. */
   private bucketOf(ref: Ref, profile: Profile): string {
-    return profile.shared === undefined ? ref.dedicated : this.keys.shared(profile.shared);
+    return profile.shared === undefined ? ref.user : this.keys.shared(profile.shared);
   }
 
   /**
    * Queues one decision for the admission script of its node (its slot on a Cluster). Decisions
    * queued in one turn of the event loop go in one call, up to MAX_BATCH: the server runs the
-   * script once, reads TIME once, and the round trip is shared.
+   * script once, reads TIME once, each profile's parameters travel once, and the round trip is
+   * shared. `profile` undefined: the script picks the user's profile by name.
    */
-  private batched(user: string, bucket: string, fields: (string | number)[]): Promise<Reply> {
+  private batched(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
     const group = this.clustered ? tagOf(user) : this.node(user);
     let batch = this.batches.get(group);
     if (batch === undefined) {
-      batch = { keys: [], args: [], waiters: [] };
+      batch = { keys: [], decisions: [], profiles: [], index: new Map(), all: false, waiters: [] };
       this.batches.set(group, batch);
       if (!this.flushing) {
         this.flushing = true;
         process.nextTick(() => this.flush());
       }
     }
+    let expected = 0;
+    if (profile !== undefined) expected = this.profileIndex(batch, profile);
+    else if (!batch.all) {
+      batch.all = true;
+      for (const p of this.profiles.values()) this.profileIndex(batch, p);
+    }
     batch.keys.push(user, bucket);
-    for (const f of fields) batch.args.push(f);
-    const reply = new Promise<Reply>((resolve, reject) => batch.waiters.push({ resolve, reject }));
+    batch.decisions.push(expected, cost, waiting, flags);
+    const b = batch;
+    const answer = new Promise<Answer>((resolve, reject) => b.waiters.push({ resolve, reject }));
     if (batch.waiters.length >= MAX_BATCH) {
       this.batches.delete(group);
       this.send(batch);
     }
-    return reply;
+    return answer;
+  }
+
+  /** A profile's 1-based place in a batch's table, added on first use. */
+  private profileIndex(batch: Batch, profile: Profile): number {
+    let i = batch.index.get(profile);
+    if (i === undefined) {
+      batch.profiles.push(profile);
+      i = batch.profiles.length;
+      batch.index.set(profile, i);
+    }
+    return i;
   }
 
   private flush(): void {
@@ -379,9 +406,17 @@ export class RedisStore implements Store {
   }
 
   private send(batch: Batch): void {
-    this.run(scripts.admit, batch.keys, [this.deadline(), this.clockArg(), ...batch.args]).then(
+    const args: (string | number)[] = [this.deadline(), this.clockArg(), batch.profiles.length];
+    for (const p of batch.profiles) for (const field of profileFields(p)) args.push(field);
+    for (const x of batch.decisions) args.push(x);
+    this.run(scripts.admit, batch.keys, args).then(
       (replies) => {
-        for (let i = 0; i < batch.waiters.length; i++) batch.waiters[i]!.resolve(replies[i] as unknown as Reply);
+        for (let i = 0; i < batch.waiters.length; i++) {
+          const reply = replies[i] as unknown as Reply;
+          // Compact replies name the profile by its place in this batch's table.
+          const at = reply.length === 7 ? Number(reply[6]) : 0;
+          batch.waiters[i]!.resolve({ reply, profile: at > 0 ? batch.profiles[at - 1] : undefined });
+        }
       },
       (error: unknown) => {
         for (const w of batch.waiters) w.reject(error);
@@ -390,80 +425,68 @@ export class RedisStore implements Store {
   }
 
   /** One admission: one script call, or the reserve / take / refund protocol across slots. */
-  private async decide(userId: string, ref: Ref, profile: Profile, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>): Promise<Reply> {
+  private async decide(userId: string, ref: Ref, profile: Profile | undefined, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>): Promise<Answer> {
+    const flags = mode === AdmitMode.PROFILE ? 1 : 0;
+    if (profile === undefined) return this.batched(ref.user, ref.user, undefined, cost, 0, flags);
     const rate = profile.rate;
     const bucket = this.bucketOf(ref, profile);
     const ahead = waiting.size === 0 ? 0 : (waiting.get(profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`) ?? 0);
-    const queue = mode === AdmitMode.PROFILE && profile.onLimit === 'wait';
-    const args = (step: string): (string | number)[] => [
-      profile.name,
-      rate.d,
-      rate.T,
-      rate.tau,
-      rate.burst,
-      profile.quotaLimit ?? -1,
-      profile.quotaPeriodMs,
-      profile.quotaHard ? 1 : 0,
-      queue ? 1 : 0,
-      profile.maxWaitMs === Infinity ? -1 : profile.maxWaitMs,
-      cost,
-      ahead,
-      step,
-    ];
-    if (this.together(ref.user, bucket)) return this.batched(ref.user, bucket, args('all'));
+    if (this.together(ref.user, bucket)) return this.batched(ref.user, bucket, profile, cost, ahead, flags);
     // The bucket lives elsewhere: reserve the quota, then take from the bucket, and give the
     // reservation back if the bucket says no (docs/redis.md).
-    const reserved = await this.batched(ref.user, ref.dedicated, args('quota'));
-    if (reserved[0] !== RESERVED) return reserved;
+    const reserved = await this.batched(ref.user, ref.user, profile, cost, ahead, flags | 2);
+    if (reserved.reply[0] !== RESERVED) return reserved;
+    const [, usage, period] = reserved.reply as [number, number, number];
     let taken: Reply;
     try {
-      taken = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, cost, ahead, this.deadline(), this.clockArg(), 'take']);
+      taken = await this.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, cost, ahead, this.deadline(), this.clockArg(), 'take']);
     } catch (error) {
-      await this.refundReply(ref, cost, reserved);
+      await this.refundReserved(ref, cost, period);
       throw error;
     }
     const [ok, waitMs, remaining, resetMs] = taken as [number, number, number, number];
-    const reply = [...reserved];
-    reply[4] = remaining;
-    reply[5] = waitMs;
-    reply[6] = resetMs;
-    if (ok === 1) {
-      reply[0] = Verdict.ALLOWED;
-      return reply;
-    }
+    if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs], profile };
+    const queue = flags === 1 && profile.onLimit === 'wait';
     if (ok === 0 && queue && (profile.maxWaitMs === Infinity || waitMs <= profile.maxWaitMs)) {
-      reply[0] = Verdict.QUEUED;
-      return reply;
+      return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs], profile };
     }
-    await this.refundReply(ref, cost, reserved);
-    reply[0] = ok === -1 ? PAST_DEADLINE : Verdict.RATE_LIMITED;
-    reply[1] = Number(reply[1]) - cost;
-    return reply;
+    await this.refundReserved(ref, cost, period);
+    return { reply: [ok === -1 ? PAST_DEADLINE : Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs], profile };
   }
 
-  private async refundReply(ref: Ref, cost: number, reserved: Reply): Promise<void> {
-    const profile = ref.profile;
-    await this.run(scripts.refund, [ref.user], [cost, Number(reserved[3]), profile?.quotaPeriodMs ?? 0, this.clockArg()]);
+  private async refundReserved(ref: Ref, cost: number, period: number): Promise<void> {
+    await this.run(scripts.refund, [ref.user], [cost, period, ref.profile?.quotaPeriodMs ?? 0, this.clockArg()]);
   }
 
   /** Copies a script's reply into the result object. */
   private fill(out: AdmitResult, userId: string, ref: Ref, profile: Profile, r: Reply): AdmitResult {
     const verdict = Number(r[0]);
-    if (verdict === Verdict.NOT_FOUND) return this.notFound(out);
     if (verdict === PAST_DEADLINE) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
     out.verdict = verdict as Verdict;
     out.profile = profile;
     out.limit = profile.rate.burst;
     out.usage = Number(r[1]);
-    out.quotaLimit = Number(r[2]) >= 0 ? Number(r[2]) : null;
-    out.period = Number(r[3]);
-    out.remaining = Number(r[4]);
-    out.retryAfterMs = Number(r[5]);
-    out.resetAfterMs = Number(r[6]);
-    out.startsAt = Number(r[7]);
-    out.endsAt = Number(r[8]) >= 0 ? Number(r[8]) : Infinity;
-    out.status = STATUS[Number(r[9])] ?? 'active';
-    if (Number(r[10]) === 1) this.listener.expired(userId, profile.name);
+    if (verdict <= Verdict.RATE_LIMITED) {
+      // Compact: { verdict, usage, period, remaining, retry, reset }.
+      out.period = Number(r[2]);
+      out.remaining = Number(r[3]);
+      out.retryAfterMs = Number(r[4]);
+      out.resetAfterMs = Number(r[5]);
+      out.quotaLimit = profile.quotaLimit;
+      out.status = 'active';
+      out.startsAt = 0;
+      out.endsAt = Infinity;
+    } else {
+      out.quotaLimit = Number(r[2]) >= 0 ? Number(r[2]) : null;
+      out.period = Number(r[3]);
+      out.remaining = Number(r[4]);
+      out.retryAfterMs = Number(r[5]);
+      out.resetAfterMs = Number(r[6]);
+      out.startsAt = Number(r[7]);
+      out.endsAt = Number(r[8]) >= 0 ? Number(r[8]) : Infinity;
+      out.status = STATUS[Number(r[9])] ?? 'active';
+      if (Number(r[10]) === 1) this.listener.expired(userId, profile.name);
+    }
     if (verdict === Verdict.QUEUED) out.bucket = profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`;
     ref.usage = out.usage;
     ref.usable = verdict <= Verdict.QUOTA_EXCEEDED;
@@ -479,7 +502,7 @@ export class RedisStore implements Store {
     const bucket = this.bucketOf(ref, profile);
     let r: Reply;
     try {
-      r = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.clockArg(), 'take']);
+      r = await this.run(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.clockArg(), 'take']);
       if (Number(r[0]) === -1) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
     } catch (error) {
       if (this.policy === 'fail-closed' || !(error instanceof TaskvalveError) || error.code !== ErrorCode.STORE_UNAVAILABLE) throw error;
@@ -603,14 +626,15 @@ export class RedisStore implements Store {
     const bucket = this.bucketOf(ref, profile);
     let r: Reply | null;
     let tail: Reply;
-    if (this.together(ref.user, bucket)) {
-      r = await this.run(scripts.read, [ref.user, bucket], [this.clockArg(), rate.d, rate.T, rate.tau]);
+    if (profile.shared === undefined || this.together(ref.user, bucket)) {
+      const keys = profile.shared === undefined ? [ref.user] : [ref.user, bucket];
+      r = await this.run(scripts.read, keys, [this.clockArg(), rate.d, rate.T, rate.tau]);
       if (r === null) return this.notFound(out);
       tail = r.slice(10);
     } else {
       r = await this.run(scripts.read, [ref.user], [this.clockArg()]);
       if (r === null) return this.notFound(out);
-      const t = await this.run(scripts.take, [bucket], [rate.d, rate.T, rate.tau, 1, 0, 0, this.clockArg(), 'peek']);
+      const t = await this.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, 1, 0, 0, this.clockArg(), 'peek']);
       tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
     }
     const sub = this.subscription(userId, r);
@@ -736,15 +760,43 @@ export class RedisStore implements Store {
   }
 }
 
+/** A script's reply for one decision, with the profile it was decided on when known. */
+interface Answer {
+  reply: Reply;
+  profile: Profile | undefined;
+}
+
 /** Decisions bound for one admission script call. */
 interface Batch {
   keys: string[];
-  args: (string | number)[];
-  waiters: { resolve(reply: Reply): void; reject(error: unknown): void }[];
+  /** Per decision: expected profile index, cost, units waiting ahead, flags. */
+  decisions: number[];
+  /** The profiles' table of this call (each travels once). */
+  profiles: Profile[];
+  index: Map<Profile, number>;
+  /** Every registered profile is in the table (a decision for a user of unknown profile). */
+  all: boolean;
+  waiters: { resolve(answer: Answer): void; reject(error: unknown): void }[];
+}
+
+const fieldsOf = new WeakMap<Profile, (string | number)[]>();
+
+/** A profile's parameters as the admission script reads them (computed once per profile). */
+function profileFields(p: Profile): (string | number)[] {
+  let fields = fieldsOf.get(p);
+  if (fields === undefined) {
+    const r = p.rate;
+    fields = [
+      p.name, r.d, r.T, r.tau, r.burst, p.quotaLimit ?? -1, p.quotaPeriodMs, p.quotaHard ? 1 : 0,
+      p.onLimit === 'wait' ? 1 : 0, p.maxWaitMs === Infinity ? -1 : p.maxWaitMs, p.shared === undefined ? 0 : 1,
+    ];
+    fieldsOf.set(p, fields);
+  }
+  return fields;
 }
 
 /** Decisions per admission script call at most. */
-const MAX_BATCH = 128;
+const MAX_BATCH = 64;
 
 /** What migrate() needs of a shard: an ioredis `Redis`. */
 interface MigrationClient {

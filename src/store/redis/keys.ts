@@ -33,11 +33,6 @@ export class Keys {
     return `${this.prefix}:{u:${escapeId(userId)}}`;
   }
 
-  /** A user's own bucket: same slot as the user. */
-  dedicated(userKey: string): string {
-    return `${userKey}:b`;
-  }
-
   /** A shared resource's bucket. */
   shared(name: string): string {
     return `${this.prefix}:{b:${escapeId(name)}}`;

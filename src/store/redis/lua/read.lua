@@ -1,9 +1,9 @@
--- Reads a subscription (recording, once, that it passed its end), and with a bucket key also
--- what check(1) would say on the rate now. Charges nothing.
+-- Reads a subscription (recording, once, that it passed its end), and with a rate also what
+-- check(1) would say on it now. Charges nothing.
 --
--- KEYS[1] the user's hash; KEYS[2] optional bucket. ARGV: 1 clock ('+0', see time.lua);
---   with a bucket: 2 d, 3 T, 4 tau.
--- Reply: the subscription fields (see user_reply), then with a bucket:
+-- KEYS[1] the user's hash; KEYS[2] optional shared bucket. ARGV: 1 clock ('+0', see
+--   time.lua); with a rate: 2 d, 3 T, 4 tau.
+-- Reply: the subscription fields (see user_reply), then with a rate:
 --   { ..., remaining, retry ms for one unit, reset ms }; nil when there is no subscription.
 --@include time
 --@include gcra
@@ -16,9 +16,15 @@ if not u then
   return nil
 end
 local reply = user_reply(u, now_ms, user_expire(KEYS[1], u, now_ms))
-if KEYS[2] then
+if ARGV[2] then
   local d, T, tau = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-  local ahead = bucket_ahead(KEYS[2], now, d, T)
+  local sig = ARGV[2] .. ':' .. ARGV[3]
+  local ahead
+  if KEYS[2] then
+    ahead = shared_in_use(KEYS[2], now, d, T, sig)
+  else
+    ahead = gcra_in_use(u.t, u.f, u.r, now, d, T, sig)
+  end
   local over = ahead + T - tau
   if over < 0 then
     over = 0

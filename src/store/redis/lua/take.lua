@@ -1,26 +1,45 @@
 -- A bucket's turn: takes `cost` units if they conform now (and nobody in the caller waits
 -- ahead), else writes nothing and tells how long until they would.
 --
--- KEYS[1] the bucket. ARGV: 1 d, 2 T, 3 tau, 4 cost, 5 units waiting ahead in the caller,
---   6 deadline µs (0: none), 7 clock ('+0', see time.lua), 8 'peek' to decide without writing.
+-- KEYS[1] the bucket: a user's hash (its own bucket) or a shared bucket key.
+-- ARGV: 1 kind ('h' a user's hash, 's' a shared key), 2 d, 3 T, 4 tau, 5 cost, 6 units waiting
+--   ahead in the caller, 7 deadline µs (0: none), 8 clock ('+0', see time.lua), 9 'peek' to
+--   decide without writing.
 -- Reply: { taken (1/0, or -1 past the deadline), wait ms, remaining, reset ms }
 --@include time
 --@include gcra
 
-local d, T, tau = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local cost, waiting = tonumber(ARGV[4]), tonumber(ARGV[5])
-local now = server_now(ARGV[7], tonumber(ARGV[6]))
+local hash = ARGV[1] == 'h'
+local d, T, tau = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local cost, waiting = tonumber(ARGV[5]), tonumber(ARGV[6])
+local sig = ARGV[2] .. ':' .. ARGV[3]
+local now = server_now(ARGV[8], tonumber(ARGV[7]))
 if not now then
   return { -1, 0, 0, 0 }
 end
-local ahead = bucket_ahead(KEYS[1], now, d, T)
+local ahead
+if hash then
+  local v = redis.call('HMGET', KEYS[1], 'p', 't', 'f', 'r')
+  if not v[1] then
+    -- No such user any more: nothing to limit, and nothing to write.
+    return { 1, 0, 0, 0 }
+  end
+  ahead = gcra_in_use(tonumber(v[2]), tonumber(v[3]), v[4], now, d, T, sig)
+else
+  ahead = shared_in_use(KEYS[1], now, d, T, sig)
+end
 if waiting == 0 then
   local next = ahead + cost * T
   if next <= tau then
-    if ARGV[8] == 'peek' then
+    if ARGV[9] == 'peek' then
       return { 1, 0, gcra_remaining(ahead, T, tau), gcra_ms(ahead, d) }
     end
-    bucket_store(KEYS[1], now, next, d, T)
+    if hash then
+      local t, f = gcra_split(now, next, d)
+      redis.call('HSET', KEYS[1], 't', t, 'f', f, 'r', sig)
+    else
+      shared_store(KEYS[1], now, next, d, sig)
+    end
     return { 1, 0, gcra_remaining(next, T, tau), gcra_ms(next, d) }
   end
 end

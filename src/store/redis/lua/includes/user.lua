@@ -1,14 +1,16 @@
--- A user's subscription hash: p profile, s status (0 active, 1 canceled, 2 expired),
--- sa/ea start and end (ms; ea -1: no end), n usage, q quota override (-1: none),
--- ps period start (ms), g usage generation (bumped at every reset: the refund token).
+-- A user's hash: p profile, s status (0 active, 1 canceled, 2 expired), sa/ea start and end
+-- (ms; ea -1: no end), n usage, q quota override (-1: none), ps period start (ms), g usage
+-- generation (bumped at every reset: the refund token); and the user's own bucket: t, f (its
+-- TAT, see gcra.lua) and r (the signature of the rate that wrote it).
 local function user_load(key)
-  local v = redis.call('HMGET', key, 'p', 's', 'sa', 'ea', 'n', 'q', 'ps', 'g')
+  local v = redis.call('HMGET', key, 'p', 's', 'sa', 'ea', 'n', 'q', 'ps', 'g', 't', 'f', 'r')
   if not v[1] then
     return nil
   end
   return {
     p = v[1], s = tonumber(v[2]), sa = tonumber(v[3]), ea = tonumber(v[4]),
     n = tonumber(v[5]), q = tonumber(v[6]), ps = tonumber(v[7]), g = tonumber(v[8]),
+    t = tonumber(v[9]), f = tonumber(v[10]), r = v[11],
   }
 end
 
