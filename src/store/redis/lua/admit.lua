@@ -122,6 +122,8 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
         local t, f = gcra_split(now, next, d)
         if rolled then
           redis.call('HSET', user_key, 'n', u.n, 't', t, 'f', f, 'r', p.sig, 'ps', u.ps, 'g', u.g)
+        elseif u.r == p.sig then
+          redis.call('HSET', user_key, 'n', u.n, 't', t, 'f', f)
         else
           redis.call('HSET', user_key, 'n', u.n, 't', t, 'f', f, 'r', p.sig)
         end
