@@ -360,15 +360,16 @@ export class RedisStore implements Store {
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
   private batched(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
-    const group = this.clustered ? tagOf(user) : this.node(user);
-    let batch = this.batches.get(group);
+    const key = this.clustered ? tagOf(user) : this.node(user);
+    let group = this.groups.get(key);
+    if (group === undefined) {
+      group = { inFlight: 0, pending: undefined };
+      this.groups.set(key, group);
+    }
+    let batch = group.pending;
     if (batch === undefined) {
       batch = { keys: [], decisions: [], profiles: [], index: new Map(), all: false, waiters: [] };
-      this.batches.set(group, batch);
-      if (!this.flushing) {
-        this.flushing = true;
-        process.nextTick(() => this.flush());
-      }
+      group.pending = batch;
     }
     let expected = 0;
     if (profile !== undefined) expected = this.profileIndex(batch, profile);
@@ -380,10 +381,9 @@ export class RedisStore implements Store {
     batch.decisions.push(expected, cost, waiting, flags);
     const b = batch;
     const answer = new Promise<Answer>((resolve, reject) => b.waiters.push({ resolve, reject }));
-    if (batch.waiters.length >= MAX_BATCH) {
-      this.batches.delete(group);
-      this.send(batch);
-    }
+    // Send at once while the node has room (no added latency when calls are few); otherwise the
+    // decision waits in the batch for the next call to return.
+    if (group.inFlight < MAX_IN_FLIGHT || batch.waiters.length >= MAX_BATCH) this.send(key, group);
     return answer;
   }
 
@@ -398,19 +398,23 @@ export class RedisStore implements Store {
     return i;
   }
 
-  private flush(): void {
-    this.flushing = false;
-    const batches = [...this.batches.values()];
-    this.batches.clear();
-    for (const batch of batches) this.send(batch);
-  }
-
-  private send(batch: Batch): void {
+  /** Sends a group's pending batch; when a call returns, the next batch (if any) goes. */
+  private send(key: unknown, group: Group): void {
+    const batch = group.pending;
+    if (batch === undefined) return;
+    group.pending = undefined;
+    group.inFlight++;
     const args: (string | number)[] = [this.deadline(), this.clockArg(), batch.profiles.length];
     for (const p of batch.profiles) for (const field of profileFields(p)) args.push(field);
     for (const x of batch.decisions) args.push(x);
+    const done = (): void => {
+      group.inFlight--;
+      if (group.pending !== undefined) this.send(key, group);
+      else if (group.inFlight === 0) this.groups.delete(key);
+    };
     this.run(scripts.admit, batch.keys, args).then(
       (replies) => {
+        done();
         for (let i = 0; i < batch.waiters.length; i++) {
           const reply = replies[i] as unknown as Reply;
           // Compact replies name the profile by its place in this batch's table.
@@ -419,6 +423,7 @@ export class RedisStore implements Store {
         }
       },
       (error: unknown) => {
+        done();
         for (const w of batch.waiters) w.reject(error);
       },
     );
@@ -576,8 +581,8 @@ export class RedisStore implements Store {
   }
 
   private reconciling: Promise<void> | undefined = undefined;
-  private readonly batches = new Map<unknown, Batch>();
-  private flushing = false;
+  /** Admission calls per node (per slot on a Cluster): in flight, and the batch gathering. */
+  private readonly groups = new Map<unknown, Group>();
 
   /** Redis is back: charge the usage admitted locally while it was away (one run at a time). */
   private reconcile(): Promise<void> {
@@ -778,6 +783,15 @@ interface Batch {
   all: boolean;
   waiters: { resolve(answer: Answer): void; reject(error: unknown): void }[];
 }
+
+/** Admission calls of one node: those in flight, and the batch gathering behind them. */
+interface Group {
+  inFlight: number;
+  pending: Batch | undefined;
+}
+
+/** Admission calls in flight per node before decisions gather into batches. */
+const MAX_IN_FLIGHT = 2;
 
 const fieldsOf = new WeakMap<Profile, (string | number)[]>();
 
