@@ -702,8 +702,8 @@ export class RedisStore implements Store {
   private async merge(key: string, source: MigrationClient, target: MigrationClient): Promise<void> {
     const type = await source.type(key);
     if (type === 'hash') {
-      const usage = Number(await source.hget(key, 'n'));
-      if (usage > 0) await target.hincrby(key, 'n', usage);
+      const usage = Number(String(await source.hget(key, 'h')).split(':')[0]);
+      if (usage > 0) await this.run(scripts.mutate, [key], ['charge', usage, this.clockArg(), 0]);
     } else if (type === 'string') {
       const [a, b] = await Promise.all([source.get(key), target.get(key)]);
       const tat = (v: string | null): number => (v === null ? -Infinity : Number(v.split(':')[0]));
@@ -821,7 +821,6 @@ interface MigrationClient {
   del(key: string): Promise<number>;
   type(key: string): Promise<string>;
   hget(key: string, field: string): Promise<string | null>;
-  hincrby(key: string, field: string, by: number): Promise<number>;
   get(key: string): Promise<string | null>;
   set(key: string, value: string, px: 'PX', ms: number): Promise<unknown>;
 }

@@ -90,14 +90,10 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
     end
     return full(QUOTA_EXCEEDED, u, limit, retry, 0)
   end
-  u.n = u.n + cost
   if flags >= 2 then
     -- The quota only: reserve it; the bucket is taken in its own slot.
-    if rolled then
-      redis.call('HSET', user_key, 'n', u.n, 'ps', u.ps, 'g', u.g)
-    else
-      redis.call('HINCRBY', user_key, 'n', cost)
-    end
+    u.n = u.n + cost
+    user_save(user_key, u, rolled)
     return { RESERVED, u.n, u.g, 0, 0, 0, p.i }
   end
 
@@ -111,27 +107,19 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
   if waiting == 0 then
     local next = ahead + cost * T
     if next <= tau then
+      u.n = u.n + cost
       if p.shared then
         shared_store(bucket_key, now, next, d, p.sig)
-        if rolled then
-          redis.call('HSET', user_key, 'n', u.n, 'ps', u.ps, 'g', u.g)
-        else
-          redis.call('HINCRBY', user_key, 'n', cost)
-        end
+        user_save(user_key, u, rolled)
       else
-        local t, f = gcra_split(now, next, d)
-        if rolled then
-          redis.call('HSET', user_key, 'n', u.n, 't', t, 'f', f, 'r', p.sig, 'ps', u.ps, 'g', u.g)
-        elseif u.r == p.sig then
-          redis.call('HSET', user_key, 'n', u.n, 't', t, 'f', f)
-        else
-          redis.call('HSET', user_key, 'n', u.n, 't', t, 'f', f, 'r', p.sig)
-        end
+        u.t, u.f = gcra_split(now, next, d)
+        local resigned = u.r ~= p.sig
+        u.r = p.sig
+        user_save(user_key, u, rolled or resigned)
       end
       return { ALLOWED, u.n, u.g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i }
     end
   end
-  u.n = u.n - cost
   local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
   local remaining = 0
   if waiting == 0 then
@@ -142,11 +130,7 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
   end
   -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
   u.n = u.n + cost
-  if rolled then
-    redis.call('HSET', user_key, 'n', u.n, 'ps', u.ps, 'g', u.g)
-  else
-    redis.call('HINCRBY', user_key, 'n', cost)
-  end
+  user_save(user_key, u, rolled)
   return { QUEUED, u.n, u.g, remaining, wait_ms, gcra_ms(ahead, d), p.i }
 end
 

@@ -26,23 +26,23 @@ if op == 'extend' then
     end
     u.ea = from + tonumber(ARGV[2])
     u.s = 0
-    redis.call('HSET', key, 'ea', int(u.ea), 's', 0)
+    user_save(key, u, true)
   end
 elseif op == 'cancel' then
   u.s = 1
-  redis.call('HSET', key, 's', 1)
+  user_save(key, u, true)
 elseif op == 'change' then
   u.p = ARGV[2]
   redis.call('HSET', key, 'p', u.p)
 elseif op == 'reset' then
   u.n = 0
   u.g = u.g + 1
-  redis.call('HSET', key, 'n', 0, 'g', int(u.g))
+  user_save(key, u, true)
 elseif op == 'charge' then
   u.n = u.n + tonumber(ARGV[2])
-  redis.call('HINCRBY', key, 'n', tonumber(ARGV[2]))
+  user_save(key, u, false)
 elseif op == 'quota' then
   u.q = tonumber(ARGV[2]) or -1
-  redis.call('HSET', key, 'q', int(u.q))
+  user_save(key, u, true)
 end
 return user_reply(u, now_ms, user_expire(key, u, now_ms))

@@ -16,9 +16,9 @@ end
 if u.g ~= tonumber(ARGV[2]) then
   return 0
 end
-local n = u.n - tonumber(ARGV[1])
-if n < 0 then
-  n = 0
+u.n = u.n - tonumber(ARGV[1])
+if u.n < 0 then
+  u.n = 0
 end
-redis.call('HSET', KEYS[1], 'n', int(n))
+user_save(KEYS[1], u, false)
 return 1

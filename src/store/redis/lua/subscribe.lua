@@ -35,5 +35,5 @@ elseif ARGV[6] == '1' then
   u.g = u.g + 1
 end
 u.p, u.s, u.sa, u.ea, u.q = ARGV[1], 0, sa, ea, q
-redis.call('HSET', KEYS[1], 'p', u.p, 's', 0, 'sa', int(sa), 'ea', int(ea), 'n', int(u.n), 'q', int(q), 'ps', int(u.ps), 'g', int(u.g))
+redis.call('HSET', KEYS[1], 'p', u.p, 'm', user_meta(u), 'h', user_hot(u))
 return user_reply(u, now_ms, 0)

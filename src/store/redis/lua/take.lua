@@ -8,6 +8,7 @@
 -- Reply: { taken (1/0, or -1 past the deadline), wait ms, remaining, reset ms }
 --@include time
 --@include gcra
+--@include user
 
 local hash = ARGV[1] == 'h'
 local d, T, tau = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -17,14 +18,14 @@ local now = server_now(ARGV[8], tonumber(ARGV[7]))
 if not now then
   return { -1, 0, 0, 0 }
 end
-local ahead
+local ahead, u
 if hash then
-  local v = redis.call('HMGET', KEYS[1], 'p', 't', 'f', 'r')
-  if not v[1] then
+  u = user_load(KEYS[1])
+  if not u then
     -- No such user any more: nothing to limit, and nothing to write.
     return { 1, 0, 0, 0 }
   end
-  ahead = gcra_in_use(tonumber(v[2]), tonumber(v[3]), v[4], now, d, T, sig)
+  ahead = gcra_in_use(u.t, u.f, u.r, now, d, T, sig)
 else
   ahead = shared_in_use(KEYS[1], now, d, T, sig)
 end
@@ -35,8 +36,10 @@ if waiting == 0 then
       return { 1, 0, gcra_remaining(ahead, T, tau), gcra_ms(ahead, d) }
     end
     if hash then
-      local t, f = gcra_split(now, next, d)
-      redis.call('HSET', KEYS[1], 't', t, 'f', f, 'r', sig)
+      u.t, u.f = gcra_split(now, next, d)
+      local resigned = u.r ~= sig
+      u.r = sig
+      user_save(KEYS[1], u, resigned)
     else
       shared_store(KEYS[1], now, next, d, sig)
     end

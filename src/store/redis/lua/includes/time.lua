@@ -18,7 +18,10 @@ local function server_now(clock, deadline_us)
   return now
 end
 
--- Integers up to 2^53 as exact decimal strings (tostring would round past 14 digits).
+-- Integers up to 2^53 as exact decimal strings (tostring rounds past 14 digits).
 local function int(x)
+  if x < 1e14 and x > -1e14 then
+    return x .. ''
+  end
   return string.format('%.0f', x)
 end

@@ -1,17 +1,42 @@
--- A user's hash: p profile, s status (0 active, 1 canceled, 2 expired), sa/ea start and end
--- (ms; ea -1: no end), n usage, q quota override (-1: none), ps period start (ms), g usage
--- generation (bumped at every reset: the refund token); and the user's own bucket: t, f (its
--- TAT, see gcra.lua) and r (the signature of the rate that wrote it).
+-- A user's hash has three fields, so that an admission reads and writes few of them (a small
+-- hash is a flat list: each field looked up or written costs a scan):
+--   p  the profile's name;
+--   m  "s:sa:ea:q:ps:g:r": status (0 active, 1 canceled, 2 expired), start and end (ms; end -1:
+--      none), quota override (-1: none), period start (ms), usage generation (bumped at every
+--      reset: the refund token), signature of the rate that wrote the user's own bucket;
+--   h  "n:t:f": usage, and the user's own bucket's TAT (see gcra.lua; empty when full).
 local function user_load(key)
-  local v = redis.call('HMGET', key, 'p', 's', 'sa', 'ea', 'n', 'q', 'ps', 'g', 't', 'f', 'r')
+  local v = redis.call('HMGET', key, 'p', 'm', 'h')
   if not v[1] then
     return nil
   end
+  local s, sa, ea, q, ps, g, r = string.match(v[2], '^(%d+):(%-?%d+):(%-?%d+):(%-?%d+):(%-?%d+):(%d+):(.*)$')
+  local n, t, f = string.match(v[3], '^(%d+):(%d*):(%d*)$')
   return {
-    p = v[1], s = tonumber(v[2]), sa = tonumber(v[3]), ea = tonumber(v[4]),
-    n = tonumber(v[5]), q = tonumber(v[6]), ps = tonumber(v[7]), g = tonumber(v[8]),
-    t = tonumber(v[9]), f = tonumber(v[10]), r = v[11],
+    p = v[1], s = tonumber(s), sa = tonumber(sa), ea = tonumber(ea), q = tonumber(q), ps = tonumber(ps),
+    g = tonumber(g), r = r, n = tonumber(n), t = tonumber(t), f = tonumber(f),
   }
+end
+
+local function user_meta(u)
+  return u.s .. ':' .. int(u.sa) .. ':' .. int(u.ea) .. ':' .. int(u.q) .. ':' .. int(u.ps) .. ':' .. int(u.g) .. ':' .. (u.r or '')
+end
+
+local function user_hot(u)
+  local t, f = '', ''
+  if u.t then
+    t, f = u.t, u.f
+  end
+  return int(u.n) .. ':' .. t .. ':' .. f
+end
+
+-- Writes the usage and bucket, and the rest when it changed.
+local function user_save(key, u, meta_changed)
+  if meta_changed then
+    redis.call('HSET', key, 'm', user_meta(u), 'h', user_hot(u))
+  else
+    redis.call('HSET', key, 'h', user_hot(u))
+  end
 end
 
 -- Moves the usage period forward in the table only (callers write it when they charge).
@@ -29,7 +54,7 @@ end
 local function user_expire(key, u, now_ms)
   if u.s == 0 and u.ea >= 0 and now_ms >= u.ea then
     u.s = 2
-    redis.call('HSET', key, 's', 2)
+    redis.call('HSET', key, 'm', user_meta(u))
     return 1
   end
   return 0
