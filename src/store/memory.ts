@@ -9,6 +9,7 @@ import { MAX_TICKS, conform, convertTat, remaining, ticksToMs, waitFor, type Rat
 import {
   AdmitMode,
   Verdict,
+  blankResult,
   type AdmitResult,
   type DlqQuery,
   type FailedTask,
@@ -70,21 +71,7 @@ export class MemoryStore implements Store {
   private lastUs = 0;
   /** Largest ticks-per-µs of any known rate: decides when to re-base. */
   private maxD = 1;
-  private readonly result: AdmitResult = {
-    verdict: Verdict.ALLOWED,
-    profile: undefined,
-    limit: 0,
-    remaining: 0,
-    retryAfterMs: 0,
-    resetAfterMs: 0,
-    usage: 0,
-    quotaLimit: null,
-    period: 0,
-    bucket: '',
-    status: 'active',
-    startsAt: 0,
-    endsAt: 0,
-  };
+  private readonly result: AdmitResult = blankResult();
 
   /** @param options Bounds of the store itself. */
   constructor(private readonly options: MemoryStoreOptions = {}) {}

@@ -79,6 +79,25 @@ export interface AdmitResult {
   endsAt: number;
 }
 
+/** A blank admission result, to fill in. */
+export function blankResult(): AdmitResult {
+  return {
+    verdict: Verdict.ALLOWED,
+    profile: undefined,
+    limit: 0,
+    remaining: 0,
+    retryAfterMs: 0,
+    resetAfterMs: 0,
+    usage: 0,
+    quotaLimit: null,
+    period: 0,
+    bucket: '',
+    status: 'active',
+    startsAt: 0,
+    endsAt: 0,
+  };
+}
+
 /**
  * Options of {@link Store.subscribe}, validated, times in ms. Absent times are the store's own
  * now: a distributed store stamps them from its server's clock.

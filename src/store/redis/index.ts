@@ -10,6 +10,7 @@ import { conform, makeRate, remaining as gcraRemaining, ticksToMs, type Rate } f
 import {
   AdmitMode,
   Verdict,
+  blankResult,
   type AdmitResult,
   type DlqQuery,
   type FailedTask,
@@ -310,7 +311,7 @@ export class RedisStore implements Store {
 
   async admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, _nowMs: number, slot?: UserSlot): Promise<AdmitResult> {
     const ref = this.ref(userId, slot);
-    const out = newResult();
+    const out = blankResult();
     // The profile this handle saw last; unknown at first: the script resolves it by name.
     let profile = ref.profile;
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -623,7 +624,7 @@ export class RedisStore implements Store {
 
   async peek(userId: string, _nowMs: number): Promise<AdmitResult> {
     const ref = this.ref(userId, undefined);
-    const out = newResult();
+    const out = blankResult();
     const profile = await this.profileOf(ref);
     if (profile === null) return this.notFound(out);
     if (profile === undefined) throw this.unknownProfile(userId);
@@ -830,24 +831,6 @@ function late(r: Reply | null): void {
   if (r !== null && r[0] === 'LATE') throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
 }
 
-/** A fresh result per call: answers of concurrent calls must not share one object. */
-function newResult(): AdmitResult {
-  return {
-    verdict: Verdict.ALLOWED,
-    profile: undefined,
-    limit: 0,
-    remaining: 0,
-    retryAfterMs: 0,
-    resetAfterMs: 0,
-    usage: 0,
-    quotaLimit: null,
-    period: 0,
-    bucket: '',
-    status: 'active',
-    startsAt: 0,
-    endsAt: 0,
-  };
-}
 
 /** A dead letter as JSON. */
 interface StoredEntry extends Omit<FailedTask, 'task' | 'firstFailedAt' | 'lastFailedAt'> {
