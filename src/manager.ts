@@ -224,7 +224,10 @@ export class Manager extends EventEmitter {
     const p = this.profiles.get(name);
     if (p === undefined) return undefined;
     const { limit, intervalMs, burst } = p.rate;
-    const quota = p.quotaLimit === null ? null : Object.freeze({ limit: p.quotaLimit, periodMs: p.quotaPeriodMs > 0 ? p.quotaPeriodMs : null, kind: p.quotaHard ? ('hard' as const) : ('soft' as const) });
+    const quota =
+      p.quotaLimit === null
+        ? null
+        : Object.freeze({ limit: p.quotaLimit, periodMs: p.quotaPeriodMs > 0 ? p.quotaPeriodMs : null, kind: p.quotaHard ? ('hard' as const) : ('soft' as const) });
     return Object.freeze({ name: p.name, rate: Object.freeze({ limit, intervalMs, burst, shared: p.shared }), quota });
   }
 

@@ -7,7 +7,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ErrorCode, TaskvalveError, invalidConfig } from '../errors.js';
 import type { Decision, Limiter, PeekResult } from '../limiter.js';
-import type { Manager } from '../manager.js';
+import type { Manager, SubscriptionEvent } from '../manager.js';
 import type { Subscription } from '../store/store.js';
 import { CostTable, type CostRule } from './costs.js';
 import { limitHeaders, policyFormat, seconds, type Header, type Limits, type PolicyFormat } from './headers.js';
@@ -79,6 +79,10 @@ function retrySeconds(ms: number | undefined, fallbackMs: number): number {
   return Math.max(1, seconds(ms ?? fallbackMs));
 }
 
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return value !== null && typeof value === 'object' && typeof (value as { then?: unknown }).then === 'function';
+}
+
 function codeOf(error: unknown): string | undefined {
   return error instanceof TaskvalveError ? error.code : undefined;
 }
@@ -97,6 +101,27 @@ function ended(res: ServerResponse): Promise<void> {
   });
 }
 
+/** How long a rate-only user's profile is trusted without a read, in ms of real time. */
+const REMEMBER_MS = 1000;
+const MAX_REMEMBERED = 10_000;
+
+/** Per manager, the edges' memories of rate-only users: one listener, however many edges. */
+const memories = new WeakMap<Manager, Set<Map<string, unknown>>>();
+
+/** Drops a user from `memory` at any subscription event of `manager` (created, canceled, profile_changed, quota_updated, ...). */
+function forgetOnChange(manager: Manager, memory: Map<string, unknown>): void {
+  let all = memories.get(manager);
+  if (all === undefined) {
+    const created = new Set<Map<string, unknown>>();
+    manager.on('subscription', (event: SubscriptionEvent) => {
+      for (const m of created) m.delete(event.userId);
+    });
+    memories.set(manager, created);
+    all = created;
+  }
+  all.add(memory);
+}
+
 /** Writes a refusal on a node:http response (the node and Express adapters; the core's own 500s). */
 export function writeDenial(res: ServerResponse, denial: Denial): void {
   if (denial.body === undefined || res.headersSent) {
@@ -108,6 +133,23 @@ export function writeDenial(res: ServerResponse, denial: Denial): void {
   for (const [name, value] of denial.headers) res.setHeader(name, value);
   res.setHeader('Content-Length', Buffer.byteLength(denial.body));
   res.end(denial.body);
+}
+
+/**
+ * The node:http way to run an edge (the node and Express adapters): headers with setHeader,
+ * refusals with {@link writeDenial}, then `next` for an admitted request.
+ */
+export function handleOnNode<Req>(edge: HttpEdge<Req>, req: Req & IncomingMessage, res: ServerResponse, next: (admission: Admission) => unknown): Promise<void> {
+  return edge.handle(
+    req,
+    req,
+    res,
+    (headers, admission) => {
+      for (const [name, value] of headers) res.setHeader(name, value);
+      return next(admission);
+    },
+    (denial) => writeDenial(res, denial),
+  );
 }
 
 /** The decisions of the HTTP edge for one manager and one set of options. */
@@ -123,6 +165,13 @@ export class HttpEdge<Req = IncomingMessage> {
   private readonly unknown: Denial;
   /** Formatted policies by profile name: registered profiles never change. */
   private readonly formats = new Map<string, PolicyFormat>();
+  /**
+   * Users whose profile has no quota in force, and that profile: for them the check's decision
+   * holds every figure, and the subscription read is skipped. Trusted for REMEMBER_MS of real
+   * time; forgotten at once on any subscription event of this manager (another process's change
+   * shows within REMEMBER_MS), and whenever the check's bucket capacity is not the profile's.
+   */
+  private readonly rateOnly = new Map<string, { format: PolicyFormat; until: number }>();
 
   /** Validates the options (INVALID_CONFIG naming the field); profiles named must be registered first. */
   constructor(
@@ -158,51 +207,97 @@ export class HttpEdge<Req = IncomingMessage> {
       if (manager.listenerCount('error') > 0) manager.emit('error', error);
     });
     this.unknown = unknownTenant(this.resolve.header);
+    forgetOnChange(manager, this.rateOnly);
   }
 
   /**
    * Decides one request. Admitted: calls `proceed` with the headers to set (in govern mode from
-   * inside the task, which holds its slot until `proceed` has returned and the response is over)
-   * and resolves undefined. Refused: resolves with the denial to write. Never rejects.
+   * inside the task, which holds its slot until `proceed` has returned and the response is over).
+   * Refused: calls `refuse` with the answer to write. Exactly one of them is called; the promise
+   * resolves once that call has returned, and never rejects.
    * @param raw The node:http request (address, headers, method, url).
    * @param req The adapter's request object, given to a tenant function.
    * @param res The node:http response: its close before the end aborts a governed task.
    */
-  handle(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
-    return this.decide(raw, req, res, proceed).catch((error: unknown) => {
-      this.report(error);
-      return internalError();
-    });
+  handle(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed, refuse: (denial: Denial) => void): Promise<void> {
+    return this.decide(raw, req, res, proceed, refuse, false);
   }
 
-  private async decide(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
-    const tenant = await this.resolve(raw, req);
-    if (tenant === undefined) return this.unknown;
-    const cost = this.costs.costOf(raw.method, raw.url);
-    const limiter = this.manager.getLimiter(tenant.userId);
-    return this.mode === 'admit' ? this.admit(tenant, limiter, cost, res, proceed) : this.govern(tenant, limiter, cost, res, proceed);
+  /** Hands a denial to the adapter; a throw there has nowhere else to go but onError. */
+  private tell(refuse: (denial: Denial) => void, denial: Denial): void {
+    try {
+      refuse(denial);
+    } catch (error) {
+      this.report(error);
+    }
+  }
+
+  /**
+   * The hot path of admit mode is this one async frame: every promise hop costs a request
+   * measurable time, so there are two (the check and the read), no combinators, no wrappers.
+   * @param adopted The anonymous client was just subscribed: no second subscribe.
+   */
+  private async decide(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed, refuse: (denial: Denial) => void, adopted: boolean): Promise<void> {
+    try {
+      const found = this.resolve(raw, req);
+      const tenant = found instanceof Promise ? await found : found;
+      if (tenant === undefined) return this.tell(refuse, this.unknown);
+      const cost = this.costs.costOf(raw.method, raw.url);
+      const userId = tenant.userId;
+      const limiter = this.manager.getLimiter(userId);
+      if (this.mode === 'govern') {
+        const denial = await this.govern(tenant, limiter, cost, res, proceed);
+        if (denial !== undefined) this.tell(refuse, denial);
+        return;
+      }
+      let decision: Decision;
+      try {
+        decision = await limiter.check(cost);
+      } catch (error) {
+        if (adopted || !this.adopts(tenant, error)) return this.tell(refuse, await this.refuse(error, limiter, userId, cost, undefined));
+        await this.manager.subscribe(userId, this.anonymousProfile as string);
+        return await this.decide(raw, req, res, proceed, refuse, true);
+      }
+      let limits: Limits | undefined;
+      let profile: string | undefined;
+      const known = this.rateOnly.get(userId);
+      if (known !== undefined && known.until > Date.now() && known.format.burst === decision.limit) {
+        // A rate-only profile: the decision holds every figure of the headers.
+        limits = { format: known.format, rate: { remaining: decision.remaining, seconds: seconds(decision.resetAfterMs) }, quota: undefined };
+        profile = known.format.rateName;
+      } else {
+        // After the check, not beside it: it sees the charge, and a failed read (headers are a
+        // courtesy) never turns an admitted, charged request into a refusal.
+        let sub: Subscription | undefined;
+        try {
+          sub = await this.manager.getSubscription(userId);
+        } catch (error) {
+          this.report(error);
+        }
+        limits = this.limits(sub, decision.remaining, decision.resetAfterMs);
+        profile = sub?.profileName;
+        if (limits !== undefined && limits.quota === undefined) this.remember(userId, limits.format);
+      }
+      if (!decision.allowed) return this.tell(refuse, this.rateLimited(limits, decision.retryAfterMs, decision.remaining, cost));
+      const out = proceed(limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy), { userId, profile, cost, signal: undefined });
+      if (isThenable(out)) await out;
+    } catch (error) {
+      // A fault of ours, of a user function, or of the handler: a 500 that says nothing of it.
+      this.report(error);
+      this.tell(refuse, internalError());
+    }
+  }
+
+  /** Notes a user whose profile has no quota in force, so that the next requests skip the read. */
+  private remember(userId: string, format: PolicyFormat): void {
+    // Bounded: starting afresh is O(1) and costs each user one read.
+    if (this.rateOnly.size >= MAX_REMEMBERED) this.rateOnly.clear();
+    this.rateOnly.set(userId, { format, until: Date.now() + REMEMBER_MS });
   }
 
   /** True when this tenant may be subscribed to the anonymous profile on first sight. */
   private adopts(tenant: NonNullable<Tenant>, error: unknown): boolean {
     return tenant.anonymous && this.anonymousProfile !== undefined && codeOf(error) === ErrorCode.SUBSCRIPTION_NOT_FOUND;
-  }
-
-  private async admit(tenant: NonNullable<Tenant>, limiter: Limiter, cost: number, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
-    const userId = tenant.userId;
-    // Both at once: one round trip with a remote store; the read sees this check's charge.
-    let [checked, read] = await Promise.allSettled([limiter.check(cost), this.manager.getSubscription(userId)]);
-    if (checked.status === 'rejected' && this.adopts(tenant, checked.reason)) {
-      await this.manager.subscribe(userId, this.anonymousProfile as string);
-      [checked, read] = await Promise.allSettled([limiter.check(cost), this.manager.getSubscription(userId)]);
-    }
-    const sub = read.status === 'fulfilled' ? read.value : undefined;
-    if (checked.status === 'rejected') return this.refuse(checked.reason, limiter, userId, cost, sub);
-    const decision: Decision = checked.value;
-    const limits = this.limits(sub, decision.remaining, decision.resetAfterMs);
-    if (!decision.allowed) return this.rateLimited(limits, decision.retryAfterMs, decision.remaining, cost);
-    const headers = limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy);
-    return this.proceed(proceed, headers, { userId, profile: sub?.profileName, cost, signal: undefined });
   }
 
   private async govern(tenant: NonNullable<Tenant>, limiter: Limiter, cost: number, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {

@@ -24,6 +24,8 @@ interface Prices {
 
 const WHERE = 'http options';
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** What normalizePath has to work on: anything but a plain lower-case absolute path. */
+const UNUSUAL = /[?#%A-Z]|\/\/|\/\.|.\/$|^(?!\/)/;
 
 /**
  * The path as the rules see it: no query, percent-decoded, lower case, no empty or dot
@@ -31,11 +33,13 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
  * matches case-insensitively by default), so a spelling must never cost less than the route.
  */
 export function normalizePath(url: string): string {
+  // Most paths are already plain: lower case, no query, escapes, empty or dot segments.
+  if (!UNUSUAL.test(url)) return url;
   let path = url;
   const q = path.search(/[?#]/);
   if (q >= 0) path = path.slice(0, q);
   if (path.charCodeAt(0) !== 47 /* '/' */) {
-    // Absolute form (a request through a forward proxy) or `*` (OPTIONS *).
+    // Absolute form (a request through a forward proxy), `*` (OPTIONS *), or nothing.
     try {
       path = new URL(path).pathname;
     } catch {
@@ -117,7 +121,7 @@ export class CostTable {
       }
       if (path === '/') return this.defaultCost;
       const cut = path.lastIndexOf('/');
-      path = cut === 0 ? '/' : path.slice(0, cut);
+      path = cut <= 0 ? '/' : path.slice(0, cut);
     }
   }
 }

@@ -1,7 +1,7 @@
 /** The Express adapter: a middleware in front of the routes that follow it. */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Manager } from '../manager.js';
-import { HttpEdge, writeDenial, type Admission, type HttpOptions } from './core.js';
+import { HttpEdge, handleOnNode, type Admission, type HttpOptions } from './core.js';
 
 /** A request that passed the middleware: `req.taskvalve` tells its admission. */
 export interface AdmittedRequest extends IncomingMessage {
@@ -20,14 +20,9 @@ export type ExpressMiddleware = (req: IncomingMessage, res: ServerResponse, next
 export function expressMiddleware(manager: Manager, options: HttpOptions<IncomingMessage>): ExpressMiddleware {
   const edge = new HttpEdge<IncomingMessage>(manager, options);
   return (req, res, next) => {
-    void edge
-      .handle(req, req, res, (headers, admission) => {
-        for (const [name, value] of headers) res.setHeader(name, value);
-        (req as AdmittedRequest).taskvalve = admission;
-        next();
-      })
-      .then((denial) => {
-        if (denial !== undefined) writeDenial(res, denial);
-      });
+    void handleOnNode(edge, req, res, (admission) => {
+      (req as AdmittedRequest).taskvalve = admission;
+      next();
+    });
   };
 }

@@ -46,14 +46,16 @@ function plugin(instance: FastifyInstanceLike, opts: FastifyPluginOptions, done:
   }
   instance.decorateRequest('taskvalve', null);
   instance.addHook('onRequest', (request, reply, next) => {
-    void edge
-      .handle(request.raw, request, reply.raw, (headers, admission) => {
+    void edge.handle(
+      request.raw,
+      request,
+      reply.raw,
+      (headers, admission) => {
         for (const [name, value] of headers) reply.header(name, value);
         request.taskvalve = admission;
         next();
-      })
-      .then((denial) => {
-        if (denial === undefined) return;
+      },
+      (denial) => {
         if (denial.body === undefined) {
           // The client is gone: tell Fastify the response is handled, and drop the connection.
           reply.hijack();
@@ -62,8 +64,10 @@ function plugin(instance: FastifyInstanceLike, opts: FastifyPluginOptions, done:
         }
         reply.code(denial.status);
         for (const [name, value] of denial.headers) reply.header(name, value);
-        reply.send(denial.body);
-      });
+        // A Buffer: Fastify would append '; charset=utf-8' to a string's media type.
+        reply.send(Buffer.from(denial.body));
+      },
+    );
   });
   done();
 }

@@ -5,7 +5,7 @@ export { expressMiddleware } from './express.js';
 export type { AdmittedRequest, ExpressMiddleware } from './express.js';
 export { fastifyPlugin } from './fastify.js';
 export type { FastifyPluginOptions, FastifyRequestLike, FastifyReplyLike, FastifyInstanceLike } from './fastify.js';
-export { HttpEdge, writeDenial } from './core.js';
+export { HttpEdge, handleOnNode, writeDenial } from './core.js';
 export type { HttpOptions, Admission, Proceed } from './core.js';
 export type { CostRule } from './costs.js';
 export type { TenantOption, MaybeUserId } from './tenant.js';

@@ -2,7 +2,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { invalidConfig } from '../errors.js';
 import type { Manager } from '../manager.js';
-import { HttpEdge, writeDenial, type Admission, type HttpOptions } from './core.js';
+import { HttpEdge, handleOnNode, type Admission, type HttpOptions } from './core.js';
 
 /** A node:http handler that also learns its admission (user, cost, and in govern mode the abort signal). */
 export type NodeHandler = (req: IncomingMessage, res: ServerResponse, admission: Admission) => unknown;
@@ -17,13 +17,6 @@ export function nodeHandler(manager: Manager, options: HttpOptions<IncomingMessa
   if (typeof handler !== 'function') throw invalidConfig('nodeHandler', 'handler', handler, 'a function (req, res, admission)');
   const edge = new HttpEdge<IncomingMessage>(manager, options);
   return (req, res) => {
-    void edge
-      .handle(req, req, res, (headers, admission) => {
-        for (const [name, value] of headers) res.setHeader(name, value);
-        return handler(req, res, admission);
-      })
-      .then((denial) => {
-        if (denial !== undefined) writeDenial(res, denial);
-      });
+    void handleOnNode(edge, req, res, (admission) => handler(req, res, admission));
   };
 }

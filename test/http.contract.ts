@@ -1,0 +1,446 @@
+// The HTTP edge's behaviour, run against each adapter (node:http, Express, Fastify) with a real
+// server on a free loopback port and the real fetch client. A fake clock (the manager's `clock`)
+// makes every r, t and Retry-After exact; no test waits on time.
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { parseList } from 'structured-headers';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Manager, MemoryStore, TaskvalveError, ErrorCode } from '../src/index.js';
+import type { Admission, HttpOptions } from '../src/http/index.js';
+import { QUOTA_EXCEEDED_TYPE, PROBLEM_TYPE_PREFIX } from '../src/http/index.js';
+import { gate } from './helpers.js';
+
+/** What a route does with an admitted request; the adapter answers 200 with the returned text. */
+export type Route = (request: { method: string; path: string; admission: Admission | undefined }) => string | Promise<string>;
+
+/** A running server. */
+export interface Served {
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Starts a server of one adapter on 127.0.0.1, port 0, with `route` behind the edge. */
+export type Serve = (manager: Manager, options: HttpOptions<never>, route: Route) => Promise<Served>;
+
+/** Listens on a free loopback port; close() drops kept-alive connections too. */
+export async function listen(server: Server): Promise<Served> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export const T0 = Date.UTC(2030, 0, 1);
+const DAY = 86_400_000;
+
+/** A manager on a fake clock, with the profiles the scenarios use, and its keys. */
+export function world(store?: MemoryStore): { manager: Manager; clock: { now: number }; keys: Map<string, string> } {
+  const clock = { now: T0 };
+  const manager = new Manager({ clock: () => clock.now, ...(store === undefined ? {} : { store }) });
+  // 10 units per minute (one every 6 s), a daily quota of 100.
+  manager.registerProfile('free', { rate: { limit: 10, intervalMs: 60_000 }, quota: { limit: 100, periodMs: DAY } });
+  manager.registerProfile('tiny', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 3, periodMs: 3_600_000 } });
+  manager.registerProfile('public', { rate: { limit: 3, intervalMs: 3000 } });
+  manager.registerProfile('solo', { rate: { limit: 1000, intervalMs: 1000, onLimit: 'reject' }, pool: { perUserConcurrency: 1 } });
+  const keys = new Map([
+    ['key-alice', 'alice'],
+    ['key-tina', 'tina'],
+    ['key-carl', 'carl'],
+    ['key-eve', 'eve'],
+    ['key-nora', 'nora'],
+    ['key-olga', 'olga'],
+    ['key-sam', 'sam'],
+    ['key-ghost', 'ghost'],
+  ]);
+  return { manager, clock, keys };
+}
+
+/** The structured list of a header, parsed by a real structured-field parser, params as objects. */
+export function list(value: string | null): Array<[unknown, Record<string, unknown>]> {
+  expect(value).not.toBeNull();
+  return parseList(value as string).map(([item, params]) => [item, Object.fromEntries(params)]);
+}
+
+/** A problem+json body; checks the media type and that nothing internal leaks. */
+export async function problem(res: Response): Promise<Record<string, unknown>> {
+  expect(res.headers.get('content-type')).toBe('application/problem+json');
+  const text = await res.text();
+  expect(text).not.toMatch(/\bat (async )?\S+ \(|\.(ts|js|mjs):\d+/); // no stack frame, no source file
+  expect(text).not.toMatch(/TaskvalveError|user "|secret/);
+  const body = JSON.parse(text) as Record<string, unknown>;
+  expect(body.status).toBe(res.status);
+  expect(typeof body.title).toBe('string');
+  expect(typeof body.detail).toBe('string');
+  return body;
+}
+
+/** A store whose every admission fails as an unreachable store would. */
+export class OutageStore extends MemoryStore {
+  override admit(): never {
+    throw new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, 'store unreachable: connect ECONNREFUSED 10.0.0.7:6379 (secret)', { retryAfterMs: 2500 });
+  }
+}
+
+export function describeAdapter(name: string, serve: Serve): void {
+  describe(`HTTP edge over ${name}`, () => {
+    let served: Served | undefined;
+    let w: ReturnType<typeof world>;
+    const lookup = (key: string) => w.keys.get(key);
+    const echo: Route = ({ admission }) => `ok ${admission?.userId ?? '-'}`;
+
+    beforeEach(() => {
+      w = world();
+    });
+
+    afterEach(async () => {
+      await served?.close();
+      served = undefined;
+      await w.manager.close({ drain: false, timeoutMs: 0 });
+    });
+
+    async function start(options: Partial<HttpOptions<never>>, route: Route = echo, manager = w.manager): Promise<string> {
+      served = await serve(manager, { tenant: { header: 'x-api-key', lookup }, clock: () => w.clock.now, ...options } as HttpOptions<never>, route);
+      return served.url;
+    }
+
+    const costs = [
+      { method: 'POST', path: '/v1/images', cost: 5 },
+      { path: '/v1', cost: 1 },
+    ];
+
+    it('allowed: RateLimit-Policy and RateLimit carry the profile, exact r and t across a sequence', async () => {
+      await w.manager.subscribe('alice', 'free');
+      const url = await start({ costs });
+      const key = { 'x-api-key': 'key-alice' };
+
+      let res = await fetch(`${url}/v1/ping`, { headers: key });
+      expect(res.status).toBe(200);
+      expect(await res.text()).toBe('ok alice');
+      expect(list(res.headers.get('ratelimit-policy'))).toEqual([
+        ['free', { q: 10, w: 60 }],
+        ['free-quota', { q: 100, w: 86_400 }],
+      ]);
+      expect(list(res.headers.get('ratelimit'))).toEqual([
+        ['free', { r: 9, t: 6 }],
+        ['free-quota', { r: 99, t: 86_400 }],
+      ]);
+      expect(res.headers.get('x-ratelimit-limit')).toBeNull();
+
+      res = await fetch(`${url}/v1/images`, { method: 'POST', headers: key, body: 'x' });
+      expect(res.status).toBe(200);
+      expect(list(res.headers.get('ratelimit'))).toEqual([
+        ['free', { r: 4, t: 36 }],
+        ['free-quota', { r: 94, t: 86_400 }],
+      ]);
+
+      w.clock.now += 10_000; // 26 s of the window used, then one more unit
+      res = await fetch(`${url}/v1/ping`, { headers: key });
+      expect(list(res.headers.get('ratelimit'))).toEqual([
+        ['free', { r: 4, t: 32 }],
+        ['free-quota', { r: 93, t: 86_390 }],
+      ]);
+
+      w.clock.now += 1_500; // 36.5 s of the window in use: r rounds down, t rounds up
+      res = await fetch(`${url}/v1/ping`, { headers: key });
+      expect(list(res.headers.get('ratelimit'))).toEqual([
+        ['free', { r: 3, t: 37 }],
+        ['free-quota', { r: 92, t: 86_389 }],
+      ]);
+    });
+
+    it('rate-limited: 429, Retry-After rounded up and never early, problem+json naming the policy', async () => {
+      await w.manager.subscribe('alice', 'free');
+      const url = await start({ costs });
+      const key = { 'x-api-key': 'key-alice' };
+      for (let i = 0; i < 2; i++) expect((await fetch(`${url}/v1/images`, { method: 'POST', headers: key })).status).toBe(200);
+
+      let res = await fetch(`${url}/v1/ping`, { headers: key });
+      expect(res.status).toBe(429);
+      expect(res.headers.get('retry-after')).toBe('6');
+      expect(list(res.headers.get('ratelimit'))).toEqual([
+        ['free', { r: 0, t: 6 }],
+        ['free-quota', { r: 90, t: 86_400 }],
+      ]);
+      const body = await problem(res);
+      expect(body).toMatchObject({ type: QUOTA_EXCEEDED_TYPE, status: 429, 'violated-policies': ['free'] });
+
+      w.clock.now += 5_001; // 999 ms left: still a whole second
+      res = await fetch(`${url}/v1/ping`, { headers: key });
+      expect(res.status).toBe(429);
+      expect(res.headers.get('retry-after')).toBe('1');
+      await res.arrayBuffer();
+
+      w.clock.now += 998; // 1 ms left: still refused, still 1 s
+      res = await fetch(`${url}/v1/ping`, { headers: key });
+      expect(res.status).toBe(429);
+      expect(res.headers.get('retry-after')).toBe('1');
+      await res.arrayBuffer();
+
+      w.clock.now += 1; // exactly when the bucket allows
+      res = await fetch(`${url}/v1/ping`, { headers: key });
+      expect(res.status).toBe(200);
+      expect(list(res.headers.get('ratelimit'))[0]).toEqual(['free', { r: 0, t: 60 }]);
+
+      // A costly request is refused while the bucket holds fewer units than it costs.
+      w.clock.now += 12_000;
+      res = await fetch(`${url}/v1/images`, { method: 'POST', headers: key });
+      expect(res.status).toBe(429);
+      expect(res.headers.get('retry-after')).toBe('18');
+      expect(list(res.headers.get('ratelimit'))[0]).toEqual(['free', { r: 2, t: 18 }]);
+      expect(await problem(res)).toMatchObject({ 'violated-policies': ['free'] });
+    });
+
+    it('over quota: 429 naming the quota policy, Retry-After when the period renews', async () => {
+      await w.manager.subscribe('tina', 'tiny');
+      const url = await start({});
+      const key = { 'x-api-key': 'key-tina' };
+      for (let i = 0; i < 3; i++) expect((await fetch(`${url}/a`, { headers: key })).status).toBe(200);
+      w.clock.now += 600_000;
+      const res = await fetch(`${url}/a`, { headers: key });
+      expect(res.status).toBe(429);
+      expect(res.headers.get('retry-after')).toBe('3000');
+      expect(list(res.headers.get('ratelimit-policy'))).toEqual([
+        ['tiny', { q: 100, w: 1 }],
+        ['tiny-quota', { q: 3, w: 3600 }],
+      ]);
+      expect(list(res.headers.get('ratelimit'))).toEqual([
+        ['tiny', { r: 100, t: 0 }],
+        ['tiny-quota', { r: 0, t: 3000 }],
+      ]);
+      expect(await problem(res)).toMatchObject({ type: QUOTA_EXCEEDED_TYPE, status: 429, 'violated-policies': ['tiny-quota'] });
+    });
+
+    it('subscription problems: 403 saying canceled, expired or not started (with Retry-After), or none', async () => {
+      await w.manager.subscribe('carl', 'free');
+      await w.manager.cancelSubscription('carl');
+      await w.manager.subscribe('eve', 'free', { endsAt: T0 - 1000, startsAt: T0 - DAY });
+      await w.manager.subscribe('nora', 'free', { startsAt: T0 + 90_500 });
+      const url = await start({});
+      const cases: Array<[string, string, string | null]> = [
+        ['key-carl', 'subscription-inactive', null],
+        ['key-eve', 'subscription-expired', null],
+        ['key-nora', 'subscription-not-started', '91'],
+        ['key-ghost', 'subscription-not-found', null],
+      ];
+      for (const [key, slug, retryAfter] of cases) {
+        const res = await fetch(`${url}/x`, { headers: { 'x-api-key': key } });
+        expect(res.status, key).toBe(403);
+        expect(res.headers.get('retry-after'), key).toBe(retryAfter);
+        expect(res.headers.get('ratelimit'), key).toBeNull();
+        expect(await problem(res), key).toMatchObject({ type: `${PROBLEM_TYPE_PREFIX}${slug}`, status: 403 });
+      }
+      const expired = await fetch(`${url}/x`, { headers: { 'x-api-key': 'key-eve' } });
+      expect((await problem(expired)).detail).toContain(new Date(T0 - 1000).toISOString());
+    });
+
+    it('unknown tenant: 401 for a missing or unknown key, even with an anonymous profile', async () => {
+      const url = await start({ anonymousProfile: 'public' });
+      let res = await fetch(`${url}/x`, { headers: { 'x-api-key': 'key-nobody' } });
+      expect(res.status).toBe(401);
+      expect(res.headers.get('www-authenticate')).toBe('ApiKey header="x-api-key"');
+      expect(await problem(res)).toMatchObject({ type: `${PROBLEM_TYPE_PREFIX}unknown-tenant` });
+      await served?.close();
+
+      const strict = await start({});
+      res = await fetch(`${strict}/x`);
+      expect(res.status).toBe(401);
+      await problem(res);
+    });
+
+    it('an unresolved tenant with an anonymous profile is its address, subscribed on first sight', async () => {
+      const url = await start({ anonymousProfile: 'public' });
+      for (const r of [2, 1, 0]) {
+        const res = await fetch(`${url}/x`);
+        expect(res.status).toBe(200);
+        expect(await res.text()).toBe('ok 127.0.0.1');
+        expect(list(res.headers.get('ratelimit'))).toEqual([['public', { r, t: 3 - r }]]);
+      }
+      expect((await fetch(`${url}/x`)).status).toBe(429);
+      expect((await w.manager.getSubscription('127.0.0.1'))?.profileName).toBe('public');
+    });
+
+    it("X-Forwarded-For cannot change the tenant when proxies are not trusted (the default)", async () => {
+      const url = await start({ tenant: 'ip', anonymousProfile: 'public' });
+      const spoofs = ['203.0.113.1', '203.0.113.2', '198.51.100.7, 203.0.113.3'];
+      const remaining: number[] = [];
+      for (const spoof of spoofs) {
+        const res = await fetch(`${url}/x`, { headers: { 'x-forwarded-for': spoof } });
+        expect(await res.text()).toBe('ok 127.0.0.1');
+        remaining.push(list(res.headers.get('ratelimit'))[0]?.[1].r as number);
+      }
+      expect(remaining).toEqual([2, 1, 0]);
+      const res = await fetch(`${url}/x`, { headers: { 'x-forwarded-for': '203.0.113.99' } });
+      expect(res.status).toBe(429);
+      await res.arrayBuffer();
+      for (const spoof of ['203.0.113.1', '203.0.113.2', '198.51.100.7', '203.0.113.3', '203.0.113.99']) {
+        expect(await w.manager.getSubscription(spoof)).toBeUndefined();
+      }
+    });
+
+    it('trustProxy N takes the client N hops from the right; what the client wrote further left is ignored', async () => {
+      const url = await start({ tenant: 'ip', anonymousProfile: 'public', trustProxy: 1 });
+      // The client claims 6.6.6.6; the one trusted proxy appended the address it saw.
+      const res = await fetch(`${url}/x`, { headers: { 'x-forwarded-for': '6.6.6.6, 203.0.113.9' } });
+      expect(await res.text()).toBe('ok 203.0.113.9');
+      expect(await w.manager.getSubscription('6.6.6.6')).toBeUndefined();
+      await served?.close();
+
+      const trusting = await start({ tenant: 'ip', anonymousProfile: 'public', trustProxy: true });
+      const left = await fetch(`${trusting}/x`, { headers: { 'x-forwarded-for': '192.0.2.4, 203.0.113.9' } });
+      expect(await left.text()).toBe('ok 192.0.2.4');
+    });
+
+    it('store unavailable: 503 with Retry-After, nothing of the store error in the body', async () => {
+      const down = world(new OutageStore());
+      await down.manager.subscribe('alice', 'free');
+      try {
+        const url = await start({}, echo, down.manager);
+        const res = await fetch(`${url}/x`, { headers: { 'x-api-key': 'key-alice' } });
+        expect(res.status).toBe(503);
+        expect(res.headers.get('retry-after')).toBe('3');
+        const body = await problem(res);
+        expect(body).toMatchObject({ type: `${PROBLEM_TYPE_PREFIX}store-unavailable` });
+        expect(JSON.stringify(body)).not.toMatch(/ECONNREFUSED|6379/);
+      } finally {
+        await served?.close();
+        served = undefined;
+        await down.manager.close({ drain: false, timeoutMs: 0 });
+      }
+    });
+
+    it('a failing tenant lookup is a 500 without its message; the fault goes to onError', async () => {
+      const faults: unknown[] = [];
+      const url = await start({
+        tenant: { header: 'x-api-key', lookup: async () => Promise.reject(new Error('secret: db password wrong')) },
+        onError: (error) => faults.push(error),
+      });
+      const res = await fetch(`${url}/x`, { headers: { 'x-api-key': 'k' } });
+      expect(res.status).toBe(500);
+      expect(await problem(res)).toMatchObject({ type: `${PROBLEM_TYPE_PREFIX}internal-error` });
+      expect(faults).toHaveLength(1);
+      expect((faults[0] as Error).message).toContain('db password');
+    });
+
+    it('legacy headers on request: X-RateLimit-* for the policy closest to exhaustion', async () => {
+      await w.manager.subscribe('tina', 'tiny');
+      const url = await start({ legacyHeaders: true });
+      const res = await fetch(`${url}/x`, { headers: { 'x-api-key': 'key-tina' } });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-ratelimit-limit')).toBe('3');
+      expect(res.headers.get('x-ratelimit-remaining')).toBe('2');
+      expect(res.headers.get('x-ratelimit-reset')).toBe('3600');
+    });
+
+    it('govern: the handler runs as a task, with the headers, within the per-user concurrency cap', async () => {
+      await w.manager.subscribe('sam', 'solo');
+      const order: string[] = [];
+      const release = gate();
+      const firstIn = gate();
+      const url = await start({ mode: 'govern' }, async ({ path, admission }) => {
+        order.push(`start ${path}`);
+        expect(admission?.signal).toBeInstanceOf(AbortSignal);
+        if (path === '/first') {
+          firstIn.open();
+          await release.opened;
+        }
+        order.push(`end ${path}`);
+        return path;
+      });
+      const key = { 'x-api-key': 'key-sam' };
+      const first = fetch(`${url}/first`, { headers: key });
+      await firstIn.opened;
+      const second = fetch(`${url}/second`, { headers: key });
+      await until(async () => (await queueDepth(w.manager, 'solo')) === 1);
+      expect(order).toEqual(['start /first']);
+      release.open();
+      const [a, b] = await Promise.all([first, second]);
+      expect([await a.text(), await b.text()]).toEqual(['/first', '/second']);
+      expect(order).toEqual(['start /first', 'end /first', 'start /second', 'end /second']);
+      expect(list(b.headers.get('ratelimit'))).toEqual([['solo', { r: 998, t: 1 }]]);
+    });
+
+    it('govern: a client that disconnects aborts the running handler through its signal', async () => {
+      await w.manager.subscribe('sam', 'solo');
+      const running = gate();
+      const aborted = gate<unknown>();
+      const url = await start({ mode: 'govern' }, async ({ path, admission }) => {
+        if (path !== '/slow') return 'fast';
+        const signal = admission?.signal as AbortSignal;
+        running.open();
+        await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+        aborted.open(signal.reason);
+        return 'too late';
+      });
+      const client = new AbortController();
+      const request = fetch(`${url}/slow`, { headers: { 'x-api-key': 'key-sam' }, signal: client.signal }).catch((error: unknown) => error);
+      await running.opened;
+      client.abort();
+      await aborted.opened;
+      expect(await request).toBeInstanceOf(Error);
+      // The slot is free again: the next request runs.
+      const next = await fetch(`${url}/fast`, { headers: { 'x-api-key': 'key-sam' } });
+      expect(next.status).toBe(200);
+      await next.arrayBuffer();
+    });
+
+    it('govern: a client that disconnects while its task is queued leaves the queue, refunded, its handler never called', async () => {
+      await w.manager.subscribe('sam', 'solo');
+      const called: string[] = [];
+      const release = gate();
+      const firstIn = gate();
+      const url = await start({ mode: 'govern' }, async ({ path }) => {
+        called.push(path);
+        if (path === '/first') {
+          firstIn.open();
+          await release.opened;
+        }
+        return path;
+      });
+      const key = { 'x-api-key': 'key-sam' };
+      const first = fetch(`${url}/first`, { headers: key });
+      await firstIn.opened;
+      const client = new AbortController();
+      const queued = fetch(`${url}/queued`, { headers: key, signal: client.signal }).catch((error: unknown) => error);
+      await until(async () => (await queueDepth(w.manager, 'solo')) === 1);
+      client.abort();
+      await until(async () => (await queueDepth(w.manager, 'solo')) === 0);
+      expect(await queued).toBeInstanceOf(Error);
+      expect((await w.manager.getSubscription('sam'))?.usage).toBe(1);
+      release.open();
+      expect(await (await first).text()).toBe('/first');
+      expect(called).toEqual(['/first']);
+    });
+
+    it('govern: refusals are the same answers as in admit mode', async () => {
+      await w.manager.subscribe('tina', 'tiny');
+      await w.manager.subscribe('carl', 'free');
+      await w.manager.cancelSubscription('carl');
+      const url = await start({ mode: 'govern' });
+      for (let i = 0; i < 3; i++) expect((await fetch(`${url}/a`, { headers: { 'x-api-key': 'key-tina' } })).status).toBe(200);
+      const over = await fetch(`${url}/a`, { headers: { 'x-api-key': 'key-tina' } });
+      expect(over.status).toBe(429);
+      expect(await problem(over)).toMatchObject({ 'violated-policies': ['tiny-quota'] });
+      const canceled = await fetch(`${url}/a`, { headers: { 'x-api-key': 'key-carl' } });
+      expect(canceled.status).toBe(403);
+      expect(await problem(canceled)).toMatchObject({ type: `${PROBLEM_TYPE_PREFIX}subscription-inactive` });
+    });
+  });
+}
+
+/** The profile's queued tasks, as the metrics tell. */
+export async function queueDepth(manager: Manager, profile: string): Promise<number> {
+  const metric = manager.registry.getSingleMetric('taskvalve_queue_depth');
+  const values = (await metric?.get())?.values ?? [];
+  return values.find((v) => v.labels.profile === profile)?.value ?? 0;
+}
+
+/** Waits for a condition the server reaches on its own (checked once per event-loop turn). */
+export async function until(condition: () => Promise<boolean>): Promise<void> {
+  while (!(await condition())) await new Promise((resolve) => setImmediate(resolve));
+}
