@@ -2,7 +2,7 @@
 export { Manager, DeadLetterQueue } from './manager.js';
 export type { ManagerOptions, SubscribeOptions, SubscriptionEvent, Logger, ProfileView } from './manager.js';
 export { Limiter } from './limiter.js';
-export type { Task, SubmitOptions, Decision, PeekResult, CloseReport } from './limiter.js';
+export type { Task, SubmitOptions, Decision, DetailedDecision, PeekResult, CloseReport } from './limiter.js';
 export { MemoryStore } from './store/memory.js';
 export { RedisStore } from './store/redis/index.js';
 export type { RedisStoreOptions, RedisClientLike } from './store/redis/index.js';

@@ -64,6 +64,18 @@ export interface Decision {
   resetAfterMs: number;
 }
 
+/** A decision with the user's figures at that moment: what rate-limit headers need. */
+export interface DetailedDecision extends Decision {
+  /** The user's profile. */
+  profile: string;
+  /** The user's usage after this decision. */
+  usage: number;
+  /** The quota limit in force, null for none. */
+  quotaLimit: number | null;
+  /** Ms until the usage period ends (usage resets), null without a period. */
+  quotaResetAfterMs: number | null;
+}
+
 /** What {@link Limiter.peek} tells. */
 export interface PeekResult extends Decision {
   usage: number;
@@ -257,18 +269,28 @@ export class Pipeline {
   }
 
   check(user: UserSlot & { userId: string }, cost: number): Promise<Decision> {
-    const userId = user.userId;
+    return this.admitNow(user, cost, (r) => this.decide(user.userId, r, cost));
+  }
+
+  /** check(), with the user's profile, usage and quota figures of the same decision. */
+  checkDetailed(user: UserSlot & { userId: string }, cost: number): Promise<DetailedDecision> {
+    return this.admitNow(user, cost, (r) => {
+      const d = this.decide(user.userId, r, cost) as DetailedDecision;
+      d.profile = (r.profile as Profile).name;
+      d.usage = r.usage;
+      d.quotaLimit = r.quotaLimit;
+      d.quotaResetAfterMs = r.quotaResetAfterMs >= 0 ? r.quotaResetAfterMs : null;
+      return d;
+    });
+  }
+
+  /** Admission decided now (never waits); `answer` reads the store's result before the next call. */
+  private admitNow<T>(user: UserSlot & { userId: string }, cost: number, answer: (r: AdmitResult) => T): Promise<T> {
     if (!isCost(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
     if (this.closing) return Promise.reject(shuttingDown());
-    let r: AdmitResult | Promise<AdmitResult>;
     try {
-      r = this.ctx.store.admit(userId, cost, AdmitMode.NOW, this.lines.units, this.ctx.clock(), user);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    if (r instanceof Promise) return r.then((res) => this.decide(userId, res, cost));
-    try {
-      return Promise.resolve(this.decide(userId, r, cost));
+      const r = this.ctx.store.admit(user.userId, cost, AdmitMode.NOW, this.lines.units, this.ctx.clock(), user);
+      return r instanceof Promise ? r.then(answer) : Promise.resolve(answer(r));
     } catch (error) {
       return Promise.reject(error);
     }
@@ -601,6 +623,14 @@ export class Limiter implements UserSlot {
    */
   check(cost = 1): Promise<Decision> {
     return this.pipeline.check(this, cost);
+  }
+
+  /**
+   * check(cost), answering also with the user's profile, usage, quota limit and time to the end
+   * of the usage period, all of the same atomic decision (what rate-limit headers need).
+   */
+  checkDetailed(cost = 1): Promise<DetailedDecision> {
+    return this.pipeline.checkDetailed(this, cost);
   }
 
   /** What check(1) would say on the rate now, with usage and status; changes nothing, never rejects for subscription state. */

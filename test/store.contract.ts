@@ -269,6 +269,24 @@ describe('contention', () => {
   });
 });
 
+describe('checkDetailed', () => {
+  it('answers the decision with the profile, usage, quota in force and time to the period end', async () => {
+    manager.registerProfile('daily', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 5, periodMs: 60_000 } });
+    await manager.subscribe('u', 'daily');
+    now += 15_000;
+    expect(await manager.getLimiter('u').checkDetailed(2)).toEqual({
+      allowed: true, limit: 10, remaining: 8, retryAfterMs: 0, resetAfterMs: 200,
+      profile: 'daily', usage: 2, quotaLimit: 5, quotaResetAfterMs: 45_000,
+    });
+    await manager.updateSubscriptionQuota('u', 3);
+    expect(await manager.getLimiter('u').checkDetailed(1)).toMatchObject({ allowed: true, usage: 3, quotaLimit: 3 });
+    await manager.updateSubscriptionQuota('u', 100);
+    expect(await manager.getLimiter('u').checkDetailed(8)).toMatchObject({ allowed: false, usage: 3, quotaLimit: 100, profile: 'daily' });
+    await manager.subscribe('v', 'basic');
+    expect(await manager.getLimiter('v').checkDetailed()).toMatchObject({ allowed: true, profile: 'basic', usage: 1, quotaLimit: 10, quotaResetAfterMs: null });
+  });
+});
+
 describe('GCRA vectors through check()', () => {
   for (const c of vectors.cases) {
     it(c.name, async () => {

@@ -276,6 +276,7 @@ export class MemoryStore implements Store {
     if (profile.quotaPeriodMs > 0) this.roll(rec, nowMs);
     const quotaLimit = rec.quota ?? profile.quotaLimit;
     out.quotaLimit = quotaLimit;
+    out.quotaResetAfterMs = profile.quotaPeriodMs > 0 ? rec.periodStart + profile.quotaPeriodMs - nowMs : -1;
     if (quotaLimit !== null && rec.usage + cost > quotaLimit && profile.quotaHard) {
       out.verdict = Verdict.QUOTA_EXCEEDED;
       out.usage = rec.usage;

@@ -74,6 +74,8 @@ export interface AdmitResult {
   bucket: string;
   /** The subscription's status ('not_found' without one). */
   status: SubscriptionStatus | 'not_found';
+  /** Until the usage period ends (ms), -1 without a period (filled when a decision charges or denies on the rate). */
+  quotaResetAfterMs: number;
   /** For messages: the subscription's start and end (ms). */
   startsAt: number;
   endsAt: number;
@@ -93,6 +95,7 @@ export function blankResult(): AdmitResult {
     period: 0,
     bucket: '',
     status: 'active',
+    quotaResetAfterMs: -1,
     startsAt: 0,
     endsAt: 0,
   };

@@ -419,7 +419,7 @@ export class RedisStore implements Store {
         for (let i = 0; i < batch.waiters.length; i++) {
           const reply = replies[i] as unknown as Reply;
           // Compact replies name the profile by its place in this batch's table.
-          const at = reply.length === 7 ? Number(reply[6]) : 0;
+          const at = reply.length === 9 ? Number(reply[6]) : 0;
           batch.waiters[i]!.resolve({ reply, profile: at > 0 ? batch.profiles[at - 1] : undefined });
         }
       },
@@ -442,7 +442,7 @@ export class RedisStore implements Store {
     // reservation back if the bucket says no (docs/redis.md).
     const reserved = await this.batched(ref.user, ref.user, profile, cost, ahead, flags | 2);
     if (reserved.reply[0] !== RESERVED) return reserved;
-    const [, usage, period] = reserved.reply as [number, number, number];
+    const [, usage, period, , , , , periodLeft, limit] = reserved.reply as [number, number, number, number, number, number, number, number, number];
     let taken: Reply;
     try {
       taken = await this.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, cost, ahead, this.deadline(), this.clockArg(), 'take']);
@@ -451,13 +451,13 @@ export class RedisStore implements Store {
       throw error;
     }
     const [ok, waitMs, remaining, resetMs] = taken as [number, number, number, number];
-    if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs], profile };
+    if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs, 0, periodLeft, limit], profile };
     const queue = flags === 1 && profile.onLimit === 'wait';
     if (ok === 0 && queue && (profile.maxWaitMs === Infinity || waitMs <= profile.maxWaitMs)) {
-      return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs], profile };
+      return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs, 0, periodLeft, limit], profile };
     }
     await this.refundReserved(ref, cost, period);
-    return { reply: [ok === -1 ? PAST_DEADLINE : Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs], profile };
+    return { reply: [ok === -1 ? PAST_DEADLINE : Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit], profile };
   }
 
   private async refundReserved(ref: Ref, cost: number, period: number): Promise<void> {
@@ -478,7 +478,8 @@ export class RedisStore implements Store {
       out.remaining = Number(r[3]);
       out.retryAfterMs = Number(r[4]);
       out.resetAfterMs = Number(r[5]);
-      out.quotaLimit = profile.quotaLimit;
+      out.quotaResetAfterMs = Number(r[7]);
+      out.quotaLimit = Number(r[8]) >= 0 ? Number(r[8]) : null;
       out.status = 'active';
       out.startsAt = 0;
       out.endsAt = Infinity;

@@ -11,7 +11,8 @@
 -- KEYS: per decision, the user's hash and its bucket (the hash itself for the user's own
 --   bucket, else a shared bucket on this node).
 -- Reply per decision: allowed, queued, rate limited or reserved:
---   { verdict, usage, period token, remaining, retry ms, reset ms, profile index };
+--   { verdict, usage, period token, remaining, retry ms, reset ms, profile index,
+--     ms until the usage period ends (-1: no period), quota limit in force (-1: none) };
 --   anything else: { verdict, usage, quota limit, period token, 0, retry ms, 0, starts ms,
 --   ends ms, status, expired now (1/0), profile name }.
 --@include time
@@ -83,6 +84,10 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
     return full(NOT_STARTED, u, limit, u.sa - now_ms, 0)
   end
   local rolled = user_roll(u, now_ms, p.period)
+  local period_left = -1
+  if p.period > 0 then
+    period_left = u.ps + p.period - now_ms
+  end
   if limit >= 0 and p.hard and u.n + cost > limit then
     local retry = 0
     if p.period > 0 then
@@ -94,7 +99,7 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
     -- The quota only: reserve it; the bucket is taken in its own slot.
     u.n = u.n + cost
     user_save(user_key, u, rolled)
-    return { RESERVED, u.n, u.g, 0, 0, 0, p.i }
+    return { RESERVED, u.n, u.g, 0, 0, 0, p.i, period_left, limit }
   end
 
   local d, T, tau = p.d, p.T, p.tau
@@ -117,7 +122,7 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
         u.r = p.sig
         user_save(user_key, u, rolled or resigned)
       end
-      return { ALLOWED, u.n, u.g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i }
+      return { ALLOWED, u.n, u.g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit }
     end
   end
   local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
@@ -126,12 +131,12 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
     remaining = gcra_remaining(ahead, T, tau)
   end
   if flags % 2 == 0 or not p.waits or (p.max_wait >= 0 and wait_ms > p.max_wait) then
-    return { RATE_LIMITED, u.n, u.g, remaining, wait_ms, gcra_ms(ahead, d), p.i }
+    return { RATE_LIMITED, u.n, u.g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit }
   end
   -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
   u.n = u.n + cost
   user_save(user_key, u, rolled)
-  return { QUEUED, u.n, u.g, remaining, wait_ms, gcra_ms(ahead, d), p.i }
+  return { QUEUED, u.n, u.g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit }
 end
 
 local replies = {}
