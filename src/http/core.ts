@@ -6,8 +6,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ErrorCode, TaskvalveError, invalidConfig } from '../errors.js';
-import type { Decision, Limiter, PeekResult } from '../limiter.js';
-import type { Manager, SubscriptionEvent } from '../manager.js';
+import type { DetailedDecision, Limiter, PeekResult } from '../limiter.js';
+import type { Manager } from '../manager.js';
 import type { Subscription } from '../store/store.js';
 import { CostTable, type CostRule } from './costs.js';
 import { limitHeaders, policyFormat, seconds, type Header, type Limits, type PolicyFormat } from './headers.js';
@@ -101,27 +101,6 @@ function ended(res: ServerResponse): Promise<void> {
   });
 }
 
-/** How long a rate-only user's profile is trusted without a read, in ms of real time. */
-const REMEMBER_MS = 1000;
-const MAX_REMEMBERED = 10_000;
-
-/** Per manager, the edges' memories of rate-only users: one listener, however many edges. */
-const memories = new WeakMap<Manager, Set<Map<string, unknown>>>();
-
-/** Drops a user from `memory` at any subscription event of `manager` (created, canceled, profile_changed, quota_updated, ...). */
-function forgetOnChange(manager: Manager, memory: Map<string, unknown>): void {
-  let all = memories.get(manager);
-  if (all === undefined) {
-    const created = new Set<Map<string, unknown>>();
-    manager.on('subscription', (event: SubscriptionEvent) => {
-      for (const m of created) m.delete(event.userId);
-    });
-    memories.set(manager, created);
-    all = created;
-  }
-  all.add(memory);
-}
-
 /** Writes a refusal on a node:http response (the node and Express adapters; the core's own 500s). */
 export function writeDenial(res: ServerResponse, denial: Denial): void {
   if (denial.body === undefined || res.headersSent) {
@@ -165,14 +144,6 @@ export class HttpEdge<Req = IncomingMessage> {
   private readonly unknown: Denial;
   /** Formatted policies by profile name: registered profiles never change. */
   private readonly formats = new Map<string, PolicyFormat>();
-  /**
-   * Users whose profile has no quota in force, and that profile: for them the check's decision
-   * holds every figure, and the subscription read is skipped. Trusted for REMEMBER_MS of real
-   * time; forgotten at once on any subscription event of this manager (another process's change
-   * shows within REMEMBER_MS), and whenever the check's bucket capacity is not the profile's.
-   */
-  private readonly rateOnly = new Map<string, { format: PolicyFormat; until: number }>();
-
   /** Validates the options (INVALID_CONFIG naming the field); profiles named must be registered first. */
   constructor(
     private readonly manager: Manager,
@@ -207,7 +178,6 @@ export class HttpEdge<Req = IncomingMessage> {
       if (manager.listenerCount('error') > 0) manager.emit('error', error);
     });
     this.unknown = unknownTenant(this.resolve.header);
-    forgetOnChange(manager, this.rateOnly);
   }
 
   /**
@@ -250,34 +220,17 @@ export class HttpEdge<Req = IncomingMessage> {
         if (denial !== undefined) this.tell(refuse, denial);
         return;
       }
-      let decision: Decision;
+      let decision: DetailedDecision;
       try {
-        decision = await limiter.check(cost);
+        decision = await limiter.checkDetailed(cost);
       } catch (error) {
         if (adopted || !this.adopts(tenant, error)) return this.tell(refuse, await this.refuse(error, limiter, userId, cost, undefined));
         await this.manager.subscribe(userId, this.anonymousProfile as string);
         return await this.decide(raw, req, res, proceed, refuse, true);
       }
-      let limits: Limits | undefined;
-      let profile: string | undefined;
-      const known = this.rateOnly.get(userId);
-      if (known !== undefined && known.until > Date.now() && known.format.burst === decision.limit) {
-        // A rate-only profile: the decision holds every figure of the headers.
-        limits = { format: known.format, rate: { remaining: decision.remaining, seconds: seconds(decision.resetAfterMs) }, quota: undefined };
-        profile = known.format.rateName;
-      } else {
-        // After the check, not beside it: it sees the charge, and a failed read (headers are a
-        // courtesy) never turns an admitted, charged request into a refusal.
-        let sub: Subscription | undefined;
-        try {
-          sub = await this.manager.getSubscription(userId);
-        } catch (error) {
-          this.report(error);
-        }
-        limits = this.limits(sub, decision.remaining, decision.resetAfterMs);
-        profile = sub?.profileName;
-        if (limits !== undefined && limits.quota === undefined) this.remember(userId, limits.format);
-      }
+      // One atomic decision carries every figure of the headers: no second read.
+      const limits = this.limitsOf(decision);
+      const profile = decision.profile;
       if (!decision.allowed) return this.tell(refuse, this.rateLimited(limits, decision.retryAfterMs, decision.remaining, cost));
       const out = proceed(limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy), { userId, profile, cost, signal: undefined });
       if (isThenable(out)) await out;
@@ -286,13 +239,6 @@ export class HttpEdge<Req = IncomingMessage> {
       this.report(error);
       this.tell(refuse, internalError());
     }
-  }
-
-  /** Notes a user whose profile has no quota in force, so that the next requests skip the read. */
-  private remember(userId: string, format: PolicyFormat): void {
-    // Bounded: starting afresh is O(1) and costs each user one read.
-    if (this.rateOnly.size >= MAX_REMEMBERED) this.rateOnly.clear();
-    this.rateOnly.set(userId, { format, until: Date.now() + REMEMBER_MS });
   }
 
   /** True when this tenant may be subscribed to the anonymous profile on first sight. */
@@ -425,6 +371,21 @@ export class HttpEdge<Req = IncomingMessage> {
   }
 
   /** The figures of the headers, from a decision's rate part and the subscription. */
+  /** The headers' figures from a detailed decision (admit mode). */
+  private limitsOf(d: DetailedDecision): Limits | undefined {
+    const format = this.format(d.profile);
+    if (format === undefined) return undefined;
+    const quota =
+      d.quotaLimit === null
+        ? undefined
+        : {
+            limit: d.quotaLimit,
+            remaining: Math.max(0, d.quotaLimit - d.usage),
+            seconds: d.quotaResetAfterMs === null || format.quotaPeriodMs === null ? undefined : seconds(d.quotaResetAfterMs),
+          };
+    return { format, rate: { remaining: d.remaining, seconds: seconds(d.resetAfterMs) }, quota };
+  }
+
   private limits(sub: Subscription | undefined, remaining: number, resetAfterMs: number): Limits | undefined {
     if (sub === undefined) return undefined;
     const format = this.format(sub.profileName);
