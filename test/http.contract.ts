@@ -5,7 +5,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseList } from 'structured-headers';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Manager, MemoryStore, TaskvalveError, ErrorCode } from '../src/index.js';
+import { Manager, MemoryStore, TaskvalveError, ErrorCode, type Store } from '../src/index.js';
 import type { Admission, HttpOptions } from '../src/http/index.js';
 import { QUOTA_EXCEEDED_TYPE, PROBLEM_TYPE_PREFIX } from '../src/http/index.js';
 import { gate } from './helpers.js';
@@ -40,9 +40,10 @@ export const T0 = Date.UTC(2030, 0, 1);
 const DAY = 86_400_000;
 
 /** A manager on a fake clock, with the profiles the scenarios use, and its keys. */
-export function world(store?: MemoryStore): { manager: Manager; clock: { now: number }; keys: Map<string, string> } {
+export function world(store?: Store | ((clock: () => number) => Store)): { manager: Manager; clock: { now: number }; keys: Map<string, string> } {
   const clock = { now: T0 };
-  const manager = new Manager({ clock: () => clock.now, ...(store === undefined ? {} : { store }) });
+  const made = typeof store === 'function' ? store(() => clock.now) : store;
+  const manager = new Manager({ clock: () => clock.now, ...(made === undefined ? {} : { store: made }) });
   // 10 units per minute (one every 6 s), a daily quota of 100.
   manager.registerProfile('free', { rate: { limit: 10, intervalMs: 60_000 }, quota: { limit: 100, periodMs: DAY } });
   manager.registerProfile('tiny', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 3, periodMs: 3_600_000 } });
@@ -87,7 +88,11 @@ export class OutageStore extends MemoryStore {
   }
 }
 
-export function describeAdapter(name: string, serve: Serve): void {
+/**
+ * The scenarios, on one adapter. `store` makes each test's store on the test's fake clock
+ * (default: a MemoryStore): the edge works unchanged on a RedisStore.
+ */
+export function describeAdapter(name: string, serve: Serve, store?: (clock: () => number) => Store): void {
   describe(`HTTP edge over ${name}`, () => {
     let served: Served | undefined;
     let w: ReturnType<typeof world>;
@@ -95,7 +100,7 @@ export function describeAdapter(name: string, serve: Serve): void {
     const echo: Route = ({ admission }) => `ok ${admission?.userId ?? '-'}`;
 
     beforeEach(() => {
-      w = world();
+      w = world(store);
     });
 
     afterEach(async () => {

@@ -618,9 +618,10 @@ export class RedisStore implements Store {
       else this.owed.delete(userId);
       return;
     }
-    const ref = this.ref(userId, undefined);
-    const profile = ref.profile ?? (await this.profileOf(ref));
-    await this.run(scripts.refund, [ref.user], [cost, period, profile?.quotaPeriodMs ?? 0, this.clockArg()]);
+    // One call, sent at once (so it lands before any later read on this connection): the
+    // generation token alone decides; a refund into a period that has since ended changes
+    // nothing visible, as that usage resets at the next decision.
+    await this.run(scripts.refund, [this.keys.user(userId)], [cost, period, 0, this.clockArg()]);
   }
 
   async peek(userId: string, _nowMs: number): Promise<AdmitResult> {
