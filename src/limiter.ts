@@ -234,6 +234,12 @@ export class Pipeline {
         return Promise.reject(queueFull(profile.name, profile.pool.maxQueue));
       }
     }
+    if (job.signal?.aborted) {
+      // Aborted while a remote store was deciding: it never starts, and is refunded.
+      this.refund(userId, cost, r.period);
+      stats.rejected.aborted++;
+      return Promise.reject(aborted(job.signal.reason));
+    }
     this.live.add(job);
     onAdmitted?.();
     if (job.signal !== undefined) {

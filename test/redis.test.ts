@@ -270,3 +270,20 @@ describe('sharding', () => {
     }
   });
 });
+
+describe('abort', () => {
+  it('a signal aborted while Redis decides: the task never runs and its charge is refunded', async () => {
+    const { manager } = managerOn(new Redis({ port: server.port }));
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 100 } });
+    await manager.subscribe('u', 'p');
+    const controller = new AbortController();
+    let ran = false;
+    const run = manager.getLimiter('u').submit(() => {
+      ran = true;
+    }, { signal: controller.signal });
+    controller.abort(); // the admission is on its way to Redis
+    expect((await rejection(run)).code).toBe('ABORTED');
+    expect(ran).toBe(false);
+    expect((await manager.getSubscription('u'))?.usage).toBe(0);
+  });
+});
