@@ -21,7 +21,7 @@
 import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
 import { Manager, type Decision, type Limiter } from '../src/index.js';
 import { FloorLimiter, type FloorDecision } from './lib/floor.js';
-import { compare, expect, fmtRate, type Bench, type Measured, type Plan } from './lib/harness.js';
+import { compare, expect, fmtRate, keyOrder, type Bench, type Measured, type Plan } from './lib/harness.js';
 import { atLeast, heading, type Row } from './lib/table.js';
 
 const USERS = 10_000;
@@ -36,18 +36,6 @@ const CLOSED = { limit: 1, intervalMs: 3_600_000 } as const;
 
 const PLAN: Plan = { rounds: 7, warmup: 2, roundMs: 250, probeOps: 20_000 };
 
-/** A deterministic pseudo-random visiting order over the keys (xorshift32). */
-function keyOrder(): Uint16Array {
-  const order = new Uint16Array(ORDER);
-  let x = 0x9e3779b9;
-  for (let i = 0; i < ORDER; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    order[i] = (x >>> 0) % USERS;
-  }
-  return order;
-}
 
 /** A manager with USERS users subscribed to one profile of the given rate. */
 async function subscribedManager(rate: { limit: number; intervalMs: number }, users: readonly string[]): Promise<Manager> {
@@ -65,7 +53,7 @@ const yes = (): true => true;
 
 export async function decisions(log: (line: string) => void): Promise<Row[]> {
   const users = Array.from({ length: USERS }, (_, i) => `user-${String(i).padStart(5, '0')}`);
-  const order = keyOrder();
+  const order = keyOrder(USERS);
 
   // --- set-up: every key exists (and, for "denied", is spent) before anything is timed ---
   const tvOpen = await subscribedManager(OPEN, users);

@@ -27,7 +27,7 @@ import { Manager, RedisStore, type Decision } from '../src/index.js';
 import { startRedis, type RedisServer } from '../test/support/redis.js';
 import { loadBare, MicroBatcher } from './redis/bare.js';
 import { profile, redisBenchmark, type Profile } from './redis/server.js';
-import { compare, expect, fmtRate, type Bench, type Plan } from './lib/harness.js';
+import { compare, expect, fmtRate, keyOrder, type Bench, type Plan } from './lib/harness.js';
 import { atLeast, heading, renderTable, type Row } from './lib/table.js';
 
 const USERS = 10_000;
@@ -52,18 +52,6 @@ const TARGET_P99 = 1.5;
 
 const PLAN: Plan = { rounds: 7, warmup: 1, roundMs: 250, probeOps: 4096 };
 
-/** A deterministic pseudo-random visiting order over the keys (xorshift32), as bench/decisions.ts. */
-function keyOrder(): Uint16Array {
-  const order = new Uint16Array(ORDER);
-  let x = 0x9e3779b9;
-  for (let i = 0; i < ORDER; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    order[i] = (x >>> 0) % USERS;
-  }
-  return order;
-}
 
 /** `width` loops, each awaiting its call, until `total` calls are made; returns how many `ok`. */
 async function lanes<T>(total: number, width: number, op: (i: number) => Promise<T>, ok: (r: T) => boolean): Promise<number> {
@@ -117,7 +105,7 @@ export async function redisSection(log: (line: string) => void): Promise<RedisSe
     const redisVersion = /redis_version:(\S+)/.exec(await admin.info('server'))?.[1] ?? '?';
     log(`redis-server ${redisVersion} on 127.0.0.1:${server.port} (pid ${server.pid})`);
 
-    const order = keyOrder();
+    const order = keyOrder(USERS);
     const openUsers = Array.from({ length: USERS }, (_, i) => `open-${String(i).padStart(5, '0')}`);
     const closedUsers = Array.from({ length: USERS }, (_, i) => `closed-${String(i).padStart(5, '0')}`);
 

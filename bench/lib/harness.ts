@@ -111,3 +111,16 @@ export function fmtRate(perSec: number): string {
 export function expect(condition: boolean, message: string): void {
   if (!condition) throw new Error(`benchmark set-up broken: ${message}`);
 }
+
+/** A deterministic pseudo-random visiting order over `users` keys (xorshift32), 2^16 long. */
+export function keyOrder(users: number): Uint16Array {
+  const order = new Uint16Array(1 << 16);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < order.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    order[i] = (x >>> 0) % users;
+  }
+  return order;
+}
