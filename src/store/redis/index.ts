@@ -248,6 +248,7 @@ export class RedisStore implements Store {
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
     this.profiles.set(profile.name, profile);
+    this.denials.clear();
     const r = await this.run(scripts.subscribe, [this.keys.user(userId)], [
       profile.name,
       input.startsAt ?? '',
@@ -271,6 +272,7 @@ export class RedisStore implements Store {
   }
 
   private async mutate(userId: string, op: string, value: string | number): Promise<Subscription | undefined> {
+    this.denials.clear(); // a change of profile, quota or status: refusals are decided anew
     const r = await this.run(scripts.mutate, [this.keys.user(userId)], [op, value, this.clockArg(), this.deadline()]);
     late(r);
     return r === null ? undefined : this.subscription(userId, r);
@@ -314,6 +316,11 @@ export class RedisStore implements Store {
     const out = blankResult();
     // The profile this handle saw last; unknown at first: the script resolves it by name.
     let profile = ref.profile;
+    const sentUs = this.localUs();
+    if (profile !== undefined && cost <= profile.rate.burst && !(mode === AdmitMode.PROFILE && profile.onLimit === 'wait')) {
+      const denial = this.cachedDenial(ref, profile, cost, sentUs);
+      if (denial !== undefined) return this.deniedLocally(out, ref, profile, denial, sentUs);
+    }
     for (let attempt = 0; attempt < 3; attempt++) {
       let answer: Answer;
       try {
@@ -333,9 +340,57 @@ export class RedisStore implements Store {
       profile = answer.profile ?? this.profiles.get(String(r[11]));
       if (profile === undefined) throw this.unknownProfile(userId);
       ref.profile = profile;
-      return this.fill(out, userId, ref, profile, r);
+      this.fill(out, userId, ref, profile, r);
+      if (out.verdict === Verdict.RATE_LIMITED && out.retryAfterMs > 0) {
+        this.rememberDenial(ref, profile, { untilUs: sentUs + out.retryAfterMs * 1000, fullUs: sentUs + out.resetAfterMs * 1000, cost, rate: profile.rate });
+      }
+      return out;
     }
     throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
+  }
+
+  /** Local time in µs: a test's clock when set (it is then what the scripts decide on), else a monotonic one. */
+  private localUs(): number {
+    return this.testClock === undefined ? performance.now() * 1000 : this.testClock() * 1000;
+  }
+
+  /**
+   * A bucket that refused `cost` units until a time refuses at least as much until then: other
+   * calls can only fill it further, and buckets are never given back. Measured from when the
+   * refused call was sent (no later than the server decided), a cached refusal can only end
+   * early, never late: it under-admits nothing the server would admit.
+   */
+  private cachedDenial(ref: Ref, profile: Profile, cost: number, nowUs: number): Denial | undefined {
+    const key = this.bucketOf(ref, profile);
+    const denial = this.denials.get(key);
+    if (denial === undefined) return undefined;
+    if (nowUs >= denial.untilUs || denial.rate !== profile.rate) {
+      this.denials.delete(key);
+      return undefined;
+    }
+    return cost >= denial.cost ? denial : undefined;
+  }
+
+  private rememberDenial(ref: Ref, profile: Profile, denial: Denial): void {
+    // Bounded: starting afresh costs a round trip per bucket, nothing else.
+    if (this.denials.size >= MAX_DENIALS) this.denials.clear();
+    this.denials.set(this.bucketOf(ref, profile), denial);
+  }
+
+  /** A refusal answered from the cache of refusals: no round trip. */
+  private deniedLocally(out: AdmitResult, ref: Ref, profile: Profile, denial: Denial, nowUs: number): AdmitResult {
+    const rate = profile.rate;
+    out.verdict = Verdict.RATE_LIMITED;
+    out.profile = profile;
+    out.limit = rate.burst;
+    out.usage = ref.usage;
+    out.quotaLimit = profile.quotaLimit;
+    out.retryAfterMs = Math.ceil((denial.untilUs - nowUs) / 1000);
+    out.resetAfterMs = Math.max(out.retryAfterMs, Math.ceil((denial.fullUs - nowUs) / 1000));
+    // At most what refill alone gives back since the refusal (other callers may have taken more).
+    const aheadTicks = Math.max(0, Math.round((denial.fullUs - nowUs) * rate.d));
+    out.remaining = Math.max(0, Math.floor((rate.tau - aheadTicks) / rate.T));
+    return out;
   }
 
   private notFound(out: AdmitResult): AdmitResult {
@@ -583,6 +638,8 @@ export class RedisStore implements Store {
   }
 
   private reconciling: Promise<void> | undefined = undefined;
+  /** Refusals of buckets, by bucket key: until when (local µs), for how many units, under which rate. */
+  private readonly denials = new Map<string, Denial>();
   /** Admission calls per node (per slot on a Cluster): in flight, and the batch gathering. */
   private readonly groups = new Map<unknown, Group>();
 
@@ -811,6 +868,17 @@ function profileFields(p: Profile): (string | number)[] {
   }
   return fields;
 }
+
+/** A bucket's refusal: until when it stands, when the bucket is full, for how many units, under which rate. */
+interface Denial {
+  untilUs: number;
+  fullUs: number;
+  cost: number;
+  rate: Profile['rate'];
+}
+
+/** Buckets whose refusal this process remembers at most. */
+const MAX_DENIALS = 10_000;
 
 /** Decisions per admission script call at most. */
 const MAX_BATCH = 64;
