@@ -191,13 +191,13 @@ export class Pipeline {
     } catch (error) {
       return Promise.reject(error);
     }
-    if (r instanceof Promise) return r.then((res) => this.admitted(userId, res, fn, name, payload, cost, o, now, onAdmitted));
-    return this.admitted(userId, r, fn, name, payload, cost, o, now, onAdmitted);
+    if (r instanceof Promise) return r.then((res) => this.admitted(user, res, fn, name, payload, cost, o, now, onAdmitted));
+    return this.admitted(user, r, fn, name, payload, cost, o, now, onAdmitted);
   }
 
   /** Turns an admission into a job, or into the rejection it calls for. */
   private admitted(
-    userId: string,
+    user: UserSlot & { userId: string },
     r: AdmitResult,
     fn: InlineTask | undefined,
     name: string | undefined,
@@ -207,6 +207,7 @@ export class Pipeline {
     now: number,
     onAdmitted: (() => void) | undefined,
   ): Promise<unknown> {
+    const userId = user.userId;
     const profile = r.profile;
     if (profile === undefined) return Promise.reject(subscriptionNotFound(userId));
     const stats = this.ctx.metrics.profile(profile.name);
@@ -225,10 +226,10 @@ export class Pipeline {
       resolve = res;
       reject = rej;
     });
-    const job = new Job(userId, profile, name, payload, fn, cost, r.period, o.signal, o.timeoutMs ?? profile.pool.taskTimeoutMs, o.priority ?? 0, now, resolve, reject);
+    const job = new Job(userId, user, profile, name, payload, fn, cost, r.period, o.signal, o.timeoutMs ?? profile.pool.taskTimeoutMs, o.priority ?? 0, now, resolve, reject);
     if (r.verdict === Verdict.ALLOWED) {
       const executor = this.executor(profile);
-      if (executor.queued >= profile.pool.maxQueue && !executor.canStartNow(job)) {
+      if (!executor.hasRoomFor(job, profile.pool.maxQueue)) {
         this.refund(userId, cost, r.period);
         stats.rejected.queue_full++;
         return Promise.reject(queueFull(profile.name, profile.pool.maxQueue));
@@ -275,39 +276,46 @@ export class Pipeline {
   }
 
   check(user: UserSlot & { userId: string }, cost: number): Promise<Decision> {
-    return this.admitNow(user, cost, (r) => this.decide(user.userId, r, cost));
+    return this.admitNow(user, cost, false);
   }
 
   /** check(), with the user's profile, usage and quota figures of the same decision. */
   checkDetailed(user: UserSlot & { userId: string }, cost: number): Promise<DetailedDecision> {
-    return this.admitNow(user, cost, (r) => {
-      const d = this.decide(user.userId, r, cost) as DetailedDecision;
-      d.profile = (r.profile as Profile).name;
-      d.usage = r.usage;
-      d.quotaLimit = r.quotaLimit;
-      d.quotaResetAfterMs = r.quotaResetAfterMs >= 0 ? r.quotaResetAfterMs : null;
-      return d;
-    });
+    return this.admitNow(user, cost, true) as Promise<DetailedDecision>;
   }
 
-  /** Admission decided now (never waits); `answer` reads the store's result before the next call. */
-  private admitNow<T>(user: UserSlot & { userId: string }, cost: number, answer: (r: AdmitResult) => T): Promise<T> {
+  /** Admission decided now (never waits); the store's result is read before the next call. */
+  private admitNow(user: UserSlot & { userId: string }, cost: number, detailed: boolean): Promise<Decision> {
     if (!isCost(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
     if (this.closing) return Promise.reject(shuttingDown());
     try {
       const r = this.ctx.store.admit(user.userId, cost, AdmitMode.NOW, this.lines.units, this.ctx.clock(), user);
-      return r instanceof Promise ? r.then(answer) : Promise.resolve(answer(r));
+      if (r instanceof Promise) return r.then((res) => this.decide(user.userId, res, cost, detailed));
+      return Promise.resolve(this.decide(user.userId, r, cost, detailed));
     } catch (error) {
       return Promise.reject(error);
     }
   }
 
   /** A check's answer: a decision, or a throw for what is not a rate denial. */
-  private decide(userId: string, r: AdmitResult, cost: number): Decision {
+  private decide(userId: string, r: AdmitResult, cost: number, detailed: boolean): Decision {
     if (r.verdict === Verdict.ALLOWED || r.verdict === Verdict.RATE_LIMITED) {
       const allowed = r.verdict === Verdict.ALLOWED;
       if (!allowed && r.profile !== undefined) this.ctx.metrics.profile(r.profile.name).rejected.rate_limited++;
-      return { allowed, limit: r.limit, remaining: r.remaining, retryAfterMs: allowed ? 0 : r.retryAfterMs, resetAfterMs: r.resetAfterMs };
+      const retryAfterMs = allowed ? 0 : r.retryAfterMs;
+      if (!detailed) return { allowed, limit: r.limit, remaining: r.remaining, retryAfterMs, resetAfterMs: r.resetAfterMs };
+      const d: DetailedDecision = {
+        allowed,
+        limit: r.limit,
+        remaining: r.remaining,
+        retryAfterMs,
+        resetAfterMs: r.resetAfterMs,
+        profile: (r.profile as Profile).name,
+        usage: r.usage,
+        quotaLimit: r.quotaLimit,
+        quotaResetAfterMs: r.quotaResetAfterMs >= 0 ? r.quotaResetAfterMs : null,
+      };
+      return d;
     }
     if (r.profile === undefined) throw subscriptionNotFound(userId);
     throw this.denial(userId, r, cost, this.ctx.metrics.profile(r.profile.name));
@@ -360,9 +368,9 @@ export class Pipeline {
     if (job.attempt === 1) {
       const executor = this.executor(job.profile);
       const max = job.profile.pool.maxQueue;
-      if (executor.queued >= max && !executor.canStartNow(job)) throw queueFull(job.profile.name, max);
+      if (!executor.hasRoomFor(job, max)) throw queueFull(job.profile.name, max);
     }
-    return this.ctx.store.take(job.userId, job.cost, this.ctx.clock());
+    return this.ctx.store.take(job.userId, job.cost, this.ctx.clock(), job.slot);
   }
 
   /** A job whose units are taken goes to its profile's fair queue. */
@@ -448,7 +456,7 @@ export class Pipeline {
     }
     let wait: number | Promise<number>;
     try {
-      wait = this.ctx.store.take(job.userId, job.cost, this.ctx.clock());
+      wait = this.ctx.store.take(job.userId, job.cost, this.ctx.clock(), job.slot);
     } catch (error) {
       this.fail(job, error);
       return;

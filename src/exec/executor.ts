@@ -39,8 +39,13 @@ export class Executor {
     private readonly start: (job: Job) => void,
   ) {}
 
+  /** Whether a first attempt may be queued here: the queue has room, or it would start at once. */
+  hasRoomFor(job: Job, maxQueue: number): boolean {
+    return this.queued < maxQueue || this.canStartNow(job);
+  }
+
   /** Whether the job would start at once (no queueing). */
-  canStartNow(job: Job): boolean {
+  private canStartNow(job: Job): boolean {
     const lane = this.lanes.get(job.userId);
     if (lane !== undefined && (lane.running >= this.perUser || lane.queue.length > 0)) return false;
     return job.fn !== undefined || this.threadsBusy < this.maxThreads;

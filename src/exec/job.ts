@@ -1,6 +1,6 @@
 /** One submitted task on its way through the pipeline: admit -> (wait) -> queue -> run -> settle. */
 import type { Profile } from '../profile.js';
-import type { DeadTask } from '../store/store.js';
+import type { DeadTask, UserSlot } from '../store/store.js';
 
 /** Where a job is. */
 export const JobState = {
@@ -67,6 +67,8 @@ export class Job {
 
   constructor(
     readonly userId: string,
+    /** The user's limiter handle: lets the store skip finding the user again at each turn. */
+    readonly slot: UserSlot,
     readonly profile: Profile,
     /** A worker task's export name, or undefined for an inline task. */
     readonly name: string | undefined,

@@ -325,8 +325,8 @@ export class MemoryStore implements Store {
     return out;
   }
 
-  take(userId: string, cost: number, nowMs: number): number {
-    const rec = this.users.get(userId);
+  take(userId: string, cost: number, nowMs: number, slot?: UserSlot): number {
+    const rec = (slot?.ref as UserRecord | undefined) ?? this.users.get(userId);
     if (rec === undefined) return 0;
     const rate = rec.profile.rate;
     const shared = rec.profile.shared === undefined ? undefined : this.buckets.get(rec.profile.shared);

@@ -191,7 +191,7 @@ export interface Store {
    */
   admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number, slot?: UserSlot): MaybePromise<AdmitResult>;
   /** Takes `cost` units from the user's bucket if they conform: 0 when taken, else ms to wait. */
-  take(userId: string, cost: number, nowMs: number): MaybePromise<number>;
+  take(userId: string, cost: number, nowMs: number, slot?: UserSlot): MaybePromise<number>;
   /** Gives back quota charged for a task that never started (no-op if the period moved on). */
   refund(userId: string, cost: number, period: number, nowMs: number): MaybePromise<void>;
   /** The decision `check(1)` would make on the rate now, without changing anything. */

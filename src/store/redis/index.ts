@@ -388,8 +388,7 @@ export class RedisStore implements Store {
     out.retryAfterMs = Math.ceil((denial.untilUs - nowUs) / 1000);
     out.resetAfterMs = Math.max(out.retryAfterMs, Math.ceil((denial.fullUs - nowUs) / 1000));
     // At most what refill alone gives back since the refusal (other callers may have taken more).
-    const aheadTicks = Math.max(0, Math.round((denial.fullUs - nowUs) * rate.d));
-    out.remaining = Math.max(0, Math.floor((rate.tau - aheadTicks) / rate.T));
+    out.remaining = Math.max(0, gcraRemaining(Math.round((denial.fullUs - nowUs) * rate.d), 0, rate));
     return out;
   }
 
@@ -522,7 +521,7 @@ export class RedisStore implements Store {
   /** Copies a script's reply into the result object. */
   private fill(out: AdmitResult, userId: string, ref: Ref, profile: Profile, r: Reply): AdmitResult {
     const verdict = Number(r[0]);
-    if (verdict === PAST_DEADLINE) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
+    if (verdict === PAST_DEADLINE) throw pastDeadline();
     out.verdict = verdict as Verdict;
     out.profile = profile;
     out.limit = profile.rate.burst;
@@ -555,8 +554,8 @@ export class RedisStore implements Store {
     return out;
   }
 
-  async take(userId: string, cost: number, _nowMs: number): Promise<number> {
-    const ref = this.ref(userId, undefined);
+  async take(userId: string, cost: number, _nowMs: number, slot?: UserSlot): Promise<number> {
+    const ref = this.ref(userId, slot);
     const profile = ref.profile ?? (await this.profileOf(ref));
     if (!profile) return 0;
     ref.profile = profile;
@@ -565,7 +564,7 @@ export class RedisStore implements Store {
     let r: Reply;
     try {
       r = await this.run(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.clockArg(), 'take']);
-      if (Number(r[0]) === -1) throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
+      if (Number(r[0]) === -1) throw pastDeadline();
     } catch (error) {
       if (this.policy === 'fail-closed' || !(error instanceof TaskvalveError) || error.code !== ErrorCode.STORE_UNAVAILABLE) throw error;
       if (this.policy === 'fail-open') return 0;
@@ -896,9 +895,14 @@ interface MigrationClient {
   set(key: string, value: string, px: 'PX', ms: number): Promise<unknown>;
 }
 
+/** A script reached Redis after its deadline and wrote nothing: the call failed. */
+function pastDeadline(): TaskvalveError {
+  return storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
+}
+
 /** A script that ran past its deadline wrote nothing: the call failed. */
 function late(r: Reply | null): void {
-  if (r !== null && r[0] === 'LATE') throw storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
+  if (r !== null && r[0] === 'LATE') throw pastDeadline();
 }
 
 
