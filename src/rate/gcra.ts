@@ -67,11 +67,6 @@ export function remaining(tat: number, now: number, rate: Rate): number {
   return Math.floor((rate.tau - used) / rate.T);
 }
 
-/** Ticks until the bucket is full again. */
-export function resetTicks(tat: number, now: number): number {
-  return tat > now ? tat - now : 0;
-}
-
 /** Converts ticks to whole milliseconds, rounded up (never earlier than the bucket allows). */
 export function ticksToMs(ticks: number, rate: Rate): number {
   return ticks <= 0 ? 0 : Math.ceil(ticks / (rate.d * 1000));
