@@ -25,9 +25,7 @@ import { Keys, rendezvous, tagOf } from './keys.js';
 import { scripts, type Script, type ScriptClient } from './scripts.js';
 
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
-export type RedisClientLike = ScriptClient & {
-  hget(key: string, field: string): Promise<string | null>;
-};
+export type RedisClientLike = ScriptClient;
 
 /** Options of {@link RedisStore}. */
 export interface RedisStoreOptions {
@@ -177,13 +175,13 @@ export class RedisStore implements Store {
   }
 
   /** Runs a script with a deadline: past `timeoutMs` it is reported failed, and Redis refuses it. */
-  private async run(script: Script, keys: string[], args: (string | number)[]): Promise<Reply> {
+  private async run(script: Script, keys: string[], args: (string | number)[], binary = false): Promise<Reply> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(storeUnavailable(new Error(`no answer within ${this.timeoutMs} ms`))), this.timeoutMs);
     });
     try {
-      return (await Promise.race([script.run(this.node(keys[0] as string), keys, args), timeout])) as Reply;
+      return (await Promise.race([script.run(this.node(keys[0] as string), keys, args, binary), timeout])) as Reply;
     } catch (error) {
       if (error instanceof TaskvalveError) throw error;
       throw storeUnavailable(error);
@@ -299,16 +297,11 @@ export class RedisStore implements Store {
     return this.mutate(userId, 'quota', quota ?? '');
   }
 
-  /** The profile a user's hash names, read once per handle (then kept up to date by admit's replies). */
+  /** The profile a user's record names, read once per handle (then kept up to date by admit's replies). */
   private async profileOf(ref: Ref): Promise<Profile | undefined | null> {
-    let name: string | null;
-    try {
-      name = await this.node(ref.user).hget(ref.user, 'p');
-    } catch (error) {
-      throw storeUnavailable(error);
-    }
-    if (name === null) return null;
-    return this.profiles.get(name);
+    const r = await this.run(scripts.read, [ref.user], [this.clockArg()]);
+    if (r === null) return null;
+    return this.profiles.get(String(r[0]));
   }
 
   async admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, _nowMs: number, slot?: UserSlot): Promise<AdmitResult> {
@@ -403,7 +396,7 @@ export class RedisStore implements Store {
     return new TaskvalveError(ErrorCode.PROFILE_NOT_FOUND, `user ${JSON.stringify(userId)} is subscribed to a profile this process has not registered`);
   }
 
-  /** The key holding a user's bucket: the user's hash, or the shared bucket's key. */
+  /** The key holding a user's bucket: the user's record, or the shared bucket's key. */
   private bucketOf(ref: Ref, profile: Profile): string {
     return profile.shared === undefined ? ref.user : this.keys.shared(profile.shared);
   }
@@ -467,14 +460,30 @@ export class RedisStore implements Store {
       if (group.pending !== undefined) this.send(key, group);
       else if (group.inFlight === 0) this.groups.delete(key);
     };
-    this.run(scripts.admit, batch.keys, args).then(
-      (replies) => {
+    this.run(scripts.admit, batch.keys, args, true).then(
+      (reply) => {
         done();
-        for (let i = 0; i < batch.waiters.length; i++) {
-          const reply = replies[i] as unknown as Reply;
+        const n = batch.waiters.length;
+        if (typeof reply === 'number') {
+          const late: Reply = [PAST_DEADLINE];
+          for (let i = 0; i < n; i++) batch.waiters[i]!.resolve({ reply: late, profile: undefined });
+          return;
+        }
+        const buf = reply as unknown as Buffer;
+        let at = 0;
+        for (let i = 0; i < n; i++) {
+          const verdict = buf.readDoubleLE(at);
+          const fields = verdict <= Verdict.RATE_LIMITED || verdict === RESERVED ? 9 : 11;
+          const r: Reply = new Array(fields);
+          for (let k = 0; k < fields; k++, at += 8) r[k] = buf.readDoubleLE(at);
+          if (fields === 11) {
+            const length = buf.readUInt32LE(at);
+            r.push(buf.toString('utf8', at + 4, at + 4 + length));
+            at += 4 + length;
+          }
           // Compact replies name the profile by its place in this batch's table.
-          const at = reply.length === 9 ? Number(reply[6]) : 0;
-          batch.waiters[i]!.resolve({ reply, profile: at > 0 ? batch.profiles[at - 1] : undefined });
+          const index = fields === 9 ? (r[6] as number) : 0;
+          batch.waiters[i]!.resolve({ reply: r, profile: index > 0 ? batch.profiles[index - 1] : undefined });
         }
       },
       (error: unknown) => {
@@ -759,11 +768,11 @@ export class RedisStore implements Store {
 
   /** Both shards hold the key: keep both charges for a user, the fuller state for a bucket. */
   private async merge(key: string, source: MigrationClient, target: MigrationClient): Promise<void> {
-    const type = await source.type(key);
-    if (type === 'hash') {
-      const usage = Number(String(await source.hget(key, 'h')).split(':')[0]);
+    if (tagOf(key).startsWith('u:')) {
+      const r = (await scripts.read.run(source as unknown as ScriptClient, [key], [this.clockArg()])) as Reply | null;
+      const usage = r === null ? 0 : Number(r[4]);
       if (usage > 0) await this.run(scripts.mutate, [key], ['charge', usage, this.clockArg(), 0]);
-    } else if (type === 'string') {
+    } else if ((await source.type(key)) === 'string') {
       const [a, b] = await Promise.all([source.get(key), target.get(key)]);
       const tat = (v: string | null): number => (v === null ? -Infinity : Number(v.split(':')[0]));
       if (tat(a) > tat(b)) await target.set(key, a as string, 'PX', Math.max(1, await source.pttl(key)));
@@ -890,7 +899,6 @@ interface MigrationClient {
   restore(key: string, ttl: number, value: Buffer): Promise<unknown>;
   del(key: string): Promise<number>;
   type(key: string): Promise<string>;
-  hget(key: string, field: string): Promise<string | null>;
   get(key: string): Promise<string | null>;
   set(key: string, value: string, px: 'PX', ms: number): Promise<unknown>;
 }

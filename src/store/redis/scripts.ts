@@ -13,6 +13,8 @@ const DIR = new URL('./lua/', import.meta.url);
 export interface ScriptClient {
   evalsha(sha: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
   eval(script: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
+  /** Any command, with string replies as Buffers (for scripts answering binary records). */
+  callBuffer(command: string, args: (string | number)[]): Promise<unknown>;
 }
 
 function source(name: string, seen = new Set<string>()): string {
@@ -34,12 +36,14 @@ export class Script {
     this.sha = createHash('sha1').update(this.source).digest('hex');
   }
 
-  /** Runs on the node that owns `keys` (all in one slot). */
-  async run(client: ScriptClient, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+  /** Runs on the node that owns `keys` (all in one slot); `binary`: string replies as Buffers. */
+  async run(client: ScriptClient, keys: readonly string[], args: readonly (string | number)[], binary = false): Promise<unknown> {
     try {
+      if (binary) return await client.callBuffer('EVALSHA', [this.sha, keys.length, ...keys, ...args]);
       return await client.evalsha(this.sha, keys.length, ...keys, ...args);
     } catch (error) {
       if (!String((error as Error)?.message).startsWith('NOSCRIPT')) throw error;
+      if (binary) return client.callBuffer('EVAL', [this.source, keys.length, ...keys, ...args]);
       return client.eval(this.source, keys.length, ...keys, ...args);
     }
   }

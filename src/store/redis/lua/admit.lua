@@ -8,13 +8,14 @@
 --   then per decision 4 fields: profile index the caller expects (1-based; 0: any), cost, units
 --   already waiting on its bucket in the caller, flags (1: may wait as its profile says;
 --   2: reserve the quota only, its bucket lives in another slot, see docs/redis.md).
--- KEYS: per decision, the user's hash and its bucket (the hash itself for the user's own
+-- KEYS: per decision, the user's record and its bucket (the record itself for the user's own
 --   bucket, else a shared bucket on this node).
--- Reply per decision: allowed, queued, rate limited or reserved:
---   { verdict, usage, period token, remaining, retry ms, reset ms, profile index,
---     ms until the usage period ends (-1: no period), quota limit in force (-1: none) };
---   anything else: { verdict, usage, quota limit, period token, 0, retry ms, 0, starts ms,
---   ends ms, status, expired now (1/0), profile name }.
+-- Reply: one string, the decisions' records one after the other (struct, little-endian
+--   doubles). Allowed, queued, rate limited or reserved: 9 doubles { verdict, usage, period
+--   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
+--   period), quota limit in force (-1: none) }; anything else: 11 doubles { verdict, usage, quota
+--   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the
+--   profile's name (uint32 length, bytes). Past the deadline: the integer 10, nothing decided.
 --@include time
 --@include gcra
 --@include user
@@ -26,11 +27,7 @@ local PROFILE_MISMATCH, PAST_DEADLINE, RESERVED = 9, 10, 11
 local count = #KEYS / 2
 local now = server_now(ARGV[2], tonumber(ARGV[1]))
 if not now then
-  local late = {}
-  for i = 1, count do
-    late[i] = { PAST_DEADLINE }
-  end
-  return late
+  return PAST_DEADLINE
 end
 local now_ms = math.floor(now / 1000)
 
@@ -50,79 +47,89 @@ for i = 1, P do
   by_name[p.name] = p
 end
 
-local function full(verdict, u, limit, retry, expired_now)
-  return { verdict, u.n, limit, u.g, 0, retry, 0, u.sa, u.ea, u.s, expired_now, u.p }
+-- Replies are packed binary records (struct), concatenated into one string for the call.
+local COMPACT, FULL = '<ddddddddd', '<dddddddddddI4c0'
+
+local function full(verdict, n, limit, g, retry, sa, ea, s, expired_now, name)
+  return struct.pack(FULL, verdict, n, limit, g, 0, retry, 0, sa, ea, s, expired_now, #name, name)
 end
 
 local function decide(user_key, bucket_key, expected, cost, waiting, flags)
-  local u = user_load(user_key)
-  if not u then
-    return { NOT_FOUND, 0, -1, 0, 0, 0, 0, 0, -1, 0, 0, '' }
+  local v = redis.call('GET', user_key)
+  if not v then
+    return full(NOT_FOUND, 0, -1, 0, 0, 0, -1, 0, 0, '')
   end
-  local p = by_name[u.p]
+  local s, sa, ea, q, ps, g, n, t, f, r, name = struct.unpack(USER, v)
+  local p = by_name[name]
   -- Not the profile the caller sent keys for (or none it knows): it asks again.
   if not p or (expected > 0 and profiles[expected] ~= p) or (expected == 0 and p.shared) then
-    return full(PROFILE_MISMATCH, u, -1, 0, 0)
+    return full(PROFILE_MISMATCH, n, -1, g, 0, sa, ea, s, 0, name)
   end
   local limit = p.quota
-  if u.q >= 0 then
-    limit = u.q
+  if q >= 0 then
+    limit = q
   end
   if cost > p.burst then
-    return full(COST_OVER_BURST, u, limit, 0, 0)
+    return full(COST_OVER_BURST, n, limit, g, 0, sa, ea, s, 0, name)
   end
-  if u.s == 1 then
-    return full(CANCELED, u, limit, 0, 0)
+  if s == 1 then
+    return full(CANCELED, n, limit, g, 0, sa, ea, s, 0, name)
   end
-  if u.s == 2 then
-    return full(EXPIRED, u, limit, 0, 0)
+  if s == 2 then
+    return full(EXPIRED, n, limit, g, 0, sa, ea, s, 0, name)
   end
-  if u.ea >= 0 and now_ms >= u.ea then
-    return full(EXPIRED, u, limit, 0, user_expire(user_key, u, now_ms))
+  if ea >= 0 and now_ms >= ea then
+    return full(EXPIRED, n, limit, g, 0, sa, ea, s, user_expire(user_key, user_load(user_key), now_ms), name)
   end
-  if now_ms < u.sa then
-    return full(NOT_STARTED, u, limit, u.sa - now_ms, 0)
+  if now_ms < sa then
+    return full(NOT_STARTED, n, limit, g, sa - now_ms, sa, ea, s, 0, name)
   end
-  local rolled = user_roll(u, now_ms, p.period)
+  local period = p.period
   local period_left = -1
-  if p.period > 0 then
-    period_left = u.ps + p.period - now_ms
-  end
-  if limit >= 0 and p.hard and u.n + cost > limit then
-    local retry = 0
-    if p.period > 0 then
-      retry = u.ps + p.period - now_ms
+  if period > 0 then
+    if now_ms >= ps + period then
+      -- A new usage period (written only when something is charged).
+      ps = ps + math.floor((now_ms - ps) / period) * period
+      n = 0
+      g = g + 1
     end
-    return full(QUOTA_EXCEEDED, u, limit, retry, 0)
+    period_left = ps + period - now_ms
+  end
+  if limit >= 0 and p.hard and n + cost > limit then
+    local retry = 0
+    if period > 0 then
+      retry = period_left
+    end
+    return full(QUOTA_EXCEEDED, n, limit, g, retry, sa, ea, s, 0, name)
   end
   if flags >= 2 then
     -- The quota only: reserve it; the bucket is taken in its own slot.
-    u.n = u.n + cost
-    user_save(user_key, u, rolled)
-    return { RESERVED, u.n, u.g, 0, 0, 0, p.i, period_left, limit }
+    n = n + cost
+    redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+    return struct.pack(COMPACT, RESERVED, n, g, 0, 0, 0, p.i, period_left, limit)
   end
 
   local d, T, tau = p.d, p.T, p.tau
   local ahead
   if p.shared then
     ahead = shared_in_use(bucket_key, now, d, T, p.sig)
+  elseif t < 0 then
+    ahead = 0
   else
-    ahead = gcra_in_use(u.t, u.f, u.r, now, d, T, p.sig)
+    ahead = gcra_in_use(t, f, r, now, d, T, p.sig)
   end
   if waiting == 0 then
     local next = ahead + cost * T
     if next <= tau then
-      u.n = u.n + cost
+      n = n + cost
       if p.shared then
         shared_store(bucket_key, now, next, d, p.sig)
-        user_save(user_key, u, rolled)
       else
-        u.t, u.f = gcra_split(now, next, d)
-        local resigned = u.r ~= p.sig
-        u.r = p.sig
-        user_save(user_key, u, rolled or resigned)
+        t, f = gcra_split(now, next, d)
+        r = p.sig
       end
-      return { ALLOWED, u.n, u.g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit }
+      redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+      return struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit)
     end
   end
   local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
@@ -131,12 +138,12 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
     remaining = gcra_remaining(ahead, T, tau)
   end
   if flags % 2 == 0 or not p.waits or (p.max_wait >= 0 and wait_ms > p.max_wait) then
-    return { RATE_LIMITED, u.n, u.g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit }
+    return struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
   end
   -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
-  u.n = u.n + cost
-  user_save(user_key, u, rolled)
-  return { QUEUED, u.n, u.g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit }
+  n = n + cost
+  redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+  return struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
 end
 
 local replies = {}
@@ -145,4 +152,4 @@ for i = 1, count do
   local b = a + (i - 1) * 4
   replies[i] = decide(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]))
 end
-return replies
+return table.concat(replies)

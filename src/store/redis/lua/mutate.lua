@@ -1,6 +1,6 @@
 -- One change to an existing subscription; nil when there is none.
 --
--- KEYS[1] the user's hash. ARGV: 1 op: 'extend' (2: ms), 'cancel', 'change' (2: profile),
+-- KEYS[1] the user's record. ARGV: 1 op: 'extend' (2: ms), 'cancel', 'change' (2: profile),
 --   'reset', 'quota' (2: limit, '' : back to the profile's), 'charge' (2: units admitted while
 --   Redis was unreachable, added to the usage); 3 clock ('+0', see time.lua); 4 deadline µs (0: none).
 -- Reply: the subscription fields (see user_reply).
@@ -26,23 +26,23 @@ if op == 'extend' then
     end
     u.ea = from + tonumber(ARGV[2])
     u.s = 0
-    user_save(key, u, true)
+    user_save(key, u)
   end
 elseif op == 'cancel' then
   u.s = 1
-  user_save(key, u, true)
+  user_save(key, u)
 elseif op == 'change' then
   u.p = ARGV[2]
-  redis.call('HSET', key, 'p', u.p)
+  user_save(key, u)
 elseif op == 'reset' then
   u.n = 0
   u.g = u.g + 1
-  user_save(key, u, true)
+  user_save(key, u)
 elseif op == 'charge' then
   u.n = u.n + tonumber(ARGV[2])
-  user_save(key, u, false)
+  user_save(key, u)
 elseif op == 'quota' then
   u.q = tonumber(ARGV[2]) or -1
-  user_save(key, u, true)
+  user_save(key, u)
 end
 return user_reply(u, now_ms, user_expire(key, u, now_ms))

@@ -1,7 +1,7 @@
 -- Reads a subscription (recording, once, that it passed its end), and with a rate also what
 -- check(1) would say on it now. Charges nothing.
 --
--- KEYS[1] the user's hash; KEYS[2] optional shared bucket. ARGV: 1 clock ('+0', see
+-- KEYS[1] the user's record; KEYS[2] optional shared bucket. ARGV: 1 clock ('+0', see
 --   time.lua); with a rate: 2 d, 3 T, 4 tau.
 -- Reply: the subscription fields (see user_reply), then with a rate:
 --   { ..., remaining, retry ms for one unit, reset ms }; nil when there is no subscription.

@@ -1,7 +1,7 @@
 -- Gives back quota charged for a task that never started, unless the usage period moved on
 -- (or usage was reset) since the charge.
 --
--- KEYS[1] the user's hash. ARGV: 1 cost, 2 period token, 3 period ms, 4 clock ('+0', see time.lua).
+-- KEYS[1] the user's record. ARGV: 1 cost, 2 period token, 3 period ms, 4 clock ('+0', see time.lua).
 --@include time
 --@include user
 
@@ -20,5 +20,5 @@ u.n = u.n - tonumber(ARGV[1])
 if u.n < 0 then
   u.n = 0
 end
-user_save(KEYS[1], u, false)
+user_save(KEYS[1], u)
 return 1

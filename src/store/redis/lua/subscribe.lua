@@ -1,7 +1,7 @@
 -- Creates or replaces a subscription, its dates stamped from Redis TIME. Re-subscribing keeps
 -- the usage of the period unless asked to reset it.
 --
--- KEYS[1] the user's hash. ARGV: 1 profile; 2 starts ms ('' : now); 3 ends ms ('' : none);
+-- KEYS[1] the user's record. ARGV: 1 profile; 2 starts ms ('' : now); 3 ends ms ('' : none);
 --   4 duration ms ('' : none); 5 quota override ('' : none); 6 reset usage (1/0);
 --   7 clock ('+0', see time.lua); 8 deadline µs (0: none).
 -- Reply: the subscription fields (see user_reply), or { 'DATES' } when it would end before it starts.
@@ -35,5 +35,5 @@ elseif ARGV[6] == '1' then
   u.g = u.g + 1
 end
 u.p, u.s, u.sa, u.ea, u.q = ARGV[1], 0, sa, ea, q
-redis.call('HSET', KEYS[1], 'p', u.p, 'm', user_meta(u), 'h', user_hot(u))
+user_save(KEYS[1], u)
 return user_reply(u, now_ms, 0)

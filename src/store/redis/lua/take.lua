@@ -1,8 +1,8 @@
 -- A bucket's turn: takes `cost` units if they conform now (and nobody in the caller waits
 -- ahead), else writes nothing and tells how long until they would.
 --
--- KEYS[1] the bucket: a user's hash (its own bucket) or a shared bucket key.
--- ARGV: 1 kind ('h' a user's hash, 's' a shared key), 2 d, 3 T, 4 tau, 5 cost, 6 units waiting
+-- KEYS[1] the bucket: a user's record (its own bucket) or a shared bucket key.
+-- ARGV: 1 kind ('h' a user's record, 's' a shared key), 2 d, 3 T, 4 tau, 5 cost, 6 units waiting
 --   ahead in the caller, 7 deadline µs (0: none), 8 clock ('+0', see time.lua), 9 'peek' to
 --   decide without writing.
 -- Reply: { taken (1/0, or -1 past the deadline), wait ms, remaining, reset ms }
@@ -37,9 +37,8 @@ if waiting == 0 then
     end
     if hash then
       u.t, u.f = gcra_split(now, next, d)
-      local resigned = u.r ~= sig
       u.r = sig
-      user_save(KEYS[1], u, resigned)
+      user_save(KEYS[1], u)
     else
       shared_store(KEYS[1], now, next, d, sig)
     end

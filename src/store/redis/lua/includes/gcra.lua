@@ -71,7 +71,7 @@ local function gcra_in_use(t, f, r, now, d, T, sig)
 end
 
 -- A shared bucket is a string key "t:f:d:T" that expires when the bucket is full again, so an
--- idle bucket costs nothing. (A user's own bucket lives in the user's hash: fields t, f, r.)
+-- idle bucket costs nothing. (A user's own bucket lives in the user's record: t, f, r; see user.lua.)
 local function shared_in_use(key, now, d, T, sig)
   local v = redis.call('GET', key)
   if not v then
