@@ -175,7 +175,7 @@ export class RedisStore implements Store {
   }
 
   /** Runs a script with a deadline: past `timeoutMs` it is reported failed, and Redis refuses it. */
-  private async run(script: Script, keys: string[], args: (string | number)[], binary = false): Promise<Reply> {
+  private async run(script: Script, keys: string[], args: (string | number | Buffer)[], binary = false): Promise<Reply> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(storeUnavailable(new Error(`no answer within ${this.timeoutMs} ms`))), this.timeoutMs);
@@ -425,8 +425,9 @@ export class RedisStore implements Store {
       batch.all = true;
       for (const p of this.profiles.values()) this.profileIndex(batch, p);
     }
-    batch.keys.push(user, bucket);
-    batch.decisions.push(expected, cost, waiting, flags);
+    if (bucket === user) batch.keys.push(user);
+    else batch.keys.push(user, bucket);
+    batch.decisions.push(expected, flags | (bucket === user ? 0 : SEPARATE), cost, waiting);
     const b = batch;
     const answer = new Promise<Answer>((resolve, reject) => b.waiters.push({ resolve, reject }));
     // Send at once while the node has room (no added latency when calls are few); otherwise the
@@ -452,9 +453,18 @@ export class RedisStore implements Store {
     if (batch === undefined) return;
     group.pending = undefined;
     group.inFlight++;
-    const args: (string | number)[] = [this.deadline(), this.clockArg(), batch.profiles.length];
+    const args: (string | number | Buffer)[] = [this.deadline(), this.clockArg(), batch.profiles.length];
     for (const p of batch.profiles) for (const field of profileFields(p)) args.push(field);
-    for (const x of batch.decisions) args.push(x);
+    const d = batch.decisions;
+    const records = Buffer.allocUnsafe(d.length * 5);
+    for (let i = 0, at = 0; i < d.length; i += 4, at += 20) {
+      records.writeUInt16LE(d[i]!, at);
+      records.writeUInt8(d[i + 1]! & 3, at + 2);
+      records.writeUInt8(d[i + 1]! >> 2, at + 3);
+      records.writeDoubleLE(d[i + 2]!, at + 4);
+      records.writeDoubleLE(d[i + 3]!, at + 12);
+    }
+    args.push(records);
     const done = (): void => {
       group.inFlight--;
       if (group.pending !== undefined) this.send(key, group);
@@ -887,6 +897,9 @@ interface Denial {
 
 /** Buckets whose refusal this process remembers at most. */
 const MAX_DENIALS = 10_000;
+
+/** A decision's flag, sent as a byte of its own: its bucket has a key of its own. */
+const SEPARATE = 4;
 
 /** Decisions per admission script call at most. */
 const MAX_BATCH = 64;

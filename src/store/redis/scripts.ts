@@ -11,10 +11,10 @@ const DIR = new URL('./lua/', import.meta.url);
 
 /** What a script call needs from a client: ioredis's Redis and Cluster both have these. */
 export interface ScriptClient {
-  evalsha(sha: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
-  eval(script: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
+  evalsha(sha: string, numkeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>;
+  eval(script: string, numkeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>;
   /** Any command, with string replies as Buffers (for scripts answering binary records). */
-  callBuffer(command: string, args: (string | number)[]): Promise<unknown>;
+  callBuffer(command: string, args: (string | number | Buffer)[]): Promise<unknown>;
 }
 
 function source(name: string, seen = new Set<string>()): string {
@@ -37,7 +37,7 @@ export class Script {
   }
 
   /** Runs on the node that owns `keys` (all in one slot); `binary`: string replies as Buffers. */
-  async run(client: ScriptClient, keys: readonly string[], args: readonly (string | number)[], binary = false): Promise<unknown> {
+  async run(client: ScriptClient, keys: readonly string[], args: readonly (string | number | Buffer)[], binary = false): Promise<unknown> {
     try {
       if (binary) return await client.callBuffer('EVALSHA', [this.sha, keys.length, ...keys, ...args]);
       return await client.evalsha(this.sha, keys.length, ...keys, ...args);

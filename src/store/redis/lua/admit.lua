@@ -5,11 +5,12 @@
 -- ARGV: 1 deadline µs (0: none); 2 clock ('+0', see time.lua); 3 P, the number of profiles;
 --   then P profiles of 11 fields: name, d, T, tau, burst, quota limit (-1: none), period ms
 --   (0: lifetime), hard (1/0), waits for its turn (1/0), max wait ms (-1: none), shared (1/0);
---   then per decision 4 fields: profile index the caller expects (1-based; 0: any), cost, units
---   already waiting on its bucket in the caller, flags (1: may wait as its profile says;
---   2: reserve the quota only, its bucket lives in another slot, see docs/redis.md).
--- KEYS: per decision, the user's record and its bucket (the record itself for the user's own
---   bucket, else a shared bucket on this node).
+--   then the decisions as one string of 20-byte records (struct '<HBBdd'): profile index the
+--   caller expects (1-based; 0: any), flags (1: may wait as its profile says; 2: reserve the
+--   quota only, its bucket lives in another slot, see docs/redis.md), 1 when its bucket has a key
+--   of its own (a shared bucket on this node), cost, units already waiting on its bucket in the
+--   caller.
+-- KEYS: per decision, the user's record, then its bucket's key when it has one.
 -- Reply: one string, the decisions' records one after the other (struct, little-endian
 --   doubles). Allowed, queued, rate limited or reserved: 9 doubles { verdict, usage, period
 --   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
@@ -24,7 +25,6 @@ local ALLOWED, QUEUED, RATE_LIMITED, QUOTA_EXCEEDED, NOT_FOUND = 0, 1, 2, 3, 4
 local CANCELED, EXPIRED, NOT_STARTED, COST_OVER_BURST = 5, 6, 7, 8
 local PROFILE_MISMATCH, PAST_DEADLINE, RESERVED = 9, 10, 11
 
-local count = #KEYS / 2
 local now = server_now(ARGV[2], tonumber(ARGV[1]))
 if not now then
   return PAST_DEADLINE
@@ -47,6 +47,7 @@ for i = 1, P do
   by_name[p.name] = p
 end
 
+local DECISION = '<HBBdd'
 -- Replies are packed binary records (struct), concatenated into one string for the call.
 local COMPACT, FULL = '<ddddddddd', '<dddddddddddI4c0'
 
@@ -147,9 +148,18 @@ local function decide(user_key, bucket_key, expected, cost, waiting, flags)
 end
 
 local replies = {}
-local a = 4 + P * 11
-for i = 1, count do
-  local b = a + (i - 1) * 4
-  replies[i] = decide(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]))
+local D = ARGV[4 + P * 11]
+local k, at = 1, 1
+for i = 1, #D / 20 do
+  local expected, flags, separate, cost, waiting
+  expected, flags, separate, cost, waiting, at = struct.unpack(DECISION, D, at)
+  local user_key = KEYS[k]
+  if separate == 1 then
+    replies[i] = decide(user_key, KEYS[k + 1], expected, cost, waiting, flags)
+    k = k + 2
+  else
+    replies[i] = decide(user_key, user_key, expected, cost, waiting, flags)
+    k = k + 1
+  end
 end
 return table.concat(replies)
