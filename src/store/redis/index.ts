@@ -175,19 +175,72 @@ export class RedisStore implements Store {
   }
 
   /** Runs a script with a deadline: past `timeoutMs` it is reported failed, and Redis refuses it. */
-  private async run(script: Script, keys: string[], args: (string | number | Buffer)[], binary = false): Promise<Reply> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(storeUnavailable(new Error(`no answer within ${this.timeoutMs} ms`))), this.timeoutMs);
+  private run(script: Script, keys: string[], args: (string | number | Buffer)[], binary = false): Promise<Reply> {
+    return new Promise<Reply>((resolve, reject) => {
+      const call: Call = { at: performance.now() + this.timeoutMs, done: false, fail: reject };
+      this.track(call);
+      script.run(this.node(keys[0] as string), keys, args, binary).then(
+        (reply) => {
+          call.done = true;
+          resolve(reply as Reply);
+        },
+        (error: unknown) => {
+          call.done = true;
+          reject(error instanceof TaskvalveError ? error : storeUnavailable(error));
+        },
+      );
     });
-    try {
-      return (await Promise.race([script.run(this.node(keys[0] as string), keys, args, binary), timeout])) as Reply;
-    } catch (error) {
-      if (error instanceof TaskvalveError) throw error;
-      throw storeUnavailable(error);
-    } finally {
-      clearTimeout(timer);
+  }
+
+  /**
+   * Calls in flight, in the order they were sent: all have the same timeout, so their deadlines
+   * come in that order too, and one timer serves them all (a timer per call costs more than the
+   * rest of the client's work on a call).
+   */
+  private readonly calls: Call[] = [];
+  private callsHead = 0;
+  private sweeper: NodeJS.Timeout | undefined = undefined;
+
+  private track(call: Call): void {
+    const calls = this.calls;
+    while (this.callsHead < calls.length && (calls[this.callsHead] as Call).done) this.callsHead++;
+    if (this.callsHead === calls.length) {
+      calls.length = 0;
+      this.callsHead = 0;
+    } else if (this.callsHead >= 1024 && this.callsHead * 2 >= calls.length) {
+      calls.splice(0, this.callsHead);
+      this.callsHead = 0;
     }
+    calls.push(call);
+    if (this.sweeper === undefined) this.armSweeper();
+  }
+
+  /** Arms the timer for the oldest call still waiting, if any. */
+  private armSweeper(): void {
+    const calls = this.calls;
+    while (this.callsHead < calls.length && (calls[this.callsHead] as Call).done) this.callsHead++;
+    const first = calls[this.callsHead];
+    if (first === undefined) return;
+    this.sweeper = setTimeout(() => this.sweep(), Math.max(0, Math.ceil(first.at - performance.now())));
+    // A call waiting on Redis keeps the process alive through its socket, not through this timer.
+    this.sweeper.unref();
+  }
+
+  /** Fails every call past its timeout, then waits for the next one's. */
+  private sweep(): void {
+    this.sweeper = undefined;
+    const now = performance.now();
+    const calls = this.calls;
+    while (this.callsHead < calls.length) {
+      const call = calls[this.callsHead] as Call;
+      if (!call.done) {
+        if (call.at > now) break;
+        call.done = true;
+        call.fail(storeUnavailable(new Error(`no answer within ${this.timeoutMs} ms`)));
+      }
+      this.callsHead++;
+    }
+    this.armSweeper();
   }
 
   /**
@@ -407,7 +460,7 @@ export class RedisStore implements Store {
    * script once, reads TIME once, each profile's parameters travel once, and the round trip is
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
-  private batched(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
+  private async batched(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
     const key = this.clustered ? tagOf(user) : this.node(user);
     let group = this.groups.get(key);
     if (group === undefined) {
@@ -416,7 +469,7 @@ export class RedisStore implements Store {
     }
     let batch = group.pending;
     if (batch === undefined) {
-      batch = { keys: [], decisions: [], profiles: [], index: new Map(), all: false, waiters: [] };
+      batch = newBatch();
       group.pending = batch;
     }
     let expected = 0;
@@ -428,12 +481,11 @@ export class RedisStore implements Store {
     if (bucket === user) batch.keys.push(user);
     else batch.keys.push(user, bucket);
     batch.decisions.push(expected, flags | (bucket === user ? 0 : SEPARATE), cost, waiting);
-    const b = batch;
-    const answer = new Promise<Answer>((resolve, reject) => b.waiters.push({ resolve, reject }));
+    const at = batch.size++;
     // Send at once while the node has room (no added latency when calls are few); otherwise the
     // decision waits in the batch for the next call to return.
-    if (group.inFlight < MAX_IN_FLIGHT || batch.waiters.length >= MAX_BATCH) this.send(key, group);
-    return answer;
+    if (group.inFlight < MAX_IN_FLIGHT || batch.size >= MAX_BATCH) this.send(key, group);
+    return (await batch.answers)[at] as Answer;
   }
 
   /** A profile's 1-based place in a batch's table, added on first use. */
@@ -456,51 +508,37 @@ export class RedisStore implements Store {
     const args: (string | number | Buffer)[] = [this.deadline(), this.clockArg(), batch.profiles.length];
     for (const p of batch.profiles) for (const field of profileFields(p)) args.push(field);
     const d = batch.decisions;
-    const records = Buffer.allocUnsafe(d.length * 5);
-    for (let i = 0, at = 0; i < d.length; i += 4, at += 20) {
-      records.writeUInt16LE(d[i]!, at);
-      records.writeUInt8(d[i + 1]! & 3, at + 2);
-      records.writeUInt8(d[i + 1]! >> 2, at + 3);
-      records.writeDoubleLE(d[i + 2]!, at + 4);
-      records.writeDoubleLE(d[i + 3]!, at + 12);
+    if (batch.size === 1) {
+      // One decision travels as text: a Buffer argument costs ioredis more than it saves here.
+      args.push(d[0]!, d[1]! & 3, d[1]! >> 2, d[2]!, d[3]!);
+    } else {
+      const records = Buffer.allocUnsafe(batch.size * 20);
+      for (let i = 0, at = 0; i < d.length; i += 4, at += 20) {
+        records.writeUInt16LE(d[i]!, at);
+        records.writeUInt8(d[i + 1]! & 3, at + 2);
+        records.writeUInt8(d[i + 1]! >> 2, at + 3);
+        records.writeDoubleLE(d[i + 2]!, at + 4);
+        records.writeDoubleLE(d[i + 3]!, at + 12);
+      }
+      args.push(records);
     }
-    args.push(records);
-    const done = (): void => {
-      group.inFlight--;
-      if (group.pending !== undefined) this.send(key, group);
-      else if (group.inFlight === 0) this.groups.delete(key);
-    };
     this.run(scripts.admit, batch.keys, args, true).then(
       (reply) => {
-        done();
-        const n = batch.waiters.length;
-        if (typeof reply === 'number') {
-          const late: Reply = [PAST_DEADLINE];
-          for (let i = 0; i < n; i++) batch.waiters[i]!.resolve({ reply: late, profile: undefined });
-          return;
-        }
-        const buf = reply as unknown as Buffer;
-        let at = 0;
-        for (let i = 0; i < n; i++) {
-          const verdict = buf.readDoubleLE(at);
-          const fields = verdict <= Verdict.RATE_LIMITED || verdict === RESERVED ? 9 : 11;
-          const r: Reply = new Array(fields);
-          for (let k = 0; k < fields; k++, at += 8) r[k] = buf.readDoubleLE(at);
-          if (fields === 11) {
-            const length = buf.readUInt32LE(at);
-            r.push(buf.toString('utf8', at + 4, at + 4 + length));
-            at += 4 + length;
-          }
-          // Compact replies name the profile by its place in this batch's table.
-          const index = fields === 9 ? (r[6] as number) : 0;
-          batch.waiters[i]!.resolve({ reply: r, profile: index > 0 ? batch.profiles[index - 1] : undefined });
-        }
+        this.sent(key, group);
+        batch.settle.resolve(parseAnswers(reply as unknown as Buffer | number, batch));
       },
       (error: unknown) => {
-        done();
-        for (const w of batch.waiters) w.reject(error);
+        this.sent(key, group);
+        batch.settle.reject(error);
       },
     );
+  }
+
+  /** A group's call returned: its next batch goes, if one gathered. */
+  private sent(key: unknown, group: Group): void {
+    group.inFlight--;
+    if (group.pending !== undefined) this.send(key, group);
+    else if (group.inFlight === 0) this.groups.delete(key);
   }
 
   /** One admission: one script call, or the reserve / take / refund protocol across slots. */
@@ -851,15 +889,65 @@ interface Answer {
 
 /** Decisions bound for one admission script call. */
 interface Batch {
+  /** Per decision: the user's key, then its bucket's when the bucket has a key of its own. */
   keys: string[];
-  /** Per decision: expected profile index, cost, units waiting ahead, flags. */
+  /** Per decision: expected profile index, flags (with SEPARATE), cost, units waiting ahead. */
   decisions: number[];
+  size: number;
   /** The profiles' table of this call (each travels once). */
   profiles: Profile[];
   index: Map<Profile, number>;
   /** Every registered profile is in the table (a decision for a user of unknown profile). */
   all: boolean;
-  waiters: { resolve(answer: Answer): void; reject(error: unknown): void }[];
+  /** Every decision's answer, in order, once the call returns. */
+  answers: Promise<Answer[]>;
+  settle: { resolve(answers: Answer[]): void; reject(error: unknown): void };
+}
+
+function newBatch(): Batch {
+  const batch = { keys: [], decisions: [], size: 0, profiles: [], index: new Map(), all: false } as unknown as Batch;
+  batch.answers = new Promise<Answer[]>((resolve, reject) => {
+    batch.settle = { resolve, reject };
+  });
+  // A batch whose call fails rejects every decision's await; none is left unhandled.
+  batch.answers.catch(() => {});
+  return batch;
+}
+
+/**
+ * The admission script's reply, one binary record per decision (see admit.lua): compact ones of
+ * 9 doubles, full ones of 11 doubles and the profile's name; or the integer PAST_DEADLINE.
+ */
+function parseAnswers(reply: Buffer | number, batch: Batch): Answer[] {
+  const answers: Answer[] = new Array(batch.size);
+  if (typeof reply === 'number') {
+    const late: Reply = [PAST_DEADLINE];
+    for (let i = 0; i < batch.size; i++) answers[i] = { reply: late, profile: undefined };
+    return answers;
+  }
+  let at = 0;
+  for (let i = 0; i < batch.size; i++) {
+    const verdict = reply.readDoubleLE(at);
+    const fields = verdict <= Verdict.RATE_LIMITED || verdict === RESERVED ? 9 : 11;
+    const r: Reply = new Array(fields);
+    for (let k = 0; k < fields; k++, at += 8) r[k] = reply.readDoubleLE(at);
+    if (fields === 11) {
+      const length = reply.readUInt32LE(at);
+      r.push(reply.toString('utf8', at + 4, at + 4 + length));
+      at += 4 + length;
+    }
+    // Compact replies name the profile by its place in this batch's table.
+    const index = fields === 9 ? (r[6] as number) : 0;
+    answers[i] = { reply: r, profile: index > 0 ? batch.profiles[index - 1] : undefined };
+  }
+  return answers;
+}
+
+/** A Redis call in flight: when it times out, and how to fail it then. */
+interface Call {
+  at: number;
+  done: boolean;
+  fail(error: unknown): void;
 }
 
 /** Admission calls of one node: those in flight, and the batch gathering behind them. */
@@ -871,17 +959,17 @@ interface Group {
 /** Admission calls in flight per node before decisions gather into batches. */
 const MAX_IN_FLIGHT = 2;
 
-const fieldsOf = new WeakMap<Profile, (string | number)[]>();
+const fieldsOf = new WeakMap<Profile, string[]>();
 
-/** A profile's parameters as the admission script reads them (computed once per profile). */
-function profileFields(p: Profile): (string | number)[] {
+/** A profile's parameters as the admission script reads them (computed once per profile, as text). */
+function profileFields(p: Profile): string[] {
   let fields = fieldsOf.get(p);
   if (fields === undefined) {
     const r = p.rate;
     fields = [
       p.name, r.d, r.T, r.tau, r.burst, p.quotaLimit ?? -1, p.quotaPeriodMs, p.quotaHard ? 1 : 0,
-      p.onLimit === 'wait' ? 1 : 0, p.maxWaitMs === Infinity ? -1 : p.maxWaitMs, p.shared === undefined ? 0 : 1,
-    ];
+      p.onLimit === 'wait' ? 1 : 0, p.maxWaitMs === Infinity ? -1 : p.maxWaitMs, p.shared === undefined ? 0 : 1, `${r.d}:${r.T}`,
+    ].map(String);
     fieldsOf.set(p, fields);
   }
   return fields;

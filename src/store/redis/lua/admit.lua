@@ -3,13 +3,14 @@
 -- end). One call carries a micro-batch of decisions, decided in order.
 --
 -- ARGV: 1 deadline µs (0: none); 2 clock ('+0', see time.lua); 3 P, the number of profiles;
---   then P profiles of 11 fields: name, d, T, tau, burst, quota limit (-1: none), period ms
---   (0: lifetime), hard (1/0), waits for its turn (1/0), max wait ms (-1: none), shared (1/0);
+--   then P profiles of 12 fields: name, d, T, tau, burst, quota limit (-1: none), period ms
+--   (0: lifetime), hard (1/0), waits for its turn (1/0), max wait ms (-1: none), shared (1/0),
+--   the rate's signature "d:T";
 --   then the decisions as one string of 20-byte records (struct '<HBBdd'): profile index the
 --   caller expects (1-based; 0: any), flags (1: may wait as its profile says; 2: reserve the
 --   quota only, its bucket lives in another slot, see docs/redis.md), 1 when its bucket has a key
 --   of its own (a shared bucket on this node), cost, units already waiting on its bucket in the
---   caller.
+--   caller; or, for a single decision, those 5 fields as 5 arguments.
 -- KEYS: per decision, the user's record, then its bucket's key when it has one.
 -- Reply: one string, the decisions' records one after the other (struct, little-endian
 --   doubles). Allowed, queued, rate limited or reserved: 9 doubles { verdict, usage, period
@@ -24,6 +25,16 @@
 local ALLOWED, QUEUED, RATE_LIMITED, QUOTA_EXCEEDED, NOT_FOUND = 0, 1, 2, 3, 4
 local CANCELED, EXPIRED, NOT_STARTED, COST_OVER_BURST = 5, 6, 7, 8
 local PROFILE_MISMATCH, PAST_DEADLINE, RESERVED = 9, 10, 11
+-- Replies are packed binary records (struct), concatenated into one string for the call.
+local COMPACT = '<ddddddddd'
+
+-- Written for a call that decides one admission as much as for a batch: everything runs in this
+-- chunk, in one loop, and the few helpers capture almost nothing (in Redis a script's closures
+-- are created at every call, and each captured variable costs a search).
+
+local function full(verdict, n, limit, g, retry, sa, ea, s, expired_now, name)
+  return struct.pack('<dddddddddddI4c0', verdict, n, limit, g, 0, retry, 0, sa, ea, s, expired_now, #name, name)
+end
 
 local now = server_now(ARGV[2], tonumber(ARGV[1]))
 if not now then
@@ -31,135 +42,161 @@ if not now then
 end
 local now_ms = math.floor(now / 1000)
 
-local profiles, by_name = {}, {}
+local profiles, by_name = {}, nil
 local P = tonumber(ARGV[3])
 for i = 1, P do
-  local a = 3 + (i - 1) * 11
-  local p = {
+  local a = 3 + (i - 1) * 12
+  profiles[i] = {
     name = ARGV[a + 1], d = tonumber(ARGV[a + 2]), T = tonumber(ARGV[a + 3]), tau = tonumber(ARGV[a + 4]),
     burst = tonumber(ARGV[a + 5]), quota = tonumber(ARGV[a + 6]), period = tonumber(ARGV[a + 7]),
     hard = ARGV[a + 8] == '1', waits = ARGV[a + 9] == '1', max_wait = tonumber(ARGV[a + 10]),
-    shared = ARGV[a + 11] == '1',
+    shared = ARGV[a + 11] == '1', sig = ARGV[a + 12], i = i,
   }
-  p.sig = ARGV[a + 2] .. ':' .. ARGV[a + 3]
-  p.i = i
-  profiles[i] = p
-  by_name[p.name] = p
 end
 
-local DECISION = '<HBBdd'
--- Replies are packed binary records (struct), concatenated into one string for the call.
-local COMPACT, FULL = '<ddddddddd', '<dddddddddddI4c0'
-
-local function full(verdict, n, limit, g, retry, sa, ea, s, expired_now, name)
-  return struct.pack(FULL, verdict, n, limit, g, 0, retry, 0, sa, ea, s, expired_now, #name, name)
+local b = 4 + P * 12
+local D, count = nil, 1
+if not ARGV[b + 1] then
+  D = ARGV[b]
+  count = #D / 20
 end
-
-local function decide(user_key, bucket_key, expected, cost, waiting, flags)
-  local v = redis.call('GET', user_key)
-  if not v then
-    return full(NOT_FOUND, 0, -1, 0, 0, 0, -1, 0, 0, '')
-  end
-  local s, sa, ea, q, ps, g, n, t, f, r, name = struct.unpack(USER, v)
-  local p = by_name[name]
-  -- Not the profile the caller sent keys for (or none it knows): it asks again.
-  if not p or (expected > 0 and profiles[expected] ~= p) or (expected == 0 and p.shared) then
-    return full(PROFILE_MISMATCH, n, -1, g, 0, sa, ea, s, 0, name)
-  end
-  local limit = p.quota
-  if q >= 0 then
-    limit = q
-  end
-  if cost > p.burst then
-    return full(COST_OVER_BURST, n, limit, g, 0, sa, ea, s, 0, name)
-  end
-  if s == 1 then
-    return full(CANCELED, n, limit, g, 0, sa, ea, s, 0, name)
-  end
-  if s == 2 then
-    return full(EXPIRED, n, limit, g, 0, sa, ea, s, 0, name)
-  end
-  if ea >= 0 and now_ms >= ea then
-    return full(EXPIRED, n, limit, g, 0, sa, ea, s, user_expire(user_key, user_load(user_key), now_ms), name)
-  end
-  if now_ms < sa then
-    return full(NOT_STARTED, n, limit, g, sa - now_ms, sa, ea, s, 0, name)
-  end
-  local period = p.period
-  local period_left = -1
-  if period > 0 then
-    if now_ms >= ps + period then
-      -- A new usage period (written only when something is charged).
-      ps = ps + math.floor((now_ms - ps) / period) * period
-      n = 0
-      g = g + 1
-    end
-    period_left = ps + period - now_ms
-  end
-  if limit >= 0 and p.hard and n + cost > limit then
-    local retry = 0
-    if period > 0 then
-      retry = period_left
-    end
-    return full(QUOTA_EXCEEDED, n, limit, g, retry, sa, ea, s, 0, name)
-  end
-  if flags >= 2 then
-    -- The quota only: reserve it; the bucket is taken in its own slot.
-    n = n + cost
-    redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-    return struct.pack(COMPACT, RESERVED, n, g, 0, 0, 0, p.i, period_left, limit)
-  end
-
-  local d, T, tau = p.d, p.T, p.tau
-  local ahead
-  if p.shared then
-    ahead = shared_in_use(bucket_key, now, d, T, p.sig)
-  elseif t < 0 then
-    ahead = 0
-  else
-    ahead = gcra_in_use(t, f, r, now, d, T, p.sig)
-  end
-  if waiting == 0 then
-    local next = ahead + cost * T
-    if next <= tau then
-      n = n + cost
-      if p.shared then
-        shared_store(bucket_key, now, next, d, p.sig)
-      else
-        t, f = gcra_split(now, next, d)
-        r = p.sig
-      end
-      redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-      return struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit)
-    end
-  end
-  local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
-  local remaining = 0
-  if waiting == 0 then
-    remaining = gcra_remaining(ahead, T, tau)
-  end
-  if flags % 2 == 0 or not p.waits or (p.max_wait >= 0 and wait_ms > p.max_wait) then
-    return struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
-  end
-  -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
-  n = n + cost
-  redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-  return struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
-end
-
 local replies = {}
-local D = ARGV[4 + P * 11]
 local k, at = 1, 1
-for i = 1, #D / 20 do
+for i = 1, count do
   local expected, flags, separate, cost, waiting
-  expected, flags, separate, cost, waiting, at = struct.unpack(DECISION, D, at)
+  if D then
+    expected, flags, separate, cost, waiting, at = struct.unpack('<HBBdd', D, at)
+  else
+    -- One decision, as text.
+    expected, flags, separate, cost, waiting = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  end
   local user_key = KEYS[k]
+  local bucket_key = user_key
   if separate == 1 then
-    replies[i] = decide(user_key, KEYS[k + 1], expected, cost, waiting, flags)
+    bucket_key = KEYS[k + 1]
     k = k + 2
   else
-    replies[i] = decide(user_key, user_key, expected, cost, waiting, flags)
     k = k + 1
   end
+  local out
+  repeat
+    local v = redis.call('GET', user_key)
+    if not v then
+      out = full(NOT_FOUND, 0, -1, 0, 0, 0, -1, 0, 0, '')
+      break
+    end
+    local s, sa, ea, q, ps, g, n, t, f, r, name = struct.unpack(USER, v)
+    local p
+    if expected > 0 and profiles[expected].name == name then
+      p = profiles[expected]
+    else
+      if not by_name then
+        by_name = {}
+        for j = 1, P do
+          by_name[profiles[j].name] = profiles[j]
+        end
+      end
+      p = by_name[name]
+    end
+    -- Not the profile the caller sent keys for (or none it knows): it asks again.
+    if not p or (expected > 0 and profiles[expected] ~= p) or (expected == 0 and p.shared) then
+      out = full(PROFILE_MISMATCH, n, -1, g, 0, sa, ea, s, 0, name)
+      break
+    end
+    local limit = p.quota
+    if q >= 0 then
+      limit = q
+    end
+    if cost > p.burst then
+      out = full(COST_OVER_BURST, n, limit, g, 0, sa, ea, s, 0, name)
+      break
+    end
+    if s ~= 0 then
+      out = full(s == 1 and CANCELED or EXPIRED, n, limit, g, 0, sa, ea, s, 0, name)
+      break
+    end
+    if ea >= 0 and now_ms >= ea then
+      out = full(EXPIRED, n, limit, g, 0, sa, ea, s, user_expire(user_key, user_load(user_key), now_ms), name)
+      break
+    end
+    if now_ms < sa then
+      out = full(NOT_STARTED, n, limit, g, sa - now_ms, sa, ea, s, 0, name)
+      break
+    end
+    local period = p.period
+    local period_left = -1
+    if period > 0 then
+      if now_ms >= ps + period then
+        -- A new usage period (written only when something is charged).
+        ps = ps + math.floor((now_ms - ps) / period) * period
+        n = 0
+        g = g + 1
+      end
+      period_left = ps + period - now_ms
+    end
+    if limit >= 0 and p.hard and n + cost > limit then
+      local retry = 0
+      if period > 0 then
+        retry = period_left
+      end
+      out = full(QUOTA_EXCEEDED, n, limit, g, retry, sa, ea, s, 0, name)
+      break
+    end
+    if flags >= 2 then
+      -- The quota only: reserve it; the bucket is taken in its own slot.
+      n = n + cost
+      redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+      out = struct.pack(COMPACT, RESERVED, n, g, 0, 0, 0, p.i, period_left, limit)
+      break
+    end
+
+    local d, T, tau = p.d, p.T, p.tau
+    -- Ticks in use: gcra_in_use, spelled out for the common case (own bucket, same rate).
+    local ahead = 0
+    if p.shared then
+      ahead = shared_in_use(bucket_key, now, d, T, p.sig)
+    elseif t >= 0 then
+      if r == p.sig then
+        ahead = (t * 1000 - now) * d + f
+        if ahead < 0 then
+          ahead = 0
+        end
+      else
+        ahead = gcra_in_use(t, f, r, now, d, T, p.sig)
+      end
+    end
+    if waiting == 0 then
+      local next = ahead + cost * T
+      if next <= tau then
+        n = n + cost
+        if p.shared then
+          shared_store(bucket_key, now, next, d, p.sig)
+        else
+          t, f = gcra_split(now, next, d)
+          r = p.sig
+        end
+        redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+        out = struct.pack(COMPACT, ALLOWED, n, g, math.floor((tau - next) / T), 0, gcra_ms(next, d), p.i, period_left, limit)
+        break
+      end
+    end
+    local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
+    local remaining = 0
+    if waiting == 0 then
+      remaining = math.floor((tau - ahead) / T)
+    end
+    if flags % 2 == 0 or not p.waits or (p.max_wait >= 0 and wait_ms > p.max_wait) then
+      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
+      break
+    end
+    -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
+    n = n + cost
+    redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+    out = struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
+  until true
+  replies[i] = out
 end
-return table.concat(replies)
+if D then
+  return table.concat(replies)
+end
+return replies[1]

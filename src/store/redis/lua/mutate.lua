@@ -6,6 +6,7 @@
 -- Reply: the subscription fields (see user_reply).
 --@include time
 --@include user
+--@include subscription
 
 local now = server_now(ARGV[3], tonumber(ARGV[4]))
 if not now then

@@ -8,6 +8,7 @@
 --@include time
 --@include gcra
 --@include user
+--@include subscription
 
 local now = server_now(ARGV[1], 0)
 local now_ms = math.floor(now / 1000)

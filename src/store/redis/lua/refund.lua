@@ -4,6 +4,7 @@
 -- KEYS[1] the user's record. ARGV: 1 cost, 2 period token, 3 period ms, 4 clock ('+0', see time.lua).
 --@include time
 --@include user
+--@include subscription
 
 local now = server_now(ARGV[4], 0)
 local u = user_load(KEYS[1])

@@ -7,6 +7,7 @@
 -- Reply: the subscription fields (see user_reply), or { 'DATES' } when it would end before it starts.
 --@include time
 --@include user
+--@include subscription
 
 local now = server_now(ARGV[7], tonumber(ARGV[8]))
 if not now then

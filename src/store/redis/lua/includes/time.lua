@@ -4,24 +4,18 @@
 local clock_fixed = false
 local function server_now(clock, deadline_us)
   local now
-  local value = tonumber(string.sub(clock, 2))
-  if string.sub(clock, 1, 1) == '=' then
+  if clock == '+0' then
+    local t = redis.call('TIME')
+    now = t[1] * 1000000 + t[2]
+  elseif string.sub(clock, 1, 1) == '=' then
     clock_fixed = true
-    now = value
+    now = tonumber(string.sub(clock, 2))
   else
     local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000000 + tonumber(t[2]) + value
+    now = t[1] * 1000000 + t[2] + tonumber(string.sub(clock, 2))
   end
   if deadline_us > 0 and now > deadline_us then
     return nil
   end
   return now
-end
-
--- Integers up to 2^53 as exact decimal strings (tostring rounds past 14 digits).
-local function int(x)
-  if x < 1e14 and x > -1e14 then
-    return x .. ''
-  end
-  return string.format('%.0f', x)
 end

@@ -27,17 +27,6 @@ local function user_save(key, u)
   redis.call('SET', key, user_pack(u.s, u.sa, u.ea, u.q, u.ps, u.g, u.n, u.t, u.f, u.r or '', u.p))
 end
 
--- Moves the usage period forward in the table only (callers write it when they charge).
-local function user_roll(u, now_ms, period_ms)
-  if period_ms > 0 and now_ms >= u.ps + period_ms then
-    u.ps = u.ps + math.floor((now_ms - u.ps) / period_ms) * period_ms
-    u.n = 0
-    u.g = u.g + 1
-    return true
-  end
-  return false
-end
-
 -- Records that an active subscription passed its end; 1 the first time, so the event fires once.
 local function user_expire(key, u, now_ms)
   if u.s == 0 and u.ea >= 0 and now_ms >= u.ea then
@@ -46,9 +35,4 @@ local function user_expire(key, u, now_ms)
     return 1
   end
   return 0
-end
-
--- The reply every subscription script gives: the fields of a Subscription.
-local function user_reply(u, now_ms, expired_now)
-  return { u.p, u.s, int(u.sa), int(u.ea), int(u.n), int(u.q), int(u.ps), int(u.g), expired_now, int(now_ms) }
 end
