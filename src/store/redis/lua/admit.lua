@@ -36,9 +36,20 @@ local function full(verdict, n, limit, g, retry, sa, ea, s, expired_now, name)
   return struct.pack('<dddddddddddI4c0', verdict, n, limit, g, 0, retry, 0, sa, ea, s, expired_now, #name, name)
 end
 
-local now = server_now(ARGV[2], tonumber(ARGV[1]))
-if not now then
-  return PAST_DEADLINE
+local now
+if ARGV[2] == '+0' then
+  -- server_now, spelled out for production's clock.
+  local time = redis.call('TIME')
+  now = time[1] * 1000000 + time[2]
+  local deadline = tonumber(ARGV[1])
+  if deadline > 0 and now > deadline then
+    return PAST_DEADLINE
+  end
+else
+  now = server_now(ARGV[2], tonumber(ARGV[1]))
+  if not now then
+    return PAST_DEADLINE
+  end
 end
 local now_ms = math.floor(now / 1000)
 
