@@ -109,6 +109,70 @@ describe('time', () => {
   });
 });
 
+describe('batches and timeouts', () => {
+  it('one batch carries every kind of answer, each to its own caller', async () => {
+    const { manager } = managerOn(new Redis({ port: server.port }));
+    manager.registerProfile('tarif-é✓', { rate: { limit: 3, intervalMs: 3_600_000 }, quota: { limit: 2 } });
+    manager.registerProfile('pooled', { rate: { limit: 1, intervalMs: 3_600_000, shared: 'pool', onLimit: 'reject' } });
+    await manager.subscribe('full', 'tarif-é✓');
+    await manager.subscribe('spent', 'tarif-é✓');
+    await manager.getLimiter('spent').check(2);
+    await manager.subscribe('gone', 'tarif-é✓');
+    await manager.cancelSubscription('gone');
+    await manager.subscribe('pool-a', 'pooled');
+    await manager.subscribe('pool-b', 'pooled');
+    for (const u of ['full', 'spent', 'gone', 'pool-a', 'pool-b']) await manager.getLimiter(u).peek();
+    // Issued in one turn: they travel in one or two admit calls on this node.
+    const answers = await Promise.allSettled([
+      manager.getLimiter('full').checkDetailed(2),
+      manager.getLimiter('spent').check(1),
+      manager.getLimiter('gone').check(1),
+      manager.getLimiter('nobody').check(1),
+      manager.getLimiter('pool-a').check(1),
+      manager.getLimiter('pool-b').check(1),
+      manager.getLimiter('full').check(4),
+    ]);
+    const code = (r: PromiseSettledResult<unknown>): unknown => (r.status === 'rejected' ? (r.reason as { code?: string }).code : 'fulfilled');
+    expect(answers[0]).toMatchObject({ status: 'fulfilled', value: { allowed: true, profile: 'tarif-é✓', usage: 2, quotaLimit: 2 } });
+    expect(code(answers[1])).toBe('QUOTA_EXCEEDED');
+    expect(answers[2]).toMatchObject({ status: 'rejected', reason: { code: 'SUBSCRIPTION_INACTIVE', message: expect.stringContaining('canceled') } });
+    expect(code(answers[3])).toBe('SUBSCRIPTION_NOT_FOUND');
+    const pooled = [answers[4], answers[5]].map((r) => (r.status === 'fulfilled' ? (r.value as { allowed: boolean }).allowed : r.reason));
+    expect(pooled.sort()).toEqual([false, true]);
+    expect(code(answers[6])).toBe('INVALID_ARGUMENT');
+    expect(await manager.getSubscription('full')).toMatchObject({ usage: 2, profileName: 'tarif-é✓' });
+  });
+
+  it('calls in flight time out each at its own deadline, charge nothing, and service resumes', async () => {
+    const client = new Redis({ port: server.port });
+    const admin = new Redis({ port: server.port });
+    open.push({ close: async () => admin.disconnect() });
+    const { manager } = managerOn(client, { timeoutMs: 300 });
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 3_600_000 } });
+    const users = Array.from({ length: 20 }, (_, i) => `t${i}`);
+    for (const u of users) await manager.subscribe(u, 'p');
+    for (const u of users) await manager.getLimiter(u).check(1);
+    await admin.client('PAUSE', 900, 'ALL');
+    const settled = async (p: Promise<unknown>, from: number): Promise<{ code: unknown; after: number }> => {
+      const e = await rejection(p);
+      return { code: e.code, after: performance.now() - from };
+    };
+    const t0 = performance.now();
+    const first = users.map((u) => settled(manager.getLimiter(u).check(1), t0));
+    // A later call keeps its own deadline: the timer that fails the first ones must not fail it early.
+    await new Promise<void>((resolve) => setTimeout(resolve, 150));
+    const t1 = performance.now();
+    const later = settled(manager.getLimiter('t0').check(1), t1);
+    for (const r of [...(await Promise.all(first)), await later]) {
+      expect(r.code).toBe('STORE_UNAVAILABLE');
+      expect(r.after).toBeGreaterThanOrEqual(299);
+    }
+    await client.ping(); // the queued calls have run (and were refused past their deadline)
+    for (const u of users) expect((await manager.getSubscription(u))?.usage).toBe(1);
+    expect((await manager.getLimiter('t1').check(1)).allowed).toBe(true);
+  });
+});
+
 describe('keys', () => {
   const ids = ['a:b', 'a{b}', '{a}', 'a}b{', 'a b', 'ünï©ødé', 'a%7db', 'a%u007db', '🙂', 'x'.repeat(1024), ':', '{}'];
 
