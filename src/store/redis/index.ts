@@ -510,7 +510,7 @@ export class RedisStore implements Store {
     const d = batch.decisions;
     if (batch.size === 1) {
       // One decision travels as text: a Buffer argument costs ioredis more than it saves here.
-      args.push(d[0]!, d[1]! & 3, d[1]! >> 2, d[2]!, d[3]!);
+      args.push(d[0]! * 8 + d[1]!, d[2]!, d[3]!);
     } else {
       const records = Buffer.allocUnsafe(batch.size * 20);
       for (let i = 0, at = 0; i < d.length; i += 4, at += 20) {
@@ -966,10 +966,9 @@ function profileFields(p: Profile): string[] {
   let fields = fieldsOf.get(p);
   if (fields === undefined) {
     const r = p.rate;
-    fields = [
-      p.name, r.d, r.T, r.tau, r.burst, p.quotaLimit ?? -1, p.quotaPeriodMs, p.quotaHard ? 1 : 0,
-      p.onLimit === 'wait' ? 1 : 0, p.maxWaitMs === Infinity ? -1 : p.maxWaitMs, p.shared === undefined ? 0 : 1, `${r.d}:${r.T}`,
-    ].map(String);
+    const bits = (p.quotaHard ? 1 : 0) + (p.onLimit === 'wait' ? 2 : 0) + (p.shared === undefined ? 0 : 4);
+    const maxWait = p.maxWaitMs === Infinity ? -1 : p.maxWaitMs;
+    fields = [p.name, [r.d, r.T, r.tau, r.burst, p.quotaLimit ?? -1, p.quotaPeriodMs, bits, maxWait].join(':')];
     fieldsOf.set(p, fields);
   }
   return fields;

@@ -3,14 +3,15 @@
 -- end). One call carries a micro-batch of decisions, decided in order.
 --
 -- ARGV: 1 deadline µs (0: none); 2 clock ('+0', see time.lua); 3 P, the number of profiles;
---   then P profiles of 12 fields: name, d, T, tau, burst, quota limit (-1: none), period ms
---   (0: lifetime), hard (1/0), waits for its turn (1/0), max wait ms (-1: none), shared (1/0),
---   the rate's signature "d:T";
+--   then per profile 2 fields: its name, and "d:T:tau:burst:quota:period:bits:max wait" (quota
+--   limit -1: none; period ms 0: lifetime; bits: 1 hard quota, 2 waits for its turn, 4 shared
+--   bucket; max wait ms -1: none; "d:T" is the rate's signature);
 --   then the decisions as one string of 20-byte records (struct '<HBBdd'): profile index the
 --   caller expects (1-based; 0: any), flags (1: may wait as its profile says; 2: reserve the
 --   quota only, its bucket lives in another slot, see docs/redis.md), 1 when its bucket has a key
 --   of its own (a shared bucket on this node), cost, units already waiting on its bucket in the
---   caller; or, for a single decision, those 5 fields as 5 arguments.
+--   caller; or, for a single decision, 3 text fields: expected * 8 + own key * 4 + flags, cost,
+--   units waiting.
 -- KEYS: per decision, the user's record, then its bucket's key when it has one.
 -- Reply: one string, the decisions' records one after the other (struct, little-endian
 --   doubles). Allowed, queued, rate limited or reserved: 9 doubles { verdict, usage, period
@@ -56,16 +57,17 @@ local now_ms = math.floor(now / 1000)
 local profiles, by_name = {}, nil
 local P = tonumber(ARGV[3])
 for i = 1, P do
-  local a = 3 + (i - 1) * 12
+  local a = 2 + 2 * i
+  local sig, d, T, tau, burst, quota, period, bits, max_wait = string.match(ARGV[a + 1], '^((%d+):(%d+)):(%d+):(%d+):(%-?%d+):(%d+):(%d+):(%-?%d+)$')
+  bits = tonumber(bits)
   profiles[i] = {
-    name = ARGV[a + 1], d = tonumber(ARGV[a + 2]), T = tonumber(ARGV[a + 3]), tau = tonumber(ARGV[a + 4]),
-    burst = tonumber(ARGV[a + 5]), quota = tonumber(ARGV[a + 6]), period = tonumber(ARGV[a + 7]),
-    hard = ARGV[a + 8] == '1', waits = ARGV[a + 9] == '1', max_wait = tonumber(ARGV[a + 10]),
-    shared = ARGV[a + 11] == '1', sig = ARGV[a + 12], i = i,
+    name = ARGV[a], d = tonumber(d), T = tonumber(T), tau = tonumber(tau), burst = tonumber(burst),
+    quota = tonumber(quota), period = tonumber(period), hard = bits % 2 == 1, waits = bits % 4 >= 2,
+    shared = bits >= 4, max_wait = tonumber(max_wait), sig = sig, i = i,
   }
 end
 
-local b = 4 + P * 12
+local b = 4 + P * 2
 local D, count = nil, 1
 if not ARGV[b + 1] then
   D = ARGV[b]
@@ -78,8 +80,10 @@ for i = 1, count do
   if D then
     expected, flags, separate, cost, waiting, at = struct.unpack('<HBBdd', D, at)
   else
-    -- One decision, as text.
-    expected, flags, separate, cost, waiting = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+    -- One decision, as text: expected * 8 + separate * 4 + flags, cost, waiting.
+    local code = tonumber(ARGV[b])
+    expected, flags, separate = math.floor(code / 8), code % 4, math.floor(code / 4) % 2
+    cost, waiting = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   end
   local user_key = KEYS[k]
   local bucket_key = user_key
