@@ -112,6 +112,15 @@ describe('lifecycle', () => {
     expect(await manager.getLimiter('short').peek()).toMatchObject({ status: 'expired', allowed: true });
   });
 
+  it('a subscription first seen expired by a peek emits expired once', async () => {
+    await manager.subscribe('brief', 'basic', { endsAt: T0 + 1000 });
+    now += 1000;
+    events = [];
+    expect(await manager.getLimiter('brief').peek()).toMatchObject({ status: 'expired' });
+    expect(await code(manager.getLimiter('brief').check())).toBe('SUBSCRIPTION_EXPIRED');
+    expect(events).toEqual([{ userId: 'brief', event: 'expired' }]);
+  });
+
   it('re-subscribing replaces profile and dates but keeps the period usage, unless resetUsage', async () => {
     await manager.subscribe('u', 'basic', { durationMs: 1000 });
     const limiter = manager.getLimiter('u');

@@ -351,11 +351,13 @@ export class RedisStore implements Store {
   }
 
   /** The profile a user's record names, read once per handle (then kept up to date by admit's replies). */
-  private async profileOf(ref: Ref): Promise<Profile | undefined | null> {
+  private async profileOf(userId: string, ref: Ref): Promise<Profile | undefined | null> {
     const r = await this.run(scripts.read, [ref.user], [this.clockArg()]);
     if (r === null) return null;
-    return this.profiles.get(String(r[0]));
+    // Read through subscription(): the read may record that the subscription ended (the event fires once).
+    return this.profiles.get(this.subscription(userId, r).profileName);
   }
+
 
   async admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, _nowMs: number, slot?: UserSlot): Promise<AdmitResult> {
     const ref = this.ref(userId, slot);
@@ -613,7 +615,7 @@ export class RedisStore implements Store {
 
   async take(userId: string, cost: number, _nowMs: number, slot?: UserSlot): Promise<number> {
     const ref = this.ref(userId, slot);
-    const profile = ref.profile ?? (await this.profileOf(ref));
+    const profile = ref.profile ?? (await this.profileOf(userId, ref));
     if (!profile) return 0;
     ref.profile = profile;
     const rate = profile.rate;
@@ -740,7 +742,7 @@ export class RedisStore implements Store {
   async peek(userId: string, _nowMs: number): Promise<AdmitResult> {
     const ref = this.ref(userId, undefined);
     const out = blankResult();
-    const profile = await this.profileOf(ref);
+    const profile = await this.profileOf(userId, ref);
     if (profile === null) return this.notFound(out);
     if (profile === undefined) throw this.unknownProfile(userId);
     const rate = profile.rate;
