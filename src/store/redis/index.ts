@@ -480,9 +480,13 @@ export class RedisStore implements Store {
       batch.all = true;
       for (const p of this.profiles.values()) this.profileIndex(batch, p);
     }
-    if (bucket === user) batch.keys.push(user);
-    else batch.keys.push(user, bucket);
-    batch.decisions.push(expected, flags | (bucket === user ? 0 : SEPARATE), cost, waiting);
+    if (bucket === user) {
+      batch.keys.push(user);
+      batch.decisions.push(expected, flags, cost, waiting);
+    } else {
+      batch.keys.push(user, bucket);
+      batch.decisions.push(expected, flags | OWN_KEY, cost, waiting);
+    }
     const at = batch.size++;
     // Send at once while the node has room (no added latency when calls are few); otherwise the
     // decision waits in the batch for the next call to return.
@@ -514,13 +518,12 @@ export class RedisStore implements Store {
       // One decision travels as text: a Buffer argument costs ioredis more than it saves here.
       args.push(d[0]! * 8 + d[1]!, d[2]!, d[3]!);
     } else {
-      const records = Buffer.allocUnsafe(batch.size * 20);
-      for (let i = 0, at = 0; i < d.length; i += 4, at += 20) {
+      const records = Buffer.allocUnsafe(batch.size * 19);
+      for (let i = 0, at = 0; i < d.length; i += 4, at += 19) {
         records.writeUInt16LE(d[i]!, at);
-        records.writeUInt8(d[i + 1]! & 3, at + 2);
-        records.writeUInt8(d[i + 1]! >> 2, at + 3);
-        records.writeDoubleLE(d[i + 2]!, at + 4);
-        records.writeDoubleLE(d[i + 3]!, at + 12);
+        records.writeUInt8(d[i + 1]!, at + 2);
+        records.writeDoubleLE(d[i + 2]!, at + 3);
+        records.writeDoubleLE(d[i + 3]!, at + 11);
       }
       args.push(records);
     }
@@ -578,34 +581,36 @@ export class RedisStore implements Store {
   }
 
   /** Copies a script's reply into the result object. */
-  private fill(out: AdmitResult, userId: string, ref: Ref, profile: Profile, r: Reply): AdmitResult {
-    const verdict = Number(r[0]);
+  private fill(out: AdmitResult, userId: string, ref: Ref, profile: Profile, reply: Reply): AdmitResult {
+    // Every field of an admission's answer is a number (the name, at 11, is read elsewhere).
+    const r = reply as number[];
+    const verdict = r[0] as number;
     if (verdict === PAST_DEADLINE) throw pastDeadline();
     out.verdict = verdict as Verdict;
     out.profile = profile;
     out.limit = profile.rate.burst;
-    out.usage = Number(r[1]);
+    out.usage = r[1] as number;
     if (verdict <= Verdict.RATE_LIMITED) {
-      // Compact: { verdict, usage, period, remaining, retry, reset }.
-      out.period = Number(r[2]);
-      out.remaining = Number(r[3]);
-      out.retryAfterMs = Number(r[4]);
-      out.resetAfterMs = Number(r[5]);
-      out.quotaResetAfterMs = Number(r[7]);
-      out.quotaLimit = Number(r[8]) >= 0 ? Number(r[8]) : null;
+      // Compact: { verdict, usage, period, remaining, retry, reset, profile index, period left, quota limit }.
+      out.period = r[2] as number;
+      out.remaining = r[3] as number;
+      out.retryAfterMs = r[4] as number;
+      out.resetAfterMs = r[5] as number;
+      out.quotaResetAfterMs = r[7] as number;
+      out.quotaLimit = (r[8] as number) >= 0 ? (r[8] as number) : null;
       out.status = 'active';
       out.startsAt = 0;
       out.endsAt = Infinity;
     } else {
-      out.quotaLimit = Number(r[2]) >= 0 ? Number(r[2]) : null;
-      out.period = Number(r[3]);
-      out.remaining = Number(r[4]);
-      out.retryAfterMs = Number(r[5]);
-      out.resetAfterMs = Number(r[6]);
-      out.startsAt = Number(r[7]);
-      out.endsAt = Number(r[8]) >= 0 ? Number(r[8]) : Infinity;
-      out.status = STATUS[Number(r[9])] ?? 'active';
-      if (Number(r[10]) === 1) this.listener.expired(userId, profile.name);
+      out.quotaLimit = (r[2] as number) >= 0 ? (r[2] as number) : null;
+      out.period = r[3] as number;
+      out.remaining = r[4] as number;
+      out.retryAfterMs = r[5] as number;
+      out.resetAfterMs = r[6] as number;
+      out.startsAt = r[7] as number;
+      out.endsAt = (r[8] as number) >= 0 ? (r[8] as number) : Infinity;
+      out.status = STATUS[r[9] as number] ?? 'active';
+      if (r[10] === 1) this.listener.expired(userId, profile.name);
     }
     if (verdict === Verdict.QUEUED) out.bucket = profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`;
     ref.usage = out.usage;
@@ -893,7 +898,7 @@ interface Answer {
 interface Batch {
   /** Per decision: the user's key, then its bucket's when the bucket has a key of its own. */
   keys: string[];
-  /** Per decision: expected profile index, flags (with SEPARATE), cost, units waiting ahead. */
+  /** Per decision: expected profile index, flags (with OWN_KEY), cost, units waiting ahead. */
   decisions: number[];
   size: number;
   /** The profiles' table of this call (each travels once). */
@@ -987,8 +992,8 @@ interface Denial {
 /** Buckets whose refusal this process remembers at most. */
 const MAX_DENIALS = 10_000;
 
-/** A decision's flag, sent as a byte of its own: its bucket has a key of its own. */
-const SEPARATE = 4;
+/** Added to a decision's flags when its bucket has a key of its own (then sent after the user's). */
+const OWN_KEY = 4;
 
 /** Decisions per admission script call at most. */
 const MAX_BATCH = 64;

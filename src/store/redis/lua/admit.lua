@@ -6,11 +6,11 @@
 --   then per profile 2 fields: its name, and "d:T:tau:burst:quota:period:bits:max wait" (quota
 --   limit -1: none; period ms 0: lifetime; bits: 1 hard quota, 2 waits for its turn, 4 shared
 --   bucket; max wait ms -1: none; "d:T" is the rate's signature);
---   then the decisions as one string of 20-byte records (struct '<HBBdd'): profile index the
---   caller expects (1-based; 0: any), flags (1: may wait as its profile says; 2: reserve the
---   quota only, its bucket lives in another slot, see docs/redis.md), 1 when its bucket has a key
---   of its own (a shared bucket on this node), cost, units already waiting on its bucket in the
---   caller; or, for a single decision, 3 text fields: expected * 8 + own key * 4 + flags, cost,
+--   then the decisions as one string of 19-byte records (struct '<HBdd'): profile index the
+--   caller expects (1-based; 0: any), a code (flags: 1 may wait as its profile says, 2 reserve
+--   the quota only, its bucket lives in another slot, see docs/redis.md; plus 4 when its bucket
+--   has a key of its own, a shared bucket on this node), cost, units already waiting on its
+--   bucket in the caller; or, for a single decision, 3 text fields: expected * 8 + code, cost,
 --   units waiting.
 -- KEYS: per decision, the user's record, then its bucket's key when it has one.
 -- Reply: one string, the decisions' records one after the other (struct, little-endian
@@ -37,20 +37,9 @@ local function full(verdict, n, limit, g, retry, sa, ea, s, expired_now, name)
   return struct.pack('<dddddddddddI4c0', verdict, n, limit, g, 0, retry, 0, sa, ea, s, expired_now, #name, name)
 end
 
-local now
-if ARGV[2] == '+0' then
-  -- server_now, spelled out for production's clock.
-  local time = redis.call('TIME')
-  now = time[1] * 1000000 + time[2]
-  local deadline = tonumber(ARGV[1])
-  if deadline > 0 and now > deadline then
-    return PAST_DEADLINE
-  end
-else
-  now = server_now(ARGV[2], tonumber(ARGV[1]))
-  if not now then
-    return PAST_DEADLINE
-  end
+local now = server_now(ARGV[2], tonumber(ARGV[1]))
+if not now then
+  return PAST_DEADLINE
 end
 local now_ms = math.floor(now / 1000)
 
@@ -71,23 +60,25 @@ local b = 4 + P * 2
 local D, count = nil, 1
 if not ARGV[b + 1] then
   D = ARGV[b]
-  count = #D / 20
+  count = #D / 19
 end
 local replies = {}
 local k, at = 1, 1
 for i = 1, count do
-  local expected, flags, separate, cost, waiting
+  -- code: 4 when the bucket has a key of its own, plus the flags.
+  local expected, code, cost, waiting
   if D then
-    expected, flags, separate, cost, waiting, at = struct.unpack('<HBBdd', D, at)
+    expected, code, cost, waiting, at = struct.unpack('<HBdd', D, at)
   else
-    -- One decision, as text: expected * 8 + separate * 4 + flags, cost, waiting.
-    local code = tonumber(ARGV[b])
-    expected, flags, separate = math.floor(code / 8), code % 4, math.floor(code / 4) % 2
+    -- One decision, as text: expected * 8 + code, cost, waiting.
+    code = tonumber(ARGV[b])
+    expected, code = math.floor(code / 8), code % 8
     cost, waiting = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   end
+  local flags = code % 4
   local user_key = KEYS[k]
   local bucket_key = user_key
-  if separate == 1 then
+  if code >= 4 then
     bucket_key = KEYS[k + 1]
     k = k + 2
   else
@@ -166,19 +157,11 @@ for i = 1, count do
     end
 
     local d, T, tau = p.d, p.T, p.tau
-    -- Ticks in use: gcra_in_use, spelled out for the common case (own bucket, same rate).
     local ahead = 0
     if p.shared then
       ahead = shared_in_use(bucket_key, now, d, T, p.sig)
     elseif t >= 0 then
-      if r == p.sig then
-        ahead = (t * 1000 - now) * d + f
-        if ahead < 0 then
-          ahead = 0
-        end
-      else
-        ahead = gcra_in_use(t, f, r, now, d, T, p.sig)
-      end
+      ahead = gcra_in_use(t, f, r, now, d, T, p.sig)
     end
     if waiting == 0 then
       local next = ahead + cost * T
@@ -191,14 +174,14 @@ for i = 1, count do
           r = p.sig
         end
         redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-        out = struct.pack(COMPACT, ALLOWED, n, g, math.floor((tau - next) / T), 0, gcra_ms(next, d), p.i, period_left, limit)
+        out = struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit)
         break
       end
     end
     local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
     local remaining = 0
     if waiting == 0 then
-      remaining = math.floor((tau - ahead) / T)
+      remaining = gcra_remaining(ahead, T, tau)
     end
     if flags % 2 == 0 or not p.waits or (p.max_wait >= 0 and wait_ms > p.max_wait) then
       out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
