@@ -152,3 +152,27 @@ export function workerCrashed(cause: unknown): TaskvalveError {
 export function shuttingDown(): TaskvalveError {
   return new TaskvalveError(ErrorCode.SHUTTING_DOWN, 'manager is shutting down; no new work is admitted');
 }
+
+/** A cost that can never conform: above the burst of the user's profile (now, after a change). */
+export function costOverBurst(cost: number, burst: number, profileName: string, changed = false): TaskvalveError {
+  return invalidArgument(
+    `cost ${cost} exceeds the burst ${burst} of profile ${show(profileName)}${changed ? ' (the profile changed while the task waited)' : ''}: it could never conform`,
+  );
+}
+
+/** Options with names nobody reads: a typo must not be ignored silently. */
+export function unknownOptions(where: string, names: string[], known: readonly string[]): TaskvalveError {
+  return invalidArgument(`${where}: unknown option${names.length > 1 ? 's' : ''} ${names.map((n) => show(n)).join(', ')} (known: ${known.join(', ')})`);
+}
+
+/** Wraps a store's failure that is not already a TaskvalveError. */
+export function storeFailed(error: unknown): TaskvalveError {
+  return error instanceof TaskvalveError ? error : new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `store failed: ${String(error)}`, { cause: error });
+}
+
+/** Names of `options` that are not in `known`; empty when all are known. */
+export function unknownKeys(options: object, known: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const key in options) if (!known.includes(key)) out.push(key);
+  return out;
+}

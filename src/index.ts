@@ -1,8 +1,10 @@
-/** taskvalve: govern work in multi-tenant backends. See shared/API.md for the contract. */
+/** taskvalve: govern work in multi-tenant backends. See docs/ for the reference. */
 export { Manager, DeadLetterQueue } from './manager.js';
-export type { ManagerOptions, SubscribeOptions, SubscriptionEvent, Logger, ProfileView } from './manager.js';
+export type { ManagerOptions, SubscribeOptions, SubscriptionEvent, Logger, ProfileView, CloseOptions, ManagerEvents } from './manager.js';
 export { Limiter } from './limiter.js';
-export type { Task, SubmitOptions, Decision, DetailedDecision, PeekResult, CloseReport } from './limiter.js';
+export type { Task, SubmitOptions, Decision, DetailedDecision, PeekResult } from './task/admission.js';
+export type { CloseReport } from './task/pipeline.js';
+export type { TaskEvent, StateName } from './task/lifecycle.js';
 export { MemoryStore } from './store/memory.js';
 export { RedisStore } from './store/redis/index.js';
 export type { RedisStoreOptions, RedisClientLike } from './store/redis/index.js';
@@ -11,4 +13,4 @@ export type { Store, Subscription, SubscriptionStatus, FailedTask, DlqQuery, Dea
 export { TaskvalveError, ErrorCode } from './errors.js';
 export type { TaskvalveErrorDetails } from './errors.js';
 export type { ProfileConfig, RateConfig, PoolConfig, QuotaConfig, RetryConfig, DlqConfig } from './profile.js';
-export type { InlineTask } from './exec/job.js';
+export type { InlineTask, TaskContext } from './task/job.js';

@@ -10,12 +10,18 @@ import {
   shuttingDown,
   subscriptionInactive,
   subscriptionNotFound,
+  unknownKeys,
+  unknownOptions,
 } from './errors.js';
-import { Limiter, Pipeline, type CloseReport, type Task } from './limiter.js';
+import { DeadLetterQueue } from './dlq.js';
+import { Limiter } from './limiter.js';
 import { Metrics } from './metrics.js';
+import type { TaskEvent } from './task/lifecycle.js';
+import { Pipeline, type CloseReport } from './task/pipeline.js';
 import { resolveProfile, sameBucket, type Profile, type ProfileConfig } from './profile.js';
+export { DeadLetterQueue };
 import { MemoryStore } from './store/memory.js';
-import type { DlqQuery, FailedTask, Store, Subscription } from './store/store.js';
+import type { FailedTask, Store, Subscription } from './store/store.js';
 
 /** A pino-compatible logger. */
 export interface Logger {
@@ -38,7 +44,33 @@ export interface ManagerOptions {
   logger?: Logger;
   /** When the store is unreachable; only 'fail-closed' applies to the embedded store. */
   onStoreUnavailable?: 'fail-closed' | 'fail-open' | 'local';
+  /** Canceled or expired subscriptions are deleted this long after they end; default 30 days. */
+  endedRetentionMs?: number;
 }
+
+/** Options of {@link Manager.close}. */
+export interface CloseOptions {
+  /** true (default): every admitted task runs to its end; false: tasks not started are rejected now. */
+  drain?: boolean;
+  /** How long to wait for tasks to end (ms); default 30,000. Those still running are abandoned. */
+  timeoutMs?: number;
+}
+
+/** The events a Manager emits, and what each listener receives. */
+export interface ManagerEvents {
+  /** A subscription changed. */
+  subscription: SubscriptionEvent;
+  /** A task moved from one lifecycle state to another. */
+  task: TaskEvent;
+  /** A task was stored in the dead-letter queue. */
+  'dead-letter': FailedTask;
+  /** A fault with no caller to reject (a thrown non-Error arrives wrapped in an Error). */
+  error: Error;
+}
+
+const MANAGER_OPTIONS = ['store', 'registry', 'metricsPrefix', 'clock', 'logger', 'onStoreUnavailable', 'endedRetentionMs'] as const;
+const SUBSCRIBE_OPTIONS = ['durationMs', 'startsAt', 'endsAt', 'quota', 'resetUsage'] as const;
+const CLOSE_OPTIONS = ['drain', 'timeoutMs'] as const;
 
 /** What {@link Manager.getProfile} tells of a registered profile. */
 export interface ProfileView {
@@ -98,43 +130,6 @@ async function attempt<T>(fn: () => T | Promise<T>): Promise<T> {
 }
 
 /**
- * The dead-letter queue: tasks that failed their last attempt, oldest first. Bounded per profile
- * by `dlq.maxEntries` and `dlq.retentionMs`.
- */
-export class DeadLetterQueue {
-  /** @internal */
-  constructor(
-    private readonly store: Store,
-    private readonly clock: () => number,
-    private readonly replayer: (entry: FailedTask) => Promise<unknown>,
-  ) {}
-
-  /** Entries, oldest first, optionally filtered. */
-  list(query: DlqQuery = {}): Promise<FailedTask[]> {
-    return attempt(() => {
-      if (query.limit !== undefined) checkInt('limit', query.limit, 0);
-      return this.store.dlqList(query, this.clock());
-    });
-  }
-
-  get(id: string): Promise<FailedTask | undefined> {
-    return attempt(() => this.store.dlqGet(id));
-  }
-
-  /** True if the entry existed. */
-  remove(id: string): Promise<boolean> {
-    return attempt(() => this.store.dlqRemove(id));
-  }
-
-  /** Resubmits the task through the full pipeline; the entry is removed once the replay is admitted. */
-  async replay(id: string): Promise<unknown> {
-    const entry = await this.store.dlqGet(id);
-    if (entry === undefined) throw invalidArgument(`no dead letter with id ${show(id)}`);
-    return this.replayer(entry);
-  }
-}
-
-/**
  * Governs work for many users: register profiles, subscribe users, then
  * `await manager.getLimiter(userId).submit(task)`.
  */
@@ -151,10 +146,21 @@ export class Manager extends EventEmitter {
   private readonly pipeline: Pipeline;
   private readonly handles = new Map<string, Limiter>();
   private closed: Promise<CloseReport> | undefined;
+  /** Events waiting to be emitted once the decision that caused them is complete. */
+  private readonly queued: Array<[keyof ManagerEvents, unknown]> = [];
+  private flushing = false;
+  /** Set while someone listens to 'task': transitions then build events, else they cost nothing. */
+  private taskSink: ((event: TaskEvent) => void) | undefined = undefined;
 
   constructor(options: ManagerOptions = {}) {
     super();
     if (options === null || typeof options !== 'object') throw invalidConfig('Manager', 'options', options, 'an object');
+    const unknown = unknownKeys(options, MANAGER_OPTIONS);
+    if (unknown.length > 0) throw invalidConfig('Manager', unknown.join(', '), undefined, `one of the known options (${MANAGER_OPTIONS.join(', ')}): unknown option`);
+    const retention = options.endedRetentionMs ?? 30 * 24 * 3_600_000;
+    if (typeof retention !== 'number' || !Number.isSafeInteger(retention) || retention < 0) {
+      throw invalidConfig('Manager', 'endedRetentionMs', retention, 'a non-negative integer (milliseconds)');
+    }
     const policy = options.onStoreUnavailable ?? 'fail-closed';
     if (!['fail-closed', 'fail-open', 'local'].includes(policy)) {
       throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed', 'fail-open' or 'local'");
@@ -176,7 +182,8 @@ export class Manager extends EventEmitter {
     this.registry = options.registry ?? new Registry();
     this.metrics = new Metrics(this.registry, prefix);
     this.store.attach({
-      expired: (userId, profileName) => this.tell(userId, profileName, 'expired'),
+      // Told from inside the store's decision: emitted once that decision is complete.
+      expired: (userId, profileName) => this.tell(userId, profileName, 'expired', undefined, true),
       fault: (error) => this.fault(error),
       warn: (message, error) => {
         this.logger.warn({ err: error }, message);
@@ -189,9 +196,68 @@ export class Manager extends EventEmitter {
       clock: this.clock,
       metrics: this.metrics,
       fault: (error) => this.fault(error),
-      deadLetter: (entry) => this.emit('dead-letter', entry),
+      deadLetter: (entry) => this.notify('dead-letter', entry),
+      taskListener: () => this.taskSink,
     });
-    this.dlq = new DeadLetterQueue(this.store, this.clock, (entry) => this.replay(entry));
+    this.dlq = new DeadLetterQueue(this.store, this.clock, {
+      replay: (entry, onAdmitted) => this.replay(entry, onAdmitted),
+      bounds: (entry) => this.profiles.get(entry.profileName)?.dlq,
+    });
+    this.on('newListener', (event: string | symbol) => {
+      if (event === 'task') this.taskSink = (e) => this.later('task', e);
+    });
+    this.on('removeListener', (event: string | symbol) => {
+      if (event === 'task' && this.listenerCount('task') === 0) this.taskSink = undefined;
+    });
+  }
+
+  /** Listens to one of the manager's {@link ManagerEvents}. */
+  override on<K extends keyof ManagerEvents>(event: K, listener: (payload: ManagerEvents[K]) => void): this;
+  override on(event: 'newListener' | 'removeListener', listener: (event: string | symbol, listener: (...args: unknown[]) => void) => void): this;
+  override on(event: string | symbol, listener: (...args: never[]) => void): this {
+    return super.on(event, listener as (...args: unknown[]) => void);
+  }
+
+  /** Listens once to one of the manager's {@link ManagerEvents}. */
+  override once<K extends keyof ManagerEvents>(event: K, listener: (payload: ManagerEvents[K]) => void): this;
+  override once(event: string | symbol, listener: (...args: never[]) => void): this {
+    return super.once(event, listener as (...args: unknown[]) => void);
+  }
+
+  /** Stops listening. */
+  override off<K extends keyof ManagerEvents>(event: K, listener: (payload: ManagerEvents[K]) => void): this;
+  override off(event: string | symbol, listener: (...args: never[]) => void): this {
+    return super.off(event, listener as (...args: unknown[]) => void);
+  }
+
+  /**
+   * Calls each listener of `event`; one that throws does not stop the others nor the operation
+   * that emitted: its error goes to 'error' (or the logger, for an 'error' listener).
+   */
+  private notify(event: keyof ManagerEvents, payload: unknown): void {
+    for (const listener of this.rawListeners(event) as Array<(payload: unknown) => void>) {
+      try {
+        listener.call(this, payload);
+      } catch (error) {
+        if (event === 'error') this.logger.error({ err: error }, 'taskvalve: an error listener threw');
+        else this.fault(error);
+      }
+    }
+  }
+
+  /** Emits once the current decision is complete (in a microtask), in order. */
+  private later(event: keyof ManagerEvents, payload: unknown): void {
+    this.queued.push([event, payload]);
+    if (this.flushing) return;
+    this.flushing = true;
+    queueMicrotask(() => {
+      for (let i = 0; i < this.queued.length; i++) {
+        const [name, value] = this.queued[i]!;
+        this.notify(name, value);
+      }
+      this.queued.length = 0;
+      this.flushing = false;
+    });
   }
 
   /** Registers a profile; validates every field (INVALID_CONFIG naming it), PROFILE_EXISTS on a duplicate. */
@@ -243,6 +309,8 @@ export class Manager extends EventEmitter {
       checkUserId(userId);
       const profile = this.profile(profileName);
       if (options === null || typeof options !== 'object') throw invalidArgument(`subscribe options must be an object, got ${show(options)}`);
+      const unknown = unknownKeys(options, SUBSCRIBE_OPTIONS);
+      if (unknown.length > 0) throw unknownOptions('subscribe', unknown, SUBSCRIBE_OPTIONS);
       const startsAt = options.startsAt === undefined ? undefined : time('startsAt', options.startsAt);
       if (options.durationMs !== undefined && options.endsAt !== undefined) throw invalidArgument('give durationMs or endsAt, not both');
       const durationMs = options.durationMs === undefined ? undefined : checkInt('durationMs', options.durationMs, 1);
@@ -275,9 +343,19 @@ export class Manager extends EventEmitter {
     return sub;
   }
 
-  /** Moves a user to another profile (upgrade or downgrade); usage is kept. */
-  changeProfile(userId: string, profileName: string): Promise<Subscription> {
-    return this.mutate(userId, 'profile_changed', () => this.store.changeProfile(userId, this.profile(profileName), this.clock()));
+  /**
+   * Moves a user to another profile (upgrade or downgrade); usage is kept. Their tasks waiting
+   * for a rate turn or a retry follow the new profile; one whose cost exceeds the new burst ends
+   * INVALID_ARGUMENT, refunded.
+   */
+  async changeProfile(userId: string, profileName: string): Promise<Subscription> {
+    let profile: Profile | undefined;
+    const sub = await this.mutate(userId, 'profile_changed', () => {
+      profile = this.profile(profileName);
+      return this.store.changeProfile(userId, profile, this.clock());
+    });
+    if (profile !== undefined) this.pipeline.profileChanged(userId, profile);
+    return sub;
   }
 
   resetUsage(userId: string): Promise<Subscription> {
@@ -305,9 +383,12 @@ export class Manager extends EventEmitter {
     });
   }
 
-  private tell(userId: string, profileName: string, event: SubscriptionEvent['event'], subscription?: Subscription): void {
+  /** Counts and emits a subscription change; `later`: once the store's decision is complete. */
+  private tell(userId: string, profileName: string, event: SubscriptionEvent['event'], subscription?: Subscription, later = false): void {
     this.metrics.profile(profileName).subscriptionEvent(event);
-    this.emit('subscription', subscription === undefined ? { userId, event } : { userId, event, subscription });
+    const payload: SubscriptionEvent = subscription === undefined ? { userId, event } : { userId, event, subscription };
+    if (later) this.later('subscription', payload);
+    else this.notify('subscription', payload);
   }
 
   /** A cheap handle for one user (from a bounded cache); every call checks the subscription anew. */
@@ -323,21 +404,18 @@ export class Manager extends EventEmitter {
     return limiter;
   }
 
-  private replay(entry: FailedTask): Promise<unknown> {
+  /** Resubmits a claimed dead letter's task; `onAdmitted` once the replay is admitted. */
+  private replay(entry: FailedTask, onAdmitted: () => void): Promise<unknown> {
     if (this.closed !== undefined) return Promise.reject(shuttingDown());
     if (typeof entry.task !== 'function' && 'inline' in entry.task) {
       return Promise.reject(invalidArgument(`dead letter ${entry.id} is an inline task (${entry.task.description}); a function cannot travel between processes, so it can only be replayed by the process where it failed`));
     }
-    // The entry goes once the replay is admitted; a refusal at admission keeps it.
-    return this.pipeline.submit(this.getLimiter(entry.userId), entry.task as Task, { cost: entry.cost }, () => {
-      const removed = this.store.dlqRemove(entry.id);
-      if (removed instanceof Promise) removed.catch((error: unknown) => this.fault(error));
-    });
+    return this.pipeline.submit(this.getLimiter(entry.userId), entry.task, { cost: entry.cost }, onAdmitted);
   }
 
   /** A fault with no caller: the 'error' event if someone listens, else the logger. */
   private fault(error: unknown): void {
-    if (this.listenerCount('error') > 0) this.emit('error', error);
+    if (this.listenerCount('error') > 0) this.notify('error', error instanceof Error ? error : new Error(show(error), { cause: error }));
     else this.logger.error({ err: error }, 'taskvalve: fault with no caller');
   }
 
@@ -346,16 +424,25 @@ export class Manager extends EventEmitter {
    * end within timeoutMs, else tasks not started are rejected and refunded; then waits for
    * running tasks up to the timeout and destroys the pools. Never closes a client it was given.
    */
-  close(options: { drain?: boolean; timeoutMs?: number } = {}): Promise<CloseReport> {
+  close(options: CloseOptions = {}): Promise<CloseReport> {
+    if (options === null || typeof options !== 'object') return Promise.reject(invalidArgument(`close options must be an object, got ${show(options)}`));
+    const unknown = unknownKeys(options, CLOSE_OPTIONS);
+    if (unknown.length > 0) return Promise.reject(unknownOptions('close', unknown, CLOSE_OPTIONS));
+    const drain = options.drain ?? true;
+    const timeoutMs = options.timeoutMs ?? 30_000;
+    if (typeof drain !== 'boolean') return Promise.reject(invalidArgument(`drain must be a boolean, got ${show(drain)}`));
+    if (typeof timeoutMs !== 'number' || !Number.isSafeInteger(timeoutMs) || timeoutMs < 0) {
+      return Promise.reject(invalidArgument(`timeoutMs must be a non-negative integer, got ${show(timeoutMs)}`));
+    }
     if (this.closed === undefined) {
-      const drain = options.drain ?? true;
-      const timeoutMs = options.timeoutMs ?? 30_000;
-      if (typeof drain !== 'boolean') return Promise.reject(invalidArgument(`drain must be a boolean, got ${show(drain)}`));
-      if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0) return Promise.reject(invalidArgument(`timeoutMs must be a non-negative integer, got ${show(timeoutMs)}`));
       this.closed = this.pipeline.close(drain, timeoutMs).then(async (report) => {
         await this.store.close?.();
+        this.metrics.unregister();
         return report;
       });
+    } else if (!drain) {
+      // A second close can escalate a draining one: what has not started is rejected now.
+      this.pipeline.escalate();
     }
     return this.closed;
   }

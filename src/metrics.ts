@@ -3,6 +3,8 @@
  * record; prom-client reads them at scrape time (`collect`), so the hot path pays an increment.
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
+import { invalidConfig } from './errors.js';
+import { STATE_NAMES } from './task/lifecycle.js';
 
 /** How a task that ran ended. */
 export type Outcome = 'success' | 'failed' | 'timeout' | 'crashed' | 'aborted' | 'invalid';
@@ -58,6 +60,12 @@ export class ProfileStats {
   };
   readonly completed: Record<Outcome, number> = { success: 0, failed: 0, timeout: 0, crashed: 0, aborted: 0, invalid: 0 };
   deadLetters = 0;
+  /** Transitions by from * 8 + to (the lifecycle's state numbers). */
+  readonly transitions = new Float64Array(64);
+  /** Events that reached a task already in a terminal state (a worker's answer after a timeout, ...). */
+  lateEvents = 0;
+  /** Inline runs left running past their timeout or abort (they no longer hold a slot). */
+  abandoned = 0;
   readonly subscriptionEvents = new Map<string, number>();
   /** Read at scrape time. */
   queueDepth: () => number = () => 0;
@@ -111,11 +119,21 @@ class ProfileHistogram {
 /** The series of one manager, in its registry. */
 export class Metrics {
   private readonly profiles = new Map<string, ProfileStats>();
+  private readonly names: string[] = [];
 
-  constructor(registry: Registry, prefix: string) {
+  /** Registers every series; INVALID_CONFIG if the registry already has one of these names (another live manager). */
+  constructor(
+    private readonly registry: Registry,
+    prefix: string,
+  ) {
     const profiles = this.profiles;
     const registers = [registry];
+    const clash = registry.getSingleMetric(`${prefix}tasks_submitted_total`);
+    if (clash !== undefined) {
+      throw invalidConfig('Manager', 'registry', `a registry holding ${prefix}tasks_submitted_total`, `a registry no live manager with metricsPrefix ${JSON.stringify(prefix)} uses (close the other manager, or give another metricsPrefix)`);
+    }
     const counter = (name: string, help: string, labelNames: string[], fill: (c: Counter<string>) => void): void => {
+      this.names.push(prefix + name);
       new Counter({
         name: prefix + name,
         help,
@@ -144,7 +162,22 @@ export class Metrics {
     counter('subscription_events_total', 'Subscription changes, by event.', ['profile', 'event'], (c) => {
       for (const [profile, s] of profiles) for (const [event, n] of s.subscriptionEvents) c.inc({ profile, event }, n);
     });
+    counter('task_transitions_total', 'Task lifecycle transitions, by state left and state entered.', ['profile', 'from', 'to'], (c) => {
+      for (const [profile, s] of profiles) {
+        for (let i = 0; i < 64; i++) {
+          const n = s.transitions[i]!;
+          if (n > 0) c.inc({ profile, from: STATE_NAMES[i >> 3]!, to: STATE_NAMES[i & 7]! }, n);
+        }
+      }
+    });
+    counter('task_late_events_total', 'Answers and aborts that reached a task already ended; they changed nothing.', ['profile'], (c) => {
+      for (const [profile, s] of profiles) c.inc({ profile }, s.lateEvents);
+    });
+    counter('tasks_abandoned_total', 'Inline runs left running past their timeout or abort, holding no slot.', ['profile'], (c) => {
+      for (const [profile, s] of profiles) c.inc({ profile }, s.abandoned);
+    });
     const gauge = (name: string, help: string, read: (s: ProfileStats) => number): void => {
+      this.names.push(prefix + name);
       new Gauge({
         name: prefix + name,
         help,
@@ -159,10 +192,16 @@ export class Metrics {
     gauge('queue_depth', 'Admitted tasks waiting for a thread or a concurrency slot.', (s) => s.queueDepth());
     gauge('tasks_running', 'Tasks running now.', (s) => s.running());
     const histogram = (name: string, help: string, series: (s: ProfileStats) => Buckets): void => {
+      this.names.push(prefix + name);
       registry.registerMetric(new ProfileHistogram(prefix + name, help, series, profiles) as unknown as Parameters<Registry['registerMetric']>[0]);
     };
     histogram('task_wait_seconds', 'Seconds from admission to the start of the first attempt.', (s) => s.wait);
     histogram('task_run_seconds', 'Seconds each attempt ran.', (s) => s.run);
+  }
+
+  /** Takes this manager's series out of the registry (close), so that it can be used again. */
+  unregister(): void {
+    for (const name of this.names) this.registry.removeSingleMetric(name);
   }
 
   /** The stats of a profile, created once with its label children resolved. */

@@ -442,9 +442,14 @@ describe('close', () => {
     manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, pool: { perUserConcurrency: 1 }, quota: { limit: 10 } });
     await manager.subscribe('A', 'p');
     const hold = gate();
+    const started = gate();
     const limiter = manager.getLimiter('A');
-    const first = limiter.submit(() => hold.opened);
+    const first = limiter.submit(() => {
+      started.open();
+      return hold.opened;
+    });
     const queued = [1, 2, 3].map(() => rejection(limiter.submit(() => 1)));
+    await started.opened;
     const closing = manager.close({ drain: false });
     expect((await Promise.all(queued)).map((e) => e.code)).toEqual(['SHUTTING_DOWN', 'SHUTTING_DOWN', 'SHUTTING_DOWN']);
     expect((await manager.getSubscription('A'))?.usage).toBe(1);
@@ -476,7 +481,8 @@ describe('close', () => {
     const limiter = manager.getLimiter('A');
     let tries = 0;
     const runs = [limiter.submit(() => 1), limiter.submit(() => 2), rejection(limiter.submit(() => { tries++; throw new Error('x'); }))];
-    // The first ran at once, before the close; the two others wait for their turns.
+    // The first runs at once, before the close; the two others wait for their turns.
+    await runs[0];
     const closing = manager.close({ drain: true, timeoutMs: 10_000 });
     await vi.advanceTimersByTimeAsync(5000);
     expect(await closing).toEqual({ completed: 2, rejected: 0, abandoned: 0 });

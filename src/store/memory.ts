@@ -13,6 +13,7 @@ import {
   type AdmitResult,
   type DlqQuery,
   type FailedTask,
+  type RateReceipt,
   type Store,
   type StoreListener,
   type SubscribeInput,
@@ -71,6 +72,8 @@ export class MemoryStore implements Store {
   private lastUs = 0;
   /** Largest ticks-per-µs of any known rate: decides when to re-base. */
   private maxD = 1;
+  /** Re-bases so far: a receipt from an earlier time base is not honoured (never over-refunds). */
+  private rebases = 0;
   private readonly result: AdmitResult = blankResult();
 
   /** @param options Bounds of the store itself. */
@@ -105,6 +108,7 @@ export class MemoryStore implements Store {
   /** Moves the tick epoch to now: every TAT shifts down by the same amount of time (exact). */
   private rebase(shiftUs: number): void {
     this.epochUs += shiftUs;
+    this.rebases++;
     for (const rec of this.users.values()) {
       if (rec.tat > 0) rec.tat = Math.max(0, rec.tat - shiftUs * rec.profile.rate.d);
     }
@@ -305,6 +309,8 @@ export class MemoryStore implements Store {
         out.remaining = remaining(next, now, rate);
         out.retryAfterMs = 0;
         out.resetAfterMs = ticksToMs(next - now, rate);
+        out.receiptTat = next;
+        out.receiptEpoch = this.rebases;
         return out;
       }
     }
@@ -325,17 +331,41 @@ export class MemoryStore implements Store {
     return out;
   }
 
-  take(userId: string, cost: number, nowMs: number, slot?: UserSlot): number {
+  take(userId: string, cost: number, nowMs: number, slot?: UserSlot, receipt?: { value: RateReceipt | undefined }): number {
     const rec = (slot?.ref as UserRecord | undefined) ?? this.users.get(userId);
     if (rec === undefined) return 0;
     const rate = rec.profile.rate;
+    if (cost > rate.burst) return Infinity;
     const shared = rec.profile.shared === undefined ? undefined : this.buckets.get(rec.profile.shared);
     const now = this.micros(nowMs) * rate.d;
     const next = conform(shared === undefined ? rec.tat : shared.tat, now, cost, rate);
     if (next < 0) return ticksToMs(-next, rate);
     if (shared === undefined) rec.tat = next;
     else shared.tat = next;
+    if (receipt !== undefined) receipt.value = { tat: next, epoch: this.rebases };
     return 0;
+  }
+
+  /**
+   * Gives back what an attempt's units still hold of the bucket. With T the emission interval
+   * and `tatA` the bucket's TAT right after they were taken, the bucket becomes
+   * max(tat - cost*T, now + (tat - tatA)), never fuller than if they had never been taken: every
+   * later admission added at least its own cost*T to the TAT, and only the part of these units'
+   * slot that lies ahead of now comes back. Skipped after a re-base or a profile change.
+   */
+  refundRate(userId: string, cost: number, receipt: RateReceipt, nowMs: number): void {
+    const rec = this.users.get(userId);
+    if (rec === undefined || receipt.epoch !== this.rebases) return;
+    const rate = rec.profile.rate;
+    const shared = rec.profile.shared === undefined ? undefined : this.buckets.get(rec.profile.shared);
+    const now = this.micros(nowMs) * rate.d;
+    if (receipt.epoch !== this.rebases) return; // micros() re-based just now
+    const tat = shared === undefined ? rec.tat : shared.tat;
+    if (tat < receipt.tat) return; // not the bucket these units were taken from (a profile change)
+    const back = Math.max(tat - cost * rate.T, now + (tat - receipt.tat));
+    if (back >= tat) return;
+    if (shared === undefined) rec.tat = back;
+    else shared.tat = back;
   }
 
   refund(userId: string, cost: number, period: number, nowMs: number): void {
@@ -345,7 +375,7 @@ export class MemoryStore implements Store {
     if (rec.gen === period) rec.usage = Math.max(0, rec.usage - cost);
   }
 
-  peek(userId: string, nowMs: number): AdmitResult {
+  peek(userId: string, nowMs: number, waiting?: ReadonlyMap<string, number>): AdmitResult {
     const out = this.result;
     const rec = this.users.get(userId);
     out.profile = rec?.profile;
@@ -359,11 +389,14 @@ export class MemoryStore implements Store {
     const rate = rec.profile.rate;
     const now = this.micros(nowMs) * rate.d; // first: it may re-base every TAT
     const shared = rec.profile.shared === undefined ? undefined : this.buckets.get(rec.profile.shared);
-    const tat = shared === undefined ? rec.tat : shared.tat;
+    const ahead = waiting === undefined || waiting.size === 0 ? 0 : (waiting.get(shared === undefined ? `d:${userId}` : `s:${rec.profile.shared}`) ?? 0);
+    // Units reserved by waiting tasks are as good as taken: count them into the TAT.
+    const own = shared === undefined ? rec.tat : shared.tat;
+    const tat = ahead > 0 ? Math.max(own, now) + ahead * rate.T : own;
     const wait = waitFor(tat, now, 1, rate);
     out.verdict = wait === 0 ? Verdict.ALLOWED : Verdict.RATE_LIMITED;
     out.limit = rate.burst;
-    out.remaining = remaining(tat, now, rate);
+    out.remaining = Math.max(0, remaining(tat, now, rate));
     out.retryAfterMs = ticksToMs(wait, rate);
     out.resetAfterMs = ticksToMs(tat - now, rate);
     out.usage = rec.usage;

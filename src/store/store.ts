@@ -79,6 +79,21 @@ export interface AdmitResult {
   /** For messages: the subscription's start and end (ms). */
   startsAt: number;
   endsAt: number;
+  /** ALLOWED: {@link RateReceipt.tat} of the units taken, -1 when the store cannot give them back. */
+  receiptTat: number;
+  /** ALLOWED: {@link RateReceipt.epoch} of the units taken. */
+  receiptEpoch: number;
+}
+
+/**
+ * Rate units taken from a bucket, as the store that took them describes them: enough to give
+ * back exactly what an attempt that never started still holds, and never more.
+ */
+export interface RateReceipt {
+  /** The bucket's state right after the units were taken (store-specific). */
+  readonly tat: number;
+  /** The store's time base when they were taken (store-specific). */
+  readonly epoch: number;
 }
 
 /** A blank admission result, to fill in. */
@@ -98,6 +113,8 @@ export function blankResult(): AdmitResult {
     quotaResetAfterMs: -1,
     startsAt: 0,
     endsAt: 0,
+    receiptTat: -1,
+    receiptEpoch: 0,
   };
 }
 
@@ -190,12 +207,24 @@ export interface Store {
    * overtakes them. Denials write nothing.
    */
   admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number, slot?: UserSlot): MaybePromise<AdmitResult>;
-  /** Takes `cost` units from the user's bucket if they conform: 0 when taken, else ms to wait. */
-  take(userId: string, cost: number, nowMs: number, slot?: UserSlot): MaybePromise<number>;
+  /**
+   * Takes `cost` units from the user's bucket if they conform: 0 when taken, else ms to wait;
+   * Infinity when they never can (the cost exceeds the bucket of the user's profile now).
+   * When taken, a store that can give units back returns how in `receipt.value`.
+   */
+  take(userId: string, cost: number, nowMs: number, slot?: UserSlot, receipt?: { value: RateReceipt | undefined }): MaybePromise<number>;
   /** Gives back quota charged for a task that never started (no-op if the period moved on). */
   refund(userId: string, cost: number, period: number, nowMs: number): MaybePromise<void>;
-  /** The decision `check(1)` would make on the rate now, without changing anything. */
-  peek(userId: string, nowMs: number): MaybePromise<AdmitResult>;
+  /**
+   * Gives back rate units taken for an attempt that never started: as much of them as the
+   * bucket still holds, so that the bucket is never fuller than if they had never been taken.
+   */
+  refundRate?(userId: string, cost: number, receipt: RateReceipt, nowMs: number): MaybePromise<void>;
+  /**
+   * The decision `check(1)` would make on the rate now, without changing anything, counting
+   * `waiting` units that this process's tasks waiting for their turn on the bucket have reserved.
+   */
+  peek(userId: string, nowMs: number, waiting?: ReadonlyMap<string, number>): MaybePromise<AdmitResult>;
 
   dlqAdd(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): MaybePromise<void>;
   dlqList(query: DlqQuery, nowMs: number): MaybePromise<FailedTask[]>;

@@ -1,0 +1,91 @@
+/** The dead-letter queue as users see it: list, get, remove, and replay exactly once. */
+import { invalidArgument, show, unknownKeys, unknownOptions } from './errors.js';
+import type { DlqQuery, FailedTask, Store } from './store/store.js';
+
+const LIST_OPTIONS = ['limit', 'userId', 'profileName'] as const;
+
+/** Runs `fn` and turns a synchronous throw into a rejected promise. */
+async function attempt<T>(fn: () => T | Promise<T>): Promise<T> {
+  return fn();
+}
+
+function checkId(id: unknown): asserts id is string {
+  if (typeof id !== 'string' || id.length === 0) throw invalidArgument(`a dead letter's id must be a non-empty string, got ${show(id)}`);
+}
+
+/** What a replay needs from the manager. */
+export interface Replayer {
+  /** Resubmits the entry's task; `onAdmitted` is called once the replay is admitted. */
+  replay(entry: FailedTask, onAdmitted: () => void): Promise<unknown>;
+  /** Whether the entry's profile may keep it (its `dlq` bounds). */
+  bounds(entry: FailedTask): { maxEntries: number; retentionMs: number } | undefined;
+}
+
+/**
+ * The dead-letter queue: tasks that failed their last attempt, oldest first. Bounded per profile
+ * by `dlq.maxEntries` and `dlq.retentionMs`.
+ */
+export class DeadLetterQueue {
+  /** @internal */
+  constructor(
+    private readonly store: Store,
+    private readonly clock: () => number,
+    private readonly replayer: Replayer,
+  ) {}
+
+  /** Entries, oldest first, optionally filtered. */
+  list(query: DlqQuery = {}): Promise<FailedTask[]> {
+    return attempt(() => {
+      if (query === null || typeof query !== 'object') throw invalidArgument(`dlq.list options must be an object, got ${show(query)}`);
+      const unknown = unknownKeys(query, LIST_OPTIONS);
+      if (unknown.length > 0) throw unknownOptions('dlq.list', unknown, LIST_OPTIONS);
+      if (query.limit !== undefined && (typeof query.limit !== 'number' || !Number.isSafeInteger(query.limit) || query.limit < 0)) {
+        throw invalidArgument(`limit must be an integer >= 0, got ${show(query.limit)}`);
+      }
+      for (const field of ['userId', 'profileName'] as const) {
+        if (query[field] !== undefined && typeof query[field] !== 'string') throw invalidArgument(`${field} must be a string, got ${show(query[field])}`);
+      }
+      return this.store.dlqList(query, this.clock());
+    });
+  }
+
+  /** The entry, or undefined. */
+  get(id: string): Promise<FailedTask | undefined> {
+    return attempt(() => {
+      checkId(id);
+      return this.store.dlqGet(id);
+    });
+  }
+
+  /** True if the entry existed. */
+  remove(id: string): Promise<boolean> {
+    return attempt(() => {
+      checkId(id);
+      return this.store.dlqRemove(id);
+    });
+  }
+
+  /**
+   * Resubmits the task through the full pipeline, once: the entry is claimed (taken out of the
+   * queue) first, so a concurrent replay of it is refused; if admission refuses the replay, the
+   * entry is put back.
+   */
+  replay(id: string): Promise<unknown> {
+    return attempt(async () => {
+      checkId(id);
+      const entry = await this.store.dlqGet(id);
+      if (entry === undefined) throw invalidArgument(`no dead letter with id ${show(id)}`);
+      if (!(await this.store.dlqRemove(id))) throw invalidArgument(`dead letter ${show(id)} is already being replayed (or was removed)`);
+      let admitted = false;
+      try {
+        return await this.replayer.replay(entry, () => {
+          admitted = true;
+        });
+      } catch (error) {
+        const bounds = this.replayer.bounds(entry);
+        if (!admitted && bounds !== undefined) await this.store.dlqAdd(entry, bounds, this.clock());
+        throw error;
+      }
+    });
+  }
+}

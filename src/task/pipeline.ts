@@ -1,0 +1,485 @@
+/**
+ * The pipeline: the stages wired in order, admission -> rate line -> scheduler -> run ->
+ * settle. Each stage hands a task forward; only the lifecycle writes its state. Also what acts
+ * on many tasks at once: a user's subscription ending, a profile change, and close().
+ */
+import {
+  aborted,
+  costOverBurst,
+  invalidArgument,
+  queueFull,
+  show,
+  shuttingDown,
+  storeFailed,
+  TaskvalveError,
+} from '../errors.js';
+import type { RunResult } from '../exec/pool.js';
+import type { Metrics, RejectReason } from '../metrics.js';
+import type { Profile } from '../profile.js';
+import { AdmitMode, Verdict, type AdmitResult, type FailedTask, type RateReceipt, type Store, type UserSlot } from '../store/store.js';
+import { Timer } from '../util/timer.js';
+import {
+  decision,
+  denial,
+  isCount,
+  parseSubmit,
+  peekResult,
+  type Decision,
+  type DetailedDecision,
+  type PeekResult,
+  type Submission,
+} from './admission.js';
+import { Job } from './job.js';
+import { Lifecycle, State, isTerminal, type TaskEvent } from './lifecycle.js';
+import { RateLines, bucketKey } from './rate-line.js';
+import { Runner } from './run.js';
+import { Scheduler } from './scheduler.js';
+import { Settler } from './settle.js';
+
+/** A user's limiter handle as the pipeline sees it. */
+export interface UserHandle extends UserSlot {
+  readonly userId: string;
+}
+
+/** What close() reports. */
+export interface CloseReport {
+  /** Tasks settled by running during the close. */
+  completed: number;
+  /** Tasks rejected SHUTTING_DOWN without running to their end. */
+  rejected: number;
+  /** Tasks still running at the timeout (their callers got SHUTTING_DOWN). */
+  abandoned: number;
+}
+
+/** What the pipeline needs from its manager. */
+export interface PipelineContext {
+  store: Store;
+  clock: () => number;
+  metrics: Metrics;
+  /** A fault with no caller to reject. */
+  fault: (error: unknown) => void;
+  /** A dead letter was stored. */
+  deadLetter: (entry: FailedTask) => void;
+  /** The `task` event's sink while someone listens, else undefined. */
+  taskListener: () => ((event: TaskEvent) => void) | undefined;
+}
+
+/** The engine behind every Limiter of one manager. */
+export class Pipeline {
+  private readonly lifecycle: Lifecycle;
+  private readonly lines: RateLines;
+  private readonly schedulers = new Map<string, Scheduler>();
+  private readonly runner: Runner;
+  private readonly settler: Settler;
+  /** Tasks whose callers have not been answered yet. */
+  private readonly live = new Set<Job>();
+  /** Admissions in flight in an asynchronous store. */
+  private admitting = 0;
+  private closing = false;
+  /** During close: whether admitted work still runs to its end (retries included). */
+  private draining = true;
+  private report: CloseReport | undefined;
+  private drained: (() => void) | undefined;
+
+  constructor(private readonly ctx: PipelineContext) {
+    const { store, metrics, clock, fault } = ctx;
+    this.lifecycle = new Lifecycle({
+      metrics,
+      listener: ctx.taskListener,
+      refundQuota: (job) => {
+        try {
+          this.settled(store.refund(job.userId, job.quota, job.period, clock()));
+        } catch (error) {
+          fault(error);
+        }
+      },
+      refundRate: (job) => this.untake(job, job.taken as RateReceipt),
+      ended: (job) => {
+        if (job.onAbort !== undefined) job.signal?.removeEventListener('abort', job.onAbort);
+        job.onAbort = undefined;
+      },
+      fault,
+    });
+    this.lines = new RateLines({
+      take: (job, receipt) => this.take(job, receipt),
+      granted: (job, receipt) => {
+        job.taken = receipt;
+        this.queue(job);
+      },
+      failed: (job, error) => this.end(job, storeFailed(error)),
+      untake: (job, receipt) => this.untake(job, receipt),
+    });
+    this.runner = new Runner(metrics, fault);
+    this.settler = new Settler({
+      lifecycle: this.lifecycle,
+      store,
+      metrics,
+      clock,
+      fault,
+      finish: (job, ok, value, ran) => this.finish(job, ok, value, ran),
+      deadLettered: ctx.deadLetter,
+      retry: (job) => this.retry(job),
+      retrying: () => this.draining || !this.closing,
+    });
+  }
+
+  /** True once close() began: no new work is admitted. */
+  get isClosing(): boolean {
+    return this.closing;
+  }
+
+  // ---- admission -------------------------------------------------------------------------
+
+  /** @param onAdmitted Called once the task is admitted. */
+  submit(user: UserHandle, task: unknown, options: unknown, onAdmitted?: () => void): Promise<unknown> {
+    const s = parseSubmit(task, options);
+    if (s instanceof TaskvalveError) return Promise.reject(s);
+    if (this.closing) return Promise.reject(shuttingDown());
+    if (s.signal?.aborted) return Promise.reject(aborted(s.signal.reason));
+    const now = this.ctx.clock();
+    let r: AdmitResult | Promise<AdmitResult>;
+    try {
+      r = this.ctx.store.admit(user.userId, s.cost, s.wait ? AdmitMode.PROFILE : AdmitMode.NOW, this.lines.units, now, user);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (!(r instanceof Promise)) return this.admitted(user, s, r, now, onAdmitted);
+    // Asynchronous store: close() waits for this admission's answer (then refunds it).
+    this.admitting++;
+    return r.then(
+      (res) => {
+        this.admitting--;
+        const out = this.admitted(user, s, res, now, onAdmitted);
+        this.drain();
+        return out;
+      },
+      (error: unknown) => {
+        this.admitting--;
+        this.drain();
+        throw error;
+      },
+    );
+  }
+
+  /** Turns an admission into a task, or into the rejection it calls for. */
+  private admitted(user: UserHandle, s: Submission, r: AdmitResult, now: number, onAdmitted: (() => void) | undefined): Promise<unknown> {
+    const profile = r.profile;
+    if (profile === undefined) return Promise.reject(denial(user.userId, r, s.cost, undefined, now));
+    const stats = this.ctx.metrics.profile(profile.name);
+    stats.submitted++;
+    const verdict = r.verdict;
+    if (verdict !== Verdict.ALLOWED && verdict !== Verdict.QUEUED) return Promise.reject(denial(user.userId, r, s.cost, stats, now));
+    const job = new Job(user.userId, user, s.name, s.payload, s.fn, s.cost, s.signal, s.timeoutMs, s.priority);
+    job.id = s.taskId;
+    job.profile = profile;
+    job.quota = s.cost;
+    job.period = r.period;
+    job.admittedAt = now;
+    if (verdict === Verdict.ALLOWED && r.receiptTat >= 0) job.taken = { tat: r.receiptTat, epoch: r.receiptEpoch };
+    const waitMs = r.retryAfterMs;
+    const promise = new Promise<unknown>((resolve, reject) => {
+      job.resolve = resolve;
+      job.reject = reject;
+    });
+    this.live.add(job);
+    // Refusals decided after the store admitted: CANCELED, and the charge goes back by the rule.
+    if (this.closing) this.end(job, shuttingDown());
+    else if (s.fn === undefined && profile.pool.filename === undefined) {
+      this.end(job, invalidArgument(`task ${show(s.name)}: profile ${show(profile.name)} has no pool.filename to run named tasks`));
+    } else if (s.signal?.aborted) this.end(job, aborted(s.signal.reason));
+    else if (verdict === Verdict.ALLOWED && !this.scheduler(profile).hasRoom(job.userId, s.fn !== undefined, profile.pool.maxQueue)) {
+      this.end(job, queueFull(profile.name, profile.pool.maxQueue));
+    } else {
+      onAdmitted?.();
+      if (s.signal !== undefined) {
+        job.onAbort = () => this.abort(job);
+        s.signal.addEventListener('abort', job.onAbort, { once: true });
+      }
+      if (verdict === Verdict.ALLOWED) this.queue(job);
+      else {
+        job.bucket = r.bucket;
+        this.lifecycle.move(job, State.WAITING_RATE);
+        this.lines.add(job, waitMs);
+      }
+    }
+    return promise;
+  }
+
+  check(user: UserHandle, cost: number): Promise<Decision> {
+    return this.admitNow(user, cost, false);
+  }
+
+  /** check(), with the user's profile, usage and quota figures of the same decision. */
+  checkDetailed(user: UserHandle, cost: number): Promise<DetailedDecision> {
+    return this.admitNow(user, cost, true) as Promise<DetailedDecision>;
+  }
+
+  /** Admission decided now (never waits); the store's answer is read before the next call. */
+  private admitNow(user: UserHandle, cost: number, detailed: boolean): Promise<Decision> {
+    if (!isCount(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
+    if (this.closing) return Promise.reject(shuttingDown());
+    const now = this.ctx.clock();
+    try {
+      const r = this.ctx.store.admit(user.userId, cost, AdmitMode.NOW, this.lines.units, now, user);
+      if (r instanceof Promise) return r.then((res) => this.decided(user.userId, res, cost, detailed, now));
+      return this.decided(user.userId, r, cost, detailed, now);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  private decided(userId: string, r: AdmitResult, cost: number, detailed: boolean, now: number): Promise<Decision> {
+    const d = decision(userId, r, cost, detailed, r.profile === undefined ? undefined : this.ctx.metrics.profile(r.profile.name), now);
+    return 'allowed' in d ? Promise.resolve(d) : Promise.reject(d);
+  }
+
+  peek(userId: string): Promise<PeekResult> {
+    try {
+      const r = this.ctx.store.peek(userId, this.ctx.clock(), this.lines.units);
+      return r instanceof Promise ? r.then(peekResult) : Promise.resolve(peekResult(r));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  // ---- rate line -------------------------------------------------------------------------
+
+  /** A job's rate turn: refuses a first attempt the queue has no room for, else takes its units. */
+  private take(job: Job, receipt: { value: RateReceipt | undefined }): number | Promise<number> {
+    const profile = job.profile;
+    if (job.cost > profile.rate.burst) throw costOverBurst(job.cost, profile.rate.burst, profile.name, true);
+    if (job.attempt === 1 && !this.scheduler(profile).hasRoom(job.userId, job.fn !== undefined, profile.pool.maxQueue)) {
+      throw queueFull(profile.name, profile.pool.maxQueue);
+    }
+    const wait = this.ctx.store.take(job.userId, job.cost, this.ctx.clock(), job.slot, receipt);
+    if (typeof wait === 'number') return this.conforming(job, wait);
+    return wait.then((ms) => this.conforming(job, ms));
+  }
+
+  /** A wait the store gave; Infinity: the units can never conform (the profile changed elsewhere). */
+  private conforming(job: Job, ms: number): number {
+    if (ms === Infinity) throw costOverBurst(job.cost, job.profile.rate.burst, job.profile.name, true);
+    return ms;
+  }
+
+  /** Gives back rate units an attempt took and never used. */
+  private untake(job: Job, receipt: RateReceipt): void {
+    const refund = this.ctx.store.refundRate;
+    if (refund === undefined) return;
+    try {
+      this.settled(refund.call(this.ctx.store, job.userId, job.cost, receipt, this.ctx.clock()));
+    } catch (error) {
+      this.ctx.fault(error);
+    }
+  }
+
+  // ---- scheduler and run -----------------------------------------------------------------
+
+  /** The scheduler of a profile, created on first use. */
+  private scheduler(profile: Profile): Scheduler {
+    let scheduler = this.schedulers.get(profile.name);
+    if (scheduler === undefined) {
+      const created = new Scheduler(profile.pool.maxThreads, profile.pool.perUserConcurrency, (job) => this.run(job, created));
+      const stats = this.ctx.metrics.profile(profile.name);
+      stats.queueDepth = () => created.queued;
+      stats.running = () => created.running;
+      this.schedulers.set(profile.name, created);
+      scheduler = created;
+    }
+    return scheduler;
+  }
+
+  /** Units taken: to the profile's fair queue. */
+  private queue(job: Job): void {
+    this.lifecycle.move(job, State.QUEUED);
+    this.scheduler(job.profile).enqueue(job);
+  }
+
+  private run(job: Job, scheduler: Scheduler): void {
+    const startedAt = this.ctx.clock();
+    if (job.attempt === 1) this.ctx.metrics.profile(job.profile.name).wait.observe((startedAt - job.admittedAt) / 1000);
+    this.lifecycle.move(job, State.RUNNING);
+    this.runner.run(job, (ran: Job, result: RunResult) => {
+      scheduler.finish(ran);
+      this.settler.attempt(ran, result, startedAt);
+    });
+  }
+
+  /** Re-admits a job after its backoff: through the rate again, ahead of nothing. */
+  private retry(job: Job): void {
+    if (job.state !== State.RETRY_WAIT) return;
+    job.attempt++;
+    const profile = job.profile;
+    if (job.cost > profile.rate.burst) {
+      this.end(job, costOverBurst(job.cost, profile.rate.burst, profile.name, true));
+      return;
+    }
+    const key = bucketKey(profile, job.userId);
+    job.bucket = key;
+    if (this.lines.units.has(key)) {
+      this.lifecycle.move(job, State.WAITING_RATE);
+      this.lines.add(job, 0);
+      return;
+    }
+    const receipt: { value: RateReceipt | undefined } = { value: undefined };
+    const go = (ms: number): void => {
+      if (job.state !== State.RETRY_WAIT) {
+        if (ms === 0 && receipt.value !== undefined) this.untake(job, receipt.value);
+        return;
+      }
+      if (ms === Infinity) this.end(job, costOverBurst(job.cost, job.profile.rate.burst, job.profile.name, true));
+      else if (ms === 0) {
+        job.taken = receipt.value;
+        this.queue(job);
+      } else {
+        this.lifecycle.move(job, State.WAITING_RATE);
+        this.lines.add(job, ms);
+      }
+    };
+    try {
+      const wait = this.ctx.store.take(job.userId, job.cost, this.ctx.clock(), job.slot, receipt);
+      if (typeof wait === 'number') go(wait);
+      else wait.then(go, (error: unknown) => this.end(job, storeFailed(error)));
+    } catch (error) {
+      this.end(job, storeFailed(error));
+    }
+  }
+
+  // ---- leaving ---------------------------------------------------------------------------
+
+  /**
+   * Ends a task that is not running with `error`: takes it out of whichever stage holds it and
+   * moves it to CANCELED (which refunds by the rule), then rejects its caller.
+   */
+  private end(job: Job, error: TaskvalveError): void {
+    const state = job.state;
+    if (isTerminal(state)) return;
+    if (state === State.RUNNING) {
+      this.stop(job, error);
+      return;
+    }
+    const reason = error.code.toLowerCase();
+    if (!this.lifecycle.move(job, State.CANCELED, reason)) return;
+    if (state === State.WAITING_RATE) this.lines.remove(job);
+    else if (state === State.QUEUED) this.scheduler(job.profile).withdraw(job);
+    else if (state === State.RETRY_WAIT) job.timer?.cancel();
+    const stats = this.ctx.metrics.profile(job.profile.name);
+    if (reason in stats.rejected) stats.rejected[reason as RejectReason]++;
+    if (this.report !== undefined && reason === 'shutting_down') this.report.rejected++;
+    this.finish(job, false, error, false);
+  }
+
+  /** Stops a running task now: its caller gets `error`, its slot is freed when the run really ends. */
+  private stop(job: Job, error: TaskvalveError): void {
+    if (!this.lifecycle.move(job, State.CANCELED, error.code.toLowerCase())) return;
+    this.ctx.metrics.profile(job.profile.name).completed.aborted++;
+    job.stop?.(error);
+    this.finish(job, false, error, false);
+  }
+
+  /** The caller's signal fired. */
+  private abort(job: Job): void {
+    this.end(job, aborted(job.signal?.reason));
+  }
+
+  /** Answers the caller, once. `ran`: the answer is what running the task came to. */
+  private finish(job: Job, ok: boolean, value: unknown, ran: boolean): void {
+    if (!this.live.delete(job)) return;
+    if (ran && this.report !== undefined) this.report.completed++;
+    if (ok) job.resolve(value);
+    else job.reject(value);
+    this.drain();
+  }
+
+  private drain(): void {
+    if (this.live.size === 0 && this.admitting === 0) this.drained?.();
+  }
+
+  /** Waits for a store call whose answer nobody awaits; its failure is a fault. */
+  private settled(result: void | Promise<void>): void {
+    if (result instanceof Promise) result.catch((error: unknown) => this.ctx.fault(error));
+  }
+
+  /** Ends a user's tasks that have not started (a subscription canceled or deleted). */
+  rejectWaiting(userId: string, error: TaskvalveError): void {
+    for (const job of [...this.live]) {
+      if (job.userId !== userId || job.started) continue;
+      const state = job.state;
+      if (state === State.WAITING_RATE || state === State.QUEUED) this.end(job, error);
+    }
+  }
+
+  /**
+   * A user moved to another profile: their tasks waiting for a turn or a retry follow it. A
+   * cost above the new burst ends the task (INVALID_ARGUMENT, refunded by the rule); the rate
+   * lines concerned decide their heads' times anew.
+   */
+  profileChanged(userId: string, profile: Profile): void {
+    const touched = new Set<string>();
+    for (const job of [...this.live]) {
+      if (job.userId !== userId) continue;
+      const state = job.state;
+      if (state !== State.WAITING_RATE && state !== State.RETRY_WAIT) continue;
+      if (state === State.RETRY_WAIT) {
+        job.profile = profile;
+        if (job.cost > profile.rate.burst) this.end(job, costOverBurst(job.cost, profile.rate.burst, profile.name, true));
+        continue;
+      }
+      touched.add(job.bucket);
+      if (job.cost > profile.rate.burst) {
+        job.profile = profile;
+        this.end(job, costOverBurst(job.cost, profile.rate.burst, profile.name, true));
+        continue;
+      }
+      const key = bucketKey(profile, userId);
+      if (key !== job.bucket) {
+        this.lines.remove(job); // still WAITING_RATE: leaves its old line, joins the new one
+        job.profile = profile;
+        job.bucket = key;
+        this.lines.add(job, 0);
+        touched.add(key);
+      } else job.profile = profile;
+    }
+    for (const key of touched) this.lines.refresh(key);
+  }
+
+  // ---- close -----------------------------------------------------------------------------
+
+  /** Stops admission, drains or rejects what waits, waits for what runs, then stops the pools. */
+  async close(drain: boolean, timeoutMs: number): Promise<CloseReport> {
+    this.closing = true;
+    this.draining = drain;
+    const report: CloseReport = { completed: 0, rejected: 0, abandoned: 0 };
+    this.report = report;
+    if (!drain) this.escalate();
+    if (this.live.size > 0 || this.admitting > 0) {
+      let timer: Timer | undefined;
+      await new Promise<void>((resolve) => {
+        this.drained = resolve;
+        timer = new Timer(timeoutMs, resolve);
+      });
+      timer?.cancel();
+      this.drained = undefined;
+    }
+    for (const job of [...this.live]) {
+      if (job.state === State.RUNNING) {
+        report.abandoned++;
+        this.stop(job, shuttingDown());
+      } else if (isTerminal(job.state)) {
+        // Its dead letter is still in flight in the store: answer the caller now.
+        this.finish(job, false, shuttingDown(), false);
+      } else this.end(job, shuttingDown());
+    }
+    this.lines.clear();
+    await this.runner.close();
+    return report;
+  }
+
+  /** Closing without drain (or a second close that asks for it): what has not started is rejected now. */
+  escalate(): void {
+    this.draining = false;
+    for (const job of [...this.live]) {
+      if (job.state !== State.RUNNING && !isTerminal(job.state)) this.end(job, shuttingDown());
+    }
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * Stage 4, run: one attempt of a task, on its profile's worker pool or inline on this thread.
+ * An attempt always ends in exactly one call of `done`, which frees its slot: at the result, at
+ * the timeout, or when it is stopped. An inline function that ignores its signal may go on
+ * running after that, but it holds no slot; it is counted as abandoned, its late answer as late.
+ */
+import { show, shuttingDown, taskFailed, taskTimeout, type TaskvalveError } from '../errors.js';
+import { WorkerPool, type RunResult } from '../exec/pool.js';
+import type { Metrics } from '../metrics.js';
+import type { Profile } from '../profile.js';
+import { Timer } from '../util/timer.js';
+import { InlineContext, type Job } from './job.js';
+
+/** Wraps whatever an inline task threw into an Error (keeping a non-Error as `value`). */
+function asError(thrown: unknown): Error {
+  if (thrown instanceof Error) return thrown;
+  const err = new Error(typeof thrown === 'string' ? thrown : show(thrown));
+  (err as Error & { value?: unknown }).value = thrown;
+  return err;
+}
+
+function failed(thrown: unknown): RunResult {
+  return { ok: false, error: taskFailed(asError(thrown)), refund: false };
+}
+
+const STOPPED: RunResult = { ok: false, error: undefined, refund: false };
+
+/** Runs attempts; owns the worker pools (one per profile, created on first use, never after close). */
+export class Runner {
+  private readonly pools = new Map<string, WorkerPool>();
+  private closed = false;
+
+  /**
+   * @param metrics Where abandoned runs and late answers are counted.
+   * @param fault An error with no caller (a late error from a worker thread).
+   */
+  constructor(
+    private readonly metrics: Metrics,
+    private readonly fault: (error: unknown) => void,
+  ) {}
+
+  /** Starts the job's attempt; `done` is called exactly once with what it came to. */
+  run(job: Job, done: (job: Job, result: RunResult) => void): void {
+    if (job.fn !== undefined) this.inline(job, done);
+    else this.worker(job, done);
+  }
+
+  private inline(job: Job, done: (job: Job, result: RunResult) => void): void {
+    const stats = this.metrics.profile(job.profile.name);
+    const ctx = new InlineContext(job.attempt);
+    let over = false;
+    let timer: Timer | undefined;
+    const end = (result: RunResult): void => {
+      if (over) {
+        stats.lateEvents++;
+        return;
+      }
+      over = true;
+      timer?.cancel();
+      job.stop = undefined;
+      done(job, result);
+    };
+    const abandon = (reason: TaskvalveError, result: RunResult): void => {
+      if (over) return;
+      ctx.abort(reason);
+      stats.abandoned++;
+      end(result);
+    };
+    job.stop = (reason) => abandon(reason, STOPPED);
+    const ms = job.timeoutMs;
+    if (ms > 0) {
+      timer = new Timer(ms, () => {
+        const error = taskTimeout(ms);
+        abandon(error, { ok: false, error, refund: false });
+      });
+    }
+    let out: unknown;
+    try {
+      out = (job.fn as (ctx: InlineContext) => unknown)(ctx);
+    } catch (error) {
+      end(failed(error));
+      return;
+    }
+    if (out === null || (typeof out !== 'object' && typeof out !== 'function')) {
+      end({ ok: true, value: out });
+      return;
+    }
+    // Promise.resolve reads `then` and calls it in a microtask; a getter or a `then` that throws
+    // becomes a rejection there, never a throw here.
+    let settled: Promise<unknown>;
+    try {
+      settled = Promise.resolve(out);
+    } catch (error) {
+      end(failed(error));
+      return;
+    }
+    settled.then(
+      (value) => end({ ok: true, value }),
+      (error: unknown) => end(failed(error)),
+    );
+  }
+
+  private worker(job: Job, done: (job: Job, result: RunResult) => void): void {
+    if (this.closed) {
+      done(job, { ok: false, error: shuttingDown(), refund: true });
+      return;
+    }
+    const pool = this.pool(job.profile);
+    const controller = job.signal !== undefined ? new AbortController() : undefined;
+    if (controller !== undefined) job.stop = (reason) => controller.abort(reason);
+    pool.run(job.name as string, job.payload, job.timeoutMs, controller, (result) => {
+      job.stop = undefined;
+      done(job, result);
+    });
+  }
+
+  private pool(profile: Profile): WorkerPool {
+    let pool = this.pools.get(profile.name);
+    if (pool === undefined) {
+      pool = new WorkerPool(profile, (error) => this.fault(error));
+      this.pools.set(profile.name, pool);
+    }
+    return pool;
+  }
+
+  /** No pool is created from now on; every pool's threads are terminated (runs in flight end). */
+  async close(): Promise<void> {
+    this.closed = true;
+    const pools = [...this.pools.values()];
+    this.pools.clear();
+    await Promise.all(pools.map((pool) => pool.destroy()));
+  }
+}

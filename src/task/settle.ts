@@ -1,0 +1,121 @@
+/**
+ * Stage 5, settle: what an attempt came to. A result resolves the caller; a failure is retried
+ * after its backoff (handed back to the pipeline, which re-admits it through the rate) or
+ * dead-lettered, and the caller's rejection waits until the dead letter is stored.
+ */
+import { randomUUID } from 'node:crypto';
+import { ErrorCode, type TaskvalveError } from '../errors.js';
+import type { RunResult } from '../exec/pool.js';
+import { backoffMs, isRetryable } from '../exec/retry.js';
+import type { Metrics, Outcome } from '../metrics.js';
+import type { FailedTask, Store } from '../store/store.js';
+import { Timer } from '../util/timer.js';
+import type { Job } from './job.js';
+import { State, type Lifecycle } from './lifecycle.js';
+
+const OUTCOMES: Partial<Record<string, Outcome>> = {
+  [ErrorCode.TASK_FAILED]: 'failed',
+  [ErrorCode.TASK_TIMEOUT]: 'timeout',
+  [ErrorCode.WORKER_CRASHED]: 'crashed',
+};
+
+/** Where settled tasks go. */
+export interface SettleOutputs {
+  lifecycle: Lifecycle;
+  store: Store;
+  metrics: Metrics;
+  clock: () => number;
+  fault: (error: unknown) => void;
+  /** The caller's promise settles (exactly once per task); `ran`: with what running it came to. */
+  finish(job: Job, ok: boolean, value: unknown, ran: boolean): void;
+  /** A dead letter was stored. */
+  deadLettered(entry: FailedTask): void;
+  /** The backoff is over: re-admit the job through the rate. */
+  retry(job: Job): void;
+  /** Whether failed attempts may still be retried (not while closing without drain). */
+  retrying(): boolean;
+}
+
+/** Settles attempts. */
+export class Settler {
+  constructor(private readonly out: SettleOutputs) {}
+
+  /** An attempt ended (its slot is already free). */
+  attempt(job: Job, result: RunResult, startedAt: number): void {
+    const { lifecycle, metrics, clock } = this.out;
+    const stats = metrics.profile(job.profile.name);
+    const now = clock();
+    stats.run.observe((now - startedAt) / 1000);
+    if (result.ok) {
+      if (lifecycle.move(job, State.SUCCEEDED)) {
+        stats.completed.success++;
+        this.out.finish(job, true, result.value, true);
+      }
+      return;
+    }
+    const error = result.error;
+    if (error === undefined) {
+      // Stopped by its caller or by shutdown, which already settled it: a late answer.
+      lifecycle.move(job, State.CANCELED, 'aborted');
+      return;
+    }
+    if (job.state !== State.RUNNING) {
+      lifecycle.move(job, State.CANCELED); // already settled: counted as late
+      return;
+    }
+    stats.completed[OUTCOMES[error.code] ?? 'invalid']++;
+    const reason = error.code.toLowerCase();
+    if (result.refund) {
+      // It never really ran (no such export, a payload that cannot be cloned, no module).
+      if (job.attempt === 1) lifecycle.unstart(job);
+      lifecycle.move(job, State.CANCELED, reason);
+      this.out.finish(job, false, error, false);
+      return;
+    }
+    if (job.firstFailedAt === 0) job.firstFailedAt = now;
+    const retry = job.profile.retry;
+    if (job.attempt < retry.attempts && isRetryable(error) && this.out.retrying()) {
+      lifecycle.move(job, State.RETRY_WAIT, reason);
+      job.timer = new Timer(backoffMs(retry, job.attempt + 1), () => {
+        job.timer = undefined;
+        this.out.retry(job);
+      });
+      return;
+    }
+    this.bury(job, error, now);
+  }
+
+  /** FAILED: stores the dead letter, then rejects the caller. A late abort changes nothing now. */
+  private bury(job: Job, error: TaskvalveError, now: number): void {
+    const { lifecycle, metrics, store, fault } = this.out;
+    lifecycle.move(job, State.FAILED, error.code.toLowerCase());
+    const cause = error.cause instanceof Error ? error.cause : error;
+    const entry: FailedTask = {
+      id: randomUUID(),
+      userId: job.userId,
+      profileName: job.profile.name,
+      task: job.task,
+      cost: job.cost,
+      error: { code: error.code, name: cause.name, message: cause.message, ...(cause.stack === undefined ? {} : { stack: cause.stack }) },
+      attempts: job.attempt,
+      firstFailedAt: new Date(job.firstFailedAt),
+      lastFailedAt: new Date(now),
+    };
+    const stored = (): void => {
+      metrics.profile(job.profile.name).deadLetters++;
+      this.out.deadLettered(entry);
+      this.out.finish(job, false, error, true);
+    };
+    const lost = (storeError: unknown): void => {
+      fault(storeError);
+      this.out.finish(job, false, error, true);
+    };
+    try {
+      const added = store.dlqAdd(entry, job.profile.dlq, now);
+      if (added instanceof Promise) added.then(stored, lost);
+      else stored();
+    } catch (storeError) {
+      lost(storeError);
+    }
+  }
+}
