@@ -6,6 +6,7 @@ import { Manager, TaskvalveError, type FailedTask, type PoolConfig, type Profile
 
 const TASKS = new URL('./fixtures/tasks.mjs', import.meta.url);
 const BROKEN = new URL('./fixtures/broken.mjs', import.meta.url);
+const HANGING = new URL('./fixtures/hanging.mjs', import.meta.url);
 const RATE = { limit: 1000, intervalMs: 1000 };
 
 const managers: Manager[] = [];
@@ -205,6 +206,17 @@ describe('worker tasks: stopping a running task', () => {
     const next = await u.submit({ name: 'whoami' });
     expect(typeof next).toBe('number');
     expect(next).not.toBe(Atomics.load(started, 1));
+  });
+
+  it('a module whose import never finishes is bounded by the task timeout (TASK_TIMEOUT); another profile keeps working', async () => {
+    const m = await setup();
+    m.registerProfile('hang', { rate: RATE, pool: { filename: HANGING, maxThreads: 1, taskTimeoutMs: 300 } });
+    await m.subscribe('h', 'hang');
+    const first = await rejection(m.getLimiter('h').submit({ name: 'never' }));
+    expect(first.code).toBe('TASK_TIMEOUT');
+    // A task's own timeout bounds it too, and the next thread (importing anew) is bounded again.
+    expect((await rejection(m.getLimiter('h').submit({ name: 'never' }, { timeoutMs: 200 }))).code).toBe('TASK_TIMEOUT');
+    expect(typeof (await m.getLimiter('u').submit({ name: 'whoami' }))).toBe('number');
   });
 
   it('submit timeoutMs overrides the profile taskTimeoutMs, longer and shorter', async () => {

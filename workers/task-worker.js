@@ -83,6 +83,11 @@ let ready;
 
 export default function run(task) {
   if (ready !== undefined) return execute(task);
+  // Still importing: the main thread bounds the import by the task's timeout from here.
+  if (task.s >= 0 && task.f) {
+    Atomics.store(task.f, task.s, 3);
+    Atomics.notify(task.f, task.s);
+  }
   return load().then((r) => {
     ready = r;
     return execute(task);

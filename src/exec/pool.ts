@@ -8,8 +8,15 @@ import { BroadcastChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { ErrorCode, TaskvalveError, invalidArgument, taskFailed, taskTimeout, workerCrashed } from '../errors.js';
 import type { Profile } from '../profile.js';
+import { Timer } from '../util/timer.js';
 
 const WORKER = new URL('../../workers/task-worker.js', import.meta.url).href;
+
+// A run's flag in shared memory (workers/task-worker.js writes IMPORTING and EXECUTING).
+const WAITING = 0;
+const EXECUTING = 1;
+const ENDED = 2;
+const IMPORTING = 3;
 
 /** An error as the worker describes it. */
 export interface ErrorDescription {
@@ -161,12 +168,14 @@ export class WorkerPool {
 
 /**
  * The timeout of one run, armed when the task begins executing on its thread: the worker flips
- * the run's flag in shared memory and notifies; `Atomics.waitAsync` wakes us. Without a free
- * slot (more runs than slots, which the executor prevents) it counts from the hand-off.
+ * the run's flag in shared memory and notifies; `Atomics.waitAsync` wakes us. A worker still
+ * importing the profile's module flips it to IMPORTING first: the import is then bounded by the
+ * same timeout, and the run, once it begins, gets its whole timeout. Without a free slot (more
+ * runs than slots, which the scheduler prevents) it counts from the hand-off.
  */
 class RunTimer {
   fired = false;
-  private timer: NodeJS.Timeout | undefined = undefined;
+  private timer: Timer | undefined = undefined;
   private ended = false;
 
   constructor(
@@ -179,27 +188,42 @@ class RunTimer {
       this.arm();
       return;
     }
-    Atomics.store(flags, slot, 0);
-    const started = Atomics.waitAsync(flags, slot, 0);
-    if (started.async) void started.value.then(() => this.arm());
-    else this.arm();
+    Atomics.store(flags, slot, WAITING);
+    this.watch(WAITING);
+  }
+
+  /** Waits for the flag to leave `from`, then acts on its new value. */
+  private watch(from: number): void {
+    const changed = Atomics.waitAsync(this.flags, this.slot, from);
+    if (changed.async) void changed.value.then(() => this.next());
+    else this.next();
+  }
+
+  private next(): void {
+    if (this.ended || this.controller.signal.aborted) return;
+    const flag = Atomics.load(this.flags, this.slot);
+    if (flag === IMPORTING) {
+      this.arm();
+      this.watch(IMPORTING);
+    } else if (flag === EXECUTING) {
+      this.timer?.cancel();
+      this.arm();
+    }
   }
 
   private arm(): void {
-    if (this.ended || this.controller.signal.aborted) return;
-    if (this.slot >= 0 && Atomics.load(this.flags, this.slot) !== 1) return;
-    this.timer = setTimeout(() => {
+    this.timer = new Timer(this.timeoutMs, () => {
       this.fired = true;
       this.controller.abort();
-    }, this.timeoutMs);
+    });
   }
 
   /** The run is over: disarm, and wake a waiter still pending (the run ended before it began). */
   end(): void {
     this.ended = true;
-    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer?.cancel();
     if (this.slot >= 0) {
-      Atomics.store(this.flags, this.slot, 2);
+      Atomics.store(this.flags, this.slot, ENDED);
       Atomics.notify(this.flags, this.slot);
     }
   }
