@@ -63,10 +63,12 @@ export class Job {
   profile!: Profile;
   /** Key of the bucket whose line the task waits in. */
   bucket = '';
+  /** Holds a slot it took at once, to start at the next dispatch (the scheduler's). */
+  reserved = false;
   /** Backoff timer between attempts. */
   timer: Timer | undefined = undefined;
-  /** Stops the running attempt (set while it runs). */
-  stop: ((reason: TaskvalveError) => void) | undefined = undefined;
+  /** Stops the running attempt (set while it runs and can be stopped). */
+  stop: { stop(reason: TaskvalveError): void } | undefined = undefined;
   firstFailedAt = 0;
   /** When admission accepted it (ms, manager clock). */
   admittedAt = 0;

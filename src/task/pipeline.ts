@@ -373,7 +373,7 @@ export class Pipeline {
   private stop(job: Job, error: TaskvalveError): void {
     if (!this.lifecycle.move(job, State.CANCELED, error.code.toLowerCase())) return;
     this.ctx.metrics.profile(job.profile.name).completed.aborted++;
-    job.stop?.(error);
+    job.stop?.stop(error);
     this.finish(job, false, error, false);
   }
 

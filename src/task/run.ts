@@ -6,7 +6,7 @@
  */
 import { show, shuttingDown, taskFailed, taskTimeout, type TaskvalveError } from '../errors.js';
 import { WorkerPool, type RunResult } from '../exec/pool.js';
-import type { Metrics } from '../metrics.js';
+import type { Metrics, ProfileStats } from '../metrics.js';
 import type { Profile } from '../profile.js';
 import { Timer } from '../util/timer.js';
 import { InlineContext, type Job } from './job.js';
@@ -46,58 +46,9 @@ export class Runner {
   }
 
   private inline(job: Job, done: (job: Job, result: RunResult) => void): void {
-    const stats = this.metrics.profile(job.profile.name);
-    const ctx = new InlineContext(job.attempt);
-    let over = false;
-    let timer: Timer | undefined;
-    const end = (result: RunResult): void => {
-      if (over) {
-        stats.lateEvents++;
-        return;
-      }
-      over = true;
-      timer?.cancel();
-      job.stop = undefined;
-      done(job, result);
-    };
-    const abandon = (reason: TaskvalveError, result: RunResult): void => {
-      if (over) return;
-      ctx.abort(reason);
-      stats.abandoned++;
-      end(result);
-    };
-    job.stop = (reason) => abandon(reason, STOPPED);
-    const ms = job.timeoutMs;
-    if (ms > 0) {
-      timer = new Timer(ms, () => {
-        const error = taskTimeout(ms);
-        abandon(error, { ok: false, error, refund: false });
-      });
-    }
-    let out: unknown;
-    try {
-      out = (job.fn as (ctx: InlineContext) => unknown)(ctx);
-    } catch (error) {
-      end(failed(error));
-      return;
-    }
-    if (out === null || (typeof out !== 'object' && typeof out !== 'function')) {
-      end({ ok: true, value: out });
-      return;
-    }
-    // Promise.resolve reads `then` and calls it in a microtask; a getter or a `then` that throws
-    // becomes a rejection there, never a throw here.
-    let settled: Promise<unknown>;
-    try {
-      settled = Promise.resolve(out);
-    } catch (error) {
-      end(failed(error));
-      return;
-    }
-    settled.then(
-      (value) => end({ ok: true, value }),
-      (error: unknown) => end(failed(error)),
-    );
+    const run = new InlineRun(job, done, this.metrics.profile(job.profile.name));
+    job.stop = run;
+    run.start();
   }
 
   private worker(job: Job, done: (job: Job, result: RunResult) => void): void {
@@ -107,7 +58,7 @@ export class Runner {
     }
     const pool = this.pool(job.profile);
     const controller = job.signal !== undefined ? new AbortController() : undefined;
-    if (controller !== undefined) job.stop = (reason) => controller.abort(reason);
+    if (controller !== undefined) job.stop = { stop: (reason) => controller.abort(reason) };
     pool.run(job.name as string, job.payload, job.timeoutMs, controller, (result) => {
       job.stop = undefined;
       done(job, result);
@@ -129,5 +80,81 @@ export class Runner {
     const pools = [...this.pools.values()];
     this.pools.clear();
     await Promise.all(pools.map((pool) => pool.destroy()));
+  }
+}
+
+/**
+ * One inline attempt. It ends once: at its result, at its timeout, or when stopped; a function
+ * still running then is abandoned (its signal aborted, its slot freed, its late answer counted).
+ * A class rather than closures: an attempt allocates one object.
+ */
+class InlineRun {
+  private over = false;
+  private timer: Timer | undefined = undefined;
+  private readonly ctx: InlineContext;
+
+  constructor(
+    private readonly job: Job,
+    private readonly done: (job: Job, result: RunResult) => void,
+    private readonly stats: ProfileStats,
+  ) {
+    this.ctx = new InlineContext(job.attempt);
+  }
+
+  start(): void {
+    const ms = this.job.timeoutMs;
+    if (ms > 0) this.timer = new Timer(ms, () => this.timedOut(ms));
+    let out: unknown;
+    try {
+      out = (this.job.fn as (ctx: InlineContext) => unknown)(this.ctx);
+    } catch (error) {
+      this.end(failed(error));
+      return;
+    }
+    if (out === null || (typeof out !== 'object' && typeof out !== 'function')) {
+      this.end({ ok: true, value: out });
+      return;
+    }
+    // Promise.resolve reads `then` and calls it in a microtask; a getter or a `then` that throws
+    // becomes a rejection there, never a throw here.
+    let settled: Promise<unknown>;
+    try {
+      settled = Promise.resolve(out);
+    } catch (error) {
+      this.end(failed(error));
+      return;
+    }
+    settled.then(
+      (value) => this.end({ ok: true, value }),
+      (error: unknown) => this.end(failed(error)),
+    );
+  }
+
+  /** The caller aborted or shutdown abandons it. */
+  stop(reason: TaskvalveError): void {
+    this.abandon(reason, STOPPED);
+  }
+
+  private timedOut(ms: number): void {
+    const error = taskTimeout(ms);
+    this.abandon(error, { ok: false, error, refund: false });
+  }
+
+  private abandon(reason: TaskvalveError, result: RunResult): void {
+    if (this.over) return;
+    this.ctx.abort(reason);
+    this.stats.abandoned++;
+    this.end(result);
+  }
+
+  private end(result: RunResult): void {
+    if (this.over) {
+      this.stats.lateEvents++;
+      return;
+    }
+    this.over = true;
+    this.timer?.cancel();
+    this.job.stop = undefined;
+    this.done(this.job, result);
   }
 }

@@ -3,16 +3,18 @@
  * (worker tasks) or for their user's concurrency slot (both kinds). Users take turns
  * round-robin, so one user's thousand queued tasks delay another user's first task by at most
  * one slot. A user's inline tasks never wait behind that user's worker tasks that wait for a
- * thread. Dispatch runs in a microtask: a task never starts inside the call that queued it.
+ * thread. A task that finds a free slot nobody waits for takes it at once and starts at the next
+ * dispatch, in a microtask: never inside the call that queued it.
  */
 import { Deque } from '../util/deque.js';
 import type { Job } from './job.js';
 import { State } from './lifecycle.js';
 
-/** One user's queues within a profile. */
+/** One user's queues within a profile (made on first need). */
 class Lane {
-  readonly inline = new Deque<Job>();
-  readonly worker = new Deque<Job>();
+  inline: Deque<Job> | undefined = undefined;
+  worker: Deque<Job> | undefined = undefined;
+  /** Tasks of this user holding a slot (counted only under a per-user cap). */
   running = 0;
   /** In the ring of lanes that may start an inline / a worker task. */
   inInlineRing = false;
@@ -23,53 +25,87 @@ class Lane {
 const byPriority = (job: Job): number => job.priority;
 const queued = (job: Job): boolean => job.state === State.QUEUED;
 
+/** A queue's first live job, dropping entries of jobs that left. */
+function head(queue: Deque<Job> | undefined): Job | undefined {
+  if (queue === undefined) return undefined;
+  let job = queue.peek();
+  while (job !== undefined && !queued(job)) {
+    queue.shift();
+    job = queue.peek();
+  }
+  return job;
+}
+
 /** The fair queue and the concurrency bookkeeping of one profile. */
 export class Scheduler {
   private readonly lanes = new Map<string, Lane>();
   private readonly workerRing = new Deque<Lane>();
   private readonly inlineRing = new Deque<Lane>();
-  /** Jobs that took a free slot at once; they start at the next dispatch (never inside the call that queued them). */
+  /** Jobs that took a free slot at once; they start at the next dispatch. */
   private readonly starting = new Deque<Job>();
+  /** Whether a per-user cap is in force (else no per-user counting at all). */
+  private readonly capped: boolean;
   /** Queued jobs still waiting (those that left are dropped from their deques later). */
   queued = 0;
+  /** Jobs holding a slot (running, or about to start). */
   running = 0;
   private threadsBusy = 0;
   private scheduled = false;
+  private readonly dispatcher = (): void => {
+    this.scheduled = false;
+    this.dispatch();
+  };
 
   /**
    * @param maxThreads Worker tasks running at once.
-   * @param perUser Tasks of one user running at once.
-   * @param start Starts a job (already RUNNING); the scheduler learns of its end through {@link finish}.
+   * @param perUser Tasks of one user running at once (Infinity: no cap).
+   * @param start Starts a job (still QUEUED); the scheduler learns of its end through {@link finish}.
    */
   constructor(
     private readonly maxThreads: number,
     private readonly perUser: number,
     private readonly start: (job: Job) => void,
-  ) {}
+  ) {
+    this.capped = perUser !== Infinity;
+  }
 
   /** Whether a first attempt of this kind for this user may be queued: room in the queue, or it would start at once. */
   hasRoom(userId: string, inline: boolean, maxQueue: number): boolean {
-    if (this.queued < maxQueue) return true;
-    const lane = this.lanes.get(userId);
-    if (lane !== undefined && (lane.running >= this.perUser || (inline ? lane.inline : lane.worker).length > 0)) return false;
-    return inline || this.threadsBusy < this.maxThreads;
+    return this.queued < maxQueue || this.freeSlot(this.lanes.get(userId), inline);
+  }
+
+  /** Whether a job of this kind would take a slot at once (nobody of its kind waits ahead of it). */
+  private freeSlot(lane: Lane | undefined, inline: boolean): boolean {
+    if (!inline && (this.threadsBusy >= this.maxThreads || this.workerRing.length > 0)) return false;
+    if (lane === undefined) return true;
+    if (this.capped && lane.running >= this.perUser) return false;
+    return head(inline ? lane.inline : lane.worker) === undefined;
   }
 
   /** Queues a job (already QUEUED); it starts in a later microtask at the earliest. */
   enqueue(job: Job): void {
+    const inline = job.fn !== undefined;
     let lane = this.lanes.get(job.userId);
+    if (this.freeSlot(lane, inline)) {
+      if (this.capped && lane === undefined) {
+        lane = new Lane(job.userId);
+        this.lanes.set(job.userId, lane);
+      }
+      this.occupy(lane, job);
+      job.reserved = true;
+      this.starting.push(job);
+      this.schedule();
+      return;
+    }
     if (lane === undefined) {
       lane = new Lane(job.userId);
       this.lanes.set(job.userId, lane);
     }
-    const inline = job.fn !== undefined;
-    const queue = inline ? lane.inline : lane.worker;
-    if (lane.running < this.perUser && this.head(queue) === undefined && (inline || (this.threadsBusy < this.maxThreads && this.workerRing.length === 0))) {
-      // A free slot nobody waits for: take it now, start in the next dispatch.
-      this.occupy(lane, job);
-      this.starting.push(job);
-      this.schedule();
-      return;
+    let queue = inline ? lane.inline : lane.worker;
+    if (queue === undefined) {
+      queue = new Deque<Job>();
+      if (inline) lane.inline = queue;
+      else lane.worker = queue;
     }
     if (job.priority === 0) queue.push(job);
     else queue.insertRanked(job, byPriority);
@@ -80,81 +116,68 @@ export class Scheduler {
 
   /** A queued job left (aborted, canceled, shut down): its entry is skipped later (a slot it took is freed then). */
   withdraw(job: Job): void {
-    if (!this.reserved.has(job)) this.queued--;
-  }
-
-  private readonly reserved = new Set<Job>();
-
-  private occupy(lane: Lane, job: Job): void {
-    lane.running++;
-    this.running++;
-    if (job.fn === undefined) this.threadsBusy++;
-    this.reserved.add(job);
+    if (!job.reserved) this.queued--;
   }
 
   /** A running job's slot is free again (exactly once per start). */
   finish(job: Job): void {
     this.running--;
     if (job.fn === undefined) this.threadsBusy--;
-    const lane = this.lanes.get(job.userId);
-    if (lane !== undefined) {
-      lane.running--;
-      this.ring(lane);
-      this.forget(lane);
+    if (this.capped) {
+      const lane = this.lanes.get(job.userId);
+      if (lane !== undefined) {
+        lane.running--;
+        this.ring(lane);
+        this.forget(lane);
+      }
     }
-    this.schedule();
+    if (this.inlineRing.length > 0 || this.workerRing.length > 0) this.schedule();
   }
 
   /** Jobs queued here. */
   *jobs(): IterableIterator<Job> {
+    for (const job of this.starting) if (queued(job)) yield job;
     for (const lane of this.lanes.values()) {
-      for (const job of lane.inline) if (queued(job)) yield job;
-      for (const job of lane.worker) if (queued(job)) yield job;
+      if (lane.inline !== undefined) for (const job of lane.inline) if (queued(job)) yield job;
+      if (lane.worker !== undefined) for (const job of lane.worker) if (queued(job)) yield job;
     }
+  }
+
+  private occupy(lane: Lane | undefined, job: Job): void {
+    if (this.capped && lane !== undefined) lane.running++;
+    this.running++;
+    if (job.fn === undefined) this.threadsBusy++;
   }
 
   private schedule(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    queueMicrotask(() => {
-      this.scheduled = false;
-      this.dispatch();
-    });
+    queueMicrotask(this.dispatcher);
   }
 
   /** Puts a lane in the rings matching its heads, while its user may run one more. */
   private ring(lane: Lane): void {
-    if (lane.running >= this.perUser) return;
-    if (!lane.inInlineRing && this.head(lane.inline) !== undefined) {
+    if (this.capped && lane.running >= this.perUser) return;
+    if (!lane.inInlineRing && head(lane.inline) !== undefined) {
       lane.inInlineRing = true;
       this.inlineRing.push(lane);
     }
-    if (!lane.inWorkerRing && this.head(lane.worker) !== undefined) {
+    if (!lane.inWorkerRing && head(lane.worker) !== undefined) {
       lane.inWorkerRing = true;
       this.workerRing.push(lane);
     }
   }
 
-  /** A queue's first live job, dropping entries of jobs that left. */
-  private head(queue: Deque<Job>): Job | undefined {
-    let job = queue.peek();
-    while (job !== undefined && !queued(job)) {
-      queue.shift();
-      job = queue.peek();
-    }
-    return job;
-  }
-
   /** Drops an idle lane. */
   private forget(lane: Lane): void {
-    if (lane.running === 0 && !lane.inInlineRing && !lane.inWorkerRing && lane.inline.length === 0 && lane.worker.length === 0) {
+    if (lane.running === 0 && !lane.inInlineRing && !lane.inWorkerRing && head(lane.inline) === undefined && head(lane.worker) === undefined) {
       this.lanes.delete(lane.userId);
     }
   }
 
   private dispatch(): void {
     for (let job = this.starting.shift(); job !== undefined; job = this.starting.shift()) {
-      this.reserved.delete(job);
+      job.reserved = false;
       if (queued(job)) this.start(job);
       else this.finish(job); // it left before its start: the slot it took is free again
     }
@@ -170,17 +193,17 @@ export class Scheduler {
     }
   }
 
-  private launch(lane: Lane, queue: Deque<Job>): void {
-    const job = lane.running < this.perUser ? this.head(queue) : undefined;
+  private launch(lane: Lane, queue: Deque<Job> | undefined): void {
+    const job = !this.capped || lane.running < this.perUser ? head(queue) : undefined;
     if (job === undefined) {
       this.forget(lane);
       return;
     }
-    queue.shift();
+    queue?.shift();
     this.queued--;
     this.occupy(lane, job);
-    this.reserved.delete(job);
     this.ring(lane);
+    this.forget(lane);
     this.start(job);
   }
 }
