@@ -1,5 +1,6 @@
 /** One submitted task on its way through the pipeline, and what an inline task receives. */
 import type { TaskvalveError } from '../errors.js';
+import type { ProfileStats } from '../metrics.js';
 import type { Profile } from '../profile.js';
 import type { DeadTask, RateReceipt, UserSlot } from '../store/store.js';
 import type { Timer } from '../util/timer.js';
@@ -61,6 +62,8 @@ export class Job {
   taken: RateReceipt | undefined = undefined;
   /** The profile in force: a profile change reaches a task that waits for its turn or a retry. */
   profile!: Profile;
+  /** The metrics of its profile. */
+  stats!: ProfileStats;
   /** Key of the bucket whose line the task waits in. */
   bucket = '';
   /** Holds a slot it took at once, to start at the next dispatch (the scheduler's). */

@@ -94,7 +94,7 @@ export class Lifecycle {
    */
   move(job: Job, to: State, reason?: string): boolean {
     const from = job.state;
-    const stats = this.hooks.metrics.profile(job.profile.name);
+    const stats = job.stats;
     if (ALLOWED[from * 8 + to] !== 1) {
       if (isTerminal(from)) stats.lateEvents++;
       else this.hooks.fault(new Error(`taskvalve: no transition ${STATE_NAMES[from]} -> ${STATE_NAMES[to]} (a bug)`));

@@ -172,6 +172,7 @@ export class Pipeline {
     const job = new Job(user.userId, user, s.name, s.payload, s.fn, s.cost, s.signal, s.timeoutMs, s.priority);
     job.id = s.taskId;
     job.profile = profile;
+    job.stats = stats;
     job.quota = s.cost;
     job.period = r.period;
     job.admittedAt = now;
@@ -279,7 +280,7 @@ export class Pipeline {
   private scheduler(profile: Profile): Scheduler {
     let scheduler = this.schedulers.get(profile.name);
     if (scheduler === undefined) {
-      const created = new Scheduler(profile.pool.maxThreads, profile.pool.perUserConcurrency, (job) => this.run(job, created));
+      const created = new Scheduler(profile.pool.maxThreads, profile.pool.perUserConcurrency, this.ctx.clock, (job, now) => this.run(job, created, now));
       const stats = this.ctx.metrics.profile(profile.name);
       stats.queueDepth = () => created.queued;
       stats.running = () => created.running;
@@ -295,13 +296,12 @@ export class Pipeline {
     this.scheduler(job.profile).enqueue(job);
   }
 
-  private run(job: Job, scheduler: Scheduler): void {
-    const startedAt = this.ctx.clock();
-    if (job.attempt === 1) this.ctx.metrics.profile(job.profile.name).wait.observe((startedAt - job.admittedAt) / 1000);
+  private run(job: Job, scheduler: Scheduler, startedAt: number): void {
+    if (job.attempt === 1) job.stats.wait.observe((startedAt - job.admittedAt) / 1000);
     this.lifecycle.move(job, State.RUNNING);
-    this.runner.run(job, (ran: Job, result: RunResult) => {
+    this.runner.run(job, (ran: Job, result: RunResult, sync: boolean) => {
       scheduler.finish(ran);
-      this.settler.attempt(ran, result, startedAt);
+      this.settler.attempt(ran, result, startedAt, sync ? startedAt : this.ctx.clock());
     });
   }
 
@@ -363,7 +363,7 @@ export class Pipeline {
     if (state === State.WAITING_RATE) this.lines.remove(job);
     else if (state === State.QUEUED) this.scheduler(job.profile).withdraw(job);
     else if (state === State.RETRY_WAIT) job.timer?.cancel();
-    const stats = this.ctx.metrics.profile(job.profile.name);
+    const stats = job.stats;
     if (reason in stats.rejected) stats.rejected[reason as RejectReason]++;
     if (this.report !== undefined && reason === 'shutting_down') this.report.rejected++;
     this.finish(job, false, error, false);
@@ -372,7 +372,7 @@ export class Pipeline {
   /** Stops a running task now: its caller gets `error`, its slot is freed when the run really ends. */
   private stop(job: Job, error: TaskvalveError): void {
     if (!this.lifecycle.move(job, State.CANCELED, error.code.toLowerCase())) return;
-    this.ctx.metrics.profile(job.profile.name).completed.aborted++;
+    job.stats.completed.aborted++;
     job.stop?.stop(error);
     this.finish(job, false, error, false);
   }
@@ -420,6 +420,7 @@ export class Pipeline {
       if (job.userId !== userId) continue;
       const state = job.state;
       if (state !== State.WAITING_RATE && state !== State.RETRY_WAIT) continue;
+      job.stats = this.ctx.metrics.profile(profile.name);
       if (state === State.RETRY_WAIT) {
         job.profile = profile;
         if (job.cost > profile.rate.burst) this.end(job, costOverBurst(job.cost, profile.rate.burst, profile.name, true));

@@ -59,12 +59,14 @@ export class Scheduler {
   /**
    * @param maxThreads Worker tasks running at once.
    * @param perUser Tasks of one user running at once (Infinity: no cap).
+   * @param clock Read once per dispatch: the start time of every job it starts.
    * @param start Starts a job (still QUEUED); the scheduler learns of its end through {@link finish}.
    */
   constructor(
     private readonly maxThreads: number,
     private readonly perUser: number,
-    private readonly start: (job: Job) => void,
+    private readonly clock: () => number,
+    private readonly start: (job: Job, now: number) => void,
   ) {
     this.capped = perUser !== Infinity;
   }
@@ -176,24 +178,25 @@ export class Scheduler {
   }
 
   private dispatch(): void {
+    const now = this.clock();
     for (let job = this.starting.shift(); job !== undefined; job = this.starting.shift()) {
       job.reserved = false;
-      if (queued(job)) this.start(job);
+      if (queued(job)) this.start(job, now);
       else this.finish(job); // it left before its start: the slot it took is free again
     }
     for (let lane = this.inlineRing.shift(); lane !== undefined; lane = this.inlineRing.shift()) {
       lane.inInlineRing = false;
-      this.launch(lane, lane.inline);
+      this.launch(lane, lane.inline, now);
     }
     while (this.threadsBusy < this.maxThreads) {
       const lane = this.workerRing.shift();
       if (lane === undefined) break;
       lane.inWorkerRing = false;
-      this.launch(lane, lane.worker);
+      this.launch(lane, lane.worker, now);
     }
   }
 
-  private launch(lane: Lane, queue: Deque<Job> | undefined): void {
+  private launch(lane: Lane, queue: Deque<Job> | undefined, now: number): void {
     const job = !this.capped || lane.running < this.perUser ? head(queue) : undefined;
     if (job === undefined) {
       this.forget(lane);
@@ -204,6 +207,6 @@ export class Scheduler {
     this.occupy(lane, job);
     this.ring(lane);
     this.forget(lane);
-    this.start(job);
+    this.start(job, now);
   }
 }

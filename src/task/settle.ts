@@ -41,10 +41,9 @@ export class Settler {
   constructor(private readonly out: SettleOutputs) {}
 
   /** An attempt ended (its slot is already free). */
-  attempt(job: Job, result: RunResult, startedAt: number): void {
-    const { lifecycle, metrics, clock } = this.out;
-    const stats = metrics.profile(job.profile.name);
-    const now = clock();
+  attempt(job: Job, result: RunResult, startedAt: number, now: number): void {
+    const lifecycle = this.out.lifecycle;
+    const stats = job.stats;
     stats.run.observe((now - startedAt) / 1000);
     if (result.ok) {
       if (lifecycle.move(job, State.SUCCEEDED)) {
@@ -87,7 +86,7 @@ export class Settler {
 
   /** FAILED: stores the dead letter, then rejects the caller. A late abort changes nothing now. */
   private bury(job: Job, error: TaskvalveError, now: number): void {
-    const { lifecycle, metrics, store, fault } = this.out;
+    const { lifecycle, store, fault } = this.out;
     lifecycle.move(job, State.FAILED, error.code.toLowerCase());
     const cause = error.cause instanceof Error ? error.cause : error;
     const entry: FailedTask = {
@@ -102,7 +101,7 @@ export class Settler {
       lastFailedAt: new Date(now),
     };
     const stored = (): void => {
-      metrics.profile(job.profile.name).deadLetters++;
+      job.stats.deadLetters++;
       this.out.deadLettered(entry);
       this.out.finish(job, false, error, true);
     };
