@@ -283,9 +283,12 @@ function rowsFor(m: Map<string, Measured>, mode: 'seq' | 'batch'): Row[] {
     const label = how === 'getLimiter' ? 'getLimiter(user).check' : 'cached handle.check';
     for (const outcome of ['allowed', 'denied'] as const) {
       const tv = get(`taskvalve ${outcome}, ${how}`);
+      // Targets: getLimiter(user) at least 0.8 of the floor, a cached handle 1.0 when allowed;
+      // at least 2x RateLimiterMemory allowed and 6x denied.
+      const vsFloor = { measure: `${label}, ${outcome}, vs floor`, taskvalve: fmtRate(tv), reference: `Map+GCRA ${fmtRate(floor[outcome])}`, ratio: tv / floor[outcome] };
       rows.push(
-        atLeast({ measure: `${label}, ${outcome}, vs floor`, taskvalve: fmtRate(tv), reference: `Map+GCRA ${fmtRate(floor[outcome])}`, ratio: tv / floor[outcome] }, 0.6),
-        atLeast({ measure: `${label}, ${outcome}, vs RLF`, taskvalve: fmtRate(tv), reference: `RLF consume ${fmtRate(rlf[outcome])}`, ratio: tv / rlf[outcome] }, outcome === 'allowed' ? 1.5 : 5),
+        how === 'getLimiter' ? atLeast(vsFloor, 0.8) : outcome === 'allowed' ? atLeast(vsFloor, 1.0) : vsFloor,
+        atLeast({ measure: `${label}, ${outcome}, vs RLF`, taskvalve: fmtRate(tv), reference: `RLF consume ${fmtRate(rlf[outcome])}`, ratio: tv / rlf[outcome] }, outcome === 'allowed' ? 2 : 6),
       );
     }
   }

@@ -177,7 +177,7 @@ export class Manager extends EventEmitter {
       throw invalidConfig('Manager', 'metricsPrefix', prefix, 'a valid Prometheus metric name prefix');
     }
     this.store = options.store ?? new MemoryStore();
-    this.clock = options.clock ?? (() => Date.now());
+    this.clock = options.clock ?? Date.now;
     this.logger = options.logger ?? SILENT;
     this.registry = options.registry ?? new Registry();
     this.metrics = new Metrics(this.registry, prefix);

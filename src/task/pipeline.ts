@@ -217,21 +217,30 @@ export class Pipeline {
 
   /** Admission decided now (never waits); the store's answer is read before the next call. */
   private admitNow(user: UserHandle, cost: number, detailed: boolean): Promise<Decision> {
-    if (!isCount(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
+    if (cost !== 1 && !isCount(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
     if (this.closing) return Promise.reject(shuttingDown());
     const now = this.ctx.clock();
+    let r: AdmitResult | Promise<AdmitResult>;
     try {
-      const r = this.ctx.store.admit(user.userId, cost, AdmitMode.NOW, this.lines.units, now, user);
-      if (r instanceof Promise) return r.then((res) => this.decided(user.userId, res, cost, detailed, now));
-      return this.decided(user.userId, r, cost, detailed, now);
+      r = this.ctx.store.admit(user.userId, cost, AdmitMode.NOW, this.lines.units, now, user);
     } catch (error) {
       return Promise.reject(error);
     }
+    if (r instanceof Promise) return r.then((res) => this.decided(user.userId, res, cost, detailed, now));
+    if (!detailed) {
+      if (r.verdict === Verdict.ALLOWED) return Promise.resolve({ allowed: true, limit: r.limit, remaining: r.remaining, retryAfterMs: 0, resetAfterMs: r.resetAfterMs });
+      if (r.verdict === Verdict.RATE_LIMITED) {
+        this.ctx.metrics.profile((r.profile as Profile).name).rejected.rate_limited++;
+        return Promise.resolve({ allowed: false, limit: r.limit, remaining: r.remaining, retryAfterMs: r.retryAfterMs, resetAfterMs: r.resetAfterMs });
+      }
+    }
+    return this.decided(user.userId, r, cost, detailed, now);
   }
 
   private decided(userId: string, r: AdmitResult, cost: number, detailed: boolean, now: number): Promise<Decision> {
-    const d = decision(userId, r, cost, detailed, r.profile === undefined ? undefined : this.ctx.metrics.profile(r.profile.name), now);
-    return 'allowed' in d ? Promise.resolve(d) : Promise.reject(d);
+    const stats = r.verdict === Verdict.ALLOWED || r.profile === undefined ? undefined : this.ctx.metrics.profile(r.profile.name);
+    const d = decision(userId, r, cost, detailed, stats, now);
+    return d instanceof TaskvalveError ? Promise.reject(d) : Promise.resolve(d);
   }
 
   peek(userId: string): Promise<PeekResult> {
