@@ -75,6 +75,8 @@ export class Pipeline {
   private readonly live = new Set<Job>();
   /** Admissions in flight in an asynchronous store. */
   private admitting = 0;
+  /** Refunds in flight in an asynchronous store. */
+  private readonly calls = new Set<Promise<void>>();
   private closing = false;
   /** During close: whether admitted work still runs to its end (retries included). */
   private draining = true;
@@ -404,9 +406,12 @@ export class Pipeline {
     if (this.live.size === 0 && this.admitting === 0) this.drained?.();
   }
 
-  /** Waits for a store call whose answer nobody awaits; its failure is a fault. */
+  /** A store call whose answer nobody awaits (a refund): its failure is a fault; close() waits for it. */
   private settled(result: void | Promise<void>): void {
-    if (result instanceof Promise) result.catch((error: unknown) => this.ctx.fault(error));
+    if (!(result instanceof Promise)) return;
+    const call = result.catch((error: unknown) => this.ctx.fault(error));
+    this.calls.add(call);
+    void call.then(() => this.calls.delete(call));
   }
 
   /** Ends a user's tasks that have not started (a subscription canceled or deleted). */
@@ -482,6 +487,12 @@ export class Pipeline {
     }
     this.lines.clear();
     await this.runner.close();
+    // Refunds sent for what never started land before close() resolves (within the timeout).
+    if (this.calls.size > 0) {
+      let timer: Timer | undefined;
+      await Promise.race([Promise.all([...this.calls]), new Promise<void>((resolve) => (timer = new Timer(timeoutMs, resolve)))]);
+      timer?.cancel();
+    }
     return report;
   }
 
