@@ -296,6 +296,26 @@ describe('checkDetailed', () => {
   });
 });
 
+describe('peek', () => {
+  it('counts the units that waiting tasks have reserved, as check(1) would', async () => {
+    manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
+    await manager.subscribe('u', 'slow');
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(2)).allowed).toBe(true);
+    expect(await limiter.peek()).toMatchObject({ allowed: true, remaining: 1, retryAfterMs: 0, resetAfterMs: 2000 });
+    const aborter = new AbortController();
+    const queued = new Promise<void>((resolve) => manager.on('task', (e) => e.to === 'WAITING_RATE' && resolve()));
+    const waiting = code(limiter.submit(() => 1, { cost: 2, signal: aborter.signal }));
+    await queued;
+    // 2 units are spent and 2 reserved: check(1) would wait for 2 more units to drain.
+    expect(await limiter.peek()).toMatchObject({ allowed: false, remaining: 0, retryAfterMs: 2000, resetAfterMs: 4000 });
+    expect((await limiter.check(1)).allowed).toBe(false);
+    aborter.abort();
+    expect(await waiting).toBe('ABORTED');
+    expect(await limiter.peek()).toMatchObject({ allowed: true, remaining: 1 });
+  });
+});
+
 describe('GCRA vectors through check()', () => {
   for (const c of vectors.cases) {
     it(c.name, async () => {

@@ -744,7 +744,7 @@ export class RedisStore implements Store {
     await this.run(scripts.refund, [this.keys.user(userId)], [cost, period, 0, this.clockArg()]);
   }
 
-  async peek(userId: string, _nowMs: number): Promise<AdmitResult> {
+  async peek(userId: string, _nowMs: number, waiting?: ReadonlyMap<string, number>): Promise<AdmitResult> {
     const ref = this.ref(userId, undefined);
     const out = blankResult();
     const profile = await this.profileOf(userId, ref);
@@ -766,12 +766,25 @@ export class RedisStore implements Store {
       tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
     }
     const sub = this.subscription(userId, r);
-    out.verdict = Number(tail[1]) === 0 ? Verdict.ALLOWED : Verdict.RATE_LIMITED;
+    let remaining = Number(tail[0]);
+    let retryAfterMs = Number(tail[1]);
+    let resetAfterMs = Number(tail[2]);
+    const ahead = waiting === undefined || waiting.size === 0 ? 0 : (waiting.get(profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`) ?? 0);
+    if (ahead > 0) {
+      // Units this process's waiting tasks have reserved are as good as taken. The wait is
+      // rounded so that it is never early (up to one unit's time late).
+      const unitMs = rate.intervalMs / rate.limit;
+      const short = ahead + 1 - remaining;
+      if (short > 0) retryAfterMs = Math.max(retryAfterMs, Math.ceil(short * unitMs));
+      remaining = Math.max(0, remaining - ahead);
+      resetAfterMs += Math.ceil(ahead * unitMs);
+    }
+    out.verdict = remaining >= 1 && retryAfterMs === 0 ? Verdict.ALLOWED : Verdict.RATE_LIMITED;
     out.profile = profile;
     out.limit = rate.burst;
-    out.remaining = Number(tail[0]);
-    out.retryAfterMs = Number(tail[1]);
-    out.resetAfterMs = Number(tail[2]);
+    out.remaining = remaining;
+    out.retryAfterMs = retryAfterMs;
+    out.resetAfterMs = resetAfterMs;
     out.usage = sub.usage;
     out.quotaLimit = sub.quotaLimit;
     out.status = sub.status;
