@@ -65,7 +65,7 @@ export interface SubscribeOptions {
 /** A subscription change, as the `subscription` event tells it. */
 export interface SubscriptionEvent {
   userId: string;
-  event: 'created' | 'extended' | 'canceled' | 'quota_updated' | 'usage_reset' | 'profile_changed' | 'expired';
+  event: 'created' | 'extended' | 'canceled' | 'quota_updated' | 'usage_reset' | 'profile_changed' | 'expired' | 'deleted';
   subscription?: Subscription;
 }
 
@@ -273,6 +273,27 @@ export class Manager extends EventEmitter {
     const sub = await this.mutate(userId, 'canceled', () => this.store.cancelSubscription(userId, this.clock()));
     this.pipeline.rejectWaiting(userId, subscriptionInactive(userId));
     return sub;
+  }
+
+  /**
+   * Removes everything the store holds for the user (subscription, usage, own bucket); the
+   * user's tasks not yet started are rejected SUBSCRIPTION_INACTIVE and refunded. Resolves true
+   * if the user had a subscription.
+   */
+  deleteSubscription(userId: string): Promise<boolean> {
+    return attempt(async () => {
+      checkUserId(userId);
+      const profileName = await this.store.deleteSubscription(userId, this.clock());
+      this.deleted(userId, profileName);
+      return profileName !== undefined;
+    });
+  }
+
+  /** A user's subscription is gone (deleted, or swept after it ended): nothing of theirs waits on. */
+  private deleted(userId: string, profileName: string | undefined): void {
+    this.handles.delete(userId);
+    this.pipeline.rejectWaiting(userId, subscriptionInactive(userId));
+    if (profileName !== undefined) this.tell(userId, profileName, 'deleted');
   }
 
   /** Moves a user to another profile (upgrade or downgrade); usage is kept. */

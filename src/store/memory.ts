@@ -23,6 +23,8 @@ import {
 const ACTIVE = 0;
 const CANCELED = 1;
 const EXPIRED = 2;
+/** A deleted record: a handle still holding it looks the user up again. */
+const DELETED = 3;
 const STATUS = ['active', 'canceled', 'expired'] as const;
 
 /** One user: subscription, usage and dedicated bucket. */
@@ -196,6 +198,14 @@ export class MemoryStore implements Store {
     return this.snapshot(userId, rec, nowMs);
   }
 
+  deleteSubscription(userId: string, _nowMs: number): string | undefined {
+    const rec = this.users.get(userId);
+    if (rec === undefined) return undefined;
+    this.users.delete(userId);
+    rec.status = DELETED;
+    return rec.profile.name;
+  }
+
   changeProfile(userId: string, profile: Profile, nowMs: number): Subscription | undefined {
     const rec = this.users.get(userId);
     if (rec === undefined) return undefined;
@@ -238,9 +248,10 @@ export class MemoryStore implements Store {
 
   admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number, slot?: UserSlot): AdmitResult {
     const out = this.result;
-    // Records are never replaced, so a handle may keep its user's record and skip the lookup.
+    // Records are never replaced, so a handle may keep its user's record and skip the lookup
+    // (until the record is deleted).
     let rec = slot?.ref as UserRecord | undefined;
-    if (rec === undefined) {
+    if (rec === undefined || rec.status === DELETED) {
       rec = this.users.get(userId);
       if (slot !== undefined) slot.ref = rec;
     }
@@ -326,7 +337,8 @@ export class MemoryStore implements Store {
   }
 
   take(userId: string, cost: number, nowMs: number, slot?: UserSlot): number {
-    const rec = (slot?.ref as UserRecord | undefined) ?? this.users.get(userId);
+    let rec = slot?.ref as UserRecord | undefined;
+    if (rec === undefined || rec.status === DELETED) rec = this.users.get(userId);
     if (rec === undefined) return 0;
     const rate = rec.profile.rate;
     const shared = rec.profile.shared === undefined ? undefined : this.buckets.get(rec.profile.shared);

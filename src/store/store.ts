@@ -183,6 +183,12 @@ export interface Store {
   changeProfile(userId: string, profile: Profile, nowMs: number): MaybePromise<Subscription | undefined>;
   resetUsage(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
   setQuota(userId: string, quota: number | null, nowMs: number): MaybePromise<Subscription | undefined>;
+  /**
+   * Removes everything the store holds for the user: subscription, usage, own bucket, and any
+   * state a handle or a cache keeps for them (a handle used afterwards finds no subscription).
+   * Resolves with the deleted subscription's profile name, undefined if there was none.
+   */
+  deleteSubscription(userId: string, nowMs: number): MaybePromise<string | undefined>;
 
   /**
    * One atomic admission of `cost` units for `userId`: subscription status, quota, and bucket.

@@ -54,6 +54,8 @@ interface Ref {
   /** From the latest answer: usage, and whether the subscription was usable (for outages). */
   usage: number;
   usable: boolean;
+  /** This store's count of deletions when the handle last caught up with them (see forget). */
+  seen: number;
 }
 
 type Reply = (string | number | null)[];
@@ -263,9 +265,12 @@ export class RedisStore implements Store {
 
   private ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
-    if (held !== undefined && held.store === this) return held;
+    if (held !== undefined && held.store === this) {
+      if (held.seen !== this.deletions) this.catchUp(held);
+      return held;
+    }
     const user = this.keys.user(userId);
-    const ref: Ref = { store: this, user, profile: undefined, usage: 0, usable: false };
+    const ref: Ref = { store: this, user, profile: undefined, usage: 0, usable: false, seen: this.deletions };
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
@@ -350,6 +355,44 @@ export class RedisStore implements Store {
     return this.mutate(userId, 'quota', quota ?? '');
   }
 
+  async deleteSubscription(userId: string): Promise<string | undefined> {
+    const user = this.keys.user(userId);
+    const r = (await this.run(scripts.delete, [user], [this.clockArg(), this.deadline()])) as Reply | string | null;
+    if (Array.isArray(r)) late(r);
+    this.forget(userId, user);
+    return typeof r === 'string' ? r : undefined;
+  }
+
+  /** Deletions this process made, and by user key the count when each was made (bounded). */
+  private deletions = 0;
+  private readonly deleted = new Map<string, number>();
+  /** Handles that caught up before this count forget what they knew (the map was cleared). */
+  private forgetBefore = 0;
+
+  /** Drops what this process keeps for a deleted user: owed usage, refusals, handles' knowledge. */
+  private forget(userId: string, user: string): void {
+    this.deletions++;
+    if (this.deleted.size >= MAX_DENIALS) {
+      this.deleted.clear();
+      this.forgetBefore = this.deletions;
+    }
+    this.deleted.set(user, this.deletions);
+    this.denials.delete(user);
+    this.insurance.delete(user);
+    this.owed.delete(userId);
+  }
+
+  /** A handle whose user this process deleted since it last caught up forgets the profile and standing it saw. */
+  private catchUp(ref: Ref): void {
+    const at = this.deleted.get(ref.user);
+    if (ref.seen < this.forgetBefore || (at !== undefined && at > ref.seen)) {
+      ref.profile = undefined;
+      ref.usage = 0;
+      ref.usable = false;
+    }
+    ref.seen = this.deletions;
+  }
+
   /** The profile a user's record names, read once per handle (then kept up to date by admit's replies). */
   private async profileOf(userId: string, ref: Ref): Promise<Profile | undefined | null> {
     const r = await this.run(scripts.read, [ref.user], [this.clockArg()]);
@@ -379,7 +422,10 @@ export class RedisStore implements Store {
       }
       if (this.owed.size > 0) void this.reconcile();
       const r = answer.reply;
-      if (r[0] === Verdict.NOT_FOUND) return this.notFound(out);
+      if (r[0] === Verdict.NOT_FOUND) {
+        ref.usable = false;
+        return this.notFound(out);
+      }
       if (r[0] === PROFILE_MISMATCH) {
         profile = this.profiles.get(String(r[11]));
         if (profile === undefined) throw this.unknownProfile(userId);

@@ -57,6 +57,7 @@ export const scripts = {
   read: new Script('read'),
   subscribe: new Script('subscribe'),
   mutate: new Script('mutate'),
+  delete: new Script('delete'),
   dlq: new Script('dlq'),
   presence: new Script('presence'),
   profile: new Script('profile'),
