@@ -3,7 +3,7 @@
  * atomic. One user's subscription, usage and bucket state sit in one record that one Map
  * lookup finds.
  */
-import { invalidArgument, profileNotFound } from '../errors.js';
+import { invalidArgument, invalidConfig, profileNotFound } from '../errors.js';
 import type { Profile } from '../profile.js';
 import { MAX_TICKS, conform, convertTat, remaining, ticksToMs, waitFor, type Rate } from '../rate/gcra.js';
 import {
@@ -19,6 +19,7 @@ import {
   type Subscription,
   type UserSlot,
 } from './store.js';
+import { rejectUnknownOptions } from '../util/options.js';
 
 const ACTIVE = 0;
 const CANCELED = 1;
@@ -75,8 +76,16 @@ export class MemoryStore implements Store {
   private maxD = 1;
   private readonly result: AdmitResult = blankResult();
 
-  /** @param options Bounds of the store itself. */
-  constructor(private readonly options: MemoryStoreOptions = {}) {}
+  private readonly maxDeadLetters: number;
+
+  /** @param options Bounds of the store itself; unknown or invalid options are INVALID_CONFIG. */
+  constructor(options: MemoryStoreOptions = {}) {
+    if (options === null || typeof options !== 'object') throw invalidConfig('MemoryStore', 'options', options, 'an object');
+    rejectUnknownOptions('MemoryStore', options, ['maxDeadLetters']);
+    const max = options.maxDeadLetters ?? 100_000;
+    if (!Number.isSafeInteger(max) || max <= 0) throw invalidConfig('MemoryStore', 'maxDeadLetters', max, 'a positive integer');
+    this.maxDeadLetters = max;
+  }
 
   attach(listener: StoreListener): void {
     this.listener = listener;
@@ -396,7 +405,7 @@ export class MemoryStore implements Store {
         ofProfile--;
       }
     }
-    const cap = this.options.maxDeadLetters ?? 100_000;
+    const cap = this.maxDeadLetters;
     for (const id of this.dead.keys()) {
       if (this.dead.size <= cap) break;
       this.dead.delete(id);

@@ -21,6 +21,7 @@ import {
   type UnavailablePolicy,
   type UserSlot,
 } from '../store.js';
+import { rejectUnknownOptions } from '../../util/options.js';
 import { Keys, rendezvous, tagOf } from './keys.js';
 import { scripts, type Script, type ScriptClient } from './scripts.js';
 
@@ -85,6 +86,7 @@ export class RedisStore implements Store {
   private testClock: (() => number) | undefined = undefined;
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
+    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs']);
     const prefix = options.prefix ?? 'taskvalve';
     if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
       throw invalidConfig('RedisStore', 'prefix', prefix, 'a non-empty string without braces');
