@@ -217,6 +217,67 @@ describe('delete', () => {
   });
 });
 
+describe('sweep of ended subscriptions', () => {
+  const R = 10_000;
+  /** One sweep round: calls until the store says it is done; the deleted, sorted. */
+  async function sweep(max = 1000): Promise<string[]> {
+    const out: string[] = [];
+    for (;;) {
+      const r = await store.sweepEnded(now, R, max);
+      expect(r.deleted.length).toBeLessThanOrEqual(max);
+      out.push(...r.deleted.map((d) => `${d.userId}:${d.profileName}`));
+      if (!r.more) return out.sort();
+    }
+  }
+
+  it('deletes canceled and expired subscriptions once their retention has passed, and nothing else', async () => {
+    await manager.subscribe('canceled', 'basic');
+    await manager.subscribe('expires', 'basic', { durationMs: 1000 });
+    await manager.subscribe('forever', 'basic');
+    await manager.subscribe('later', 'basic', { durationMs: 60_000 });
+    await manager.subscribe('back', 'basic', { durationMs: 1000 });
+    await manager.subscribe('extended', 'big', { durationMs: 1000 });
+    await manager.cancelSubscription('canceled');
+    await manager.cancelSubscription('back');
+    const held = manager.getLimiter('canceled');
+    expect(await code(held.check())).toBe('SUBSCRIPTION_INACTIVE');
+    now += 500;
+    await manager.subscribe('back', 'basic');
+    await manager.extendSubscription('extended', 60_000);
+    now = T0 + 1000 + R - 1;
+    expect(await sweep()).toEqual(['canceled:basic']);
+    now = T0 + 1000 + R;
+    expect(await sweep()).toEqual(['expires:basic']);
+    expect(await manager.getSubscription('canceled')).toBeUndefined();
+    expect(await manager.getSubscription('expires')).toBeUndefined();
+    expect(await code(held.check())).toBe('SUBSCRIPTION_NOT_FOUND');
+    now = T0 + 61_000 + R;
+    expect(await sweep()).toEqual(['extended:big', 'later:basic']);
+    now += 100 * R;
+    expect(await sweep()).toEqual([]);
+    for (const user of ['forever', 'back']) expect(await manager.getSubscription(user)).toMatchObject({ status: 'active' });
+  });
+
+  it('a call deletes at most max subscriptions; the round goes on until none is due', async () => {
+    for (let i = 0; i < 7; i++) await manager.subscribe(`u${i}`, 'basic', { durationMs: 1000 + i });
+    now += 2000 + R;
+    expect(await sweep(3)).toEqual(Array.from({ length: 7 }, (_, i) => `u${i}:basic`));
+    expect(await sweep(3)).toEqual([]);
+  });
+
+  it('deleting or re-subscribing takes a user out of the sweep; subscribing again after a sweep starts afresh', async () => {
+    await manager.subscribe('a', 'basic', { durationMs: 1000 });
+    await manager.subscribe('b', 'basic', { durationMs: 1000 });
+    await manager.getLimiter('b').check(3);
+    expect(await manager.deleteSubscription('a')).toBe(true);
+    await manager.subscribe('a', 'basic');
+    now += 1000 + R;
+    expect(await sweep()).toEqual(['b:basic']);
+    expect(await manager.getSubscription('a')).toMatchObject({ status: 'active', endsAt: null });
+    expect(await manager.subscribe('b', 'basic')).toMatchObject({ usage: 0, status: 'active' });
+  });
+});
+
 describe('quota', () => {
   it('hard quota rejects QUOTA_EXCEEDED past the limit and counts nothing for the rejection', async () => {
     await manager.subscribe('u', 'basic');

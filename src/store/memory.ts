@@ -12,6 +12,8 @@ import {
   blankResult,
   type AdmitResult,
   type DlqQuery,
+  type EndedUser,
+  type SweepResult,
   type FailedTask,
   type Store,
   type StoreListener,
@@ -20,6 +22,7 @@ import {
   type UserSlot,
 } from './store.js';
 import { rejectUnknownOptions } from '../util/options.js';
+import { EndedIndex } from './ended-index.js';
 
 const ACTIVE = 0;
 const CANCELED = 1;
@@ -196,6 +199,9 @@ export class MemoryStore implements Store {
     }
   }
 
+  /** Ends of subscriptions (since the origin), for sweepEnded. */
+  private readonly ended = new EndedIndex();
+
   /** The store's origin: records keep times as ms since it (set by the first subscription). */
   private origin = Number.NaN;
 
@@ -266,6 +272,7 @@ export class MemoryStore implements Store {
     }
     if ((input.quota ?? null) !== null || rec.more !== null) more(rec).quota = input.quota ?? null;
     tidy(rec);
+    if (end !== null) this.ended.add(end, userId);
     return this.snapshot(userId, rec, nowMs);
   }
 
@@ -280,6 +287,7 @@ export class MemoryStore implements Store {
     if (statusOf(rec) !== CANCELED && rec.endsAt !== null) {
       const t = this.since(nowMs);
       rec.endsAt = (rec.endsAt > t ? rec.endsAt : t) + ms;
+      this.ended.add(rec.endsAt, userId);
       setStatus(rec, ACTIVE);
     }
     return this.snapshot(userId, rec, nowMs);
@@ -288,17 +296,47 @@ export class MemoryStore implements Store {
   cancelSubscription(userId: string, nowMs: number): Subscription | undefined {
     const rec = this.users.get(userId);
     if (rec === undefined) return undefined;
-    if (statusOf(rec) !== CANCELED) more(rec).canceledAt = this.since(nowMs);
+    if (statusOf(rec) !== CANCELED) {
+      const t = this.since(nowMs);
+      more(rec).canceledAt = t;
+      this.ended.add(t, userId);
+    }
     setStatus(rec, CANCELED);
     return this.snapshot(userId, rec, nowMs);
   }
 
   deleteSubscription(userId: string, _nowMs: number): string | undefined {
     const rec = this.users.get(userId);
-    if (rec === undefined) return undefined;
+    return rec === undefined ? undefined : this.remove(userId, rec);
+  }
+
+  /** Deletes a record; its index entries go stale and are dropped when reached. Returns its profile's name. */
+  private remove(userId: string, rec: UserRecord): string {
     this.users.delete(userId);
     setStatus(rec, DELETED);
     return this.profileOf(rec).name;
+  }
+
+  /**
+   * Takes index entries in order of end while they are due, each checked against its user's
+   * record (a later change may have moved the end, or removed it): at most `max` entries.
+   */
+  sweepEnded(nowMs: number, retentionMs: number, max: number): SweepResult {
+    const deleted: EndedUser[] = [];
+    const cutoff = this.since(nowMs) - retentionMs;
+    const index = this.ended;
+    for (let taken = 0; taken < max && index.peek() <= cutoff; taken++) {
+      const userId = index.take();
+      const rec = this.users.get(userId);
+      if (rec !== undefined && this.endedAt(rec) <= cutoff) deleted.push({ userId, profileName: this.remove(userId, rec) });
+    }
+    return { deleted, more: index.peek() <= cutoff };
+  }
+
+  /** When the subscription ended, since the origin (a cancel ends it then); Infinity while it runs on. */
+  private endedAt(rec: UserRecord): number {
+    if (statusOf(rec) === CANCELED) return rec.more?.canceledAt ?? Number.NaN;
+    return rec.endsAt ?? Infinity;
   }
 
   changeProfile(userId: string, profile: Profile, nowMs: number): Subscription | undefined {

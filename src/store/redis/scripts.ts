@@ -58,6 +58,7 @@ export const scripts = {
   subscribe: new Script('subscribe'),
   mutate: new Script('mutate'),
   delete: new Script('delete'),
+  sweep: new Script('sweep'),
   dlq: new Script('dlq'),
   presence: new Script('presence'),
   profile: new Script('profile'),
