@@ -18,6 +18,7 @@ import { Limiter } from './limiter.js';
 import { Metrics } from './metrics.js';
 import type { TaskEvent } from './task/lifecycle.js';
 import { Pipeline, type CloseReport } from './task/pipeline.js';
+import { EndedSweep } from './sweep.js';
 import { resolveProfile, sameBucket, type Profile, type ProfileConfig } from './profile.js';
 export { DeadLetterQueue };
 import { MemoryStore } from './store/memory.js';
@@ -44,7 +45,10 @@ export interface ManagerOptions {
   logger?: Logger;
   /** When the store is unreachable; only 'fail-closed' applies to the embedded store. */
   onStoreUnavailable?: 'fail-closed' | 'fail-open' | 'local';
-  /** Canceled or expired subscriptions are deleted this long after they end; default 30 days. */
+  /**
+   * Canceled and expired subscriptions are deleted this long (ms) after they end, by an
+   * incremental background sweep (a 'deleted' subscription event each); default 30 days.
+   */
   endedRetentionMs?: number;
 }
 
@@ -97,11 +101,12 @@ export interface SubscribeOptions {
 /** A subscription change, as the `subscription` event tells it. */
 export interface SubscriptionEvent {
   userId: string;
-  event: 'created' | 'extended' | 'canceled' | 'quota_updated' | 'usage_reset' | 'profile_changed' | 'expired';
+  event: 'created' | 'extended' | 'canceled' | 'quota_updated' | 'usage_reset' | 'profile_changed' | 'expired' | 'deleted';
   subscription?: Subscription;
 }
 
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
+const DEFAULT_ENDED_RETENTION_MS = 30 * 24 * 3_600_000;
 const MAX_USER_ID = 4096;
 const MAX_HANDLES = 10_000;
 
@@ -151,16 +156,13 @@ export class Manager extends EventEmitter {
   private flushing = false;
   /** Set while someone listens to 'task': transitions then build events, else they cost nothing. */
   private taskSink: ((event: TaskEvent) => void) | undefined = undefined;
+  private readonly sweep: EndedSweep;
 
   constructor(options: ManagerOptions = {}) {
     super();
     if (options === null || typeof options !== 'object') throw invalidConfig('Manager', 'options', options, 'an object');
     const unknown = unknownKeys(options, MANAGER_OPTIONS);
     if (unknown.length > 0) throw invalidConfig('Manager', unknown.join(', '), undefined, `one of the known options (${MANAGER_OPTIONS.join(', ')}): unknown option`);
-    const retention = options.endedRetentionMs ?? 30 * 24 * 3_600_000;
-    if (typeof retention !== 'number' || !Number.isSafeInteger(retention) || retention < 0) {
-      throw invalidConfig('Manager', 'endedRetentionMs', retention, 'a non-negative integer (milliseconds)');
-    }
     const policy = options.onStoreUnavailable ?? 'fail-closed';
     if (!['fail-closed', 'fail-open', 'local'].includes(policy)) {
       throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed', 'fail-open' or 'local'");
@@ -175,6 +177,10 @@ export class Manager extends EventEmitter {
     const prefix = options.metricsPrefix ?? 'taskvalve_';
     if (typeof prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) {
       throw invalidConfig('Manager', 'metricsPrefix', prefix, 'a valid Prometheus metric name prefix');
+    }
+    const endedRetentionMs = options.endedRetentionMs ?? DEFAULT_ENDED_RETENTION_MS;
+    if (!Number.isSafeInteger(endedRetentionMs) || endedRetentionMs < 0) {
+      throw invalidConfig('Manager', 'endedRetentionMs', endedRetentionMs, 'a non-negative integer (ms)');
     }
     this.store = options.store ?? new MemoryStore();
     this.clock = options.clock ?? Date.now;
@@ -209,6 +215,14 @@ export class Manager extends EventEmitter {
     this.on('removeListener', (event: string | symbol) => {
       if (event === 'task' && this.listenerCount('task') === 0) this.taskSink = undefined;
     });
+    this.sweep = new EndedSweep({
+      store: this.store,
+      clock: this.clock,
+      retentionMs: endedRetentionMs,
+      deleted: (userId, profileName) => this.deleted(userId, profileName),
+      fault: (error) => this.fault(error),
+    });
+    this.sweep.start();
   }
 
   /** Listens to one of the manager's {@link ManagerEvents}. */
@@ -344,6 +358,27 @@ export class Manager extends EventEmitter {
   }
 
   /**
+   * Removes everything the store holds for the user (subscription, usage, own bucket); the
+   * user's tasks not yet started are rejected SUBSCRIPTION_INACTIVE and refunded. Resolves true
+   * if the user had a subscription.
+   */
+  deleteSubscription(userId: string): Promise<boolean> {
+    return attempt(async () => {
+      checkUserId(userId);
+      const profileName = await this.store.deleteSubscription(userId, this.clock());
+      this.deleted(userId, profileName);
+      return profileName !== undefined;
+    });
+  }
+
+  /** A user's subscription is gone (deleted, or swept after it ended): nothing of theirs waits on. */
+  private deleted(userId: string, profileName: string | undefined): void {
+    this.handles.delete(userId);
+    this.pipeline.rejectWaiting(userId, subscriptionInactive(userId));
+    if (profileName !== undefined) this.tell(userId, profileName, 'deleted');
+  }
+
+  /**
    * Moves a user to another profile (upgrade or downgrade); usage is kept. Their tasks waiting
    * for a rate turn or a retry follow the new profile; one whose cost exceeds the new burst ends
    * INVALID_ARGUMENT, refunded.
@@ -435,6 +470,7 @@ export class Manager extends EventEmitter {
       return Promise.reject(invalidArgument(`timeoutMs must be a non-negative integer, got ${show(timeoutMs)}`));
     }
     if (this.closed === undefined) {
+      this.sweep.stop();
       this.closed = this.pipeline.close(drain, timeoutMs).then(async (report) => {
         await this.store.close?.();
         this.metrics.unregister();

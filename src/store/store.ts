@@ -168,6 +168,19 @@ export interface UserSlot {
   ref: unknown;
 }
 
+/** A subscription deleted by {@link Store.sweepEnded}. */
+export interface EndedUser {
+  userId: string;
+  profileName: string;
+}
+
+/** The answer of {@link Store.sweepEnded}. */
+export interface SweepResult {
+  deleted: EndedUser[];
+  /** Work is left for this round: call again now. */
+  more: boolean;
+}
+
 /** What a store does when its backend cannot be reached. */
 export type UnavailablePolicy = 'fail-closed' | 'fail-open' | 'local';
 
@@ -200,6 +213,21 @@ export interface Store {
   changeProfile(userId: string, profile: Profile, nowMs: number): MaybePromise<Subscription | undefined>;
   resetUsage(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
   setQuota(userId: string, quota: number | null, nowMs: number): MaybePromise<Subscription | undefined>;
+  /**
+   * Removes everything the store holds for the user: subscription, usage, own bucket, and any
+   * state a handle or a cache keeps for them (a handle used afterwards finds no subscription).
+   * Resolves with the deleted subscription's profile name, undefined if there was none.
+   */
+  deleteSubscription(userId: string, nowMs: number): MaybePromise<string | undefined>;
+
+  /**
+   * Deletes subscriptions that ended (canceled: at the cancel; expired: at their end) at least
+   * `retentionMs` before `nowMs`, oldest end first, at most `max` per call. The work of a call
+   * is bounded (by `max`, and by a store's own share of its index per call), never by the
+   * number of users. `more`: call again now, this call left work (a sweep round ends when a
+   * call answers false).
+   */
+  sweepEnded(nowMs: number, retentionMs: number, max: number): MaybePromise<SweepResult>;
 
   /**
    * One atomic admission of `cost` units for `userId`: subscription status, quota, and bucket.
