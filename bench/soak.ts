@@ -1,0 +1,201 @@
+/**
+ * `npm run soak [-- --seconds N]`: a steady load held for a set time (3 minutes by default) on
+ * the embedded store, to find what only time shows: leaks, lost promises, double runs, and
+ * quota that disagrees with what callers were told.
+ *
+ *   - about 50,000 decisions per second: 90% check(1), 10% inline submits, 1 in 2,000 a worker
+ *     submit (a worker thread that crashes or times out is replaced, which costs milliseconds);
+ *   - a rotating population of 100,000 users who subscribe, work, and are deleted or end
+ *     (ended subscriptions are swept after `endedRetentionMs`);
+ *   - inline and worker tasks that succeed, throw, crash their worker, time out, or are aborted.
+ *
+ * It reports the achieved load and the event-loop p99, the heap slope over the second half
+ * (% of the heap per minute, from a least-squares fit of samples taken after a full GC when
+ * run with --expose-gc), unsettled promises, double runs, dead letters against callers'
+ * rejections, and quota usage against what callers were told.
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { Manager, TaskvalveError, type Limiter } from '../src/index.js';
+
+const args = process.argv.slice(2);
+const flag = (name: string, fallback: number): number => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? Number(args[i + 1]) : fallback;
+};
+const SECONDS = flag('seconds', 180);
+const RATE = flag('rate', 50_000);
+const POPULATION = 100_000;
+/** Users active at once; the rest of the population rotates through. */
+const ACTIVE = 10_000;
+const TICK_MS = 10;
+
+const log = (line: string): void => {
+  process.stderr.write(`${line}\n`);
+};
+
+interface UserState {
+  id: string;
+  limiter: Limiter;
+  /** Units callers were told were charged (checks allowed + tasks that started). */
+  told: number;
+  /** Calls of this user not answered yet. */
+  inFlight: number;
+  /** Subscribed with an end: it expires (and is swept) instead of being deleted. */
+  ends: boolean;
+}
+
+async function main(): Promise<void> {
+  const manager = new Manager({ endedRetentionMs: 2000 });
+  manager.registerProfile('soak', {
+    rate: { limit: 1_000_000, intervalMs: 1000 },
+    quota: { limit: 1_000_000_000 },
+    pool: { filename: new URL('./soak-worker.mjs', import.meta.url), maxThreads: 2, taskTimeoutMs: 50, maxQueue: 2000 },
+    retry: { attempts: 2, baseMs: 5, maxMs: 20 },
+    dlq: { maxEntries: 1000, retentionMs: 5000 },
+  });
+  let deadLetters = 0;
+  manager.on('dead-letter', () => deadLetters++);
+  manager.on('error', () => {});
+
+  const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0 };
+  const users: UserState[] = [];
+  let next = 0;
+  const subscribe = async (): Promise<UserState> => {
+    const id = `soak-${next++ % POPULATION}-${next}`;
+    const ends = next % 2 === 0;
+    await manager.subscribe(id, 'soak', ends ? { durationMs: 4000 } : {});
+    return { id, limiter: manager.getLimiter(id), told: 0, inFlight: 0, ends };
+  };
+  for (let i = 0; i < ACTIVE; i++) users.push(await subscribe());
+
+  /** Retires a user once nothing of theirs is in flight: usage must equal what callers were told. */
+  const retire = async (u: UserState): Promise<void> => {
+    const sub = await manager.getSubscription(u.id);
+    if (sub !== undefined && sub.status === 'active') {
+      counts.usersChecked++;
+      if (sub.usage !== u.told) counts.quotaMismatch++;
+    }
+    if (!u.ends) await manager.deleteSubscription(u.id);
+    counts.rotated++;
+  };
+
+  const track = (u: UserState, call: Promise<unknown>, started: () => boolean, onOk: () => void): void => {
+    counts.issued++;
+    u.inFlight++;
+    call.then(
+      () => {
+        onOk();
+        counts.settled++;
+        u.inFlight--;
+      },
+      (error: unknown) => {
+        const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
+        if (code === 'TASK_FAILED' || code === 'TASK_TIMEOUT' || code === 'WORKER_CRASHED') counts.failedFinal++;
+        if (started()) u.told++;
+        counts.settled++;
+        u.inFlight--;
+      },
+    );
+  };
+
+  const issue = (u: UserState, i: number): void => {
+    const kind = i % 2000;
+    counts.decisions++;
+    if (kind < 1800) {
+      track(u, u.limiter.check(1), () => false, () => u.told++);
+      return;
+    }
+    if (kind < 1999) {
+      // Inline: succeed, throw, time out (ignoring its signal), or be aborted while it runs.
+      let runs = 0;
+      let answered = false;
+      const mode = i % 4;
+      const aborter = mode === 3 ? new AbortController() : undefined;
+      const call = u.limiter.submit(
+        ({ signal }) => {
+          runs++;
+          if (answered) counts.doubleRuns++;
+          if (mode === 1) throw new Error('planned');
+          // Ignores its signal: it is abandoned at its timeout (or its abort) and ends later.
+          if (mode === 2 || mode === 3) return new Promise((resolve) => setTimeout(resolve, signal.aborted ? 80 : 80));
+          return 1;
+        },
+        { timeoutMs: 40, ...(aborter === undefined ? {} : { signal: aborter.signal }) },
+      );
+      if (aborter !== undefined) setTimeout(() => aborter.abort(), 10);
+      void call.then(() => (answered = true), () => (answered = true));
+      track(u, call, () => runs > 0, () => u.told++);
+      return;
+    }
+    const names = ['ok', 'fail', 'crash', 'spin'] as const;
+    const name = names[i % 4]!;
+    let started = false;
+    const call = u.limiter.submit({ name, payload: name === 'spin' ? { ms: 200 } : 1 });
+    // A worker task that was handed to a thread is charged; QUEUE_FULL and the like are not.
+    track(u, call.then((v) => ((started = true), v), (e: unknown) => {
+      if (e instanceof TaskvalveError && ['TASK_FAILED', 'TASK_TIMEOUT', 'WORKER_CRASHED'].includes(e.code)) started = true;
+      throw e;
+    }), () => started, () => u.told++);
+  };
+
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
+  const heap: Array<[number, number]> = [];
+  const t0 = performance.now();
+  let lastProgress = t0;
+  let i = 0;
+  while (performance.now() - t0 < SECONDS * 1000) {
+    const elapsed = performance.now() - t0;
+    const due = Math.floor((elapsed / 1000) * RATE);
+    while (i < due) {
+      const slot = i % ACTIVE;
+      issue(users[slot]!, i);
+      i++;
+    }
+    // Rotate: a user with nothing in flight retires and a new one takes its place.
+    for (let r = 0; r < 40; r++) {
+      const slot = (i + r * 997) % ACTIVE;
+      const u = users[slot]!;
+      if (u.inFlight === 0) {
+        users[slot] = await subscribe();
+        void retire(u);
+      }
+    }
+    if (performance.now() - lastProgress >= 1000) {
+      lastProgress = performance.now();
+      globalThis.gc?.();
+      heap.push([(performance.now() - t0) / 60_000, process.memoryUsage().heapUsed]);
+      process.stderr.write(`\r${((performance.now() - t0) / 1000).toFixed(0)} s  ${(counts.decisions / ((performance.now() - t0) / 1000) / 1000).toFixed(1)} k/s  heap ${(process.memoryUsage().heapUsed / 1e6).toFixed(0)} MB  in flight ${counts.issued - counts.settled}   `);
+    }
+    await new Promise((resolve) => setTimeout(resolve, TICK_MS));
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  loop.disable();
+  const report = await manager.close({ drain: true, timeoutMs: 10_000 });
+  await new Promise((resolve) => setImmediate(resolve));
+
+  const half = heap.slice(Math.floor(heap.length / 2));
+  const n = half.length;
+  const mx = half.reduce((a, [x]) => a + x, 0) / n;
+  const my = half.reduce((a, [, y]) => a + y, 0) / n;
+  const slope = half.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0) / Math.max(1e-9, half.reduce((a, [x]) => a + (x - mx) ** 2, 0));
+  log('');
+  const out = {
+    seconds: Math.round(seconds),
+    decisionsPerSecond: Math.round(counts.decisions / seconds),
+    eventLoopP99Ms: Number((loop.percentile(99) / 1e6).toFixed(1)),
+    heapSlopePercentPerMinute: Number(((100 * slope) / my).toFixed(2)),
+    heapMeanMB: Number((my / 1e6).toFixed(1)),
+    unsettled: counts.issued - counts.settled,
+    doubleRuns: counts.doubleRuns,
+    deadLetters,
+    finalFailures: counts.failedFinal,
+    usersChecked: counts.usersChecked,
+    quotaMismatches: counts.quotaMismatch,
+    usersRotated: counts.rotated,
+    close: report,
+  };
+  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+}
+
+await main();
