@@ -186,6 +186,22 @@ describe('worker tasks: thread failures', () => {
     expect(faults).toHaveLength(1);
   });
 
+  it("an idle thread's event loop keeps running: a timer a task left behind fires with no further task", async () => {
+    const m = await setup();
+    const cell = shared(1);
+    expect(await m.getLimiter('u').submit({ name: 'lateWrite', payload: { cell, ms: 20 } })).toBe('returned');
+    await changed(cell, 0, 0); // no other task is submitted: only the idle thread's own loop can write it
+    expect(Atomics.load(cell, 0)).toBe(1);
+  });
+
+  it('a thread that dies outside any task is an error event, never a crash of the process; the pool recovers', async () => {
+    const m = await setup({ resourceLimits: { maxOldGenerationSizeMb: 16 } });
+    const fault = new Promise<Error>((resolve) => m.once('error', resolve));
+    expect(await m.getLimiter('u').submit({ name: 'lateExhaustHeap' })).toBe('returned');
+    expect(await fault).toBeInstanceOf(Error);
+    expect(await m.getLimiter('u').submit({ name: 'echo', payload: 'recovered' })).toBe('recovered');
+  });
+
   it('heap exhaustion under resourceLimits is WORKER_CRASHED; the pool recovers', async () => {
     const m = await setup({ resourceLimits: { maxOldGenerationSizeMb: 16 } });
     const u = m.getLimiter('u');
