@@ -54,6 +54,34 @@ describe('6. close() against admissions in flight (RedisStore)', () => {
     expect(ran).toBe(0);
   });
 
+  it('close() (drain) right after submits: the tasks the store admits run to their end before close resolves (as on MemoryStore), and nothing runs after', async () => {
+    const manager = await setup();
+    const u = manager.getLimiter('u');
+    let ran = 0;
+    const runs = Array.from({ length: 5 }, (_, i) => u.submit(() => (ran++, i)));
+    const answers = Promise.allSettled(runs);
+    const report = await manager.close();
+    expect((await answers).map((a) => (a.status === 'fulfilled' ? a.value : (a.reason as TaskvalveError).code))).toEqual([0, 1, 2, 3, 4]);
+    expect(ran).toBe(5);
+    expect(report).toEqual({ completed: 5, rejected: 0, abandoned: 0 });
+    await manager.getSubscription('u');
+    expect(ran).toBe(5);
+  });
+
+  it('a worker task admitted while close() drains runs on its pool and settles; close resolves after it', async () => {
+    const manager = await setup({ rate: { limit: 1000, intervalMs: 1000 }, pool: { filename: TASKS, maxThreads: 1 } });
+    const run = manager.getLimiter('u').submit({ name: 'echo', payload: 'in flight' });
+    let settled = false;
+    void run.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    const report = await manager.close();
+    expect(settled).toBe(true);
+    expect(await run.catch((e: TaskvalveError) => e.code)).toBe('in flight');
+    expect(report).toEqual({ completed: 1, rejected: 0, abandoned: 0 });
+  });
+
   it('check() and peek() in flight at close() settle, and later calls reject SHUTTING_DOWN', async () => {
     const manager = await setup();
     const u = manager.getLimiter('u');

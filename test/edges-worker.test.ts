@@ -31,6 +31,19 @@ function shared(cells = 2): Int32Array {
 }
 
 describe('13. worker start-up', () => {
+  // The test's own timeout only guards against the hang this guarantee is about.
+  it('a worker module whose import never finishes is bounded by the task\'s timeout: TASK_TIMEOUT', { timeout: 10_000 }, async () => {
+    const m = await setup({}, HANG);
+    const err = await rejection(m.getLimiter('u').submit({ name: 'never' }, { timeoutMs: 300 }));
+    expect(err.code).toBe('TASK_TIMEOUT');
+  });
+
+  it('pool.taskTimeoutMs bounds it too, and the next task on that pool is bounded as well', { timeout: 10_000 }, async () => {
+    const m = await setup({ taskTimeoutMs: 300 }, HANG);
+    const u = m.getLimiter('u');
+    expect((await rejection(u.submit({ name: 'never' }))).code).toBe('TASK_TIMEOUT');
+    expect((await rejection(u.submit({ name: 'never' }))).code).toBe('TASK_TIMEOUT');
+  });
 
   it('while a module never finishes importing, another profile\'s tasks run, and close() settles the waiting caller', { timeout: 10_000 }, async () => {
     const m = await setup({}, HANG);
@@ -60,5 +73,17 @@ describe('14. no head-of-line blocking', () => {
     Atomics.notify(hold, 0);
     expect((await first).gate).not.toBe('timed-out');
     expect(await second).toBe('W2');
+  });
+});
+
+describe('5. long delays on worker threads', () => {
+  it('a worker task with timeoutMs 3e9 is not timed out early', async () => {
+    const m = await setup({});
+    expect(await m.getLimiter('u').submit({ name: 'pause', payload: { ms: 50 } }, { timeoutMs: 3e9 })).toBe(50);
+  });
+
+  it('a worker pool with taskTimeoutMs 3e9 does not time its tasks out early', async () => {
+    const m = await setup({ taskTimeoutMs: 3e9 });
+    expect(await m.getLimiter('u').submit({ name: 'pause', payload: { ms: 50 } })).toBe(50);
   });
 });

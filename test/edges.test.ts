@@ -119,6 +119,36 @@ describe('1. hostile results', () => {
     expect(value).toBe('first');
   });
 
+  it('a thenable whose then throws a value that cannot even be described: TASK_FAILED, the slot freed, nothing unhandled', async () => {
+    const u = manager.getLimiter('u');
+    const hostile = untouchable();
+    const run = track(
+      u.submit(() => ({
+        then() {
+          throw hostile;
+        },
+      })),
+    );
+    await vi.advanceTimersByTimeAsync(0);
+    expect(run.settled).toBe(true);
+    expect(run.error?.code).toBe('TASK_FAILED');
+    expect(await u.submit(() => 'slot free')).toBe('slot free');
+  });
+
+  it('a task that throws a value that cannot even be described: TASK_FAILED, the slot freed', async () => {
+    const u = manager.getLimiter('u');
+    const hostile = untouchable();
+    const run = track(
+      u.submit(() => {
+        throw hostile;
+      }),
+    );
+    await vi.advanceTimersByTimeAsync(0);
+    expect(run.settled).toBe(true);
+    expect(run.error?.code).toBe('TASK_FAILED');
+    expect(await u.submit(() => 'slot free')).toBe('slot free');
+  });
+
   it('a hostile thenable still pending at close(): close settles its caller, and its late throw is no unhandled rejection', async () => {
     const u = manager.getLimiter('u');
     let fail!: (e: unknown) => void;
@@ -519,12 +549,90 @@ describe('10. async means async', () => {
     }
   });
 
+  it('options whose getters throw come back as rejected promises, never a synchronous throw', async () => {
+    const u = manager.getLimiter('u');
+    const hostile = {
+      get cost(): number {
+        throw new Error('getter throws');
+      },
+    };
+    const calls: Array<() => Promise<unknown>> = [
+      () => u.submit(() => 1, hostile as never),
+      () => manager.close({
+        get drain(): boolean {
+          throw new Error('getter throws');
+        },
+      }),
+      () => manager.dlq.list({
+        get limit(): number {
+          throw new Error('getter throws');
+        },
+      }),
+      () => manager.subscribe('v', 'p', {
+        get durationMs(): number {
+          throw new Error('getter throws');
+        },
+      }),
+    ];
+    for (const call of calls) expect((await outcome(call)).status, String(call)).toBe('rejected');
+  });
+
+  it('options that are proxies refusing to list their keys come back as rejected promises', async () => {
+    const u = manager.getLimiter('u');
+    const opaque = new Proxy(
+      {},
+      {
+        ownKeys() {
+          throw new Error('no keys');
+        },
+      },
+    );
+    for (const call of [() => u.submit(() => 1, opaque as never), () => manager.close(opaque as never), () => manager.dlq.list(opaque as never)]) {
+      expect((await outcome(call)).status, String(call)).toBe('rejected');
+    }
+  });
+
+  it('invalid dates are INVALID_ARGUMENT: NaN, and times no Date can hold', async () => {
+    const wrong: string[] = [];
+    for (const options of [
+      { startsAt: new Date(Number.NaN) },
+      { endsAt: new Date('not a date') },
+      { startsAt: 1e20 },
+      { endsAt: 1e20 },
+      { durationMs: Number.MAX_SAFE_INTEGER },
+    ]) {
+      const [r] = await Promise.allSettled([manager.subscribe('v', 'p', options)]);
+      const code = r!.status === 'rejected' ? (r.reason as TaskvalveError).code : `resolved with endsAt ${String(r!.value.endsAt)}, startsAt ${String(r!.value.startsAt)}`;
+      if (code !== 'INVALID_ARGUMENT') wrong.push(`${String(Object.keys(options)[0])}: ${code}`);
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it('extending a subscription beyond what a Date can hold is INVALID_ARGUMENT', async () => {
+    await manager.subscribe('w', 'p', { durationMs: 1000 });
+    const err = await rejection(manager.extendSubscription('w', Number.MAX_SAFE_INTEGER));
+    expect(err.code).toBe('INVALID_ARGUMENT');
+    const sub = await manager.getSubscription('w');
+    expect(Number.isNaN(sub!.endsAt!.getTime())).toBe(false);
+  });
+
   it('unknown option names are rejected in new Manager, subscribe, submit, close and dlq.list', async () => {
     expect(thrown(() => new Manager({ clok: () => 0 } as never)).code).toBe('INVALID_CONFIG');
     expect((await rejection(manager.subscribe('v', 'p', { duration: 1000 } as never))).code).toBe('INVALID_ARGUMENT');
     expect((await rejection(manager.getLimiter('u').submit(() => 1, { timeout: 5 } as never))).code).toBe('INVALID_ARGUMENT');
     expect((await rejection(manager.dlq.list({ limt: 1 } as never))).code).toBe('INVALID_ARGUMENT');
     expect((await rejection(manager.close({ drian: false } as never))).code).toBe('INVALID_ARGUMENT');
+  });
+
+  it('unknown option names are rejected in new RedisStore', () => {
+    const client = new Redis({ lazyConnect: true });
+    try {
+      const err = thrown(() => new RedisStore({ client, prefixx: 'typo' } as never));
+      expect(err.code).toBe('INVALID_CONFIG');
+      expect(err.message).toContain('prefixx');
+    } finally {
+      client.disconnect();
+    }
   });
 
   it('two live Managers on one registry: INVALID_CONFIG naming the clash; after close() the registry can be reused', async () => {

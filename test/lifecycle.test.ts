@@ -290,9 +290,55 @@ describe('2. a cost that no longer fits after a profile change', () => {
     expect(await usage('u')).toBe(3);
   });
 
+  it('re-subscribing to a profile with a smaller burst is a profile change too: the waiting task settles at once, naming the new burst', async () => {
+    await manager.subscribe('u', 'big');
+    const u = manager.getLimiter('u');
+    await u.check(5);
+    const waiting = track(u.submit(() => 'never', { cost: 3 }));
+    await vi.advanceTimersByTimeAsync(0);
+    await manager.subscribe('u', 'small');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(waiting.settled).toBe(true);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(waiting.error?.code).toBe('INVALID_ARGUMENT');
+    expect(waiting.error?.message).toMatch(/burst 2\b/);
+    expect(await usage('u')).toBe(5);
+  });
 });
 
 describe('4. exact turns', () => {
+  it('a cost-1 waiter behind an aborted cost-3 waiter starts at 1 s, not at the departed head\'s 3 s', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
+    await manager.subscribe('u', 'p');
+    const u = manager.getLimiter('u');
+    await u.check(3);
+    const controller = new AbortController();
+    const starts: number[] = [];
+    const big = rejection(u.submit(() => starts.push(-1), { cost: 3, signal: controller.signal }));
+    const small = quiet(u.submit(() => starts.push(since())));
+    await vi.advanceTimersByTimeAsync(0);
+    controller.abort();
+    expect((await big).code).toBe('ABORTED');
+    await vi.advanceTimersByTimeAsync(5000);
+    await small;
+    expect(starts).toEqual([1000]);
+  });
+
+  it("on a shared bucket, when the head's subscription is canceled, the next user's cost-1 task starts at 1 s", async () => {
+    manager.registerProfile('s', { rate: { limit: 1, intervalMs: 1000, burst: 3, shared: 'line' } });
+    await manager.subscribe('A', 's');
+    await manager.subscribe('B', 's');
+    await manager.getLimiter('A').check(3);
+    const starts: number[] = [];
+    const head = rejection(manager.getLimiter('A').submit(() => starts.push(-1), { cost: 3 }));
+    const next = quiet(manager.getLimiter('B').submit(() => starts.push(since())));
+    await vi.advanceTimersByTimeAsync(0);
+    await manager.cancelSubscription('A');
+    expect((await head).code).toBe('SUBSCRIPTION_INACTIVE');
+    await vi.advanceTimersByTimeAsync(5000);
+    await next;
+    expect(starts).toEqual([1000]);
+  });
 
   it('after an upgrade, waiting tasks start at the new rate\'s times', async () => {
     manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 10_000 } });
@@ -566,6 +612,19 @@ describe('18. peek counts waiting tasks', () => {
     expect(await u.peek()).toMatchObject({ allowed: false, retryAfterMs: 1000, resetAfterMs: 1000 });
   });
 
+  it('peek answers what check(1) answers at the same moment while tasks wait, resetAfterMs included', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000 } });
+    await manager.subscribe('u', 'p');
+    const u = manager.getLimiter('u');
+    await u.check();
+    const runs = [0, 1].map(() => quiet(u.submit(() => 'later')));
+    await vi.advanceTimersByTimeAsync(0);
+    const { usage: _u, quotaLimit: _q, status: _s, ...peeked } = await u.peek();
+    const checked = await u.check(1);
+    expect(checked).toEqual(peeked);
+    await vi.advanceTimersByTimeAsync(2000);
+    await Promise.all(runs);
+  });
 });
 
 /** A MemoryStore whose dead letters are stored only when the test opens the gate. */
@@ -604,5 +663,26 @@ describe('19. an abort after the end changes nothing', () => {
     expect(await manager.dlq.list()).toHaveLength(1);
   });
 
+  it("close's timeout while the dead letter is being stored: the caller gets TASK_FAILED, never SHUTTING_DOWN beside a stored entry", async () => {
+    await manager.close();
+    const store = new SlowDeadLetters();
+    manager = new Manager({ store, clock: () => Date.now() });
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await manager.subscribe('u', 'p');
+    const run = track(
+      manager.getLimiter('u').submit(() => {
+        throw new Error('last attempt fails');
+      }),
+    );
+    await vi.advanceTimersByTimeAsync(0);
+    const closing = manager.close({ timeoutMs: 1000 });
+    await vi.advanceTimersByTimeAsync(1000);
+    await closing;
+    store.door.open();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(run.settled).toBe(true);
+    expect(await manager.dlq.list()).toHaveLength(1);
+    expect(run.error?.code).toBe('TASK_FAILED');
+  });
 });
 
