@@ -55,15 +55,17 @@ export class TaskvalveError extends Error {
 
 /** Quotes a user-supplied value for an error message, short and unambiguous. */
 export function show(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
-  if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`;
-  if (typeof value === 'bigint') return `${value}n`;
-  if (value === null || typeof value !== 'object') return String(value);
   try {
+    if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
+    if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`;
+    if (typeof value === 'bigint') return `${value}n`;
+    if (value === null || typeof value !== 'object') return String(value);
     const json = JSON.stringify(value);
+    if (json === undefined) return Object.prototype.toString.call(value);
     return json.length > 80 ? `${json.slice(0, 77)}...` : json;
   } catch {
-    return Object.prototype.toString.call(value);
+    // A proxy or a getter that throws on every read: nothing more can be said of it.
+    return 'a value that cannot be described';
   }
 }
 

@@ -123,15 +123,41 @@ function checkInt(name: string, value: unknown, min: number): number {
   return value;
 }
 
+/** The largest time a Date holds (ms from the epoch, either way). */
+const MAX_DATE_MS = 8.64e15;
+
 function time(name: string, value: unknown): number {
   const ms = value instanceof Date ? value.getTime() : value;
-  if (typeof ms !== 'number' || !Number.isFinite(ms)) throw invalidArgument(`${name} must be a Date or a number of ms, got ${show(value)}`);
+  if (typeof ms !== 'number' || !Number.isFinite(ms) || Math.abs(ms) > MAX_DATE_MS) {
+    throw invalidArgument(`${name} must be a valid Date or a number of ms within what a Date holds (±${MAX_DATE_MS}), got ${show(value)}`);
+  }
   return ms;
 }
 
 /** Runs `fn` and turns a synchronous throw into a rejected promise. */
 async function attempt<T>(fn: () => T | Promise<T>): Promise<T> {
   return fn();
+}
+
+/** close()'s options, checked (throws INVALID_ARGUMENT, also for options that cannot be read). */
+function closeOptions(options: CloseOptions): { drain: boolean; timeoutMs: number } {
+  if (options === null || typeof options !== 'object') throw invalidArgument(`close options must be an object, got ${show(options)}`);
+  let drain: unknown;
+  let timeoutMs: unknown;
+  let unknown: string[];
+  try {
+    unknown = unknownKeys(options, CLOSE_OPTIONS);
+    drain = options.drain ?? true;
+    timeoutMs = options.timeoutMs ?? 30_000;
+  } catch (error) {
+    throw invalidArgument(`close options could not be read: ${show(error)}`, error);
+  }
+  if (unknown.length > 0) throw unknownOptions('close', unknown, CLOSE_OPTIONS);
+  if (typeof drain !== 'boolean') throw invalidArgument(`drain must be a boolean, got ${show(drain)}`);
+  if (typeof timeoutMs !== 'number' || !Number.isSafeInteger(timeoutMs) || timeoutMs < 0) {
+    throw invalidArgument(`timeoutMs must be a non-negative integer, got ${show(timeoutMs)}`);
+  }
+  return { drain, timeoutMs };
 }
 
 /**
@@ -329,10 +355,13 @@ export class Manager extends EventEmitter {
       if (options.durationMs !== undefined && options.endsAt !== undefined) throw invalidArgument('give durationMs or endsAt, not both');
       const durationMs = options.durationMs === undefined ? undefined : checkInt('durationMs', options.durationMs, 1);
       const endsAt = options.endsAt === undefined ? undefined : time('endsAt', options.endsAt);
+      if (durationMs !== undefined) time('startsAt + durationMs', (startsAt ?? this.clock()) + durationMs);
       const quota = options.quota === undefined || options.quota === null ? options.quota : checkInt('quota', options.quota, 0);
       if (options.resetUsage !== undefined && typeof options.resetUsage !== 'boolean') throw invalidArgument(`resetUsage must be a boolean, got ${show(options.resetUsage)}`);
       const input = { startsAt, endsAt, durationMs, quota, resetUsage: options.resetUsage === true };
       const sub = await this.store.subscribe(userId, profile, input, this.clock());
+      // A re-subscription may move the user to another profile: their waiting tasks follow it.
+      this.pipeline.profileChanged(userId, profile);
       this.tell(userId, profile.name, 'created', sub);
       return sub;
     });
@@ -347,7 +376,13 @@ export class Manager extends EventEmitter {
 
   /** Extends from endsAt if still ahead, else from now; no end stays no end; canceled stays canceled. */
   extendSubscription(userId: string, ms: number): Promise<Subscription> {
-    return this.mutate(userId, 'extended', () => this.store.extendSubscription(userId, checkInt('ms', ms, 1), this.clock()));
+    return this.mutate(userId, 'extended', async () => {
+      checkInt('ms', ms, 1);
+      // The new end must be a time a Date holds: from endsAt while ahead, else from now.
+      const sub = await this.store.getSubscription(userId, this.clock());
+      if (sub !== undefined && sub.endsAt !== null) time('the extended end', Math.max(sub.endsAt.getTime(), this.clock()) + ms);
+      return this.store.extendSubscription(userId, ms, this.clock());
+    });
   }
 
   /** Cancels; the user's tasks not yet started are rejected SUBSCRIPTION_INACTIVE and refunded. */
@@ -460,14 +495,12 @@ export class Manager extends EventEmitter {
    * running tasks up to the timeout and destroys the pools. Never closes a client it was given.
    */
   close(options: CloseOptions = {}): Promise<CloseReport> {
-    if (options === null || typeof options !== 'object') return Promise.reject(invalidArgument(`close options must be an object, got ${show(options)}`));
-    const unknown = unknownKeys(options, CLOSE_OPTIONS);
-    if (unknown.length > 0) return Promise.reject(unknownOptions('close', unknown, CLOSE_OPTIONS));
-    const drain = options.drain ?? true;
-    const timeoutMs = options.timeoutMs ?? 30_000;
-    if (typeof drain !== 'boolean') return Promise.reject(invalidArgument(`drain must be a boolean, got ${show(drain)}`));
-    if (typeof timeoutMs !== 'number' || !Number.isSafeInteger(timeoutMs) || timeoutMs < 0) {
-      return Promise.reject(invalidArgument(`timeoutMs must be a non-negative integer, got ${show(timeoutMs)}`));
+    let drain: boolean;
+    let timeoutMs: number;
+    try {
+      ({ drain, timeoutMs } = closeOptions(options));
+    } catch (error) {
+      return Promise.reject(error);
     }
     if (this.closed === undefined) {
       this.sweep.stop();

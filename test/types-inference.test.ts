@@ -91,7 +91,7 @@ describe('20. types', () => {
       '--lib', 'ES2024',
       '--types', 'node',
       '--rootDir', '.',
-      'test/types.test.ts',
+      'test/types-inference.test.ts',
     ];
     const result = await promisify(execFile)(process.execPath, args, { cwd: root }).then(
       () => '',

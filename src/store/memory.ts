@@ -461,8 +461,10 @@ export class MemoryStore implements Store {
       }
     }
     const waitMs = ticksToMs(waitFor(tat, now, ahead + cost, rate), rate);
-    out.remaining = ahead > 0 ? 0 : remaining(tat, now, rate);
-    out.resetAfterMs = ticksToMs(tat - now, rate);
+    // Units reserved by waiting tasks are as good as taken (as peek counts them).
+    const reserved = ahead > 0 ? Math.max(tat, now) + ahead * rate.T : tat;
+    out.remaining = Math.max(0, remaining(reserved, now, rate));
+    out.resetAfterMs = ticksToMs(reserved - now, rate);
     out.retryAfterMs = waitMs;
     out.usage = rec.usage;
     if (mode === AdmitMode.NOW || profile.onLimit === 'reject' || waitMs > profile.maxWaitMs) {

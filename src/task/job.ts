@@ -73,6 +73,8 @@ export class Job {
   /** Stops the running attempt (set while it runs and can be stopped). */
   stop: { stop(reason: TaskvalveError): void } | undefined = undefined;
   firstFailedAt = 0;
+  /** FAILED: the error its caller gets once the dead letter is stored. */
+  failure: TaskvalveError | undefined = undefined;
   /** When admission accepted it (ms, manager clock). */
   admittedAt = 0;
   /** Listens to the caller's signal; removed when the task ends. */

@@ -134,7 +134,13 @@ export class Pipeline {
 
   /** @param onAdmitted Called once the task is admitted. */
   submit(user: UserHandle, task: unknown, options: unknown, onAdmitted?: () => void): Promise<unknown> {
-    const s = parseSubmit(task, options);
+    let s: Submission | TaskvalveError;
+    try {
+      s = parseSubmit(task, options);
+    } catch (error) {
+      // Options whose getters throw, or a proxy that refuses to list its keys.
+      return Promise.reject(invalidArgument(`submit options could not be read: ${show(error)}`, error));
+    }
     if (s instanceof TaskvalveError) return Promise.reject(s);
     if (this.closing) return Promise.reject(shuttingDown());
     if (s.signal?.aborted) return Promise.reject(aborted(s.signal.reason));
@@ -186,7 +192,8 @@ export class Pipeline {
     });
     this.live.add(job);
     // Refusals decided after the store admitted: CANCELED, and the charge goes back by the rule.
-    if (this.closing) this.end(job, shuttingDown());
+    // An admission in flight when close() began: it runs if the close drains.
+    if (this.closing && !this.draining) this.end(job, shuttingDown());
     else if (s.fn === undefined && profile.pool.filename === undefined) {
       this.end(job, invalidArgument(`task ${show(s.name)}: profile ${show(profile.name)} has no pool.filename to run named tasks`));
     } else if (s.signal?.aborted) this.end(job, aborted(s.signal.reason));
@@ -481,8 +488,8 @@ export class Pipeline {
         report.abandoned++;
         this.stop(job, shuttingDown());
       } else if (isTerminal(job.state)) {
-        // Its dead letter is still in flight in the store: answer the caller now.
-        this.finish(job, false, shuttingDown(), false);
+        // FAILED, its dead letter still in flight in the store: the caller hears its own error now.
+        this.finish(job, false, job.failure ?? shuttingDown(), true);
       } else this.end(job, shuttingDown());
     }
     this.lines.clear();

@@ -79,7 +79,7 @@ export class RateLines {
     lane.push(job);
     line.units += job.cost;
     this.units.set(key, line.units);
-    if (line.timer === undefined && !line.busy && !line.turning) this.arm(key, line, waitMs, undefined);
+    if (line.timer === undefined && !line.busy && !line.turning) this.arm(key, line, waitMs, job);
   }
 
   /** A waiting job left (its state is already past WAITING_RATE): its units no longer count. */
@@ -90,8 +90,8 @@ export class RateLines {
     line.units -= job.cost;
     if (line.units > 0) {
       this.units.set(key, line.units);
-      // The timer was armed for the departed head: arm it for the next one.
-      if (line.head === job && !line.busy && !line.turning) this.arm(key, line, 0, undefined);
+      // The timer was armed for the departed head (or for a head not known): arm it for the next one.
+      if ((line.head === job || line.head === undefined) && line.timer !== undefined && !line.busy && !line.turning) this.arm(key, line, 0, undefined);
       return;
     }
     this.units.delete(key);

@@ -20,7 +20,13 @@ function asError(thrown: unknown): Error {
 }
 
 function failed(thrown: unknown): RunResult {
-  return { ok: false, error: taskFailed(asError(thrown)), refund: false };
+  let cause: Error;
+  try {
+    cause = asError(thrown);
+  } catch {
+    cause = new Error('the task failed with a value that cannot be described');
+  }
+  return { ok: false, error: taskFailed(cause), refund: false };
 }
 
 const STOPPED: RunResult = { ok: false, error: undefined, refund: false };

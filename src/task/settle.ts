@@ -88,6 +88,7 @@ export class Settler {
   private bury(job: Job, error: TaskvalveError, now: number): void {
     const { lifecycle, store, fault } = this.out;
     lifecycle.move(job, State.FAILED, error.code.toLowerCase());
+    job.failure = error;
     const cause = error.cause instanceof Error ? error.cause : error;
     const entry: FailedTask = {
       id: randomUUID(),

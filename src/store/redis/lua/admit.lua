@@ -179,18 +179,20 @@ for i = 1, count do
       end
     end
     local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
-    local remaining = 0
-    if waiting == 0 then
-      remaining = gcra_remaining(ahead, T, tau)
+    -- Units reserved by the caller's waiting tasks are as good as taken (as peek counts them).
+    local reserved = ahead + waiting * T
+    local remaining = gcra_remaining(reserved, T, tau)
+    if remaining < 0 then
+      remaining = 0
     end
     if flags % 2 == 0 or not p.waits or (p.max_wait >= 0 and wait_ms > p.max_wait) then
-      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
+      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit)
       break
     end
     -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
     n = n + cost
     redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-    out = struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(ahead, d), p.i, period_left, limit)
+    out = struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit)
   until true
   replies[i] = out
 end
