@@ -312,21 +312,33 @@ describe('sharding', () => {
         await m2.subscribe(u, 'p');
         await m2.getLimiter(u).check((i % 5) + 1);
       }
+      // Ended subscriptions, in the ends indexes of the two shards.
+      const ended = Array.from({ length: 60 }, (_, i) => `ended-${i}`);
+      for (const u of ended) await m2.subscribe(u, 'p', { durationMs: 1 });
       await m2.close();
       const three = [...two, new Redis({ port: extra[2]!.port })];
       const storeThree = new RedisStore({ client: three, prefix });
       const m3 = new Manager({ store: storeThree });
       m3.registerProfile('p', profile);
       const moved = await storeThree.migrate(two);
-      // A user's subscription and own bucket are one hash: about a third of 300 keys move.
-      expect(moved).toBeGreaterThan(70);
-      expect(moved).toBeLessThan(130);
+      // A user's subscription and own bucket are one key: about a third of 360 keys move.
+      expect(moved).toBeGreaterThan(90);
+      expect(moved).toBeLessThan(150);
       for (const [i, u] of users.entries()) {
         expect((await m3.getSubscription(u))?.usage).toBe((i % 5) + 1);
         // The bucket moved too: 100 - used units remain, not a fresh 100.
         expect((await m3.getLimiter(u).check(100 - ((i % 5) + 1))).allowed).toBe(true);
         expect((await m3.getLimiter(u).check(1)).allowed).toBe(false);
       }
+      // Every ended subscription, moved or not, is found by the sweep on the shards as they are now.
+      storeThree.setTestClock(() => Date.now() + 1000);
+      const swept: string[] = [];
+      for (let more = true; more; ) {
+        const r = await storeThree.sweepEnded(Date.now(), 0, 1000);
+        swept.push(...r.deleted.map((d) => d.userId));
+        more = r.more;
+      }
+      expect(swept.sort()).toEqual([...ended].sort());
       await m3.close();
       for (const c of three) c.disconnect();
     } finally {
