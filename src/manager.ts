@@ -125,7 +125,7 @@ export class DeadLetterQueue {
   }
 
   get(id: string): Promise<FailedTask | undefined> {
-    return attempt(() => this.store.dlqGet(id));
+    return attempt(() => this.store.dlqGet(id, this.clock()));
   }
 
   /** True if the entry existed. */
@@ -135,7 +135,7 @@ export class DeadLetterQueue {
 
   /** Resubmits the task through the full pipeline; the entry is removed once the replay is admitted. */
   async replay(id: string): Promise<unknown> {
-    const entry = await this.store.dlqGet(id);
+    const entry = await this.store.dlqGet(id, this.clock());
     if (entry === undefined) throw invalidArgument(`no dead letter with id ${show(id)}`);
     return this.replayer(entry);
   }

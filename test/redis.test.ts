@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore } from '../src/index.js';
 import { escapeId, rendezvous } from '../src/store/redis/keys.js';
 import { rejection } from './helpers.js';
+import { deadLetter } from './support/dead-letters.js';
 import { startCluster, startRedis, type RedisClusterHandle, type RedisServer } from './support/redis.js';
 
 let server: RedisServer;
@@ -294,6 +295,59 @@ describe('processes sharing one Redis', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('dead letters at scale', () => {
+  const T = Date.UTC(2026, 5, 1);
+  let now = T;
+
+  /** A RedisStore deciding at `now` (T unless a test moves it) on the standalone server, with a second client to watch it. */
+  function storeAtT(): { store: RedisStore; client: Redis; admin: Redis } {
+    const client = new Redis({ port: server.port });
+    const admin = new Redis({ port: server.port });
+    const store = new RedisStore({ client, prefix: `r${++prefixes}` });
+    now = T;
+    store.setTestClock(() => now);
+    open.push({ close: async () => (client.disconnect(), admin.disconnect()) });
+    return { store, client, admin };
+  }
+
+  /** Commands the server has run, scripts' own included. */
+  async function commands(admin: Redis): Promise<number> {
+    const text = await admin.info('commandstats');
+    return [...text.matchAll(/:calls=(\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0);
+  }
+
+  it('an add runs as many commands, and a list({ limit: 10 }) answers as many bytes, with 10,000 entries as with 100', async () => {
+    const bounds = { maxEntries: 1_000_000, retentionMs: 3_600_000 };
+    async function work(held: number): Promise<{ add: number; list: number }> {
+      const { store, client, admin } = storeAtT();
+      for (let i = 0; i < held; i += 500) {
+        await Promise.all(Array.from({ length: Math.min(500, held - i) }, (_, k) => store.dlqAdd(deadLetter(i + k, 'a', T), bounds, T)));
+      }
+      const before = await commands(admin);
+      await store.dlqAdd(deadLetter(held, 'a', T), bounds, T);
+      const add = (await commands(admin)) - before;
+      const socket = (client as unknown as { stream: { bytesRead: number } }).stream;
+      const read = socket.bytesRead;
+      expect(await store.dlqList({ limit: 10 }, T)).toHaveLength(10);
+      return { add, list: socket.bytesRead - read };
+    }
+    // 9 commands per add (the INFO that reads the count included), 2,955 bytes per list.
+    expect(await work(10_000)).toEqual(await work(100));
+  });
+
+  it('entries past their retention are not returned even when more expired than one call drops', async () => {
+    const { store } = storeAtT();
+    now = T - 2000;
+    for (let i = 0; i < 350; i++) await store.dlqAdd(deadLetter(i, 's', now), { maxEntries: 1000, retentionMs: 1000 }, now);
+    now = T;
+    // Each call drops 100 expired entries at most: the list and the get below still find some left.
+    await store.dlqAdd(deadLetter(350, 'l', T), { maxEntries: 1000, retentionMs: 3_600_000 }, T);
+    expect((await store.dlqList({}, T)).map((e) => e.profileName)).toEqual(['l']);
+    expect(await store.dlqGet(deadLetter(349, 's', T).id, T)).toBeUndefined();
+    expect(await store.dlqList({ profileName: 's' }, T)).toEqual([]);
   });
 });
 

@@ -982,21 +982,13 @@ export class RedisStore implements Store {
   }
 
   async dlqList(query: DlqQuery, _nowMs: number): Promise<FailedTask[]> {
-    const r = (await this.run(scripts.dlq, this.dlqKeys(), ['list', this.clockArg()])) as (string | null)[];
-    const out: FailedTask[] = [];
-    const limit = query.limit ?? Infinity;
-    for (const json of r) {
-      if (json === null) continue;
-      if (out.length >= limit) break;
-      const entry = this.restore(JSON.parse(json) as StoredEntry);
-      if (query.userId !== undefined && entry.userId !== query.userId) continue;
-      if (query.profileName !== undefined && entry.profileName !== query.profileName) continue;
-      out.push(entry);
-    }
-    return out;
+    const keys = this.dlqKeys();
+    if (query.profileName !== undefined) keys.push(this.keys.dlqProfile(query.profileName));
+    const r = (await this.run(scripts.dlq, keys, ['list', query.limit ?? -1, query.userId ?? '', this.clockArg()])) as string[];
+    return r.map((json) => this.restore(JSON.parse(json) as StoredEntry));
   }
 
-  async dlqGet(id: string): Promise<FailedTask | undefined> {
+  async dlqGet(id: string, _nowMs: number): Promise<FailedTask | undefined> {
     const json = (await this.run(scripts.dlq, this.dlqKeys(), ['get', id, this.clockArg()])) as unknown as string | null;
     return json === null ? undefined : this.restore(JSON.parse(json) as StoredEntry);
   }
