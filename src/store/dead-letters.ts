@@ -25,6 +25,7 @@ interface ProfileLetters {
 /** Ids of removed entries a queue may hold beyond its live ones before it is rebuilt. */
 const SLACK = 1024;
 
+/** The MemoryStore's dead letters, bounded per profile, by retention and by a cap on them all. */
 export class DeadLetters {
   private readonly letters = new Map<string, Letter>();
   private order = new Deque<string>();

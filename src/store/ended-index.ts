@@ -4,6 +4,7 @@
  * place: a new end adds an entry, and the store checks each entry it takes against the
  * user's record, dropping those a later change made stale.
  */
+/** Subscription ends, earliest first (entries may be stale: see the file's note). */
 export class EndedIndex {
   private ends: number[] = [];
   private users: string[] = [];
