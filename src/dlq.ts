@@ -53,7 +53,7 @@ export class DeadLetterQueue {
   get(id: string): Promise<FailedTask | undefined> {
     return attempt(() => {
       checkId(id);
-      return this.store.dlqGet(id);
+      return this.store.dlqGet(id, this.clock());
     });
   }
 
@@ -73,7 +73,7 @@ export class DeadLetterQueue {
   replay(id: string): Promise<unknown> {
     return attempt(async () => {
       checkId(id);
-      const entry = await this.store.dlqGet(id);
+      const entry = await this.store.dlqGet(id, this.clock());
       if (entry === undefined) throw invalidArgument(`no dead letter with id ${show(id)}`);
       if (!(await this.store.dlqRemove(id))) throw invalidArgument(`dead letter ${show(id)} is already being replayed (or was removed)`);
       let admitted = false;

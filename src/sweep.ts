@@ -80,7 +80,14 @@ export class EndedSweep {
     let more = true;
     while (more && !this.stopped) {
       const result = await store.sweepEnded(clock(), retentionMs, BATCH);
-      for (const { userId, profileName } of result.deleted) this.options.deleted(userId, profileName);
+      for (const { userId, profileName } of result.deleted) {
+        // One user's aftermath failing (a listener throwing) does not hold back the others'.
+        try {
+          this.options.deleted(userId, profileName);
+        } catch (error) {
+          this.options.fault(error);
+        }
+      }
       more = result.more;
       // A batch of a synchronous store took its share of the loop: let others have theirs.
       if (more) await new Promise<void>((resolve) => setImmediate(resolve));

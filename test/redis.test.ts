@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore } from '../src/index.js';
 import { escapeId, rendezvous } from '../src/store/redis/keys.js';
 import { rejection } from './helpers.js';
+import { deadLetter } from './support/dead-letters.js';
 import { startCluster, startRedis, type RedisClusterHandle, type RedisServer } from './support/redis.js';
 
 let server: RedisServer;
@@ -297,6 +298,59 @@ describe('processes sharing one Redis', () => {
   });
 });
 
+describe('dead letters at scale', () => {
+  const T = Date.UTC(2026, 5, 1);
+  let now = T;
+
+  /** A RedisStore deciding at `now` (T unless a test moves it) on the standalone server, with a second client to watch it. */
+  function storeAtT(): { store: RedisStore; client: Redis; admin: Redis } {
+    const client = new Redis({ port: server.port });
+    const admin = new Redis({ port: server.port });
+    const store = new RedisStore({ client, prefix: `r${++prefixes}` });
+    now = T;
+    store.setTestClock(() => now);
+    open.push({ close: async () => (client.disconnect(), admin.disconnect()) });
+    return { store, client, admin };
+  }
+
+  /** Commands the server has run, scripts' own included. */
+  async function commands(admin: Redis): Promise<number> {
+    const text = await admin.info('commandstats');
+    return [...text.matchAll(/:calls=(\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0);
+  }
+
+  it('an add runs as many commands, and a list({ limit: 10 }) answers as many bytes, with 10,000 entries as with 100', async () => {
+    const bounds = { maxEntries: 1_000_000, retentionMs: 3_600_000 };
+    async function work(held: number): Promise<{ add: number; list: number }> {
+      const { store, client, admin } = storeAtT();
+      for (let i = 0; i < held; i += 500) {
+        await Promise.all(Array.from({ length: Math.min(500, held - i) }, (_, k) => store.dlqAdd(deadLetter(i + k, 'a', T), bounds, T)));
+      }
+      const before = await commands(admin);
+      await store.dlqAdd(deadLetter(held, 'a', T), bounds, T);
+      const add = (await commands(admin)) - before;
+      const socket = (client as unknown as { stream: { bytesRead: number } }).stream;
+      const read = socket.bytesRead;
+      expect(await store.dlqList({ limit: 10 }, T)).toHaveLength(10);
+      return { add, list: socket.bytesRead - read };
+    }
+    // 9 commands per add (the INFO that reads the count included), 2,955 bytes per list.
+    expect(await work(10_000)).toEqual(await work(100));
+  });
+
+  it('entries past their retention are not returned even when more expired than one call drops', async () => {
+    const { store } = storeAtT();
+    now = T - 2000;
+    for (let i = 0; i < 350; i++) await store.dlqAdd(deadLetter(i, 's', now), { maxEntries: 1000, retentionMs: 1000 }, now);
+    now = T;
+    // Each call drops 100 expired entries at most: the list and the get below still find some left.
+    await store.dlqAdd(deadLetter(350, 'l', T), { maxEntries: 1000, retentionMs: 3_600_000 }, T);
+    expect((await store.dlqList({}, T)).map((e) => e.profileName)).toEqual(['l']);
+    expect(await store.dlqGet(deadLetter(349, 's', T).id, T)).toBeUndefined();
+    expect(await store.dlqList({ profileName: 's' }, T)).toEqual([]);
+  });
+});
+
 describe('sharding', () => {
   it('after appending a shard, migrate() moves about 1/3 of the tenants; none is lost, none over-spends', async () => {
     const extra = await Promise.all([startRedis(), startRedis(), startRedis()]);
@@ -312,21 +366,33 @@ describe('sharding', () => {
         await m2.subscribe(u, 'p');
         await m2.getLimiter(u).check((i % 5) + 1);
       }
+      // Ended subscriptions, in the ends indexes of the two shards.
+      const ended = Array.from({ length: 60 }, (_, i) => `ended-${i}`);
+      for (const u of ended) await m2.subscribe(u, 'p', { durationMs: 1 });
       await m2.close();
       const three = [...two, new Redis({ port: extra[2]!.port })];
       const storeThree = new RedisStore({ client: three, prefix });
       const m3 = new Manager({ store: storeThree });
       m3.registerProfile('p', profile);
       const moved = await storeThree.migrate(two);
-      // A user's subscription and own bucket are one hash: about a third of 300 keys move.
-      expect(moved).toBeGreaterThan(70);
-      expect(moved).toBeLessThan(130);
+      // A user's subscription and own bucket are one key: about a third of 360 keys move.
+      expect(moved).toBeGreaterThan(90);
+      expect(moved).toBeLessThan(150);
       for (const [i, u] of users.entries()) {
         expect((await m3.getSubscription(u))?.usage).toBe((i % 5) + 1);
         // The bucket moved too: 100 - used units remain, not a fresh 100.
         expect((await m3.getLimiter(u).check(100 - ((i % 5) + 1))).allowed).toBe(true);
         expect((await m3.getLimiter(u).check(1)).allowed).toBe(false);
       }
+      // Every ended subscription, moved or not, is found by the sweep on the shards as they are now.
+      storeThree.setTestClock(() => Date.now() + 1000);
+      const swept: string[] = [];
+      for (let more = true; more; ) {
+        const r = await storeThree.sweepEnded(Date.now(), 0, 1000);
+        swept.push(...r.deleted.map((d) => d.userId));
+        more = r.more;
+      }
+      expect(swept.sort()).toEqual([...ended].sort());
       await m3.close();
       for (const c of three) c.disconnect();
     } finally {

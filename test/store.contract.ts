@@ -480,6 +480,34 @@ describe('dead letters', () => {
     now += 60_000;
     expect(await manager.dlq.list()).toEqual([]);
   });
+
+  it('an entry past its profile retention is never returned by get, list or replay, whatever sits before it', async () => {
+    manager.registerProfile('long', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 3_600_000 } });
+    manager.registerProfile('short', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 1000 } });
+    await manager.subscribe('l', 'long');
+    await manager.subscribe('s', 'short');
+    const fail = (user: string, message: string): Promise<unknown> =>
+      manager.getLimiter(user).submit(() => {
+        throw new Error(message);
+      });
+    for (const [user, message] of [['l', 'L1'], ['s', 'S1'], ['l', 'L2'], ['s', 'S2']] as const) {
+      expect(await code(fail(user, message))).toBe('TASK_FAILED');
+      now += 1;
+    }
+    const all = await manager.dlq.list();
+    expect(all.map((e) => e.error.message)).toEqual(['L1', 'S1', 'L2', 'S2']);
+    const s1 = all[1]!.id;
+    // S1 failed at T0 + 1 and S2 at T0 + 3: now S1 is past its retention of 1 s, S2 not yet.
+    now = T0 + 1001;
+    expect(await manager.dlq.get(s1)).toBeUndefined();
+    expect((await manager.dlq.list()).map((e) => e.error.message)).toEqual(['L1', 'L2', 'S2']);
+    expect((await manager.dlq.list({ profileName: 'short' })).map((e) => e.error.message)).toEqual(['S2']);
+    expect((await manager.dlq.list({ limit: 2 })).map((e) => e.error.message)).toEqual(['L1', 'L2']);
+    expect(await code(manager.dlq.replay(s1))).toBe('INVALID_ARGUMENT');
+    now += 10;
+    expect((await manager.dlq.list({ userId: 's' })).map((e) => e.error.message)).toEqual([]);
+    expect((await manager.dlq.list({ userId: 'l', limit: 5 })).map((e) => e.error.message)).toEqual(['L1', 'L2']);
+  });
 });
 });
 }

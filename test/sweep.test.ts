@@ -63,6 +63,20 @@ describe('ended subscriptions are deleted endedRetentionMs after they end', () =
     expect(events).toEqual([{ userId: 'short', event: 'deleted' }]);
   });
 
+  it('a listener that throws on one deleted user holds back neither the others nor their events; its error goes to error', async () => {
+    start(0);
+    const errors: unknown[] = [];
+    manager.on('error', (error) => errors.push(error));
+    manager.on('subscription', (e: SubscriptionEvent) => {
+      if (e.event === 'deleted' && e.userId === 'a') throw new Error('listener broke');
+    });
+    for (const user of ['a', 'b', 'c']) await manager.subscribe(user, 'p', { durationMs: 1000 });
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(events.map((e) => e.userId).sort()).toEqual(['a', 'b', 'c']);
+    expect(errors).toEqual([new Error('listener broke')]);
+    for (const user of ['a', 'b', 'c']) expect(await manager.getSubscription(user)).toBeUndefined();
+  });
+
   it('stops at close(): nothing is deleted afterwards and no timer is left', async () => {
     start(0);
     await manager.subscribe('u', 'p', { durationMs: 1000 });

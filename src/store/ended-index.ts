@@ -4,9 +4,12 @@
  * place: a new end adds an entry, and the store checks each entry it takes against the
  * user's record, dropping those a later change made stale.
  */
+/** Subscription ends, earliest first (entries may be stale: see the file's note). */
 export class EndedIndex {
-  private readonly ends: number[] = [];
-  private readonly users: string[] = [];
+  private ends: number[] = [];
+  private users: string[] = [];
+  /** The most entries held since the arrays were last copied: arrays keep their capacity when they shrink. */
+  private peak = 0;
 
   get size(): number {
     return this.ends.length;
@@ -19,6 +22,7 @@ export class EndedIndex {
     let i = ends.length;
     ends.push(end);
     users.push(userId);
+    if (ends.length > this.peak) this.peak = ends.length;
     while (i > 0) {
       const parent = (i - 1) >> 1;
       if ((ends[parent] as number) <= end) break;
@@ -56,6 +60,12 @@ export class EndedIndex {
       }
       ends[i] = lastEnd;
       users[i] = lastUser;
+    }
+    // Once a quarter of the peak is left, copies free the rest (amortised O(1) per entry).
+    if (n * 4 < this.peak && this.peak > 1024) {
+      this.ends = ends.slice();
+      this.users = users.slice();
+      this.peak = n;
     }
     return top;
   }

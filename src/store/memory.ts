@@ -23,6 +23,7 @@ import {
   type UserSlot,
 } from './store.js';
 import { rejectUnknownOptions } from '../util/options.js';
+import { DeadLetters } from './dead-letters.js';
 import { EndedIndex } from './ended-index.js';
 
 const ACTIVE = 0;
@@ -124,7 +125,6 @@ export class MemoryStore implements Store {
   private readonly users = new Map<string, UserRecord>();
   private readonly buckets = new Map<string, Bucket>();
   private readonly profiles = new Map<string, Profile>();
-  private readonly dead = new Map<string, FailedTask>();
   private listener: StoreListener = { expired() {} };
   /** Tick epoch in µs; ticks are counted from here so that they stay exact. */
   private epochUs = -1;
@@ -135,7 +135,7 @@ export class MemoryStore implements Store {
   private rebases = 0;
   private readonly result: AdmitResult = blankResult();
 
-  private readonly maxDeadLetters: number;
+  private readonly letters: DeadLetters;
 
   /** @param options Bounds of the store itself; unknown or invalid options are INVALID_CONFIG. */
   constructor(options: MemoryStoreOptions = {}) {
@@ -143,7 +143,7 @@ export class MemoryStore implements Store {
     rejectUnknownOptions('MemoryStore', options, ['maxDeadLetters']);
     const max = options.maxDeadLetters ?? 100_000;
     if (!Number.isSafeInteger(max) || max <= 0) throw invalidConfig('MemoryStore', 'maxDeadLetters', max, 'a positive integer');
-    this.maxDeadLetters = max;
+    this.letters = new DeadLetters(max);
   }
 
   attach(listener: StoreListener): void {
@@ -560,50 +560,18 @@ export class MemoryStore implements Store {
   }
 
   dlqAdd(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): void {
-    this.dead.set(entry.id, entry);
-    this.prune(nowMs);
-    let ofProfile = 0;
-    for (const e of this.dead.values()) if (e.profileName === entry.profileName) ofProfile++;
-    for (const [id, e] of this.dead) {
-      if (ofProfile <= bounds.maxEntries) break;
-      if (e.profileName === entry.profileName) {
-        this.dead.delete(id);
-        ofProfile--;
-      }
-    }
-    const cap = this.maxDeadLetters;
-    for (const id of this.dead.keys()) {
-      if (this.dead.size <= cap) break;
-      this.dead.delete(id);
-    }
-  }
-
-  /** Drops entries past their profile's retention. */
-  private prune(nowMs: number): void {
-    for (const [id, e] of this.dead) {
-      const retention = this.profiles.get(e.profileName)?.dlq.retentionMs ?? Infinity;
-      if (e.lastFailedAt.getTime() + retention <= nowMs) this.dead.delete(id);
-    }
+    this.letters.add(entry, bounds, nowMs);
   }
 
   dlqList(query: DlqQuery, nowMs: number): FailedTask[] {
-    this.prune(nowMs);
-    const out: FailedTask[] = [];
-    const limit = query.limit ?? Infinity;
-    for (const e of this.dead.values()) {
-      if (out.length >= limit) break;
-      if (query.userId !== undefined && e.userId !== query.userId) continue;
-      if (query.profileName !== undefined && e.profileName !== query.profileName) continue;
-      out.push(e);
-    }
-    return out;
+    return this.letters.list(query, nowMs);
   }
 
-  dlqGet(id: string): FailedTask | undefined {
-    return this.dead.get(id);
+  dlqGet(id: string, nowMs: number): FailedTask | undefined {
+    return this.letters.get(id, nowMs);
   }
 
   dlqRemove(id: string): boolean {
-    return this.dead.delete(id);
+    return this.letters.remove(id);
   }
 }

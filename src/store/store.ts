@@ -254,9 +254,16 @@ export interface Store {
    */
   peek(userId: string, nowMs: number, waiting?: ReadonlyMap<string, number>): MaybePromise<AdmitResult>;
 
+  /**
+   * Stores a dead letter; the profile's oldest go past `maxEntries`, and entries past their
+   * `retentionMs` are never returned again. The cost of an add and of a list with a limit does
+   * not grow with the number of entries held.
+   */
   dlqAdd(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): MaybePromise<void>;
+  /** Oldest first. */
   dlqList(query: DlqQuery, nowMs: number): MaybePromise<FailedTask[]>;
-  dlqGet(id: string): MaybePromise<FailedTask | undefined>;
+  /** Undefined once the entry is past its profile's retention. */
+  dlqGet(id: string, nowMs: number): MaybePromise<FailedTask | undefined>;
   dlqRemove(id: string): MaybePromise<boolean>;
   /** Called by Manager.close(): stops background work (never closes a client it was given). */
   close?(): MaybePromise<void>;

@@ -24,7 +24,7 @@ import {
   type UserSlot,
 } from '../store.js';
 import { rejectUnknownOptions } from '../../util/options.js';
-import { Keys, endedTags, rendezvous, slotOf, tagOf } from './keys.js';
+import { Keys, endedTags, rendezvous, slotOf, tagOf, unescapeId } from './keys.js';
 import { scripts, type Script, type ScriptClient } from './scripts.js';
 
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
@@ -913,21 +913,45 @@ export class RedisStore implements Store {
     if (!Array.isArray(previous) || previous.length > shards.length || previous.some((c, i) => c !== (shards[i] as unknown))) {
       throw invalidArgument('migrate(previous): previous must be the shards before, a prefix of the current array');
     }
+    // The ends indexes were placed for the shards before; each user's entry follows the user.
+    const n = previous.length;
+    const before = endedTags(n, (tag) => (n === 1 ? 0 : rendezvous(tag, n)));
     let moved = 0;
-    for (let from = 0; from < previous.length; from++) {
+    for (let from = 0; from < n; from++) {
       const source = shards[from] as MigrationClient;
+      const oldIndex = this.keys.ended(before[from] as string);
       let cursor = '0';
       do {
         const [next, keys] = await source.scan(cursor, 'MATCH', `${this.keys.prefix}:{*`, 'COUNT', 500);
         cursor = next;
         for (const key of keys) {
-          const to = rendezvous(tagOf(key), shards.length);
+          const tag = tagOf(key);
+          if (tag.startsWith('e:')) continue;
+          const to = rendezvous(tag, shards.length);
           if (to === from) continue;
-          if (await this.moveKey(key, source, shards[to] as MigrationClient)) moved++;
+          const target = shards[to] as MigrationClient;
+          if (!(await this.moveKey(key, source, target))) continue;
+          moved++;
+          if (tag.startsWith('u:')) await this.moveEnd(unescapeId(tag.slice(2)), oldIndex, source, this.endedOf(key), target);
         }
       } while (cursor !== '0');
+      // Users that stayed: their entries join the index this shard has now.
+      const newIndex = this.keys.ended(this.endedTags()[from] as string);
+      if (newIndex !== oldIndex && (await source.exists(oldIndex)) === 1) {
+        // Both can hold a user changed since the new shards went live: the later end stands.
+        await source.zunionstore(newIndex, 2, newIndex, oldIndex, 'AGGREGATE', 'MAX');
+        await source.del(oldIndex);
+      }
     }
     return moved;
+  }
+
+  /** A moved user's entry in the ends index goes with it. */
+  private async moveEnd(userId: string, oldIndex: string, source: MigrationClient, newIndex: string, target: MigrationClient): Promise<void> {
+    const score = await source.zscore(oldIndex, userId);
+    if (score === null) return;
+    await target.zadd(newIndex, score, userId);
+    await source.zrem(oldIndex, userId);
   }
 
   private async moveKey(key: string, source: MigrationClient, target: MigrationClient): Promise<boolean> {
@@ -971,21 +995,13 @@ export class RedisStore implements Store {
   }
 
   async dlqList(query: DlqQuery, _nowMs: number): Promise<FailedTask[]> {
-    const r = (await this.run(scripts.dlq, this.dlqKeys(), ['list', this.clockArg()])) as (string | null)[];
-    const out: FailedTask[] = [];
-    const limit = query.limit ?? Infinity;
-    for (const json of r) {
-      if (json === null) continue;
-      if (out.length >= limit) break;
-      const entry = this.restore(JSON.parse(json) as StoredEntry);
-      if (query.userId !== undefined && entry.userId !== query.userId) continue;
-      if (query.profileName !== undefined && entry.profileName !== query.profileName) continue;
-      out.push(entry);
-    }
-    return out;
+    const keys = this.dlqKeys();
+    if (query.profileName !== undefined) keys.push(this.keys.dlqProfile(query.profileName));
+    const r = (await this.run(scripts.dlq, keys, ['list', query.limit ?? -1, query.userId ?? '', this.clockArg()])) as string[];
+    return r.map((json) => this.restore(JSON.parse(json) as StoredEntry));
   }
 
-  async dlqGet(id: string): Promise<FailedTask | undefined> {
+  async dlqGet(id: string, _nowMs: number): Promise<FailedTask | undefined> {
     const json = (await this.run(scripts.dlq, this.dlqKeys(), ['get', id, this.clockArg()])) as unknown as string | null;
     return json === null ? undefined : this.restore(JSON.parse(json) as StoredEntry);
   }
@@ -1134,6 +1150,11 @@ interface MigrationClient {
   type(key: string): Promise<string>;
   get(key: string): Promise<string | null>;
   set(key: string, value: string, px: 'PX', ms: number): Promise<unknown>;
+  exists(key: string): Promise<number>;
+  zscore(key: string, member: string): Promise<string | null>;
+  zadd(key: string, score: string, member: string): Promise<unknown>;
+  zrem(key: string, member: string): Promise<unknown>;
+  zunionstore(destination: string, count: number, ...keys: string[]): Promise<unknown>;
 }
 
 /** A script reached Redis after its deadline and wrote nothing: the call failed. */

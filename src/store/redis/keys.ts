@@ -24,6 +24,11 @@ export function escapeId(id: string): string {
   return out;
 }
 
+/** The id that escapeId(id) stands for. */
+export function unescapeId(escaped: string): string {
+  return escaped.replace(/%u([0-9a-f]{4})|%([0-9a-f]{2})/g, (_, wide: string | undefined, byte: string | undefined) => String.fromCharCode(parseInt(wide ?? byte ?? '', 16)));
+}
+
 /** The keys of one store. */
 export class Keys {
   constructor(readonly prefix: string) {}

@@ -1,14 +1,21 @@
 -- The dead-letter queue of one store, in one slot: e (hash id -> entry JSON), o (ids by
 -- arrival), x (ids by expiry), and per profile p:<name> (ids by arrival, for its bound).
+-- No call's work grows with the number of entries: an add touches its own profile's oldest
+-- entries, a list reads at most `limit` entries (plus those it skips), and expired entries are
+-- dropped from the oldest expiry, a bounded number per call; an entry past its expiry is
+-- never returned, dropped or not.
 --
--- KEYS[1] e, KEYS[2] o, KEYS[3] x, KEYS[4] sequence counter, KEYS[5] p:<profile> (add only).
--- ARGV: 1 op: 'add' (2 id, 3 JSON, 4 max entries, 5 retention ms), 'list', 'get' (2 id),
---   'remove' (2 id); last: clock ('+0', see time.lua).
+-- KEYS[1] e, KEYS[2] o, KEYS[3] x, KEYS[4] sequence counter, KEYS[5] p:<profile> (add; list
+--   of one profile).
+-- ARGV: 1 op: 'add' (2 id, 3 JSON, 4 max entries, 5 retention ms), 'list' (2 limit, -1: all;
+--   3 user id, '' : any), 'get' (2 id), 'remove' (2 id); last: clock ('+0', see time.lua).
 -- Replies: add: nothing; list: entry JSONs, oldest first; get: JSON or nil; remove: 1/0.
 --@include time
 
 local op = ARGV[1]
 local now_ms = math.floor(server_now(ARGV[#ARGV], 0) / 1000)
+-- Expired entries dropped per call at most (the rest on later calls; they are skipped meanwhile).
+local PRUNE = 100
 
 local function drop(id)
   local json = redis.call('HGET', KEYS[1], id)
@@ -23,8 +30,12 @@ local function drop(id)
   return 1
 end
 
--- Entries past their retention go first, whatever the call.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms)) do
+local function expired(id)
+  local at = redis.call('ZSCORE', KEYS[3], id)
+  return at and tonumber(at) <= now_ms
+end
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms, 'LIMIT', 0, PRUNE)) do
   drop(id)
 end
 
@@ -43,12 +54,34 @@ if op == 'add' then
   end
   return nil
 elseif op == 'list' then
-  local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
-  if #ids == 0 then
-    return {}
+  local limit, user = tonumber(ARGV[2]), ARGV[3]
+  local order = KEYS[5] or KEYS[2]
+  local out, from, chunk = {}, 0, 64
+  if limit >= 0 and limit < chunk then
+    chunk = math.max(limit, 1)
   end
-  return redis.call('HMGET', KEYS[1], unpack(ids))
+  while limit < 0 or #out < limit do
+    local ids = redis.call('ZRANGE', order, from, from + chunk - 1)
+    if #ids == 0 then
+      break
+    end
+    from = from + #ids
+    local jsons = redis.call('HMGET', KEYS[1], unpack(ids))
+    for i, id in ipairs(ids) do
+      local json = jsons[i]
+      if json and not expired(id) and (user == '' or cjson.decode(json).userId == user) then
+        table.insert(out, json)
+        if #out == limit then
+          break
+        end
+      end
+    end
+  end
+  return out
 elseif op == 'get' then
+  if expired(ARGV[2]) then
+    return nil
+  end
   return redis.call('HGET', KEYS[1], ARGV[2])
 elseif op == 'remove' then
   return drop(ARGV[2])

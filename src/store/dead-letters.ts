@@ -1,0 +1,127 @@
+/**
+ * The MemoryStore's dead-letter queue. Adding an entry and listing with a limit cost the same
+ * with 100,000 entries as with 100: entries sit in a Map by id, their ids in arrival order
+ * globally and per profile (queues that only grow at the back and shrink at the front), with a
+ * count per profile. Bounds and retention remove from the oldest end of the entry's profile; an
+ * entry past its retention is never returned (each read checks it). Ids of removed entries
+ * stay in the queues until they reach the front, and the queues are rebuilt when such ids
+ * outnumber the live ones.
+ */
+import { Deque } from '../util/deque.js';
+import type { DlqQuery, FailedTask } from './store.js';
+
+/** A stored entry and when it expires (ms). */
+interface Letter {
+  entry: FailedTask;
+  expiresAt: number;
+}
+
+/** One profile's entries: ids oldest first (some possibly removed), and how many are live. */
+interface ProfileLetters {
+  ids: Deque<string>;
+  count: number;
+}
+
+/** Ids of removed entries a queue may hold beyond its live ones before it is rebuilt. */
+const SLACK = 1024;
+
+/** The MemoryStore's dead letters, bounded per profile, by retention and by a cap on them all. */
+export class DeadLetters {
+  private readonly letters = new Map<string, Letter>();
+  private order = new Deque<string>();
+  private readonly profiles = new Map<string, ProfileLetters>();
+
+  /** @param cap Entries kept at most across all profiles (the oldest go first). */
+  constructor(private readonly cap: number) {}
+
+  add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): void {
+    const profile = this.profileOf(entry.profileName);
+    this.letters.set(entry.id, { entry, expiresAt: entry.lastFailedAt.getTime() + bounds.retentionMs });
+    this.order.push(entry.id);
+    profile.ids.push(entry.id);
+    profile.count++;
+    // Retention, then the profile's bound, then the store's: always from the oldest end.
+    for (let id = this.front(profile.ids); id !== undefined && (this.letters.get(id) as Letter).expiresAt <= nowMs; id = this.front(profile.ids)) this.delete(id);
+    while (profile.count > bounds.maxEntries) this.delete(this.front(profile.ids) as string);
+    while (this.letters.size > this.cap) this.delete(this.front(this.order) as string);
+    this.compact(profile);
+  }
+
+  /** Oldest first: the profile's queue when the query names one, else all entries. */
+  list(query: DlqQuery, nowMs: number): FailedTask[] {
+    const out: FailedTask[] = [];
+    const limit = query.limit ?? Infinity;
+    if (limit <= 0) return out;
+    const ids = query.profileName === undefined ? this.order : this.profiles.get(query.profileName)?.ids;
+    if (ids === undefined) return out;
+    const expired: string[] = [];
+    for (const id of ids) {
+      const letter = this.letters.get(id);
+      if (letter === undefined) continue;
+      if (letter.expiresAt <= nowMs) {
+        expired.push(id);
+        continue;
+      }
+      if (query.userId !== undefined && letter.entry.userId !== query.userId) continue;
+      out.push(letter.entry);
+      if (out.length >= limit) break;
+    }
+    for (const id of expired) this.delete(id);
+    return out;
+  }
+
+  get(id: string, nowMs: number): FailedTask | undefined {
+    const letter = this.letters.get(id);
+    if (letter === undefined) return undefined;
+    if (letter.expiresAt <= nowMs) {
+      this.delete(id);
+      return undefined;
+    }
+    return letter.entry;
+  }
+
+  remove(id: string): boolean {
+    if (!this.letters.has(id)) return false;
+    this.delete(id);
+    return true;
+  }
+
+  private profileOf(name: string): ProfileLetters {
+    let profile = this.profiles.get(name);
+    if (profile === undefined) {
+      profile = { ids: new Deque<string>(), count: 0 };
+      this.profiles.set(name, profile);
+    }
+    return profile;
+  }
+
+  /** The oldest live id of a queue, dropping removed ones from its front. */
+  private front(ids: Deque<string>): string | undefined {
+    let id = ids.peek();
+    while (id !== undefined && !this.letters.has(id)) {
+      ids.shift();
+      id = ids.peek();
+    }
+    return id;
+  }
+
+  private delete(id: string): void {
+    const letter = this.letters.get(id);
+    if (letter === undefined) return;
+    this.letters.delete(id);
+    const profile = this.profiles.get(letter.entry.profileName) as ProfileLetters;
+    profile.count--;
+    if (profile.count === 0 && this.front(profile.ids) === undefined) this.profiles.delete(letter.entry.profileName);
+  }
+
+  /** Rebuilds queues whose removed ids outnumber their live ones (amortised O(1) per add). */
+  private compact(profile: ProfileLetters): void {
+    const live = (ids: Deque<string>): Deque<string> => {
+      const kept = new Deque<string>();
+      for (const id of ids) if (this.letters.has(id)) kept.push(id);
+      return kept;
+    };
+    if (this.order.length > 2 * this.letters.size + SLACK) this.order = live(this.order);
+    if (profile.ids.length > 2 * profile.count + SLACK) profile.ids = live(profile.ids);
+  }
+}
