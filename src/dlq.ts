@@ -15,8 +15,8 @@ function checkId(id: unknown): asserts id is string {
 
 /** What a replay needs from the manager. */
 export interface Replayer {
-  /** Resubmits the entry's task; `onAdmitted` is called once the replay is admitted. */
-  replay(entry: FailedTask, onAdmitted: () => void): Promise<unknown>;
+  /** Resubmits the entry's task; `onStarted` is called when its first attempt starts. */
+  replay(entry: FailedTask, onStarted: () => void): Promise<unknown>;
   /** Whether the entry's profile may keep it (its `dlq` bounds). */
   bounds(entry: FailedTask): { maxEntries: number; retentionMs: number } | undefined;
 }
@@ -67,8 +67,9 @@ export class DeadLetterQueue {
 
   /**
    * Resubmits the task through the full pipeline, once: the entry is claimed (taken out of the
-   * queue) first, so a concurrent replay of it is refused; if admission refuses the replay, the
-   * entry is put back.
+   * queue) first, so a concurrent replay of it is refused. If the replay ends before it ever
+   * started (refused at admission, queue full, shut down), the entry is put back: nothing is
+   * lost. Once it started, its own outcome stands (a new dead letter if it fails again).
    */
   replay(id: string): Promise<unknown> {
     return attempt(async () => {
@@ -76,14 +77,14 @@ export class DeadLetterQueue {
       const entry = await this.store.dlqGet(id, this.clock());
       if (entry === undefined) throw invalidArgument(`no dead letter with id ${show(id)}`);
       if (!(await this.store.dlqRemove(id))) throw invalidArgument(`dead letter ${show(id)} is already being replayed (or was removed)`);
-      let admitted = false;
+      let started = false;
       try {
         return await this.replayer.replay(entry, () => {
-          admitted = true;
+          started = true;
         });
       } catch (error) {
         const bounds = this.replayer.bounds(entry);
-        if (!admitted && bounds !== undefined) await this.store.dlqAdd(entry, bounds, this.clock());
+        if (!started && bounds !== undefined) await this.store.dlqAdd(entry, bounds, this.clock());
         throw error;
       }
     });

@@ -232,7 +232,7 @@ export class Manager extends EventEmitter {
       taskListener: () => this.taskSink,
     });
     this.dlq = new DeadLetterQueue(this.store, this.clock, {
-      replay: (entry, onAdmitted) => this.replay(entry, onAdmitted),
+      replay: (entry, onStarted) => this.replay(entry, onStarted),
       bounds: (entry) => this.profiles.get(entry.profileName)?.dlq,
     });
     this.on('newListener', (event: string | symbol) => {
@@ -474,13 +474,13 @@ export class Manager extends EventEmitter {
     return limiter;
   }
 
-  /** Resubmits a claimed dead letter's task; `onAdmitted` once the replay is admitted. */
-  private replay(entry: FailedTask, onAdmitted: () => void): Promise<unknown> {
+  /** Resubmits a claimed dead letter's task; `onStarted` once its first attempt starts. */
+  private replay(entry: FailedTask, onStarted: () => void): Promise<unknown> {
     if (this.closed !== undefined) return Promise.reject(shuttingDown());
     if (typeof entry.task !== 'function' && 'inline' in entry.task) {
       return Promise.reject(invalidArgument(`dead letter ${entry.id} is an inline task (${entry.task.description}); a function cannot travel between processes, so it can only be replayed by the process where it failed`));
     }
-    return this.pipeline.submit(this.getLimiter(entry.userId), entry.task, { cost: entry.cost }, onAdmitted);
+    return this.pipeline.submit(this.getLimiter(entry.userId), entry.task, { cost: entry.cost }, onStarted);
   }
 
   /** A fault with no caller: the 'error' event if someone listens, else the logger. */

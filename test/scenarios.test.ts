@@ -407,6 +407,35 @@ describe('retries and dead letters', () => {
     await expect(replay).resolves.toBe('up');
   });
 
+  it('a replay admitted but ended before it started (its user canceled while it waited its turn) puts the entry back', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000 } });
+    await manager.subscribe('A', 'p');
+    await rejection(manager.getLimiter('A').submit(() => {
+      throw new Error('down');
+    }));
+    const [entry] = await manager.dlq.list();
+    const replay = rejection(manager.dlq.replay(entry!.id)); // the bucket is spent: it waits its turn
+    await vi.advanceTimersByTimeAsync(0);
+    expect(await manager.dlq.get(entry!.id)).toBeUndefined(); // claimed
+    await manager.cancelSubscription('A');
+    expect((await replay).code).toBe('SUBSCRIPTION_INACTIVE');
+    expect((await manager.dlq.get(entry!.id))?.id).toBe(entry!.id);
+  });
+
+  it('a replay that ran and failed again leaves only its own new dead letter', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await manager.subscribe('A', 'p');
+    const down = (): never => {
+      throw new Error('down');
+    };
+    await rejection(manager.getLimiter('A').submit(down));
+    const [entry] = await manager.dlq.list();
+    expect((await rejection(manager.dlq.replay(entry!.id))).code).toBe('TASK_FAILED');
+    const after = await manager.dlq.list();
+    expect(after).toHaveLength(1);
+    expect(after[0]!.id).not.toBe(entry!.id);
+  });
+
   it('a replay refused at admission keeps its entry', async () => {
     manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
     await manager.subscribe('A', 'p');

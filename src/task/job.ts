@@ -77,6 +77,8 @@ export class Job {
   failure: TaskvalveError | undefined = undefined;
   /** When admission accepted it (ms, manager clock). */
   admittedAt = 0;
+  /** Called when the first attempt starts (a dead-letter replay's entry goes then). */
+  onStart: (() => void) | undefined = undefined;
   /** Listens to the caller's signal; removed when the task ends. */
   onAbort: (() => void) | undefined = undefined;
   resolve!: (value: unknown) => void;

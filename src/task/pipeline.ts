@@ -132,8 +132,8 @@ export class Pipeline {
 
   // ---- admission -------------------------------------------------------------------------
 
-  /** @param onAdmitted Called once the task is admitted. */
-  submit(user: UserHandle, task: unknown, options: unknown, onAdmitted?: () => void): Promise<unknown> {
+  /** @param onStarted Called when the task's first attempt starts (a dead-letter replay keeps its entry until then). */
+  submit(user: UserHandle, task: unknown, options: unknown, onStarted?: () => void): Promise<unknown> {
     let s: Submission | TaskvalveError;
     try {
       s = parseSubmit(task, options);
@@ -151,13 +151,13 @@ export class Pipeline {
     } catch (error) {
       return Promise.reject(error);
     }
-    if (!(r instanceof Promise)) return this.admitted(user, s, r, now, onAdmitted);
+    if (!(r instanceof Promise)) return this.admitted(user, s, r, now, onStarted);
     // Asynchronous store: close() waits for this admission's answer (then refunds it).
     this.admitting++;
     return r.then(
       (res) => {
         this.admitting--;
-        const out = this.admitted(user, s, res, now, onAdmitted);
+        const out = this.admitted(user, s, res, now, onStarted);
         this.drain();
         return out;
       },
@@ -170,7 +170,7 @@ export class Pipeline {
   }
 
   /** Turns an admission into a task, or into the rejection it calls for. */
-  private admitted(user: UserHandle, s: Submission, r: AdmitResult, now: number, onAdmitted: (() => void) | undefined): Promise<unknown> {
+  private admitted(user: UserHandle, s: Submission, r: AdmitResult, now: number, onStarted: (() => void) | undefined): Promise<unknown> {
     const profile = r.profile;
     if (profile === undefined) return Promise.reject(denial(user.userId, r, s.cost, undefined, now));
     const stats = this.ctx.metrics.profile(profile.name);
@@ -200,7 +200,7 @@ export class Pipeline {
     else if (verdict === Verdict.ALLOWED && !this.scheduler(profile).hasRoom(job.userId, s.fn !== undefined, profile.pool.maxQueue)) {
       this.end(job, queueFull(profile.name, profile.pool.maxQueue));
     } else {
-      onAdmitted?.();
+      job.onStart = onStarted;
       if (s.signal !== undefined) {
         job.onAbort = () => this.abort(job);
         s.signal.addEventListener('abort', job.onAbort, { once: true });
@@ -315,7 +315,10 @@ export class Pipeline {
   }
 
   private run(job: Job, scheduler: Scheduler, startedAt: number): void {
-    if (job.attempt === 1) job.stats.wait.observe((startedAt - job.admittedAt) / 1000);
+    if (job.attempt === 1) {
+      job.stats.wait.observe((startedAt - job.admittedAt) / 1000);
+      job.onStart?.();
+    }
     this.lifecycle.move(job, State.RUNNING);
     this.runner.run(job, (ran: Job, result: RunResult, sync: boolean) => {
       scheduler.finish(ran);
