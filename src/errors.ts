@@ -3,22 +3,39 @@
  * Switch on `error.code`, never on the message.
  */
 export const ErrorCode = {
+  /** A configuration (profile, manager or HTTP option) failed validation. */
   INVALID_CONFIG: 'INVALID_CONFIG',
+  /** A call's argument failed validation (also: a cost above the burst, a missing task export). */
   INVALID_ARGUMENT: 'INVALID_ARGUMENT',
+  /** registerProfile: the name is taken. */
   PROFILE_EXISTS: 'PROFILE_EXISTS',
+  /** No profile has that name. */
   PROFILE_NOT_FOUND: 'PROFILE_NOT_FOUND',
+  /** The user has no subscription. */
   SUBSCRIPTION_NOT_FOUND: 'SUBSCRIPTION_NOT_FOUND',
+  /** The subscription was canceled. */
   SUBSCRIPTION_INACTIVE: 'SUBSCRIPTION_INACTIVE',
+  /** The subscription has ended. */
   SUBSCRIPTION_EXPIRED: 'SUBSCRIPTION_EXPIRED',
+  /** The subscription starts later (`retryAfterMs` until then). */
   SUBSCRIPTION_NOT_STARTED: 'SUBSCRIPTION_NOT_STARTED',
+  /** The hard quota has too few units left (`retryAfterMs` when it renews). */
   QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
+  /** The rate does not admit the cost now and the task may not wait (`retryAfterMs`). */
   RATE_LIMITED: 'RATE_LIMITED',
+  /** The profile's queue (`pool.maxQueue`) is full. */
   QUEUE_FULL: 'QUEUE_FULL',
+  /** The caller's signal aborted the task. */
   ABORTED: 'ABORTED',
+  /** The task ran past its timeout and was stopped. */
   TASK_TIMEOUT: 'TASK_TIMEOUT',
+  /** The task threw (`cause`: its error). */
   TASK_FAILED: 'TASK_FAILED',
+  /** The worker thread died while running the task. */
   WORKER_CRASHED: 'WORKER_CRASHED',
+  /** The manager is closing: nothing new is admitted. */
   SHUTTING_DOWN: 'SHUTTING_DOWN',
+  /** The store cannot be reached (fail-closed). */
   STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
 } as const;
 

@@ -1,4 +1,7 @@
-/** taskvalve: govern work in multi-tenant backends. See shared/API.md for the contract. */
+/**
+ * taskvalve: govern work in multi-tenant backends. `import { Manager } from 'taskvalve'`.
+ * @module taskvalve
+ */
 export { Manager, DeadLetterQueue } from './manager.js';
 export type { ManagerOptions, SubscribeOptions, SubscriptionEvent, Logger, ProfileView } from './manager.js';
 export { Limiter } from './limiter.js';

@@ -29,7 +29,14 @@ import { WaitLines } from './rate/wait-line.js';
 import { AdmitMode, Verdict, type AdmitResult, type FailedTask, type Store, type SubscriptionStatus, type UserSlot } from './store/store.js';
 
 /** A task: a named export of the profile's worker module with its payload, or a function run inline. */
-export type Task = { name: string; payload?: unknown } | InlineTask;
+export type Task =
+  | {
+      /** The named export of the profile's worker module to run. */
+      name: string;
+      /** Its argument (structured-cloned to the worker thread). */
+      payload?: unknown;
+    }
+  | InlineTask;
 
 /** Options of {@link Limiter.submit}. */
 export interface SubmitOptions {
@@ -53,6 +60,7 @@ export interface SubmitOptions {
 
 /** An admission decision. */
 export interface Decision {
+  /** True: admitted (and charged). */
   allowed: boolean;
   /** Bucket capacity (burst). */
   limit: number;
@@ -78,8 +86,11 @@ export interface DetailedDecision extends Decision {
 
 /** What {@link Limiter.peek} tells. */
 export interface PeekResult extends Decision {
+  /** Units admitted in the current period. */
   usage: number;
+  /** The quota limit in force, null for none. */
   quotaLimit: number | null;
+  /** The subscription's status, or 'not_found'. */
   status: SubscriptionStatus | 'not_found';
 }
 

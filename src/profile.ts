@@ -71,12 +71,17 @@ export interface DlqConfig {
   retentionMs?: number;
 }
 
-/** What a subscription tier allows: see `shared/API.md`. */
+/** What a subscription tier allows: its rate, worker pool, quota, retries and dead-letter bounds. */
 export interface ProfileConfig {
+  /** The rate limit (required). */
   rate: RateConfig;
+  /** The worker pool and the per-profile queue; default: no worker module, inline tasks only. */
   pool?: PoolConfig;
+  /** A per-user quota; default: none. */
   quota?: QuotaConfig;
+  /** Retries of failed attempts; default: one attempt. */
   retry?: RetryConfig;
+  /** Bounds of the dead-letter queue for this profile. */
   dlq?: DlqConfig;
 }
 

@@ -4,9 +4,10 @@ import type { Manager } from '../manager.js';
 import { HttpEdge, handleOnNode, type Admission, type HttpOptions } from './core.js';
 
 /** A request that passed the middleware: `req.taskvalve` tells its admission. */
-export interface AdmittedRequest extends IncomingMessage {
+export type AdmittedRequest = IncomingMessage & {
+  /** The request's admission; undefined before the middleware ran. */
   taskvalve?: Admission;
-}
+};
 
 /** What Express calls a middleware (typed on node:http so that Express stays the user's dependency). */
 export type ExpressMiddleware = (req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;

@@ -5,7 +5,9 @@ import { HttpEdge, type Admission, type HttpOptions } from './core.js';
 
 /** The parts of a Fastify request the plugin uses (typed structurally so that Fastify stays the user's dependency). */
 export interface FastifyRequestLike {
+  /** The node:http request under it. */
   readonly raw: IncomingMessage;
+  /** Its headers. */
   readonly headers: IncomingHttpHeaders;
   /** Set by the plugin on admitted requests. */
   taskvalve?: Admission | null;
@@ -13,21 +15,29 @@ export interface FastifyRequestLike {
 
 /** The parts of a Fastify reply the plugin uses. */
 export interface FastifyReplyLike {
+  /** The node:http response under it. */
   readonly raw: ServerResponse;
+  /** Sets the status. */
   code(status: number): unknown;
+  /** Sets a header. */
   header(name: string, value: string): unknown;
+  /** Sends the body. */
   send(payload?: unknown): unknown;
+  /** Takes the response out of Fastify's hands. */
   hijack(): unknown;
 }
 
 /** The parts of a Fastify instance the plugin uses. */
 export interface FastifyInstanceLike {
+  /** Declares a request property. */
   decorateRequest(name: string, value: null): unknown;
+  /** Adds a lifecycle hook. */
   addHook(name: 'onRequest', hook: (request: FastifyRequestLike, reply: FastifyReplyLike, done: (error?: Error) => void) => void): unknown;
 }
 
 /** Options of {@link fastifyPlugin}: the manager and the HTTP edge's options. */
 export interface FastifyPluginOptions extends HttpOptions<FastifyRequestLike> {
+  /** The manager whose limiters decide. */
   manager: Manager;
 }
 

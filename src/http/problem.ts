@@ -7,6 +7,7 @@ import type { Header } from './headers.js';
 
 /** A refused request: what the adapter writes instead of running the handler. */
 export interface Denial {
+  /** The HTTP status. */
   readonly status: number;
   /** Every header of the answer, Content-Type included. */
   readonly headers: readonly Header[];
