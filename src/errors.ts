@@ -42,6 +42,33 @@ export const ErrorCode = {
 /** One of the stable error codes in {@link ErrorCode}. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
+/**
+ * What an admission that refused knew, from the decision itself: the figures rate-limit headers
+ * need, so that answering a refusal takes no second read of the store.
+ */
+export interface Refusal {
+  /** The user's profile. */
+  readonly profile: string;
+  /** Units admitted in the current period (the refused request charged nothing). */
+  readonly usage: number;
+  /** The quota limit in force; null: none. */
+  readonly quotaLimit: number | null;
+  /** Ms until the usage period ends (usage resets); null without a period. */
+  readonly quotaResetAfterMs: number | null;
+  /**
+   * The bucket as the decision saw it, for a rate refusal. Undefined for a quota refusal: the
+   * quota is decided first, and the bucket is not read.
+   */
+  readonly rate: {
+    /** Bucket capacity (burst). */
+    readonly limit: number;
+    /** Units that conform now (negative after a downgrade below what the bucket holds). */
+    readonly remaining: number;
+    /** Ms until the bucket is full again. */
+    readonly resetAfterMs: number;
+  } | undefined;
+}
+
 /** Extra fields an error may carry. */
 export interface TaskvalveErrorDetails {
   /** For RATE_LIMITED (and QUOTA_EXCEEDED with a period): when a retry can succeed. */
@@ -50,6 +77,8 @@ export interface TaskvalveErrorDetails {
   cause?: unknown;
   /** False when a retry cannot help; the retry policy honours it. */
   retryable?: boolean;
+  /** For RATE_LIMITED and QUOTA_EXCEEDED from an admission: what the decision knew. */
+  refusal?: Refusal;
 }
 
 /** The one error class of taskvalve: `instanceof Error`, with a stable `code`. */
@@ -60,6 +89,8 @@ export class TaskvalveError extends Error {
   readonly retryAfterMs?: number;
   /** False when retrying cannot help. */
   readonly retryable?: boolean;
+  /** RATE_LIMITED and QUOTA_EXCEEDED from an admission: the decision's figures (what headers need). */
+  readonly refusal?: Refusal;
 
   constructor(code: ErrorCode, message: string, details?: TaskvalveErrorDetails) {
     super(message, details?.cause === undefined ? undefined : { cause: details.cause });
@@ -67,6 +98,7 @@ export class TaskvalveError extends Error {
     this.code = code;
     if (details?.retryAfterMs !== undefined) this.retryAfterMs = details.retryAfterMs;
     if (details?.retryable !== undefined) this.retryable = details.retryable;
+    if (details?.refusal !== undefined) this.refusal = details.refusal;
   }
 }
 
@@ -125,19 +157,19 @@ export function subscriptionNotStarted(userId: string, startsAt: number, now: nu
   );
 }
 
-export function quotaExceeded(userId: string, usage: number, limit: number, cost: number, retryAfterMs?: number): TaskvalveError {
+export function quotaExceeded(userId: string, usage: number, limit: number, cost: number, retryAfterMs?: number, refusal?: Refusal): TaskvalveError {
   return new TaskvalveError(
     ErrorCode.QUOTA_EXCEEDED,
     `user ${show(userId)} is over quota: usage ${usage} + cost ${cost} > limit ${limit}`,
-    retryAfterMs === undefined ? undefined : { retryAfterMs },
+    retryAfterMs === undefined ? { refusal } : { retryAfterMs, refusal },
   );
 }
 
-export function rateLimited(userId: string, profileName: string, retryAfterMs: number): TaskvalveError {
+export function rateLimited(userId: string, profileName: string, retryAfterMs: number, refusal?: Refusal): TaskvalveError {
   return new TaskvalveError(
     ErrorCode.RATE_LIMITED,
     `user ${show(userId)} (profile ${show(profileName)}) is rate limited; retry after ${retryAfterMs} ms`,
-    { retryAfterMs },
+    { retryAfterMs, refusal },
   );
 }
 

@@ -12,6 +12,6 @@ export type { RedisStoreOptions, RedisClientLike } from './store/redis/index.js'
 export type { MemoryStoreOptions } from './store/memory.js';
 export type { Store, Subscription, SubscriptionStatus, FailedTask, DlqQuery, DeadTask } from './store/store.js';
 export { TaskvalveError, ErrorCode } from './errors.js';
-export type { TaskvalveErrorDetails } from './errors.js';
+export type { TaskvalveErrorDetails, Refusal } from './errors.js';
 export type { ProfileConfig, RateConfig, PoolConfig, QuotaConfig, RetryConfig, DlqConfig } from './profile.js';
 export type { InlineTask } from './exec/job.js';

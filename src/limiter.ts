@@ -18,6 +18,7 @@ import {
   subscriptionNotFound,
   subscriptionNotStarted,
   taskFailed,
+  type Refusal,
 } from './errors.js';
 import { Executor } from './exec/executor.js';
 import { Job, JobState, TaskContext, type InlineTask } from './exec/job.js';
@@ -131,6 +132,18 @@ const OUTCOMES: Partial<Record<string, Outcome>> = {
 
 function isCost(cost: unknown): cost is number {
   return typeof cost === 'number' && Number.isSafeInteger(cost) && cost > 0;
+}
+
+/** A refused admission's figures (the result object may be reused: copied now). */
+function refusalOf(r: AdmitResult, profile: Profile, rated: boolean): Refusal {
+  return {
+    profile: profile.name,
+    usage: r.usage,
+    quotaLimit: r.quotaLimit,
+    // A quota refusal's retry is the end of its period (0: a lifetime quota, which never renews).
+    quotaResetAfterMs: rated ? (r.quotaResetAfterMs >= 0 ? r.quotaResetAfterMs : null) : r.retryAfterMs > 0 ? r.retryAfterMs : null,
+    rate: rated ? { limit: r.limit, remaining: r.remaining, resetAfterMs: r.resetAfterMs } : undefined,
+  };
 }
 
 /** Wraps whatever an inline task threw into an Error (keeping a non-Error as `value`). */
@@ -270,9 +283,9 @@ export class Pipeline {
     const profile = r.profile as Profile;
     switch (r.verdict) {
       case Verdict.RATE_LIMITED:
-        return rateLimited(userId, profile.name, r.retryAfterMs);
+        return rateLimited(userId, profile.name, r.retryAfterMs, refusalOf(r, profile, true));
       case Verdict.QUOTA_EXCEEDED:
-        return quotaExceeded(userId, r.usage, r.quotaLimit ?? 0, cost, r.retryAfterMs > 0 ? r.retryAfterMs : undefined);
+        return quotaExceeded(userId, r.usage, r.quotaLimit ?? 0, cost, r.retryAfterMs > 0 ? r.retryAfterMs : undefined, refusalOf(r, profile, false));
       case Verdict.CANCELED:
         return subscriptionInactive(userId);
       case Verdict.EXPIRED:
