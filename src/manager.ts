@@ -337,6 +337,14 @@ export class Manager extends EventEmitter {
     this.emit('subscription', subscription === undefined ? { userId, event } : { userId, event, subscription });
   }
 
+  /**
+   * @internal The HTTP edge's decision counts of a profile ('' when none is known), by outcome:
+   * the `http_requests_total` series.
+   */
+  httpOutcomesOf(profile: string): Map<string, number> {
+    return this.metrics.httpOutcomesOf(profile);
+  }
+
   /** A cheap handle for one user (from a bounded cache); every call checks the subscription anew. */
   getLimiter(userId: string): Limiter {
     let limiter = this.handles.get(userId);

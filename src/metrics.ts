@@ -111,6 +111,8 @@ class ProfileHistogram {
 /** The series of one manager, in its registry. */
 export class Metrics {
   private readonly profiles = new Map<string, ProfileStats>();
+  /** The HTTP edge's decisions: per profile ('' when none is known), counts by outcome. */
+  private readonly httpOutcomes = new Map<string, Map<string, number>>();
 
   constructor(registry: Registry, prefix: string) {
     const profiles = this.profiles;
@@ -144,6 +146,10 @@ export class Metrics {
     counter('subscription_events_total', 'Subscription changes, by event.', ['profile', 'event'], (c) => {
       for (const [profile, s] of profiles) for (const [event, n] of s.subscriptionEvents) c.inc({ profile, event }, n);
     });
+    const http = this.httpOutcomes;
+    counter('http_requests_total', "HTTP edge decisions, by outcome ('allowed' or the refusal's reason).", ['profile', 'outcome'], (c) => {
+      for (const [profile, outcomes] of http) for (const [outcome, n] of outcomes) c.inc({ profile, outcome }, n);
+    });
     const gauge = (name: string, help: string, read: (s: ProfileStats) => number): void => {
       new Gauge({
         name: prefix + name,
@@ -163,6 +169,16 @@ export class Metrics {
     };
     histogram('task_wait_seconds', 'Seconds from admission to the start of the first attempt.', (s) => s.wait);
     histogram('task_run_seconds', 'Seconds each attempt ran.', (s) => s.run);
+  }
+
+  /** The HTTP edge's counts of one profile ('' when none is known), by outcome: the caller increments. */
+  httpOutcomesOf(profile: string): Map<string, number> {
+    let outcomes = this.httpOutcomes.get(profile);
+    if (outcomes === undefined) {
+      outcomes = new Map();
+      this.httpOutcomes.set(profile, outcomes);
+    }
+    return outcomes;
   }
 
   /** The stats of a profile, created once with its label children resolved. */

@@ -3,7 +3,7 @@
 // into a scratch project that imports it, runs one task on a worker thread and one inline, and
 // typechecks against the shipped types with neither Express nor Fastify installed.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -111,8 +111,36 @@ console.log(JSON.stringify({ onThread, inline, allowed: decision.allowed, adapte
         files: ['consumer.ts'],
       }),
     );
-    const typecheck = await run(process.execPath, [bin('typescript/bin/tsc'), '-p', app], { cwd: app }).catch((error: { stdout?: string }) => ({ stdout: `failed:\n${error.stdout ?? ''}` }));
-    expect(typecheck.stdout).toBe('');
+    const typecheck = (): Promise<string> =>
+      run(process.execPath, [bin('typescript/bin/tsc'), '-p', app], { cwd: app }).then(
+        ({ stdout }) => stdout,
+        (error: { stdout?: string }) => `tsc failed:\n${error.stdout ?? ''}`,
+      );
+    // Neither Express nor Fastify installed: the shipped types still check, skipLibCheck off.
+    expect(await typecheck()).toBe('');
+    // Then with both (linked from this repository): the adapters' augmentations apply.
+    await run('mkdir', ['-p', join(app, 'node_modules/@types')]);
+    await symlink(bin('fastify'), join(app, 'node_modules/fastify'));
+    await symlink(bin('@types/express'), join(app, 'node_modules/@types/express'));
+    await writeFile(
+      join(app, 'frameworks.ts'),
+      `import express from 'express';
+import Fastify from 'fastify';
+import { Manager } from 'taskvalve';
+import { expressMiddleware, fastifyPlugin } from 'taskvalve/http';
+const manager = new Manager();
+const app = express();
+app.use(expressMiddleware(manager, { tenant: 'ip' }));
+app.get('/', (req, res) => void res.send(req.taskvalve?.userId));
+const fastify = Fastify();
+await fastify.register(fastifyPlugin, { manager, tenant: 'ip' });
+fastify.get('/', async (request) => request.taskvalve?.userId);
+// @ts-expect-error: typed, not any
+fastify.get('/x', async (request) => request.taskvalve?.nope);
+`,
+    );
+    await writeFile(join(app, 'tsconfig.json'), (await readFile(join(app, 'tsconfig.json'), 'utf8')).replace('"files":["consumer.ts"]', '"files":["consumer.ts","frameworks.ts"]'));
+    expect(await typecheck()).toBe('');
     expect(await readFile(join(app, 'node_modules', 'taskvalve', 'package.json'), 'utf8')).toContain('"name": "taskvalve"');
   });
 });
