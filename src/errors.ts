@@ -116,6 +116,9 @@ export function show(value: unknown): string {
   }
 }
 
+/** Why a worker module cannot be TypeScript, in the words errors use. */
+export const JAVASCRIPT_ONLY = 'a worker module must be JavaScript that Node runs as it is (compile TypeScript first)';
+
 /** A config field failed validation at registration. */
 export function invalidConfig(where: string, field: string, value: unknown, rule: string): TaskvalveError {
   return new TaskvalveError(ErrorCode.INVALID_CONFIG, `${where}: ${field} must be ${rule}, got ${show(value)}`);

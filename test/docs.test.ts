@@ -28,7 +28,8 @@ async function walk(dir: string): Promise<string[]> {
 
 /** Relative link targets of a markdown text: `[text](target)`, anchors and URLs left out. */
 function links(markdown: string): string[] {
-  return [...markdown.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1] as string).filter((t) => !/^(https?:|mailto:|#)/.test(t)).map((t) => t.split('#')[0] as string);
+  const prose = markdown.replace(/```[\s\S]*?```/g, '').replace(/`[^`\n]*`/g, '');
+  return [...prose.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1] as string).filter((t) => !/^(https?:|mailto:|#)/.test(t)).map((t) => t.split('#')[0] as string);
 }
 
 let generated: string;
