@@ -19,7 +19,7 @@ import { pipeline } from './pipeline.js';
 import { pool } from './pool.js';
 import { heading, renderTable, type Row } from './lib/table.js';
 
-const MAX_BYTES_PER_KEY = 200;
+const MAX_BYTES_PER_KEY = 128;
 
 const log = (line: string): void => {
   process.stderr.write(`${line}\n`);

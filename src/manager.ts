@@ -13,6 +13,7 @@ import {
 } from './errors.js';
 import { Limiter, Pipeline, type CloseReport, type Task } from './limiter.js';
 import { Metrics } from './metrics.js';
+import { EndedSweep } from './sweep.js';
 import { resolveProfile, sameBucket, type Profile, type ProfileConfig } from './profile.js';
 import { MemoryStore } from './store/memory.js';
 import type { DlqQuery, FailedTask, Store, Subscription } from './store/store.js';
@@ -41,6 +42,11 @@ export interface ManagerOptions {
   logger?: Logger;
   /** When the store is unreachable; only 'fail-closed' applies to the embedded store. */
   onStoreUnavailable?: 'fail-closed' | 'fail-open' | 'local';
+  /**
+   * Canceled and expired subscriptions are deleted this long (ms) after they end, by an
+   * incremental background sweep (a 'deleted' subscription event each); default 30 days.
+   */
+  endedRetentionMs?: number;
 }
 
 /** What {@link Manager.getProfile} tells of a registered profile. */
@@ -88,12 +94,13 @@ export interface SubscriptionEvent {
   /** The subscriber. */
   userId: string;
   /** What happened. */
-  event: 'created' | 'extended' | 'canceled' | 'quota_updated' | 'usage_reset' | 'profile_changed' | 'expired';
-  /** The subscription after the change (absent for 'expired'). */
+  event: 'created' | 'extended' | 'canceled' | 'quota_updated' | 'usage_reset' | 'profile_changed' | 'expired' | 'deleted';
+  /** The subscription after the change (absent for 'expired' and 'deleted'). */
   subscription?: Subscription;
 }
 
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
+const DEFAULT_ENDED_RETENTION_MS = 30 * 24 * 3_600_000;
 const MAX_USER_ID = 4096;
 const MAX_HANDLES = 10_000;
 
@@ -176,6 +183,7 @@ export class Manager extends EventEmitter {
   private readonly pipeline: Pipeline;
   private readonly handles = new Map<string, Limiter>();
   private closed: Promise<CloseReport> | undefined;
+  private readonly sweep: EndedSweep;
 
   constructor(options: ManagerOptions = {}) {
     super();
@@ -194,6 +202,10 @@ export class Manager extends EventEmitter {
     const prefix = options.metricsPrefix ?? 'taskvalve_';
     if (typeof prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) {
       throw invalidConfig('Manager', 'metricsPrefix', prefix, 'a valid Prometheus metric name prefix');
+    }
+    const endedRetentionMs = options.endedRetentionMs ?? DEFAULT_ENDED_RETENTION_MS;
+    if (!Number.isSafeInteger(endedRetentionMs) || endedRetentionMs < 0) {
+      throw invalidConfig('Manager', 'endedRetentionMs', endedRetentionMs, 'a non-negative integer (ms)');
     }
     this.store = options.store ?? new MemoryStore();
     this.clock = options.clock ?? (() => Date.now());
@@ -217,6 +229,14 @@ export class Manager extends EventEmitter {
       deadLetter: (entry) => this.emit('dead-letter', entry),
     });
     this.dlq = new DeadLetterQueue(this.store, this.clock, (entry) => this.replay(entry));
+    this.sweep = new EndedSweep({
+      store: this.store,
+      clock: this.clock,
+      retentionMs: endedRetentionMs,
+      deleted: (userId, profileName) => this.deleted(userId, profileName),
+      fault: (error) => this.fault(error),
+    });
+    this.sweep.start();
   }
 
   /** Registers a profile; validates every field (INVALID_CONFIG naming it), PROFILE_EXISTS on a duplicate. */
@@ -299,6 +319,27 @@ export class Manager extends EventEmitter {
     const sub = await this.mutate(userId, 'canceled', () => this.store.cancelSubscription(userId, this.clock()));
     this.pipeline.rejectWaiting(userId, subscriptionInactive(userId));
     return sub;
+  }
+
+  /**
+   * Removes everything the store holds for the user (subscription, usage, own bucket); the
+   * user's tasks not yet started are rejected SUBSCRIPTION_INACTIVE and refunded. Resolves true
+   * if the user had a subscription.
+   */
+  deleteSubscription(userId: string): Promise<boolean> {
+    return attempt(async () => {
+      checkUserId(userId);
+      const profileName = await this.store.deleteSubscription(userId, this.clock());
+      this.deleted(userId, profileName);
+      return profileName !== undefined;
+    });
+  }
+
+  /** A user's subscription is gone (deleted, or swept after it ended): nothing of theirs waits on. */
+  private deleted(userId: string, profileName: string | undefined): void {
+    this.handles.delete(userId);
+    this.pipeline.rejectWaiting(userId, subscriptionInactive(userId));
+    if (profileName !== undefined) this.tell(userId, profileName, 'deleted');
   }
 
   /** Moves a user to another profile (upgrade or downgrade); usage is kept. */
@@ -387,6 +428,7 @@ export class Manager extends EventEmitter {
       const timeoutMs = options.timeoutMs ?? 30_000;
       if (typeof drain !== 'boolean') return Promise.reject(invalidArgument(`drain must be a boolean, got ${show(drain)}`));
       if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0) return Promise.reject(invalidArgument(`timeoutMs must be a non-negative integer, got ${show(timeoutMs)}`));
+      this.sweep.stop();
       this.closed = this.pipeline.close(drain, timeoutMs).then(async (report) => {
         await this.store.close?.();
         return report;

@@ -69,7 +69,7 @@ async function codeOf(p: Promise<unknown>): Promise<string> {
 /**
  * Four profiles, each producing a known set of numbers:
  *   quota  : 4 submits against a hard quota of 3 -> 3 success, 1 quota_exceeded; 2 users
- *            subscribed ('created' x2), one canceled ('canceled' x1)
+ *            subscribed ('created' x2), one canceled ('canceled' x1) then deleted ('deleted' x1)
  *   strict : 2 per s, burst 1, dedicated. A runs at once, B waits its turn (500 ms),
  *            C (wait: false) -> rate_limited
  *   flaky  : one task that always throws, 2 attempts -> failed x2, 1 dead letter
@@ -88,6 +88,7 @@ async function workload(manager: Manager, scrapes: { during?: string }): Promise
   await manager.subscribe('q1', 'quota');
   await manager.subscribe('q2', 'quota');
   await manager.cancelSubscription('q2');
+  await manager.deleteSubscription('q2');
   await manager.subscribe('s1', 'strict');
   await manager.subscribe('f1', 'flaky');
   await manager.subscribe('w1', 'slow');
@@ -169,6 +170,7 @@ function expectWorkload(text: string, during: string, prefix: string): void {
 
   expect(n('subscription_events_total', { profile: 'quota', event: 'created' })).toBe(2);
   expect(n('subscription_events_total', { profile: 'quota', event: 'canceled' })).toBe(1);
+  expect(n('subscription_events_total', { profile: 'quota', event: 'deleted' })).toBe(1);
   expect(n('subscription_events_total', { profile: 'strict', event: 'created' })).toBe(1);
   expect(n('subscription_events_total', { profile: 'flaky', event: 'created' })).toBe(1);
   expect(n('subscription_events_total', { profile: 'slow', event: 'created' })).toBe(1);

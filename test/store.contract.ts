@@ -156,6 +156,128 @@ describe('lifecycle', () => {
   });
 });
 
+describe('delete', () => {
+  it('deleteSubscription removes subscription, usage and own bucket; true only if the user existed; emits deleted', async () => {
+    manager.registerProfile('tight', { rate: { limit: 2, intervalMs: 3_600_000 }, quota: { limit: 10 } });
+    await manager.subscribe('u', 'tight', { durationMs: 60_000 });
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(2)).allowed).toBe(true);
+    expect((await limiter.check(1)).allowed).toBe(false);
+    events = [];
+    expect(await manager.deleteSubscription('u')).toBe(true);
+    expect(events).toEqual([{ userId: 'u', event: 'deleted' }]);
+    expect(await manager.getSubscription('u')).toBeUndefined();
+    // A handle held from before the delete (with a remembered refusal) finds nothing.
+    expect(await code(limiter.check(1))).toBe('SUBSCRIPTION_NOT_FOUND');
+    expect(await code(limiter.submit(() => 1))).toBe('SUBSCRIPTION_NOT_FOUND');
+    expect(await limiter.peek()).toMatchObject({ status: 'not_found' });
+    expect(await manager.deleteSubscription('u')).toBe(false);
+    expect(events).toEqual([{ userId: 'u', event: 'deleted' }]);
+    // Subscribing again starts from nothing: no usage, a full bucket, through the same handle.
+    expect(await manager.subscribe('u', 'tight')).toMatchObject({ usage: 0, endsAt: null });
+    expect(await limiter.checkDetailed(1)).toMatchObject({ allowed: true, usage: 1, remaining: 1 });
+    expect(await limiter.checkDetailed(1)).toMatchObject({ allowed: true, usage: 2, remaining: 0 });
+  });
+
+  it('a handle on a shared bucket with a remembered refusal finds nothing after the delete; other users keep the bucket', async () => {
+    manager.registerProfile('pooled', { rate: { limit: 1, intervalMs: 3_600_000, shared: 'pool' } });
+    await manager.subscribe('a', 'pooled');
+    await manager.subscribe('b', 'pooled');
+    expect((await manager.getLimiter('a').check(1)).allowed).toBe(true);
+    expect((await manager.getLimiter('a').check(1)).allowed).toBe(false);
+    const held = manager.getLimiter('a');
+    expect(await manager.deleteSubscription('a')).toBe(true);
+    expect(await code(held.check(1))).toBe('SUBSCRIPTION_NOT_FOUND');
+    expect((await manager.getLimiter('b').check(1)).allowed).toBe(false);
+  });
+
+  it('a deleted user is not touched by a refund, a turn or a usage charge that lands afterwards', async () => {
+    manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 1000 }, quota: { limit: 10 } });
+    await manager.subscribe('u', 'slow');
+    const limiter = manager.getLimiter('u');
+    await limiter.check(1);
+    const waiting = limiter.submit(() => 1);
+    // Charged and waiting for its turn.
+    expect((await manager.getSubscription('u'))?.usage).toBe(2);
+    expect(await manager.deleteSubscription('u')).toBe(true);
+    expect(await code(waiting)).toBe('SUBSCRIPTION_INACTIVE');
+    now += 5000;
+    expect(await manager.getSubscription('u')).toBeUndefined();
+    expect(await code(limiter.check(1))).toBe('SUBSCRIPTION_NOT_FOUND');
+  });
+
+  it('rejects a bad user id with INVALID_ARGUMENT as a rejected promise', async () => {
+    for (const bad of ['', 42, null, undefined]) {
+      let promise: Promise<boolean> | undefined;
+      expect(() => {
+        promise = manager.deleteSubscription(bad as string);
+      }).not.toThrow();
+      expect(await code(promise!)).toBe('INVALID_ARGUMENT');
+    }
+  });
+});
+
+describe('sweep of ended subscriptions', () => {
+  const R = 10_000;
+  /** One sweep round: calls until the store says it is done; the deleted, sorted. */
+  async function sweep(max = 1000): Promise<string[]> {
+    const out: string[] = [];
+    for (;;) {
+      const r = await store.sweepEnded(now, R, max);
+      expect(r.deleted.length).toBeLessThanOrEqual(max);
+      out.push(...r.deleted.map((d) => `${d.userId}:${d.profileName}`));
+      if (!r.more) return out.sort();
+    }
+  }
+
+  it('deletes canceled and expired subscriptions once their retention has passed, and nothing else', async () => {
+    await manager.subscribe('canceled', 'basic');
+    await manager.subscribe('expires', 'basic', { durationMs: 1000 });
+    await manager.subscribe('forever', 'basic');
+    await manager.subscribe('later', 'basic', { durationMs: 60_000 });
+    await manager.subscribe('back', 'basic', { durationMs: 1000 });
+    await manager.subscribe('extended', 'big', { durationMs: 1000 });
+    await manager.cancelSubscription('canceled');
+    await manager.cancelSubscription('back');
+    const held = manager.getLimiter('canceled');
+    expect(await code(held.check())).toBe('SUBSCRIPTION_INACTIVE');
+    now += 500;
+    await manager.subscribe('back', 'basic');
+    await manager.extendSubscription('extended', 60_000);
+    now = T0 + 1000 + R - 1;
+    expect(await sweep()).toEqual(['canceled:basic']);
+    now = T0 + 1000 + R;
+    expect(await sweep()).toEqual(['expires:basic']);
+    expect(await manager.getSubscription('canceled')).toBeUndefined();
+    expect(await manager.getSubscription('expires')).toBeUndefined();
+    expect(await code(held.check())).toBe('SUBSCRIPTION_NOT_FOUND');
+    now = T0 + 61_000 + R;
+    expect(await sweep()).toEqual(['extended:big', 'later:basic']);
+    now += 100 * R;
+    expect(await sweep()).toEqual([]);
+    for (const user of ['forever', 'back']) expect(await manager.getSubscription(user)).toMatchObject({ status: 'active' });
+  });
+
+  it('a call deletes at most max subscriptions; the round goes on until none is due', async () => {
+    for (let i = 0; i < 7; i++) await manager.subscribe(`u${i}`, 'basic', { durationMs: 1000 + i });
+    now += 2000 + R;
+    expect(await sweep(3)).toEqual(Array.from({ length: 7 }, (_, i) => `u${i}:basic`));
+    expect(await sweep(3)).toEqual([]);
+  });
+
+  it('deleting or re-subscribing takes a user out of the sweep; subscribing again after a sweep starts afresh', async () => {
+    await manager.subscribe('a', 'basic', { durationMs: 1000 });
+    await manager.subscribe('b', 'basic', { durationMs: 1000 });
+    await manager.getLimiter('b').check(3);
+    expect(await manager.deleteSubscription('a')).toBe(true);
+    await manager.subscribe('a', 'basic');
+    now += 1000 + R;
+    expect(await sweep()).toEqual(['b:basic']);
+    expect(await manager.getSubscription('a')).toMatchObject({ status: 'active', endsAt: null });
+    expect(await manager.subscribe('b', 'basic')).toMatchObject({ usage: 0, status: 'active' });
+  });
+});
+
 describe('quota', () => {
   it('hard quota rejects QUOTA_EXCEEDED past the limit and counts nothing for the rejection', async () => {
     await manager.subscribe('u', 'basic');

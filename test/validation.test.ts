@@ -1,6 +1,6 @@
 // Bad input: a clear TaskvalveError with a code at the earliest point, and nothing lost.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Manager, TaskvalveError, type ProfileConfig } from '../src/index.js';
+import { Manager, MemoryStore, RedisStore, TaskvalveError, type ProfileConfig } from '../src/index.js';
 import { rejection as rejected, thrown } from './helpers.js';
 
 let manager: Manager;
@@ -9,6 +9,27 @@ beforeEach(() => {
 });
 afterEach(async () => {
   await manager.close();
+});
+
+describe('store options', () => {
+  // What RedisStore calls of a client; nothing is sent while the options are checked.
+  const client = { evalsha: async () => null, eval: async () => null, callBuffer: async () => null };
+
+  it('an unknown option name is INVALID_CONFIG naming it, as are bad values', () => {
+    const cases: [string, () => unknown, string][] = [
+      ['MemoryStore typo', () => new MemoryStore({ maxDeadLeters: 5 } as never), 'maxDeadLeters'],
+      ['MemoryStore zero bound', () => new MemoryStore({ maxDeadLetters: 0 }), 'maxDeadLetters'],
+      ['RedisStore typo', () => new RedisStore({ client, prefx: 'x' } as never), 'prefx'],
+      ['RedisStore timeout typo', () => new RedisStore({ client, timeout: 5 } as never), 'timeout'],
+    ];
+    for (const [label, make, name] of cases) {
+      const error = thrown(make);
+      expect(error.code, label).toBe('INVALID_CONFIG');
+      expect(error.message, label).toContain(name);
+    }
+    expect(new RedisStore({ client, prefix: 'x', timeoutMs: 5 })).toBeInstanceOf(RedisStore);
+    expect(new MemoryStore({ maxDeadLetters: 5 })).toBeInstanceOf(MemoryStore);
+  });
 });
 
 describe('registerProfile', () => {

@@ -3,7 +3,7 @@
  * atomic. One user's subscription, usage and bucket state sit in one record that one Map
  * lookup finds.
  */
-import { invalidArgument, profileNotFound } from '../errors.js';
+import { invalidArgument, invalidConfig, profileNotFound } from '../errors.js';
 import type { Profile } from '../profile.js';
 import { MAX_TICKS, conform, convertTat, remaining, ticksToMs, waitFor, type Rate } from '../rate/gcra.js';
 import {
@@ -12,6 +12,8 @@ import {
   blankResult,
   type AdmitResult,
   type DlqQuery,
+  type EndedUser,
+  type SweepResult,
   type FailedTask,
   type Store,
   type StoreListener,
@@ -19,30 +21,87 @@ import {
   type Subscription,
   type UserSlot,
 } from './store.js';
+import { rejectUnknownOptions } from '../util/options.js';
+import { EndedIndex } from './ended-index.js';
 
 const ACTIVE = 0;
 const CANCELED = 1;
 const EXPIRED = 2;
+/** A deleted record: a handle still holding it looks the user up again. */
+const DELETED = 3;
 const STATUS = ['active', 'canceled', 'expired'] as const;
+/**
+ * A record's state packs three small numbers into one integer below 2^31 (which V8 keeps in
+ * the field itself): bits 0-9 its profile's number in the store's table, bits 10-11 the
+ * status, bits 12-30 the usage generation (the refund token, bumped at every usage reset; it
+ * wraps after 2^19 resets, and a token only has to differ from recent ones).
+ */
+const MAX_PROFILES = 1024;
+const STATUS_SHIFT = 10;
+const GENERATION = 4096;
+const STATE_WRAP = 2 ** 31;
 
-/** One user: subscription, usage and dedicated bucket. */
+/**
+ * One user: subscription, usage and dedicated bucket. Kept small, since every subscribed user
+ * has one: status, generation and profile share one integer, the quota override and the
+ * cancel time wait in `more` until set, and times are ms since the store's origin, so that
+ * the times of a process's first weeks are small integers, kept in the field itself rather
+ * than in a 16-byte heap number (docs/store.md).
+ */
 class UserRecord {
   constructor(
-    public profile: Profile,
-    public status: number,
-    public startsAt: number,
-    /** Infinity: no end. */
-    public endsAt: number,
+    /** Profile, status and usage generation (see MAX_PROFILES). */
+    public state: number,
     public usage: number,
-    /** Per-user override, or null. */
-    public quota: number | null,
-    /** Start of the current quota period (ms). */
-    public periodStart: number,
-    /** Bumped at every usage reset: the refund token. */
-    public gen: number,
     /** Dedicated bucket TAT in the profile's ticks; 0 means full. */
     public tat: number,
+    /** Since the origin. */
+    public startsAt: number,
+    /** Start of the current quota period, since the origin. */
+    public periodStart: number,
+    /** Since the origin; null: no end. */
+    public endsAt: number | null,
+    /** The quota override and the cancel time: null while neither is set. */
+    public more: More | null,
   ) {}
+}
+
+/** What most subscriptions never set. */
+class More {
+  /** Per-user override of the quota, or null. */
+  quota: number | null = null;
+  /** When the subscription was canceled, since the origin; NaN while it is not. */
+  canceledAt = Number.NaN;
+}
+
+function statusOf(rec: UserRecord): number {
+  return (rec.state >> STATUS_SHIFT) & 3;
+}
+
+function setStatus(rec: UserRecord, status: number): void {
+  rec.state = (rec.state & ~(3 << STATUS_SHIFT)) | (status << STATUS_SHIFT);
+}
+
+/** The refund token of the record's current usage. */
+function generationOf(rec: UserRecord): number {
+  return Math.floor(rec.state / GENERATION);
+}
+
+/** Starts a new usage generation: refunds of charges made before it change nothing. */
+function bumpGeneration(rec: UserRecord): void {
+  rec.state = (rec.state + GENERATION) % STATE_WRAP;
+}
+
+/** The record's `more`, created when one of its fields is first set. */
+function more(rec: UserRecord): More {
+  if (rec.more === null) rec.more = new More();
+  return rec.more;
+}
+
+/** Drops `more` once its fields are back to their defaults. */
+function tidy(rec: UserRecord): void {
+  const m = rec.more;
+  if (m !== null && m.quota === null && Number.isNaN(m.canceledAt)) rec.more = null;
 }
 
 /** A shared bucket. */
@@ -73,14 +132,41 @@ export class MemoryStore implements Store {
   private maxD = 1;
   private readonly result: AdmitResult = blankResult();
 
-  /** @param options Bounds of the store itself. */
-  constructor(private readonly options: MemoryStoreOptions = {}) {}
+  private readonly maxDeadLetters: number;
+
+  /** @param options Bounds of the store itself; unknown or invalid options are INVALID_CONFIG. */
+  constructor(options: MemoryStoreOptions = {}) {
+    if (options === null || typeof options !== 'object') throw invalidConfig('MemoryStore', 'options', options, 'an object');
+    rejectUnknownOptions('MemoryStore', options, ['maxDeadLetters']);
+    const max = options.maxDeadLetters ?? 100_000;
+    if (!Number.isSafeInteger(max) || max <= 0) throw invalidConfig('MemoryStore', 'maxDeadLetters', max, 'a positive integer');
+    this.maxDeadLetters = max;
+  }
 
   attach(listener: StoreListener): void {
     this.listener = listener;
   }
 
+  /** Profiles by their number in records' state, and numbers by profile. */
+  private readonly table: Profile[] = [];
+  private readonly numbers = new Map<Profile, number>();
+
+  private profileOf(rec: UserRecord): Profile {
+    return this.table[rec.state % MAX_PROFILES] as Profile;
+  }
+
+  private numberOf(profile: Profile): number {
+    const n = this.numbers.get(profile);
+    if (n === undefined) throw profileNotFound(profile.name);
+    return n;
+  }
+
   defineProfile(profile: Profile): void {
+    if (!this.numbers.has(profile)) {
+      if (this.table.length >= MAX_PROFILES) throw invalidConfig('MemoryStore', 'profiles', this.table.length + 1, `at most ${MAX_PROFILES} profile definitions per store`);
+      this.numbers.set(profile, this.table.length);
+      this.table.push(profile);
+    }
     this.profiles.set(profile.name, profile);
     if (profile.rate.d > this.maxD) this.maxD = profile.rate.d;
     if (profile.shared !== undefined && !this.buckets.has(profile.shared)) {
@@ -106,49 +192,59 @@ export class MemoryStore implements Store {
   private rebase(shiftUs: number): void {
     this.epochUs += shiftUs;
     for (const rec of this.users.values()) {
-      if (rec.tat > 0) rec.tat = Math.max(0, rec.tat - shiftUs * rec.profile.rate.d);
+      if (rec.tat > 0) rec.tat = Math.max(0, rec.tat - shiftUs * this.profileOf(rec).rate.d);
     }
     for (const b of this.buckets.values()) {
       if (b.tat > 0) b.tat = Math.max(0, b.tat - shiftUs * b.rate.d);
     }
   }
 
-  /** Starts a new usage period if the current one is over. */
-  private roll(rec: UserRecord, nowMs: number): void {
-    const period = rec.profile.quotaPeriodMs;
-    if (period > 0 && nowMs >= rec.periodStart + period) {
-      rec.periodStart += Math.floor((nowMs - rec.periodStart) / period) * period;
+  /** Ends of subscriptions (since the origin), for sweepEnded. */
+  private readonly ended = new EndedIndex();
+
+  /** The store's origin: records keep times as ms since it (set by the first subscription). */
+  private origin = Number.NaN;
+
+  /** `ms` as a record keeps it. */
+  private since(ms: number): number {
+    return ms - this.origin;
+  }
+
+  /** Starts a new usage period if the current one is over (`t` since the origin). */
+  private roll(rec: UserRecord, t: number): void {
+    const period = this.profileOf(rec).quotaPeriodMs;
+    if (period > 0 && t >= rec.periodStart + period) {
+      rec.periodStart += Math.floor((t - rec.periodStart) / period) * period;
       rec.usage = 0;
-      rec.gen++;
+      bumpGeneration(rec);
     }
   }
 
-  private quotaLimit(rec: UserRecord): number | null {
-    return rec.quota ?? rec.profile.quotaLimit;
-  }
-
   private snapshot(userId: string, rec: UserRecord, nowMs: number): Subscription {
-    this.roll(rec, nowMs);
-    this.expire(userId, rec, nowMs);
+    const profile = this.profileOf(rec);
+    const t = this.since(nowMs);
+    this.roll(rec, t);
+    this.expire(userId, rec, t);
+    const quota = rec.more?.quota ?? null;
     const sub: Subscription = {
       userId,
-      profileName: rec.profile.name,
-      status: STATUS[rec.status] ?? 'active',
-      startsAt: new Date(rec.startsAt),
-      endsAt: rec.endsAt === Infinity ? null : new Date(rec.endsAt),
+      profileName: profile.name,
+      status: STATUS[statusOf(rec)] ?? 'active',
+      startsAt: new Date(rec.startsAt + this.origin),
+      endsAt: rec.endsAt === null ? null : new Date(rec.endsAt + this.origin),
       usage: rec.usage,
-      quota: rec.quota,
-      quotaLimit: this.quotaLimit(rec),
+      quota,
+      quotaLimit: quota ?? profile.quotaLimit,
     };
-    if (rec.profile.quotaPeriodMs > 0) sub.periodStartedAt = new Date(rec.periodStart);
+    if (profile.quotaPeriodMs > 0) sub.periodStartedAt = new Date(rec.periodStart + this.origin);
     return sub;
   }
 
   /** Marks an active subscription past its end as expired, once. */
-  private expire(userId: string, rec: UserRecord, nowMs: number): void {
-    if (rec.status === ACTIVE && nowMs >= rec.endsAt) {
-      rec.status = EXPIRED;
-      this.listener.expired(userId, rec.profile.name);
+  private expire(userId: string, rec: UserRecord, t: number): void {
+    if (statusOf(rec) === ACTIVE && rec.endsAt !== null && t >= rec.endsAt) {
+      setStatus(rec, EXPIRED);
+      this.listener.expired(userId, this.profileOf(rec).name);
     }
   }
 
@@ -159,18 +255,24 @@ export class MemoryStore implements Store {
       throw invalidArgument(`endsAt (${new Date(endsAt).toISOString()}) must be after startsAt (${new Date(startsAt).toISOString()})`);
     }
     this.defineProfile(profile);
-    const rec = this.users.get(userId);
+    if (Number.isNaN(this.origin)) this.origin = Math.floor(nowMs);
+    const start = this.since(startsAt);
+    const end = endsAt === Infinity ? null : this.since(endsAt);
+    let rec = this.users.get(userId);
     if (rec === undefined) {
-      const created = new UserRecord(profile, ACTIVE, startsAt, endsAt, 0, input.quota ?? null, startsAt, 0, 0);
-      this.users.set(userId, created);
-      return this.snapshot(userId, created, nowMs);
+      rec = new UserRecord(this.numberOf(profile) + (ACTIVE << STATUS_SHIFT), 0, 0, start, start, end, null);
+      this.users.set(userId, rec);
+    } else {
+      this.switchProfile(rec, profile, nowMs);
+      setStatus(rec, ACTIVE);
+      rec.startsAt = start;
+      rec.endsAt = end;
+      if (rec.more !== null) rec.more.canceledAt = Number.NaN;
+      if (input.resetUsage) this.reset(rec, nowMs);
     }
-    this.switchProfile(rec, profile, nowMs);
-    rec.status = ACTIVE;
-    rec.startsAt = startsAt;
-    rec.endsAt = endsAt;
-    rec.quota = input.quota ?? null;
-    if (input.resetUsage) this.reset(rec, nowMs);
+    if ((input.quota ?? null) !== null || rec.more !== null) more(rec).quota = input.quota ?? null;
+    tidy(rec);
+    if (end !== null) this.ended.add(end, userId);
     return this.snapshot(userId, rec, nowMs);
   }
 
@@ -182,9 +284,11 @@ export class MemoryStore implements Store {
   extendSubscription(userId: string, ms: number, nowMs: number): Subscription | undefined {
     const rec = this.users.get(userId);
     if (rec === undefined) return undefined;
-    if (rec.status !== CANCELED && rec.endsAt !== Infinity) {
-      rec.endsAt = (rec.endsAt > nowMs ? rec.endsAt : nowMs) + ms;
-      rec.status = ACTIVE;
+    if (statusOf(rec) !== CANCELED && rec.endsAt !== null) {
+      const t = this.since(nowMs);
+      rec.endsAt = (rec.endsAt > t ? rec.endsAt : t) + ms;
+      this.ended.add(rec.endsAt, userId);
+      setStatus(rec, ACTIVE);
     }
     return this.snapshot(userId, rec, nowMs);
   }
@@ -192,8 +296,47 @@ export class MemoryStore implements Store {
   cancelSubscription(userId: string, nowMs: number): Subscription | undefined {
     const rec = this.users.get(userId);
     if (rec === undefined) return undefined;
-    rec.status = CANCELED;
+    if (statusOf(rec) !== CANCELED) {
+      const t = this.since(nowMs);
+      more(rec).canceledAt = t;
+      this.ended.add(t, userId);
+    }
+    setStatus(rec, CANCELED);
     return this.snapshot(userId, rec, nowMs);
+  }
+
+  deleteSubscription(userId: string, _nowMs: number): string | undefined {
+    const rec = this.users.get(userId);
+    return rec === undefined ? undefined : this.remove(userId, rec);
+  }
+
+  /** Deletes a record; its index entries go stale and are dropped when reached. Returns its profile's name. */
+  private remove(userId: string, rec: UserRecord): string {
+    this.users.delete(userId);
+    setStatus(rec, DELETED);
+    return this.profileOf(rec).name;
+  }
+
+  /**
+   * Takes index entries in order of end while they are due, each checked against its user's
+   * record (a later change may have moved the end, or removed it): at most `max` entries.
+   */
+  sweepEnded(nowMs: number, retentionMs: number, max: number): SweepResult {
+    const deleted: EndedUser[] = [];
+    const cutoff = this.since(nowMs) - retentionMs;
+    const index = this.ended;
+    for (let taken = 0; taken < max && index.peek() <= cutoff; taken++) {
+      const userId = index.take();
+      const rec = this.users.get(userId);
+      if (rec !== undefined && this.endedAt(rec) <= cutoff) deleted.push({ userId, profileName: this.remove(userId, rec) });
+    }
+    return { deleted, more: index.peek() <= cutoff };
+  }
+
+  /** When the subscription ended, since the origin (a cancel ends it then); Infinity while it runs on. */
+  private endedAt(rec: UserRecord): number {
+    if (statusOf(rec) === CANCELED) return rec.more?.canceledAt ?? Number.NaN;
+    return rec.endsAt ?? Infinity;
   }
 
   changeProfile(userId: string, profile: Profile, nowMs: number): Subscription | undefined {
@@ -206,20 +349,20 @@ export class MemoryStore implements Store {
   /** Carries a dedicated bucket over to the new profile's ticks (never gaining capacity). */
   private switchProfile(rec: UserRecord, profile: Profile, nowMs: number): void {
     if (!this.profiles.has(profile.name)) throw profileNotFound(profile.name);
-    const from = rec.profile;
+    const from = this.profileOf(rec);
     if (from === profile) return;
     if (from.shared === undefined && profile.shared === undefined && rec.tat > 0) {
       rec.tat = convertTat(rec.tat, this.micros(nowMs), from.rate, profile.rate);
     } else {
       rec.tat = 0;
     }
-    rec.profile = profile;
+    rec.state = rec.state - (rec.state % MAX_PROFILES) + this.numberOf(profile);
   }
 
   private reset(rec: UserRecord, nowMs: number): void {
     rec.usage = 0;
-    rec.gen++;
-    if (rec.profile.quotaPeriodMs > 0) this.roll(rec, nowMs);
+    bumpGeneration(rec);
+    if (this.profileOf(rec).quotaPeriodMs > 0) this.roll(rec, this.since(nowMs));
   }
 
   resetUsage(userId: string, nowMs: number): Subscription | undefined {
@@ -232,15 +375,25 @@ export class MemoryStore implements Store {
   setQuota(userId: string, quota: number | null, nowMs: number): Subscription | undefined {
     const rec = this.users.get(userId);
     if (rec === undefined) return undefined;
-    rec.quota = quota;
+    if (quota !== null || rec.more !== null) more(rec).quota = quota;
+    tidy(rec);
     return this.snapshot(userId, rec, nowMs);
+  }
+
+  /** A refusal for the subscription's dates: they go with it, for the message. */
+  private dated(out: AdmitResult, rec: UserRecord, verdict: Verdict): AdmitResult {
+    out.verdict = verdict;
+    out.startsAt = rec.startsAt + this.origin;
+    out.endsAt = rec.endsAt === null ? Infinity : rec.endsAt + this.origin;
+    return out;
   }
 
   admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, nowMs: number, slot?: UserSlot): AdmitResult {
     const out = this.result;
-    // Records are never replaced, so a handle may keep its user's record and skip the lookup.
+    // Records are never replaced, so a handle may keep its user's record and skip the lookup
+    // (until the record is deleted).
     let rec = slot?.ref as UserRecord | undefined;
-    if (rec === undefined) {
+    if (rec === undefined || statusOf(rec) === DELETED) {
       rec = this.users.get(userId);
       if (slot !== undefined) slot.ref = rec;
     }
@@ -249,38 +402,31 @@ export class MemoryStore implements Store {
       out.profile = undefined;
       return out;
     }
-    const profile = rec.profile;
+    const profile = this.profileOf(rec);
     const rate = profile.rate;
     out.profile = profile;
     out.limit = rate.burst;
-    out.startsAt = rec.startsAt;
-    out.endsAt = rec.endsAt;
-    if (cost > rate.burst) {
-      out.verdict = Verdict.COST_OVER_BURST;
-      return out;
+    if (cost > rate.burst) return this.dated(out, rec, Verdict.COST_OVER_BURST);
+    const status = statusOf(rec);
+    if (status !== ACTIVE) return this.dated(out, rec, status === CANCELED ? Verdict.CANCELED : Verdict.EXPIRED);
+    const t = this.since(nowMs);
+    if (rec.endsAt !== null && t >= rec.endsAt) {
+      this.expire(userId, rec, t);
+      return this.dated(out, rec, Verdict.EXPIRED);
     }
-    if (rec.status !== ACTIVE) {
-      out.verdict = rec.status === CANCELED ? Verdict.CANCELED : Verdict.EXPIRED;
-      return out;
+    if (t < rec.startsAt) {
+      out.retryAfterMs = rec.startsAt - t;
+      return this.dated(out, rec, Verdict.NOT_STARTED);
     }
-    if (nowMs >= rec.endsAt) {
-      this.expire(userId, rec, nowMs);
-      out.verdict = Verdict.EXPIRED;
-      return out;
-    }
-    if (nowMs < rec.startsAt) {
-      out.verdict = Verdict.NOT_STARTED;
-      out.retryAfterMs = rec.startsAt - nowMs;
-      return out;
-    }
-    if (profile.quotaPeriodMs > 0) this.roll(rec, nowMs);
-    const quotaLimit = rec.quota ?? profile.quotaLimit;
+    const period = profile.quotaPeriodMs;
+    if (period > 0) this.roll(rec, t);
+    const quotaLimit = rec.more?.quota ?? profile.quotaLimit;
     out.quotaLimit = quotaLimit;
-    out.quotaResetAfterMs = profile.quotaPeriodMs > 0 ? rec.periodStart + profile.quotaPeriodMs - nowMs : -1;
+    out.quotaResetAfterMs = period > 0 ? rec.periodStart + period - t : -1;
     if (quotaLimit !== null && rec.usage + cost > quotaLimit && profile.quotaHard) {
       out.verdict = Verdict.QUOTA_EXCEEDED;
       out.usage = rec.usage;
-      out.retryAfterMs = profile.quotaPeriodMs > 0 ? rec.periodStart + profile.quotaPeriodMs - nowMs : 0;
+      out.retryAfterMs = period > 0 ? rec.periodStart + period - t : 0;
       return out;
     }
 
@@ -301,7 +447,7 @@ export class MemoryStore implements Store {
         rec.usage += cost;
         out.verdict = Verdict.ALLOWED;
         out.usage = rec.usage;
-        out.period = rec.gen;
+        out.period = generationOf(rec);
         out.remaining = remaining(next, now, rate);
         out.retryAfterMs = 0;
         out.resetAfterMs = ticksToMs(next - now, rate);
@@ -320,16 +466,18 @@ export class MemoryStore implements Store {
     rec.usage += cost;
     out.verdict = Verdict.QUEUED;
     out.usage = rec.usage;
-    out.period = rec.gen;
+    out.period = generationOf(rec);
     out.bucket = key || (shared === undefined ? `d:${userId}` : `s:${profile.shared}`);
     return out;
   }
 
   take(userId: string, cost: number, nowMs: number, slot?: UserSlot): number {
-    const rec = (slot?.ref as UserRecord | undefined) ?? this.users.get(userId);
+    let rec = slot?.ref as UserRecord | undefined;
+    if (rec === undefined || statusOf(rec) === DELETED) rec = this.users.get(userId);
     if (rec === undefined) return 0;
-    const rate = rec.profile.rate;
-    const shared = rec.profile.shared === undefined ? undefined : this.buckets.get(rec.profile.shared);
+    const profile = this.profileOf(rec);
+    const rate = profile.rate;
+    const shared = profile.shared === undefined ? undefined : this.buckets.get(profile.shared);
     const now = this.micros(nowMs) * rate.d;
     const next = conform(shared === undefined ? rec.tat : shared.tat, now, cost, rate);
     if (next < 0) return ticksToMs(-next, rate);
@@ -341,24 +489,27 @@ export class MemoryStore implements Store {
   refund(userId: string, cost: number, period: number, nowMs: number): void {
     const rec = this.users.get(userId);
     if (rec === undefined) return;
-    this.roll(rec, nowMs);
-    if (rec.gen === period) rec.usage = Math.max(0, rec.usage - cost);
+    this.roll(rec, this.since(nowMs));
+    if (generationOf(rec) === period) rec.usage = Math.max(0, rec.usage - cost);
   }
 
   peek(userId: string, nowMs: number): AdmitResult {
     const out = this.result;
     const rec = this.users.get(userId);
-    out.profile = rec?.profile;
     if (rec === undefined) {
       out.verdict = Verdict.NOT_FOUND;
+      out.profile = undefined;
       out.status = 'not_found';
       return out;
     }
-    this.roll(rec, nowMs);
-    this.expire(userId, rec, nowMs);
-    const rate = rec.profile.rate;
+    const t = this.since(nowMs);
+    this.roll(rec, t);
+    this.expire(userId, rec, t);
+    const profile = this.profileOf(rec);
+    out.profile = profile;
+    const rate = profile.rate;
     const now = this.micros(nowMs) * rate.d; // first: it may re-base every TAT
-    const shared = rec.profile.shared === undefined ? undefined : this.buckets.get(rec.profile.shared);
+    const shared = profile.shared === undefined ? undefined : this.buckets.get(profile.shared);
     const tat = shared === undefined ? rec.tat : shared.tat;
     const wait = waitFor(tat, now, 1, rate);
     out.verdict = wait === 0 ? Verdict.ALLOWED : Verdict.RATE_LIMITED;
@@ -367,8 +518,8 @@ export class MemoryStore implements Store {
     out.retryAfterMs = ticksToMs(wait, rate);
     out.resetAfterMs = ticksToMs(tat - now, rate);
     out.usage = rec.usage;
-    out.quotaLimit = this.quotaLimit(rec);
-    out.status = STATUS[rec.status] ?? 'active';
+    out.quotaLimit = rec.more?.quota ?? profile.quotaLimit;
+    out.status = STATUS[statusOf(rec)] ?? 'active';
     return out;
   }
 
@@ -384,7 +535,7 @@ export class MemoryStore implements Store {
         ofProfile--;
       }
     }
-    const cap = this.options.maxDeadLetters ?? 100_000;
+    const cap = this.maxDeadLetters;
     for (const id of this.dead.keys()) {
       if (this.dead.size <= cap) break;
       this.dead.delete(id);

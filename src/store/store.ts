@@ -186,6 +186,22 @@ export interface UserSlot {
   ref: unknown;
 }
 
+/** A subscription deleted by {@link Store.sweepEnded}. */
+export interface EndedUser {
+  /** The user whose ended subscription was deleted. */
+  userId: string;
+  /** The profile it was subscribed to. */
+  profileName: string;
+}
+
+/** The answer of {@link Store.sweepEnded}. */
+export interface SweepResult {
+  /** The subscriptions deleted in this call. */
+  deleted: EndedUser[];
+  /** Work is left for this round: call again now. */
+  more: boolean;
+}
+
 /** What a store does when its backend cannot be reached. */
 export type UnavailablePolicy = 'fail-closed' | 'fail-open' | 'local';
 
@@ -224,6 +240,21 @@ export interface Store {
   resetUsage(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
   /** Sets the per-user quota override (null: the profile's); undefined when the user has none. */
   setQuota(userId: string, quota: number | null, nowMs: number): MaybePromise<Subscription | undefined>;
+  /**
+   * Removes everything the store holds for the user: subscription, usage, own bucket, and any
+   * state a handle or a cache keeps for them (a handle used afterwards finds no subscription).
+   * Resolves with the deleted subscription's profile name, undefined if there was none.
+   */
+  deleteSubscription(userId: string, nowMs: number): MaybePromise<string | undefined>;
+
+  /**
+   * Deletes subscriptions that ended (canceled: at the cancel; expired: at their end) at least
+   * `retentionMs` before `nowMs`, oldest end first, at most `max` per call. The work of a call
+   * is bounded (by `max`, and by a store's own share of its index per call), never by the
+   * number of users. `more`: call again now, this call left work (a sweep round ends when a
+   * call answers false).
+   */
+  sweepEnded(nowMs: number, retentionMs: number, max: number): MaybePromise<SweepResult>;
 
   /**
    * One atomic admission of `cost` units for `userId`: subscription status, quota, and bucket.

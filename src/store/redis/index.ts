@@ -13,6 +13,8 @@ import {
   blankResult,
   type AdmitResult,
   type DlqQuery,
+  type EndedUser,
+  type SweepResult,
   type FailedTask,
   type Store,
   type StoreListener,
@@ -21,7 +23,8 @@ import {
   type UnavailablePolicy,
   type UserSlot,
 } from '../store.js';
-import { Keys, rendezvous, tagOf } from './keys.js';
+import { rejectUnknownOptions } from '../../util/options.js';
+import { Keys, endedTags, rendezvous, slotOf, tagOf } from './keys.js';
 import { scripts, type Script, type ScriptClient } from './scripts.js';
 
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
@@ -54,6 +57,8 @@ interface Ref {
   /** From the latest answer: usage, and whether the subscription was usable (for outages). */
   usage: number;
   usable: boolean;
+  /** This store's count of deletions when the handle last caught up with them (see forget). */
+  seen: number;
 }
 
 type Reply = (string | number | null)[];
@@ -83,6 +88,7 @@ export class RedisStore implements Store {
   private testClock: (() => number) | undefined = undefined;
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
+    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs']);
     const prefix = options.prefix ?? 'taskvalve';
     if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
       throw invalidConfig('RedisStore', 'prefix', prefix, 'a non-empty string without braces');
@@ -263,9 +269,12 @@ export class RedisStore implements Store {
 
   private ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
-    if (held !== undefined && held.store === this) return held;
+    if (held !== undefined && held.store === this) {
+      if (held.seen !== this.deletions) this.catchUp(held);
+      return held;
+    }
     const user = this.keys.user(userId);
-    const ref: Ref = { store: this, user, profile: undefined, usage: 0, usable: false };
+    const ref: Ref = { store: this, user, profile: undefined, usage: 0, usable: false, seen: this.deletions };
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
@@ -300,7 +309,8 @@ export class RedisStore implements Store {
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
     this.profiles.set(profile.name, profile);
     this.denials.clear();
-    const r = await this.run(scripts.subscribe, [this.keys.user(userId)], [
+    const user = this.keys.user(userId);
+    const r = await this.run(scripts.subscribe, [user, this.endedOf(user)], [
       profile.name,
       input.startsAt ?? '',
       input.endsAt === Infinity ? '' : (input.endsAt ?? ''),
@@ -309,6 +319,7 @@ export class RedisStore implements Store {
       input.resetUsage ? 1 : 0,
       this.clockArg(),
       this.deadline(),
+      userId,
     ]);
     late(r);
     if (r[0] === 'DATES') {
@@ -324,7 +335,8 @@ export class RedisStore implements Store {
 
   private async mutate(userId: string, op: string, value: string | number): Promise<Subscription | undefined> {
     this.denials.clear(); // a change of profile, quota or status: refusals are decided anew
-    const r = await this.run(scripts.mutate, [this.keys.user(userId)], [op, value, this.clockArg(), this.deadline()]);
+    const user = this.keys.user(userId);
+    const r = await this.run(scripts.mutate, [user, this.endedOf(user)], [op, value, this.clockArg(), this.deadline(), userId]);
     late(r);
     return r === null ? undefined : this.subscription(userId, r);
   }
@@ -348,6 +360,99 @@ export class RedisStore implements Store {
 
   setQuota(userId: string, quota: number | null): Promise<Subscription | undefined> {
     return this.mutate(userId, 'quota', quota ?? '');
+  }
+
+  async deleteSubscription(userId: string): Promise<string | undefined> {
+    const user = this.keys.user(userId);
+    const r = (await this.run(scripts.delete, [user, this.endedOf(user)], [this.clockArg(), this.deadline(), userId])) as Reply | string | null;
+    if (Array.isArray(r)) late(r);
+    this.forget(userId, user);
+    return typeof r === 'string' ? r : undefined;
+  }
+
+  /** Tags of the ends indexes, one per placement unit (computed on first use), and where the sweep goes on. */
+  private endedTagList: string[] | undefined = undefined;
+  private sweepCursor = 0;
+
+  private endedTags(): string[] {
+    if (this.endedTagList === undefined) {
+      const n = this.clients.length;
+      this.endedTagList = this.clustered ? endedTags(16384, slotOf) : endedTags(n, (tag) => (n === 1 ? 0 : rendezvous(tag, n)));
+    }
+    return this.endedTagList;
+  }
+
+  /** The ends index of a user's placement unit (its slot on a Cluster, its shard, or the server). */
+  private endedOf(user: string): string {
+    const tags = this.endedTags();
+    const tag = tagOf(user);
+    const unit = this.clustered ? slotOf(tag) : this.clients.length === 1 ? 0 : rendezvous(tag, this.clients.length);
+    return this.keys.ended(tags[unit] as string);
+  }
+
+  /**
+   * Visits the next SWEEP_UNITS ends indexes (all of them but on a Cluster, which has one per
+   * slot): reads each one's due ids, then deletes those still ended, up to `max`. `more` until
+   * the round has visited every index.
+   */
+  async sweepEnded(_nowMs: number, retentionMs: number, max: number): Promise<SweepResult> {
+    const tags = this.endedTags();
+    const from = this.sweepCursor;
+    const count = Math.min(SWEEP_UNITS, tags.length - from);
+    const indexes = tags.slice(from, from + count).map((tag) => this.keys.ended(tag));
+    const due = await Promise.all(indexes.map((index) => this.run(scripts.sweep, [index], ['due', retentionMs, this.clockArg(), max]) as Promise<string[]>));
+    const deleted: EndedUser[] = [];
+    this.sweepCursor = (from + count) % tags.length;
+    for (let i = 0; i < count; i++) {
+      const ids = due[i] as string[];
+      if (ids.length === 0) continue;
+      const room = max - deleted.length;
+      if (room < ids.length || ids.length === max) {
+        // This index may hold more: the next call starts here.
+        this.sweepCursor = from + i;
+        if (room === 0) return { deleted, more: true };
+      }
+      const take = ids.slice(0, room);
+      const users = take.map((id) => this.keys.user(id));
+      const r = (await this.run(scripts.sweep, [indexes[i] as string, ...users], ['delete', retentionMs, this.clockArg(), ...take])) as string[];
+      for (let k = 0; k < r.length; k += 2) {
+        const userId = r[k] as string;
+        deleted.push({ userId, profileName: r[k + 1] as string });
+        this.forget(userId, this.keys.user(userId));
+      }
+      if (this.sweepCursor === from + i) return { deleted, more: true };
+    }
+    return { deleted, more: this.sweepCursor !== 0 };
+  }
+
+  /** Deletions this process made, and by user key the count when each was made (bounded). */
+  private deletions = 0;
+  private readonly deleted = new Map<string, number>();
+  /** Handles that caught up before this count forget what they knew (the map was cleared). */
+  private forgetBefore = 0;
+
+  /** Drops what this process keeps for a deleted user: owed usage, refusals, handles' knowledge. */
+  private forget(userId: string, user: string): void {
+    this.deletions++;
+    if (this.deleted.size >= MAX_DENIALS) {
+      this.deleted.clear();
+      this.forgetBefore = this.deletions;
+    }
+    this.deleted.set(user, this.deletions);
+    this.denials.delete(user);
+    this.insurance.delete(user);
+    this.owed.delete(userId);
+  }
+
+  /** A handle whose user this process deleted since it last caught up forgets the profile and standing it saw. */
+  private catchUp(ref: Ref): void {
+    const at = this.deleted.get(ref.user);
+    if (ref.seen < this.forgetBefore || (at !== undefined && at > ref.seen)) {
+      ref.profile = undefined;
+      ref.usage = 0;
+      ref.usable = false;
+    }
+    ref.seen = this.deletions;
   }
 
   /** The profile a user's record names, read once per handle (then kept up to date by admit's replies). */
@@ -379,7 +484,10 @@ export class RedisStore implements Store {
       }
       if (this.owed.size > 0) void this.reconcile();
       const r = answer.reply;
-      if (r[0] === Verdict.NOT_FOUND) return this.notFound(out);
+      if (r[0] === Verdict.NOT_FOUND) {
+        ref.usable = false;
+        return this.notFound(out);
+      }
       if (r[0] === PROFILE_MISMATCH) {
         profile = this.profiles.get(String(r[11]));
         if (profile === undefined) throw this.unknownProfile(userId);
@@ -719,7 +827,8 @@ export class RedisStore implements Store {
   private async chargeOwed(): Promise<void> {
     try {
       for (const [userId, units] of [...this.owed]) {
-        late(await this.run(scripts.mutate, [this.keys.user(userId)], ['charge', units, this.clockArg(), this.deadline()]));
+        const user = this.keys.user(userId);
+        late(await this.run(scripts.mutate, [user, this.endedOf(user)], ['charge', units, this.clockArg(), this.deadline(), userId]));
         const left = (this.owed.get(userId) ?? 0) - units;
         if (left > 0) this.owed.set(userId, left);
         else this.owed.delete(userId);
@@ -826,7 +935,8 @@ export class RedisStore implements Store {
     if (tagOf(key).startsWith('u:')) {
       const r = (await scripts.read.run(source as unknown as ScriptClient, [key], [this.clockArg()])) as Reply | null;
       const usage = r === null ? 0 : Number(r[4]);
-      if (usage > 0) await this.run(scripts.mutate, [key], ['charge', usage, this.clockArg(), 0]);
+      // A charge leaves the ends index alone: the id argument is not read.
+      if (usage > 0) await this.run(scripts.mutate, [key, this.endedOf(key)], ['charge', usage, this.clockArg(), 0, '']);
     } else if ((await source.type(key)) === 'string') {
       const [a, b] = await Promise.all([source.get(key), target.get(key)]);
       const tat = (v: string | null): number => (v === null ? -Infinity : Number(v.split(':')[0]));
@@ -994,6 +1104,9 @@ const MAX_DENIALS = 10_000;
 
 /** Added to a decision's flags when its bucket has a key of its own (then sent after the user's). */
 const OWN_KEY = 4;
+
+/** Ends indexes a sweep call visits at most (a Cluster has one per slot). */
+const SWEEP_UNITS = 256;
 
 /** Decisions per admission script call at most. */
 const MAX_BATCH = 64;

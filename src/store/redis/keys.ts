@@ -47,6 +47,15 @@ export class Keys {
     return `${this.prefix}:{dlq}:p:${profile}`;
   }
 
+  /**
+   * An index of subscription ends (a sorted set: user id -> end ms). There is one per placement
+   * unit (the server, a shard, a Cluster slot), named by a tag placed on that unit, so that the
+   * scripts that change a user's end update the index of the user's unit atomically.
+   */
+  ended(tag: string): string {
+    return `${this.prefix}:{${tag}}:ended`;
+  }
+
   /** The live processes sharing this store (for the 'local' outage policy's share). */
   processes(): string {
     return `${this.prefix}:{cfg}:processes`;
@@ -80,4 +89,37 @@ export function rendezvous(tag: string, shards: number): number {
     }
   }
   return best;
+}
+
+/** CRC16/XMODEM of each byte value, as Redis Cluster hashes keys. */
+const CRC16 = (() => {
+  const table = new Uint16Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i << 8;
+    for (let k = 0; k < 8; k++) c = c & 0x8000 ? ((c << 1) ^ 0x1021) & 0xffff : (c << 1) & 0xffff;
+    table[i] = c;
+  }
+  return table;
+})();
+
+/** The Redis Cluster slot of a hash tag. */
+export function slotOf(tag: string): number {
+  let crc = 0;
+  for (const byte of Buffer.from(tag, 'utf8')) crc = ((crc << 8) & 0xffff) ^ (CRC16[((crc >> 8) ^ byte) & 0xff] as number);
+  return crc % 16384;
+}
+
+/** Tags of the ends indexes: for each of `units` placement units, a tag that `place` puts on it. */
+export function endedTags(units: number, place: (tag: string) => number): string[] {
+  const tags = new Array<string>(units);
+  let found = 0;
+  for (let i = 0; found < units; i++) {
+    const tag = `e:${i}`;
+    const unit = place(tag);
+    if (tags[unit] === undefined) {
+      tags[unit] = tag;
+      found++;
+    }
+  }
+  return tags;
 }

@@ -57,6 +57,8 @@ export const scripts = {
   read: new Script('read'),
   subscribe: new Script('subscribe'),
   mutate: new Script('mutate'),
+  delete: new Script('delete'),
+  sweep: new Script('sweep'),
   dlq: new Script('dlq'),
   presence: new Script('presence'),
   profile: new Script('profile'),
