@@ -399,6 +399,50 @@ export function describeAdapter(name: string, serve: Serve, store?: (clock: () =
       expect(scrape).not.toMatch(/alice|tina|127\.0\.0\.1/);
     });
 
+    it('anonymous tenants idle for anonymousTtlMs are deleted; active, refused, keyed and banned ones are kept', async () => {
+      w.manager.registerProfile('guest', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 2 } });
+      await w.manager.subscribe('alice', 'free');
+      const url = await start({ anonymousProfile: 'guest', anonymousTtlMs: 60_000, trustProxy: 1 } as Partial<HttpOptions<never>>);
+      const from = (address: string): Record<string, string> => ({ 'x-forwarded-for': address });
+      const get = async (headers: Record<string, string>): Promise<number> => {
+        const res = await fetch(`${url}/x`, { headers });
+        await res.arrayBuffer();
+        return res.status;
+      };
+      for (const address of ['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4']) expect(await get(from(address))).toBe(200);
+      expect(await get(from('10.0.0.3'))).toBe(200); // its lifetime quota of 2 is spent
+      await w.manager.cancelSubscription('10.0.0.4'); // a ban: never lifted by idling
+      expect(await get({ 'x-api-key': 'key-alice' })).toBe(200);
+      w.clock.now += 30_000;
+      expect(await get(from('10.0.0.2'))).toBe(200); // active
+      expect(await get(from('10.0.0.3'))).toBe(429); // refused, but seen: a refused client cannot idle its quota back
+      const deleted: string[] = [];
+      w.manager.on('subscription', (e: { userId: string; event: string }) => {
+        if (e.event === 'deleted') deleted.push(e.userId);
+      });
+      w.clock.now += 30_000; // 10.0.0.1 and 10.0.0.4 idle for 60 s
+      // Requests sweep the longest idle tenants first, a few each.
+      for (let i = 0; i < 2; i++) expect(await get({ 'x-api-key': 'key-alice' })).toBe(200);
+      await until(async () => deleted.length === 1 && (await w.manager.getSubscription('10.0.0.4')) !== undefined);
+      expect(deleted).toEqual(['10.0.0.1']);
+      expect(await w.manager.getSubscription('10.0.0.1')).toBeUndefined();
+      expect((await w.manager.getSubscription('10.0.0.2'))?.status).toBe('active');
+      expect((await w.manager.getSubscription('10.0.0.3'))?.usage).toBe(2);
+      expect((await w.manager.getSubscription('10.0.0.4'))?.status).toBe('canceled');
+      expect((await w.manager.getSubscription('alice'))?.status).toBe('active');
+      // The deleted address, back, is a new anonymous tenant.
+      const back = await fetch(`${url}/x`, { headers: from('10.0.0.1') });
+      expect(list(back.headers.get('ratelimit'))[1]).toEqual(['guest-quota', { r: 1 }]);
+    });
+
+    it('an idle server deletes idle anonymous tenants on its own timer', async () => {
+      const url = await start({ tenant: 'ip', anonymousProfile: 'public', anonymousTtlMs: 1, clock: Date.now } as Partial<HttpOptions<never>>);
+      const deleted = new Promise<string>((resolve) => w.manager.on('subscription', (e: { userId: string; event: string }) => e.event === 'deleted' && resolve(e.userId)));
+      expect((await fetch(`${url}/x`)).status).toBe(200);
+      expect(await deleted).toBe('127.0.0.1');
+      expect(await w.manager.getSubscription('127.0.0.1')).toBeUndefined();
+    });
+
     it('rate-limited: 429, Retry-After rounded up and never early, problem+json naming the policy', async () => {
       await w.manager.subscribe('alice', 'free');
       const url = await start({ costs });

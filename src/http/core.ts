@@ -60,6 +60,13 @@ export interface HttpOptions<Req = IncomingMessage> {
    * preflights, health checks). Called first, with the adapter's request; a throw is a 500.
    */
   skip?: (req: Req) => boolean;
+  /**
+   * With `anonymousProfile`: a client known by address alone that has sent nothing (admitted or
+   * refused) for this long is deleted (`manager.deleteSubscription`), so that the store does not
+   * grow with every address ever seen; back, it is a new anonymous tenant. Counted on `clock`, per
+   * process. Default 1 day.
+   */
+  anonymousTtlMs?: number;
 }
 
 /** What an admitted request's handler learns. */
@@ -81,7 +88,12 @@ export interface Admission {
 export type Proceed = (headers: readonly Header[], admission: Admission | undefined) => unknown;
 
 const WHERE = 'http options';
-const KNOWN = ['tenant', 'anonymousProfile', 'costs', 'defaultCost', 'mode', 'legacyHeaders', 'trustProxy', 'clock', 'onError', 'skip'];
+const KNOWN = ['tenant', 'anonymousProfile', 'costs', 'defaultCost', 'mode', 'legacyHeaders', 'trustProxy', 'clock', 'onError', 'skip', 'anonymousTtlMs'];
+const DAY_MS = 86_400_000;
+/** How often an idle server looks for idle anonymous tenants, at most. */
+const SWEEP_EVERY_MS = 60_000;
+/** Idle tenants a request deletes at most, on its way (an idle server's timer takes the rest). */
+const SWEEP_PER_REQUEST = 2;
 const NO_HEADERS: readonly Header[] = [];
 
 /** Whole seconds for Retry-After: rounded up, at least 1 on a refusal (0 would invite a retry storm). */
@@ -161,6 +173,10 @@ export class HttpEdge<Req = IncomingMessage> {
   private readonly badPath = badPath();
   /** `http_requests_total` counts by profile, then outcome. */
   private readonly outcomes = new Map<string, Map<string, number>>();
+  private readonly anonymousTtlMs: number;
+  /** Anonymous tenants by when they were last seen, the longest idle first (a touch moves one last). */
+  private readonly seen = new Map<string, number>();
+  private sweepTimer: NodeJS.Timeout | undefined;
   /** Formatted policies by profile name: registered profiles never change. */
   private readonly formats = new Map<string, PolicyFormat>();
   /** Validates the options (INVALID_CONFIG naming the field); profiles named must be registered first. */
@@ -175,7 +191,7 @@ export class HttpEdge<Req = IncomingMessage> {
     for (const key of Object.keys(options)) {
       if (!KNOWN.includes(key)) throw invalidConfig(WHERE, key, (options as unknown as Record<string, unknown>)[key], `one of the known fields (${KNOWN.join(', ')})`);
     }
-    const { anonymousProfile, mode = 'admit', legacyHeaders = false, trustProxy = false, clock, onError, skip } = options;
+    const { anonymousProfile, mode = 'admit', legacyHeaders = false, trustProxy = false, clock, onError, skip, anonymousTtlMs = DAY_MS } = options;
     if (anonymousProfile !== undefined && (typeof anonymousProfile !== 'string' || manager.getProfile(anonymousProfile) === undefined)) {
       throw invalidConfig(WHERE, 'anonymousProfile', anonymousProfile, 'the name of a registered profile');
     }
@@ -187,6 +203,7 @@ export class HttpEdge<Req = IncomingMessage> {
     if (clock !== undefined && typeof clock !== 'function') throw invalidConfig(WHERE, 'clock', clock, 'a function returning ms');
     if (onError !== undefined && typeof onError !== 'function') throw invalidConfig(WHERE, 'onError', onError, 'a function');
     if (skip !== undefined && typeof skip !== 'function') throw invalidConfig(WHERE, 'skip', skip, 'a function (req) => boolean');
+    if (!Number.isSafeInteger(anonymousTtlMs) || anonymousTtlMs <= 0) throw invalidConfig(WHERE, 'anonymousTtlMs', anonymousTtlMs, 'a positive integer (ms)');
     if (options.tenant === undefined) throw invalidConfig(WHERE, 'tenant', undefined, "{ header, lookup }, a function of the request, or 'ip'");
     this.resolve = tenantResolver(options.tenant, trustProxy, anonymousProfile !== undefined);
     this.costs = new CostTable(options.costs, options.defaultCost ?? 1);
@@ -198,6 +215,7 @@ export class HttpEdge<Req = IncomingMessage> {
       if (manager.listenerCount('error') > 0) manager.emit('error', error);
     });
     this.skip = skip;
+    this.anonymousTtlMs = anonymousTtlMs;
     this.unknown = unknownTenant(this.resolve.header);
   }
 
@@ -231,19 +249,21 @@ export class HttpEdge<Req = IncomingMessage> {
         if (denial !== undefined) this.tell(refuse, denial);
         return;
       }
+      if (this.seen.size > 0) this.sweep(SWEEP_PER_REQUEST);
       let decision: DetailedDecision;
       try {
         decision = await limiter.checkDetailed(cost);
       } catch (error) {
         // A client known by address alone is subscribed on first sight, then decided once more.
-        const denial = this.adopts(tenant, error) ? await this.adopt(userId, limiter, cost) : await this.refuse(error, limiter, userId, cost);
+        const denial = this.adopts(tenant, error) ? await this.adopt(userId, limiter, cost) : await this.refuse(error, limiter, userId, cost, tenant);
         if (denial !== undefined) return this.tell(refuse, denial);
         try {
           decision = await limiter.checkDetailed(cost);
         } catch (again) {
-          return this.tell(refuse, await this.refuse(again, limiter, userId, cost));
+          return this.tell(refuse, await this.refuse(again, limiter, userId, cost, tenant));
         }
       }
+      if (tenant.anonymous) this.touch(userId, decision.profile);
       // One atomic decision carries every figure of the headers: no second read.
       const limits = this.limitsOf(decision.profile, decision, decision);
       if (!decision.allowed) return this.tell(refuse, this.refused(this.rateLimited(limits, decision.retryAfterMs, cost), decision.profile));
@@ -282,6 +302,45 @@ export class HttpEdge<Req = IncomingMessage> {
     return denial;
   }
 
+  /** An anonymous tenant of the anonymous profile was seen now: it is the last to go idle. */
+  private touch(userId: string, profile: string | undefined): void {
+    if (profile === undefined || profile !== this.anonymousProfile) return;
+    this.seen.delete(userId);
+    this.seen.set(userId, this.clock());
+    this.arm();
+  }
+
+  /** An idle server's sweep: bounded and unref'd (it never holds the process open); none while nobody is tracked. */
+  private arm(): void {
+    if (this.sweepTimer !== undefined || this.seen.size === 0) return;
+    this.sweepTimer = setTimeout(() => {
+      this.sweepTimer = undefined;
+      this.sweep(Infinity);
+    }, Math.min(this.anonymousTtlMs, SWEEP_EVERY_MS));
+    this.sweepTimer.unref();
+  }
+
+  /** Deletes up to `budget` anonymous tenants idle for anonymousTtlMs, the longest idle first. */
+  private sweep(budget: number): void {
+    const now = this.clock();
+    for (const [userId, seenAt] of this.seen) {
+      if (budget-- <= 0 || now - seenAt < this.anonymousTtlMs) break;
+      this.seen.delete(userId);
+      void this.forget(userId);
+    }
+    this.arm();
+  }
+
+  /** Deletes an idle anonymous tenant, if it is still an active subscription to the anonymous profile (a ban stays). */
+  private async forget(userId: string): Promise<void> {
+    try {
+      const sub = await this.manager.getSubscription(userId);
+      if (sub?.status === 'active' && sub.profileName === this.anonymousProfile) await this.manager.deleteSubscription(userId);
+    } catch (error) {
+      this.report(error);
+    }
+  }
+
   /** True when this tenant may be subscribed to the anonymous profile on first sight. */
   private adopts(tenant: NonNullable<Tenant>, error: unknown): boolean {
     return tenant.anonymous && this.anonymousProfile !== undefined && codeOf(error) === ErrorCode.SUBSCRIPTION_NOT_FOUND;
@@ -299,6 +358,7 @@ export class HttpEdge<Req = IncomingMessage> {
 
   private async govern(tenant: NonNullable<Tenant>, limiter: Limiter, cost: number, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
     const userId = tenant.userId;
+    if (this.seen.size > 0) this.sweep(SWEEP_PER_REQUEST);
     const controller = new AbortController();
     // A response closed before it finished: the client went away.
     const hangUp = (): void => {
@@ -316,6 +376,7 @@ export class HttpEdge<Req = IncomingMessage> {
       const headers = limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy);
       const profile = snap?.sub?.profileName;
       this.count(profile ?? '', 'allowed');
+      if (tenant.anonymous) this.touch(userId, profile);
       const failed = await this.proceed(proceed, headers, { userId, profile, cost, signal });
       if (failed !== undefined) writeDenial(res, failed);
       await ended(res);
@@ -333,7 +394,7 @@ export class HttpEdge<Req = IncomingMessage> {
     } catch (error) {
       // Once started, the response is the handler's: an abort or a shutdown only ends the task.
       if (started) return undefined;
-      return this.refuse(error, limiter, userId, cost);
+      return this.refuse(error, limiter, userId, cost, tenant);
     } finally {
       res.off('close', hangUp);
     }
@@ -350,11 +411,15 @@ export class HttpEdge<Req = IncomingMessage> {
     }
   }
 
-  /** The answer to a refused admission, counted. A rate or quota refusal is answered from the error's own figures: no store call. */
-  private async refuse(error: unknown, limiter: Limiter, userId: string, cost: number): Promise<Denial> {
+  /**
+   * The answer to a refused admission, counted. A rate or quota refusal is answered from the
+   * error's own figures (no store call), and keeps an anonymous tenant seen.
+   */
+  private async refuse(error: unknown, limiter: Limiter, userId: string, cost: number, tenant?: NonNullable<Tenant>): Promise<Denial> {
     const code = codeOf(error);
     const retryAfterMs = error instanceof TaskvalveError ? error.retryAfterMs : undefined;
     const refusal = error instanceof TaskvalveError ? error.refusal : undefined;
+    if (tenant?.anonymous === true && refusal !== undefined) this.touch(userId, refusal.profile);
     switch (code) {
       case ErrorCode.RATE_LIMITED:
         return this.refused(this.rateLimited(this.limitsOfRefusal(refusal), retryAfterMs ?? 0, cost), refusal?.profile);
