@@ -32,7 +32,7 @@ afterAll(async () => {
   if (scratch !== undefined) await rm(scratch, { recursive: true, force: true });
 });
 
-describe('the packed package', () => {
+describe.concurrent('the packed package', () => {
   it('ships the build, the worker entry, the Lua scripts and the types, and no sources or tests', () => {
     for (const path of ['dist/index.js', 'dist/index.d.ts', 'dist/http/index.js', 'dist/http/index.d.ts', 'workers/task-worker.js', 'dist/store/redis/lua/admit.lua', 'dist/store/redis/lua/includes/gcra.lua', 'README.md']) {
       expect(files, path).toContain(path);
