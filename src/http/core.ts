@@ -231,6 +231,7 @@ export class HttpEdge<Req = IncomingMessage> {
   async handle(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed, refuse: (denial: Denial) => void): Promise<void> {
     // The hot path of admit mode is this one async frame: every promise hop costs a request
     // measurable time, so there are two at most (the tenant lookup and the check), no wrappers.
+    let admitted = false;
     try {
       if (this.skip !== undefined && this.skip(req)) {
         const out = proceed(NO_HEADERS, undefined);
@@ -268,12 +269,14 @@ export class HttpEdge<Req = IncomingMessage> {
       const limits = this.limitsOf(decision.profile, decision, decision);
       if (!decision.allowed) return this.tell(refuse, this.refused(this.rateLimited(limits, decision.retryAfterMs, cost), decision.profile));
       this.count(decision.profile, 'allowed');
+      admitted = true;
       const out = proceed(limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy), { userId, profile: decision.profile, cost, signal: undefined });
       if (isThenable(out)) await out;
     } catch (error) {
       // A fault of ours, of a user function, or of the handler: a 500 that says nothing of it.
       this.report(error);
-      this.tell(refuse, this.refused(internalError(), ''));
+      // An admitted request is counted once, as allowed, whatever its handler did.
+      this.tell(refuse, admitted ? internalError() : this.refused(internalError(), ''));
     }
   }
 
