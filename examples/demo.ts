@@ -15,7 +15,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Manager, TaskvalveError, type FailedTask } from '../src/index.js';
+import { Manager, TaskvalveError, type FailedTask, type ProfileConfig } from '../src/index.js';
 
 const RUN_MS = Number(process.env.DEMO_MS ?? 12_000);
 const HASH_WORKER = new URL('./workers/hash.mjs', import.meta.url);
@@ -26,24 +26,41 @@ type ProfileName = 'free' | 'pro' | 'trial';
 
 const manager = new Manager();
 
-manager.registerProfile('free', {
-  rate: { limit: 20, intervalMs: 1000, burst: 10, shared: 'free-pool', maxWaitMs: 2000 },
-  pool: { filename: HASH_WORKER, maxThreads: 1, maxQueue: 50 },
-  quota: { limit: 60, periodMs: 60_000, kind: 'hard' },
-  retry: { attempts: 2, baseMs: 50, jitter: 0.5 },
-  dlq: { maxEntries: 1000 },
-});
-manager.registerProfile('pro', {
-  rate: { limit: 15, intervalMs: 1000, burst: 8 },
-  pool: { filename: HASH_WORKER, maxThreads: 2, perUserConcurrency: 2, maxQueue: 100 },
-  retry: { attempts: 2, baseMs: 50, jitter: 0.5 },
-});
-manager.registerProfile('trial', {
-  rate: { limit: 4, intervalMs: 1000, burst: 4 },
-  pool: { filename: HASH_WORKER, maxThreads: 1, maxQueue: 20 },
-  quota: { limit: 15, kind: 'hard' },
-  retry: { attempts: 2, baseMs: 50 },
-});
+const tiers: Record<ProfileName, ProfileConfig> = {
+  free: {
+    rate: { limit: 20, intervalMs: 1000, burst: 10, shared: 'free-pool', maxWaitMs: 2000 },
+    pool: { filename: HASH_WORKER, maxThreads: 1, maxQueue: 50 },
+    quota: { limit: 60, periodMs: 60_000, kind: 'hard' },
+    retry: { attempts: 2, baseMs: 50, jitter: 0.5 },
+    dlq: { maxEntries: 1000 },
+  },
+  pro: {
+    rate: { limit: 15, intervalMs: 1000, burst: 8 },
+    pool: { filename: HASH_WORKER, maxThreads: 2, perUserConcurrency: 2, maxQueue: 100 },
+    retry: { attempts: 2, baseMs: 50, jitter: 0.5 },
+  },
+  trial: {
+    rate: { limit: 4, intervalMs: 1000, burst: 4 },
+    pool: { filename: HASH_WORKER, maxThreads: 1, maxQueue: 20 },
+    quota: { limit: 15, kind: 'hard' },
+    retry: { attempts: 2, baseMs: 50 },
+  },
+};
+for (const [name, config] of Object.entries(tiers)) manager.registerProfile(name, config);
+
+/** One tier's settings in two short lines (the demo fits an 80-column terminal). */
+function describeTier(name: ProfileName, users: number): string[] {
+  const { rate, pool = {}, quota, retry = {} } = tiers[name];
+  const perSecond = (rate.limit * 1000) / rate.intervalMs;
+  const bucket = rate.shared === undefined ? 'a bucket per user' : `shared bucket '${rate.shared}'`;
+  const waits = rate.maxWaitMs === undefined ? '' : `, waits <= ${rate.maxWaitMs / 1000} s`;
+  const quotaText = quota === undefined ? 'no quota' : `quota ${quota.limit} ${quota.periodMs === undefined ? 'for life' : `per ${quota.periodMs / 1000} s`}`;
+  const perUser = pool.perUserConcurrency === undefined ? '' : `, ${pool.perUserConcurrency} at once per user`;
+  return [
+    `  ${name.padEnd(6)}${users} users: ${perSecond}/s, burst ${rate.burst ?? rate.limit}, ${bucket}${waits}`,
+    `${' '.repeat(8)}${quotaText}; ${pool.maxThreads ?? 1} thread(s)${perUser}; ${retry.attempts ?? 1} attempts`,
+  ];
+}
 
 // ---- per-user bookkeeping ------------------------------------------------------------------
 
@@ -111,7 +128,8 @@ await new Promise<void>((resolve, reject) => {
   server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', () => resolve());
 });
 const metricsUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`;
-console.log(`taskvalve demo: ${users.length} users (8 free, 6 pro, 8 trial) for ${RUN_MS / 1000} s`);
+console.log(`taskvalve demo: ${users.length} users on three tiers for ${RUN_MS / 1000} s`);
+for (const [profile, count] of plan) for (const line of describeTier(profile, count)) console.log(line);
 console.log(`metrics: ${metricsUrl}`);
 
 // ---- the users -----------------------------------------------------------------------------
@@ -184,10 +202,11 @@ async function gauge(name: string): Promise<number> {
 async function progress(final = false): Promise<void> {
   const [running, queued] = await Promise.all([gauge('tasks_running'), gauge('queue_depth')]);
   const waitingForRate = Math.max(0, totals.inFlight - running - queued);
+  // At most 79 columns: done/limited/quota/dead are totals so far; run/queue/wait are now.
+  const pad = (n: number, width: number): string => String(n).padStart(width);
   const line =
-    `${((now() - started) / 1000).toFixed(1).padStart(5)}s` +
-    `  completed ${totals.completed}  rate-limited ${totals.rateLimited}  over-quota ${totals.overQuota}` +
-    `  dead-lettered ${totals.deadLettered}  running ${running}  queued ${queued}  waiting-for-rate ${waitingForRate}`;
+    `${((now() - started) / 1000).toFixed(1).padStart(5)}s done ${pad(totals.completed, 5)} limited ${pad(totals.rateLimited, 4)}` +
+    ` quota ${pad(totals.overQuota, 3)} dead ${pad(totals.deadLettered, 3)}  run ${pad(running, 2)} queue ${pad(queued, 3)} wait ${pad(waitingForRate, 3)}`;
   if (tty) process.stdout.write(`\r${line}\x1b[K${final ? '\n' : ''}`);
   else console.log(line);
 }
@@ -209,7 +228,7 @@ function percentile(sorted: number[], p: number): string {
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return (sorted[i] as number).toFixed(1);
 }
-const header = ['user', 'profile', 'submitted', 'completed', 'rate-limited', 'over quota', 'dead-lettered', 'p50 wait ms', 'p99 wait ms'];
+const header = ['user', 'tier', 'sent', 'done', 'limited', 'quota', 'dead', 'p50 ms', 'p99 ms'];
 const rows = users.map((s) => {
   const sorted = [...s.waits].sort((a, b) => a - b);
   return [s.user, s.profile, s.submitted, s.completed, s.rateLimited, s.overQuota, s.deadLettered, percentile(sorted, 50), percentile(sorted, 99)].map(String);
@@ -228,23 +247,31 @@ for (const [i, r] of rows.entries()) {
   console.log(fmt(r));
 }
 console.log(
-  'wait = from the submit() call to the start of the successful attempt on its worker thread (stamped by the worker);\n' +
-    '       it includes the rate wait, the queue for a thread, and for retried tasks the failed attempt and its backoff.\n' +
-    '       Completed tasks only. rate-limited = RATE_LIMITED (wait: false, or a turn beyond maxWaitMs);\n' +
-    '       dead-lettered = failed both attempts (see manager.dlq).',
+  [
+    'p50/p99 ms: wait from submit() to the start of the successful attempt on its',
+    '  worker thread (stamped by the worker): the rate wait, the queue for a thread,',
+    '  and for a retried task its failed attempt and backoff. Completed tasks only.',
+    'limited: RATE_LIMITED (wait: false, or a turn beyond maxWaitMs);',
+    'quota: QUOTA_EXCEEDED; dead: failed both attempts (see manager.dlq).',
+  ].join('\n'),
 );
 if (otherCodes.size > 0) console.log('other rejections:', Object.fromEntries(otherCodes));
 console.log(`dead-letter queue holds ${(await manager.dlq.list()).length} entries`);
 
 // A last scrape of our own endpoint, to show what Prometheus sees.
 const scrape = await (await fetch(metricsUrl)).text();
-console.log('\nfrom /metrics:');
+console.log('\nfrom /metrics (names without their prefix taskvalve_):');
 for (const line of scrape.split('\n')) {
-  if (/^taskvalve_(tasks_submitted_total|tasks_rejected_total|dead_letters_total)\{/.test(line) && !line.endsWith(' 0')) console.log(`  ${line}`);
+  if (/^taskvalve_(tasks_submitted_total|tasks_rejected_total|dead_letters_total)\{/.test(line) && !line.endsWith(' 0')) console.log(`  ${line.slice('taskvalve_'.length)}`);
 }
 
 const report = await manager.close({ drain: true, timeoutMs: 10_000 });
-console.log(`\nmanager closed: ${JSON.stringify(report)}`);
+const left = report.completed + report.rejected + report.abandoned;
+console.log(
+  left === 0
+    ? '\nClosed: every task had settled before the close, so there was nothing to drain.'
+    : `\nClosed: ${report.completed} task(s) finished while draining, ${report.rejected} rejected, ${report.abandoned} abandoned.`,
+);
 server.closeAllConnections();
 await new Promise<void>((resolve) => server.close(() => resolve()));
 console.log(`done in ${((now() - started) / 1000).toFixed(1)} s`);

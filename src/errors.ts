@@ -3,27 +3,71 @@
  * Switch on `error.code`, never on the message.
  */
 export const ErrorCode = {
+  /** A configuration (profile, manager or HTTP option) failed validation. */
   INVALID_CONFIG: 'INVALID_CONFIG',
+  /** A call's argument failed validation (also: a cost above the burst, a missing task export). */
   INVALID_ARGUMENT: 'INVALID_ARGUMENT',
+  /** registerProfile: the name is taken. */
   PROFILE_EXISTS: 'PROFILE_EXISTS',
+  /** No profile has that name. */
   PROFILE_NOT_FOUND: 'PROFILE_NOT_FOUND',
+  /** The user has no subscription. */
   SUBSCRIPTION_NOT_FOUND: 'SUBSCRIPTION_NOT_FOUND',
+  /** The subscription was canceled. */
   SUBSCRIPTION_INACTIVE: 'SUBSCRIPTION_INACTIVE',
+  /** The subscription has ended. */
   SUBSCRIPTION_EXPIRED: 'SUBSCRIPTION_EXPIRED',
+  /** The subscription starts later (`retryAfterMs` until then). */
   SUBSCRIPTION_NOT_STARTED: 'SUBSCRIPTION_NOT_STARTED',
+  /** The hard quota has too few units left (`retryAfterMs` when it renews). */
   QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
+  /** The rate does not admit the cost now and the task may not wait (`retryAfterMs`). */
   RATE_LIMITED: 'RATE_LIMITED',
+  /** The profile's queue (`pool.maxQueue`) is full. */
   QUEUE_FULL: 'QUEUE_FULL',
+  /** The caller's signal aborted the task. */
   ABORTED: 'ABORTED',
+  /** The task ran past its timeout and was stopped. */
   TASK_TIMEOUT: 'TASK_TIMEOUT',
+  /** The task threw (`cause`: its error). */
   TASK_FAILED: 'TASK_FAILED',
+  /** The worker thread died while running the task. */
   WORKER_CRASHED: 'WORKER_CRASHED',
+  /** The manager is closing: nothing new is admitted. */
   SHUTTING_DOWN: 'SHUTTING_DOWN',
+  /** The store cannot be reached (fail-closed). */
   STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
 } as const;
 
 /** One of the stable error codes in {@link ErrorCode}. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/**
+ * What an admission that refused knew, from the decision itself: the figures rate-limit headers
+ * need, so that answering a refusal takes no second read of the store.
+ */
+export interface Refusal {
+  /** The user's profile. */
+  readonly profile: string;
+  /** Units admitted in the current period (the refused request charged nothing). */
+  readonly usage: number;
+  /** The quota limit in force; null: none. */
+  readonly quotaLimit: number | null;
+  /** Ms until the usage period ends (usage resets); null without a period. */
+  readonly quotaResetAfterMs: number | null;
+  /**
+   * The bucket as the decision saw it, for a rate refusal. Undefined for a quota refusal: the
+   * quota is decided first, and the bucket is not read.
+   */
+  readonly rate: {
+    /** Bucket capacity (burst). */
+    readonly limit: number;
+    /** Units that conform now (negative after a downgrade below what the bucket holds). */
+    readonly remaining: number;
+    /** Ms until the bucket is full again. */
+    readonly resetAfterMs: number;
+  } | undefined;
+}
 
 /** Extra fields an error may carry. */
 export interface TaskvalveErrorDetails {
@@ -33,6 +77,8 @@ export interface TaskvalveErrorDetails {
   cause?: unknown;
   /** False when a retry cannot help; the retry policy honours it. */
   retryable?: boolean;
+  /** For RATE_LIMITED and QUOTA_EXCEEDED from an admission: what the decision knew. */
+  refusal?: Refusal;
 }
 
 /** The one error class of taskvalve: `instanceof Error`, with a stable `code`. */
@@ -43,6 +89,8 @@ export class TaskvalveError extends Error {
   readonly retryAfterMs?: number;
   /** False when retrying cannot help. */
   readonly retryable?: boolean;
+  /** RATE_LIMITED and QUOTA_EXCEEDED from an admission: the decision's figures (what headers need). */
+  readonly refusal?: Refusal;
 
   constructor(code: ErrorCode, message: string, details?: TaskvalveErrorDetails) {
     super(message, details?.cause === undefined ? undefined : { cause: details.cause });
@@ -50,6 +98,7 @@ export class TaskvalveError extends Error {
     this.code = code;
     if (details?.retryAfterMs !== undefined) this.retryAfterMs = details.retryAfterMs;
     if (details?.retryable !== undefined) this.retryable = details.retryable;
+    if (details?.refusal !== undefined) this.refusal = details.refusal;
   }
 }
 
@@ -68,6 +117,9 @@ export function show(value: unknown): string {
     return 'a value that cannot be described';
   }
 }
+
+/** Why a worker module cannot be TypeScript, in the words errors use. */
+export const JAVASCRIPT_ONLY = 'a worker module must be JavaScript that Node runs as it is (compile TypeScript first)';
 
 /** A config field failed validation at registration. */
 export function invalidConfig(where: string, field: string, value: unknown, rule: string): TaskvalveError {
@@ -110,19 +162,19 @@ export function subscriptionNotStarted(userId: string, startsAt: number, now: nu
   );
 }
 
-export function quotaExceeded(userId: string, usage: number, limit: number, cost: number, retryAfterMs?: number): TaskvalveError {
+export function quotaExceeded(userId: string, usage: number, limit: number, cost: number, retryAfterMs?: number, refusal?: Refusal): TaskvalveError {
   return new TaskvalveError(
     ErrorCode.QUOTA_EXCEEDED,
     `user ${show(userId)} is over quota: usage ${usage} + cost ${cost} > limit ${limit}`,
-    retryAfterMs === undefined ? undefined : { retryAfterMs },
+    retryAfterMs === undefined ? { refusal } : { retryAfterMs, refusal },
   );
 }
 
-export function rateLimited(userId: string, profileName: string, retryAfterMs: number): TaskvalveError {
+export function rateLimited(userId: string, profileName: string, retryAfterMs: number, refusal?: Refusal): TaskvalveError {
   return new TaskvalveError(
     ErrorCode.RATE_LIMITED,
     `user ${show(userId)} (profile ${show(profileName)}) is rate limited; retry after ${retryAfterMs} ms`,
-    { retryAfterMs },
+    { retryAfterMs, refusal },
   );
 }
 

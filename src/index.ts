@@ -1,4 +1,7 @@
-/** taskvalve: govern work in multi-tenant backends. See docs/ for the reference. */
+/**
+ * taskvalve: govern work in multi-tenant backends. `import { Manager } from 'taskvalve'`. See docs/ for the reference.
+ * @module taskvalve
+ */
 export { Manager, DeadLetterQueue } from './manager.js';
 export type { ManagerOptions, SubscribeOptions, SubscriptionEvent, Logger, ProfileView, CloseOptions, ManagerEvents } from './manager.js';
 export { Limiter } from './limiter.js';
@@ -9,8 +12,8 @@ export { MemoryStore } from './store/memory.js';
 export { RedisStore } from './store/redis/index.js';
 export type { RedisStoreOptions, RedisClientLike } from './store/redis/index.js';
 export type { MemoryStoreOptions } from './store/memory.js';
-export type { Store, Subscription, SubscriptionStatus, FailedTask, DlqQuery, DeadTask, EndedUser, SweepResult } from './store/store.js';
+export type { Store, Subscription, SubscriptionStatus, FailedTask, DlqQuery, DeadTask, EndedUser, SweepResult, RateReceipt } from './store/store.js';
 export { TaskvalveError, ErrorCode } from './errors.js';
-export type { TaskvalveErrorDetails } from './errors.js';
+export type { TaskvalveErrorDetails, Refusal } from './errors.js';
 export type { ProfileConfig, RateConfig, PoolConfig, QuotaConfig, RetryConfig, DlqConfig } from './profile.js';
 export type { InlineTask, TaskContext } from './task/job.js';

@@ -1,12 +1,12 @@
 /** The Limiter: the thin handle on one user's admission and tasks that users hold. */
 import type { Decision, DetailedDecision, PeekResult, SubmitOptions } from './task/admission.js';
 import type { InlineTask } from './task/job.js';
-import type { Pipeline, UserHandle } from './task/pipeline.js';
+import type { Pipeline } from './task/pipeline.js';
 
 export type { Decision, DetailedDecision, PeekResult, SubmitOptions, Task } from './task/admission.js';
 
 /** A cheap handle on one user's admission and tasks; the subscription is checked at every use. */
-export class Limiter implements UserHandle {
+export class Limiter {
   /** @internal The store's reference to this user's state. */
   ref: unknown = undefined;
 

@@ -26,8 +26,11 @@ import type { FailedTask, Store, Subscription } from './store/store.js';
 
 /** A pino-compatible logger. */
 export interface Logger {
+  /** Routine news. */
   info(obj: unknown, msg?: string): void;
+  /** Something an operator should look at. */
   warn(obj: unknown, msg?: string): void;
+  /** A fault with no caller to reject. */
   error(obj: unknown, msg?: string): void;
 }
 
@@ -78,11 +81,28 @@ const CLOSE_OPTIONS = ['drain', 'timeoutMs'] as const;
 
 /** What {@link Manager.getProfile} tells of a registered profile. */
 export interface ProfileView {
+  /** The profile's name. */
   readonly name: string;
-  /** Units per interval, the bucket's capacity, and the shared bucket's key (undefined: one per user). */
-  readonly rate: { readonly limit: number; readonly intervalMs: number; readonly burst: number; readonly shared: string | undefined };
-  /** Null: no quota. `periodMs` null: a lifetime quota. */
-  readonly quota: { readonly limit: number; readonly periodMs: number | null; readonly kind: 'hard' | 'soft' } | null;
+  /** The rate limit, defaults filled in. */
+  readonly rate: {
+    /** Units per interval. */
+    readonly limit: number;
+    /** The interval, in ms. */
+    readonly intervalMs: number;
+    /** The bucket's capacity in units. */
+    readonly burst: number;
+    /** The shared bucket's key; undefined: one bucket per user. */
+    readonly shared: string | undefined;
+  };
+  /** Null: no quota. */
+  readonly quota: {
+    /** Units per period (or for life). */
+    readonly limit: number;
+    /** The period in ms; null: a lifetime quota. */
+    readonly periodMs: number | null;
+    /** 'hard' refuses past the limit; 'soft' admits and counts overage. */
+    readonly kind: 'hard' | 'soft';
+  } | null;
 }
 
 /** Options of {@link Manager.subscribe}. */
@@ -91,6 +111,7 @@ export interface SubscribeOptions {
   durationMs?: number;
   /** Default: now. */
   startsAt?: Date | number;
+  /** When it ends (a Date or ms); give this or durationMs, not both. */
   endsAt?: Date | number;
   /** Per-user override of the profile's quota limit; null: the profile's. */
   quota?: number | null;
@@ -100,8 +121,11 @@ export interface SubscribeOptions {
 
 /** A subscription change, as the `subscription` event tells it. */
 export interface SubscriptionEvent {
+  /** The subscriber. */
   userId: string;
+  /** What happened. */
   event: 'created' | 'extended' | 'canceled' | 'quota_updated' | 'usage_reset' | 'profile_changed' | 'expired' | 'deleted';
+  /** The subscription after the change (absent for 'expired' and 'deleted'). */
   subscription?: Subscription;
 }
 
@@ -367,6 +391,7 @@ export class Manager extends EventEmitter {
     });
   }
 
+  /** The user's subscription, or undefined if there is none. */
   getSubscription(userId: string): Promise<Subscription | undefined> {
     return attempt(() => {
       checkUserId(userId);
@@ -428,6 +453,7 @@ export class Manager extends EventEmitter {
     return sub;
   }
 
+  /** Sets the user's usage in the current period back to 0. */
   resetUsage(userId: string): Promise<Subscription> {
     return this.mutate(userId, 'usage_reset', () => this.store.resetUsage(userId, this.clock()));
   }
@@ -459,6 +485,14 @@ export class Manager extends EventEmitter {
     const payload: SubscriptionEvent = subscription === undefined ? { userId, event } : { userId, event, subscription };
     if (later) this.later('subscription', payload);
     else this.notify('subscription', payload);
+  }
+
+  /**
+   * @internal The HTTP edge's decision counts of a profile ('' when none is known), by outcome:
+   * the `http_requests_total` series.
+   */
+  httpOutcomesOf(profile: string): Map<string, number> {
+    return this.metrics.httpOutcomesOf(profile);
   }
 
   /** A cheap handle for one user (from a bounded cache); every call checks the subscription anew. */

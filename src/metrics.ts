@@ -120,6 +120,8 @@ class ProfileHistogram {
 export class Metrics {
   private readonly profiles = new Map<string, ProfileStats>();
   private readonly names: string[] = [];
+  /** The HTTP edge's decisions: per profile ('' when none is known), counts by outcome. */
+  private readonly httpOutcomes = new Map<string, Map<string, number>>();
 
   /** Registers every series; INVALID_CONFIG if the registry already has one of these names (another live manager). */
   constructor(
@@ -176,6 +178,10 @@ export class Metrics {
     counter('tasks_abandoned_total', 'Inline runs left running past their timeout or abort, holding no slot.', ['profile'], (c) => {
       for (const [profile, s] of profiles) c.inc({ profile }, s.abandoned);
     });
+    const http = this.httpOutcomes;
+    counter('http_requests_total', "HTTP edge decisions, by outcome ('allowed' or the refusal's reason).", ['profile', 'outcome'], (c) => {
+      for (const [profile, outcomes] of http) for (const [outcome, n] of outcomes) c.inc({ profile, outcome }, n);
+    });
     const gauge = (name: string, help: string, read: (s: ProfileStats) => number): void => {
       this.names.push(prefix + name);
       new Gauge({
@@ -202,6 +208,16 @@ export class Metrics {
   /** Takes this manager's series out of the registry (close), so that it can be used again. */
   unregister(): void {
     for (const name of this.names) this.registry.removeSingleMetric(name);
+  }
+
+  /** The HTTP edge's counts of one profile ('' when none is known), by outcome: the caller increments. */
+  httpOutcomesOf(profile: string): Map<string, number> {
+    let outcomes = this.httpOutcomes.get(profile);
+    if (outcomes === undefined) {
+      outcomes = new Map();
+      this.httpOutcomes.set(profile, outcomes);
+    }
+    return outcomes;
   }
 
   /** The stats of a profile, created once with its label children resolved. */

@@ -2,7 +2,7 @@
 import { availableParallelism } from 'node:os';
 import type { ResourceLimits } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
-import { invalidConfig } from './errors.js';
+import { JAVASCRIPT_ONLY, invalidConfig } from './errors.js';
 import { MAX_TICKS, makeRate, type Rate } from './rate/gcra.js';
 
 /** How a profile is rate limited. */
@@ -23,7 +23,10 @@ export interface RateConfig {
 
 /** The worker pool of a profile (one Piscina pool, created on first use). */
 export interface PoolConfig {
-  /** Worker module whose named exports are the tasks: a path, a `file:` URL string, or a URL. */
+  /**
+   * Worker module whose named exports are the tasks: a path, a `file:` URL string, or a URL, to a
+   * JavaScript file (.js, .mjs or .cjs; worker threads cannot load TypeScript). See docs/workers.md.
+   */
   filename?: string | URL;
   /** Threads at most; default min(2, CPUs). */
   maxThreads?: number;
@@ -71,12 +74,17 @@ export interface DlqConfig {
   retentionMs?: number;
 }
 
-/** What a subscription tier allows: see `shared/API.md`. */
+/** What a subscription tier allows: its rate, worker pool, quota, retries and dead-letter bounds. */
 export interface ProfileConfig {
+  /** The rate limit (required). */
   rate: RateConfig;
+  /** The worker pool and the per-profile queue; default: no worker module, inline tasks only. */
   pool?: PoolConfig;
+  /** A per-user quota; default: none. */
   quota?: QuotaConfig;
+  /** Retries of failed attempts; default: one attempt. */
   retry?: RetryConfig;
+  /** Bounds of the dead-letter queue for this profile. */
   dlq?: DlqConfig;
 }
 
@@ -128,15 +136,23 @@ function field<T>(where: string, path: string, value: unknown, check: Check, rul
   return value as T;
 }
 
+/** What a worker thread can import as it is: Node runs JavaScript, never TypeScript, in workers. */
+const JAVASCRIPT = /\.(js|mjs|cjs)$/;
+
 function filenameOf(where: string, value: unknown): string | undefined {
   if (value === undefined) return undefined;
+  let href: string;
   if (value instanceof URL) {
     if (value.protocol !== 'file:') throw invalidConfig(where, 'pool.filename', value.href, 'a file: URL');
-    return value.href;
+    href = value.href;
+  } else {
+    if (typeof value !== 'string' || value.length === 0) throw invalidConfig(where, 'pool.filename', value, 'a path, a file: URL string, or a URL');
+    href = value.startsWith('file:') ? new URL(value).href : pathToFileURL(value).href;
   }
-  if (typeof value !== 'string' || value.length === 0) throw invalidConfig(where, 'pool.filename', value, 'a path, a file: URL string, or a URL');
-  if (value.startsWith('file:')) return new URL(value).href;
-  return pathToFileURL(value).href;
+  if (!JAVASCRIPT.test(new URL(href).pathname)) {
+    throw invalidConfig(where, 'pool.filename', value instanceof URL ? value.href : value, `a JavaScript module (.js, .mjs or .cjs): ${JAVASCRIPT_ONLY}`);
+  }
+  return href;
 }
 
 /** Validates a ProfileConfig and fills in its defaults. Throws INVALID_CONFIG naming the field and value. */

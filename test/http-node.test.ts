@@ -74,5 +74,7 @@ describe('node:http adapter', () => {
     expect(() => nodeHandler(manager, { tenant: { header: 'x api', lookup: () => undefined } }, () => {})).toThrow(/tenant.header/);
     expect(() => nodeHandler(manager, { tenant: 42 as never }, () => {})).toThrow(/tenant/);
     expect(() => nodeHandler(manager, { tenant: 'ip', costs: [{ path: '/v1', cost: 0 }] }, () => {})).toThrow(/costs\[0\]\.cost/);
+    expect(() => nodeHandler(manager, { tenant: 'ip', skip: true as never }, () => {})).toThrow(/skip/);
+    for (const ttl of [0, -1, 1.5, '1d', Infinity]) expect(() => nodeHandler(manager, { tenant: 'ip', anonymousTtlMs: ttl as never }, () => {})).toThrow(/anonymousTtlMs/);
   });
 });

@@ -2,7 +2,7 @@
 import type { IncomingMessage } from 'node:http';
 import { parseList } from 'structured-headers';
 import { describe, expect, it } from 'vitest';
-import { CostTable, normalizePath } from '../src/http/costs.js';
+import { BAD_PATH, CostTable, normalizePath } from '../src/http/costs.js';
 import { limitHeaders, policyFormat, sfString } from '../src/http/headers.js';
 import { clientAddress } from '../src/http/tenant.js';
 import { thrown } from './helpers.js';
@@ -44,14 +44,31 @@ describe('cost rules', () => {
   });
 
   it('spellings a router accepts for a route never cost less than the route', () => {
-    for (const spelling of ['/V1/IMAGES', '/v1/images/', '/v1//images', '//v1/images', '/v1/./images', '/v1/x/../images', '/v1/%69mages', '/v1/images?size=large', '/v1/images#frag', 'http://api.example/v1/images']) {
+    for (const spelling of ['/V1/IMAGES', '/v1/images/', '/v1//images', '/v1/%69mages', '/v1/images?size=large', '/v1/images#frag', 'http://api.example/v1/images', '/v1/images/a%2fb']) {
       expect(table.costOf('POST', spelling), spelling).toBe(5);
     }
+    expect(normalizePath('/A//b/')).toBe('/a/b');
     expect(normalizePath('/a/%zz')).toBe('/a/%zz'); // malformed escapes stay as they are
-    expect(normalizePath('*')).toBe('/');
-    expect(normalizePath('')).toBe('/');
+    expect(table.costOf('GET', '/a/%zz')).toBe(7);
+    expect(table.costOf('OPTIONS', '*')).toBe(7);
     expect(table.costOf('GET', '')).toBe(7);
-    expect(normalizePath('/../..')).toBe('/');
+  });
+
+  it('a spelling costs the most of its readings: raw or decoded, slashes collapsed or not', () => {
+    const t = new CostTable([{ path: '/v1', cost: 9 }, { path: '/v1/cheap', cost: 1 }, { path: '/v1/%zz', cost: 4 }], 2);
+    expect(t.costOf('GET', '/v1/cheap')).toBe(1);
+    expect(t.costOf('GET', '/v1//cheap')).toBe(9); // a router that does not collapse reaches /v1/*
+    expect(t.costOf('GET', '/v1/%63heap')).toBe(9); // one that does not decode reaches /v1/*
+    expect(t.costOf('GET', '/v1/cheap/')).toBe(1);
+    expect(t.costOf('GET', '//v1/cheap')).toBe(2); // not collapsed, it matches no rule: the default
+  });
+
+  it('dot segments, plain or encoded, in any case or mix, give no cost: the edge answers 400', () => {
+    for (const path of ['/..', '/.', '/v1/..', '/v1/.', '/v1/./x', '/v1/../x', '/v1/%2e%2e', '/v1/%2E%2e', '/v1/%2e', '/v1/.%2E', '/v1/%2e./x', '/v1/..%2f..', '/v1/..%2F', '/v1/..?x', '/v1/..#x', 'http://h/v1/%2e%2e']) {
+      expect(table.costOf('GET', path), path).toBe(BAD_PATH);
+    }
+    for (const path of ['/v1/...', '/v1/.well-known', '/v1/a.b', '/v1/..a', '/v1/%2e%2e%2e']) expect(table.costOf('GET', path), path).not.toBe(BAD_PATH);
+    expect(new CostTable([], 3).costOf('GET', '/v1/%2e%2e')).toBe(BAD_PATH); // with no rules too
   });
 
   it('no rules: every request costs the default', () => {
@@ -66,6 +83,8 @@ describe('cost rules', () => {
       [[{ path: '/a', cost: -2 }], /costs\[0\]\.cost/],
       [[{ path: '/a', cost: 1.5 }], /costs\[0\]\.cost/],
       [[{ path: 'a', cost: 1 }], /costs\[0\]\.path/],
+      [[{ path: '/a/../b', cost: 1 }], /costs\[0\]\.path.*dot segments/],
+      [[{ path: '/a/%2e', cost: 1 }], /costs\[0\]\.path/],
       [[{ method: 'GE T', path: '/a', cost: 1 }], /costs\[0\]\.method/],
       [[{ path: '/a', cost: 1, weight: 2 }], /costs\[0\]\.weight/],
       [[null], /costs\[0\]/],

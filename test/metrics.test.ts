@@ -1,5 +1,5 @@
 /**
- * The Prometheus series of shared/API.md ("Metrics"): names with the prefix, label values and
+ * The Prometheus series of the public contract (docs/reference, Manager.registry): names with the prefix, label values and
  * counts after a known workload, the exposition format as promtool sees it, and registries that
  * do not clash between managers.
  */

@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { BroadcastChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
-import { ErrorCode, TaskvalveError, invalidArgument, taskFailed, taskTimeout, workerCrashed } from '../errors.js';
+import { ErrorCode, JAVASCRIPT_ONLY, TaskvalveError, invalidArgument, taskFailed, taskTimeout, workerCrashed } from '../errors.js';
 import type { Profile } from '../profile.js';
 import { Timer } from '../util/timer.js';
 
@@ -136,16 +136,19 @@ export class WorkerPool {
       }
       case 'missing':
         return { ok: false, error: invalidArgument(`task ${JSON.stringify(name)}: ${answer.e.message}`), refund: true };
-      default:
+      default: {
+        // Syntax Node cannot parse (TypeScript, most often) or an extension it cannot load.
+        const notJs = answer.e.name === 'SyntaxError' || answer.e.code === 'ERR_UNKNOWN_FILE_EXTENSION';
         return {
           ok: false,
           error: new TaskvalveError(
             ErrorCode.INVALID_CONFIG,
-            `profile ${JSON.stringify(this.profile.name)}: pool.filename ${this.profile.pool.filename} failed to import: ${answer.e.message}`,
+            `profile ${JSON.stringify(this.profile.name)}: pool.filename ${this.profile.pool.filename} failed to import: ${answer.e.message}${notJs ? ` (${JAVASCRIPT_ONLY})` : ''}`,
             { cause: rebuildError(answer.e), retryable: false },
           ),
           refund: true,
         };
+      }
     }
   }
 

@@ -5,18 +5,20 @@
  * aborted when the client disconnects. Adapters only move headers and bodies.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ErrorCode, TaskvalveError, invalidConfig } from '../errors.js';
+import { ErrorCode, TaskvalveError, invalidConfig, type Refusal } from '../errors.js';
 import type { DetailedDecision, Limiter, PeekResult } from '../limiter.js';
 import type { Manager } from '../manager.js';
 import type { Subscription } from '../store/store.js';
-import { CostTable, type CostRule } from './costs.js';
-import { limitHeaders, policyFormat, seconds, type Header, type Limits, type PolicyFormat } from './headers.js';
+import { BAD_PATH, CostTable, type CostRule } from './costs.js';
+import { limitHeaders, policyFormat, seconds, shownRemaining, type Header, type Limits, type PolicyFormat } from './headers.js';
 import {
   GONE,
+  badPath,
   internalError,
   isSubscriptionCode,
   queueFull,
   quotaExceeded,
+  rateLimitExceeded,
   shuttingDown,
   storeUnavailable,
   subscriptionProblem,
@@ -53,6 +55,18 @@ export interface HttpOptions<Req = IncomingMessage> {
   clock?: () => number;
   /** Faults behind a 500 (a throwing tenant lookup or handler); default: the manager's 'error' event, if listened to. */
   onError?: (error: unknown) => void;
+  /**
+   * True: the request passes straight on, with no admission, no charge and no headers (CORS
+   * preflights, health checks). Called first, with the adapter's request; a throw is a 500.
+   */
+  skip?: (req: Req) => boolean;
+  /**
+   * With `anonymousProfile`: a client known by address alone that has sent nothing (admitted or
+   * refused) for this long is deleted (`manager.deleteSubscription`), so that the store does not
+   * grow with every address ever seen; back, it is a new anonymous tenant. Counted on `clock`, per
+   * process. Default 1 day.
+   */
+  anonymousTtlMs?: number;
 }
 
 /** What an admitted request's handler learns. */
@@ -67,11 +81,19 @@ export interface Admission {
   readonly signal: AbortSignal | undefined;
 }
 
-/** Called once a request is admitted, with its headers; it returns once its part is done (it may return a promise). */
-export type Proceed = (headers: readonly Header[], admission: Admission) => unknown;
+/**
+ * Called once a request is admitted, with its headers, or passed by `skip` (no headers, admission
+ * undefined); it returns once its part is done (it may return a promise).
+ */
+export type Proceed = (headers: readonly Header[], admission: Admission | undefined) => unknown;
 
 const WHERE = 'http options';
-const KNOWN = ['tenant', 'anonymousProfile', 'costs', 'defaultCost', 'mode', 'legacyHeaders', 'trustProxy', 'clock', 'onError'];
+const KNOWN = ['tenant', 'anonymousProfile', 'costs', 'defaultCost', 'mode', 'legacyHeaders', 'trustProxy', 'clock', 'onError', 'skip', 'anonymousTtlMs'];
+const DAY_MS = 86_400_000;
+/** How often an idle server looks for idle anonymous tenants, at most. */
+const SWEEP_EVERY_MS = 60_000;
+/** Idle tenants a request deletes at most, on its way (an idle server's timer takes the rest). */
+const SWEEP_PER_REQUEST = 2;
 const NO_HEADERS: readonly Header[] = [];
 
 /** Whole seconds for Retry-After: rounded up, at least 1 on a refusal (0 would invite a retry storm). */
@@ -81,6 +103,11 @@ function retrySeconds(ms: number | undefined, fallbackMs: number): number {
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return value !== null && typeof value === 'object' && typeof (value as { then?: unknown }).then === 'function';
+}
+
+/** The path the request was sent to: Express keeps it in originalUrl when it mounts a middleware on a prefix. */
+function urlOf(raw: IncomingMessage): string | undefined {
+  return (raw as IncomingMessage & { originalUrl?: string }).originalUrl ?? raw.url;
 }
 
 function codeOf(error: unknown): string | undefined {
@@ -118,7 +145,7 @@ export function writeDenial(res: ServerResponse, denial: Denial): void {
  * The node:http way to run an edge (the node and Express adapters): headers with setHeader,
  * refusals with {@link writeDenial}, then `next` for an admitted request.
  */
-export function handleOnNode<Req>(edge: HttpEdge<Req>, req: Req & IncomingMessage, res: ServerResponse, next: (admission: Admission) => unknown): Promise<void> {
+export function handleOnNode<Req>(edge: HttpEdge<Req>, req: Req & IncomingMessage, res: ServerResponse, next: (admission: Admission | undefined) => unknown): Promise<void> {
   return edge.handle(
     req,
     req,
@@ -141,7 +168,15 @@ export class HttpEdge<Req = IncomingMessage> {
   private readonly legacy: boolean;
   private readonly clock: () => number;
   private readonly report: (error: unknown) => void;
+  private readonly skip: ((req: Req) => boolean) | undefined;
   private readonly unknown: Denial;
+  private readonly badPath = badPath();
+  /** `http_requests_total` counts by profile, then outcome. */
+  private readonly outcomes = new Map<string, Map<string, number>>();
+  private readonly anonymousTtlMs: number;
+  /** Anonymous tenants by when they were last seen, the longest idle first (a touch moves one last). */
+  private readonly seen = new Map<string, number>();
+  private sweepTimer: NodeJS.Timeout | undefined;
   /** Formatted policies by profile name: registered profiles never change. */
   private readonly formats = new Map<string, PolicyFormat>();
   /** Validates the options (INVALID_CONFIG naming the field); profiles named must be registered first. */
@@ -156,7 +191,7 @@ export class HttpEdge<Req = IncomingMessage> {
     for (const key of Object.keys(options)) {
       if (!KNOWN.includes(key)) throw invalidConfig(WHERE, key, (options as unknown as Record<string, unknown>)[key], `one of the known fields (${KNOWN.join(', ')})`);
     }
-    const { anonymousProfile, mode = 'admit', legacyHeaders = false, trustProxy = false, clock, onError } = options;
+    const { anonymousProfile, mode = 'admit', legacyHeaders = false, trustProxy = false, clock, onError, skip, anonymousTtlMs = DAY_MS } = options;
     if (anonymousProfile !== undefined && (typeof anonymousProfile !== 'string' || manager.getProfile(anonymousProfile) === undefined)) {
       throw invalidConfig(WHERE, 'anonymousProfile', anonymousProfile, 'the name of a registered profile');
     }
@@ -167,6 +202,8 @@ export class HttpEdge<Req = IncomingMessage> {
     }
     if (clock !== undefined && typeof clock !== 'function') throw invalidConfig(WHERE, 'clock', clock, 'a function returning ms');
     if (onError !== undefined && typeof onError !== 'function') throw invalidConfig(WHERE, 'onError', onError, 'a function');
+    if (skip !== undefined && typeof skip !== 'function') throw invalidConfig(WHERE, 'skip', skip, 'a function (req) => boolean');
+    if (!Number.isSafeInteger(anonymousTtlMs) || anonymousTtlMs <= 0) throw invalidConfig(WHERE, 'anonymousTtlMs', anonymousTtlMs, 'a positive integer (ms)');
     if (options.tenant === undefined) throw invalidConfig(WHERE, 'tenant', undefined, "{ header, lookup }, a function of the request, or 'ip'");
     this.resolve = tenantResolver(options.tenant, trustProxy, anonymousProfile !== undefined);
     this.costs = new CostTable(options.costs, options.defaultCost ?? 1);
@@ -177,20 +214,70 @@ export class HttpEdge<Req = IncomingMessage> {
     this.report = onError ?? ((error) => {
       if (manager.listenerCount('error') > 0) manager.emit('error', error);
     });
+    this.skip = skip;
+    this.anonymousTtlMs = anonymousTtlMs;
     this.unknown = unknownTenant(this.resolve.header);
   }
 
   /**
-   * Decides one request. Admitted: calls `proceed` with the headers to set (in govern mode from
-   * inside the task, which holds its slot until `proceed` has returned and the response is over).
-   * Refused: calls `refuse` with the answer to write. Exactly one of them is called; the promise
-   * resolves once that call has returned, and never rejects.
+   * Decides one request. Admitted (or skipped): calls `proceed` with the headers to set (in govern
+   * mode from inside the task, which holds its slot until `proceed` has returned and the response
+   * is over). Refused: calls `refuse` with the answer to write. Exactly one of them is called; the
+   * promise resolves once that call has returned, and never rejects.
    * @param raw The node:http request (address, headers, method, url).
-   * @param req The adapter's request object, given to a tenant function.
+   * @param req The adapter's request object, given to a tenant function and to `skip`.
    * @param res The node:http response: its close before the end aborts a governed task.
    */
-  handle(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed, refuse: (denial: Denial) => void): Promise<void> {
-    return this.decide(raw, req, res, proceed, refuse, false);
+  async handle(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed, refuse: (denial: Denial) => void): Promise<void> {
+    // The hot path of admit mode is this one async frame: every promise hop costs a request
+    // measurable time, so there are two at most (the tenant lookup and the check), no wrappers.
+    let admitted = false;
+    try {
+      if (this.skip !== undefined && this.skip(req)) {
+        const out = proceed(NO_HEADERS, undefined);
+        if (isThenable(out)) await out;
+        return;
+      }
+      const cost = this.costs.costOf(raw.method, urlOf(raw));
+      if (cost === BAD_PATH) return this.tell(refuse, this.refused(this.badPath, ''));
+      const found = this.resolve(raw, req);
+      const tenant = found instanceof Promise ? await found : found;
+      if (tenant === undefined) return this.tell(refuse, this.refused(this.unknown, ''));
+      const userId = tenant.userId;
+      const limiter = this.manager.getLimiter(userId);
+      if (this.mode === 'govern') {
+        const denial = await this.govern(tenant, limiter, cost, res, proceed);
+        if (denial !== undefined) this.tell(refuse, denial);
+        return;
+      }
+      if (this.seen.size > 0) this.sweep(SWEEP_PER_REQUEST);
+      let decision: DetailedDecision;
+      try {
+        decision = await limiter.checkDetailed(cost);
+      } catch (error) {
+        // A client known by address alone is subscribed on first sight, then decided once more.
+        const denial = this.adopts(tenant, error) ? await this.adopt(userId, limiter, cost) : await this.refuse(error, limiter, userId, cost, tenant);
+        if (denial !== undefined) return this.tell(refuse, denial);
+        try {
+          decision = await limiter.checkDetailed(cost);
+        } catch (again) {
+          return this.tell(refuse, await this.refuse(again, limiter, userId, cost, tenant));
+        }
+      }
+      if (tenant.anonymous) this.touch(userId, decision.profile);
+      // One atomic decision carries every figure of the headers: no second read.
+      const limits = this.limitsOf(decision.profile, decision, decision);
+      if (!decision.allowed) return this.tell(refuse, this.refused(this.rateLimited(limits, decision.retryAfterMs, cost), decision.profile));
+      this.count(decision.profile, 'allowed');
+      admitted = true;
+      const out = proceed(limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy), { userId, profile: decision.profile, cost, signal: undefined });
+      if (isThenable(out)) await out;
+    } catch (error) {
+      // A fault of ours, of a user function, or of the handler: a 500 that says nothing of it.
+      this.report(error);
+      // An admitted request is counted once, as allowed, whatever its handler did.
+      this.tell(refuse, admitted ? internalError() : this.refused(internalError(), ''));
+    }
   }
 
   /** Hands a denial to the adapter; a throw there has nowhere else to go but onError. */
@@ -202,42 +289,58 @@ export class HttpEdge<Req = IncomingMessage> {
     }
   }
 
-  /**
-   * The hot path of admit mode is this one async frame: every promise hop costs a request
-   * measurable time, so there are two (the check and the read), no combinators, no wrappers.
-   * @param adopted The anonymous client was just subscribed: no second subscribe.
-   */
-  private async decide(raw: IncomingMessage, req: Req, res: ServerResponse, proceed: Proceed, refuse: (denial: Denial) => void, adopted: boolean): Promise<void> {
+  /** Counts an outcome in `http_requests_total`. */
+  private count(profile: string, outcome: string): void {
+    let counts = this.outcomes.get(profile);
+    if (counts === undefined) {
+      counts = this.manager.httpOutcomesOf(profile);
+      this.outcomes.set(profile, counts);
+    }
+    counts.set(outcome, (counts.get(outcome) ?? 0) + 1);
+  }
+
+  /** A denial, counted under its profile ('' when none is known). */
+  private refused(denial: Denial, profile: string | undefined): Denial {
+    this.count(profile ?? '', denial.reason);
+    return denial;
+  }
+
+  /** An anonymous tenant of the anonymous profile was seen now: it is the last to go idle. */
+  private touch(userId: string, profile: string | undefined): void {
+    if (profile === undefined || profile !== this.anonymousProfile) return;
+    this.seen.delete(userId);
+    this.seen.set(userId, this.clock());
+    this.arm();
+  }
+
+  /** An idle server's sweep: bounded and unref'd (it never holds the process open); none while nobody is tracked. */
+  private arm(): void {
+    if (this.sweepTimer !== undefined || this.seen.size === 0) return;
+    this.sweepTimer = setTimeout(() => {
+      this.sweepTimer = undefined;
+      this.sweep(Infinity);
+    }, Math.min(this.anonymousTtlMs, SWEEP_EVERY_MS));
+    this.sweepTimer.unref();
+  }
+
+  /** Deletes up to `budget` anonymous tenants idle for anonymousTtlMs, the longest idle first. */
+  private sweep(budget: number): void {
+    const now = this.clock();
+    for (const [userId, seenAt] of this.seen) {
+      if (budget-- <= 0 || now - seenAt < this.anonymousTtlMs) break;
+      this.seen.delete(userId);
+      void this.forget(userId);
+    }
+    this.arm();
+  }
+
+  /** Deletes an idle anonymous tenant, if it is still an active subscription to the anonymous profile (a ban stays). */
+  private async forget(userId: string): Promise<void> {
     try {
-      const found = this.resolve(raw, req);
-      const tenant = found instanceof Promise ? await found : found;
-      if (tenant === undefined) return this.tell(refuse, this.unknown);
-      const cost = this.costs.costOf(raw.method, raw.url);
-      const userId = tenant.userId;
-      const limiter = this.manager.getLimiter(userId);
-      if (this.mode === 'govern') {
-        const denial = await this.govern(tenant, limiter, cost, res, proceed);
-        if (denial !== undefined) this.tell(refuse, denial);
-        return;
-      }
-      let decision: DetailedDecision;
-      try {
-        decision = await limiter.checkDetailed(cost);
-      } catch (error) {
-        if (adopted || !this.adopts(tenant, error)) return this.tell(refuse, await this.refuse(error, limiter, userId, cost, undefined));
-        await this.manager.subscribe(userId, this.anonymousProfile as string);
-        return await this.decide(raw, req, res, proceed, refuse, true);
-      }
-      // One atomic decision carries every figure of the headers: no second read.
-      const limits = this.limitsOf(decision);
-      const profile = decision.profile;
-      if (!decision.allowed) return this.tell(refuse, this.rateLimited(limits, decision.retryAfterMs, decision.remaining, cost));
-      const out = proceed(limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy), { userId, profile, cost, signal: undefined });
-      if (isThenable(out)) await out;
+      const sub = await this.manager.getSubscription(userId);
+      if (sub?.status === 'active' && sub.profileName === this.anonymousProfile) await this.manager.deleteSubscription(userId);
     } catch (error) {
-      // A fault of ours, of a user function, or of the handler: a 500 that says nothing of it.
       this.report(error);
-      this.tell(refuse, internalError());
     }
   }
 
@@ -246,8 +349,19 @@ export class HttpEdge<Req = IncomingMessage> {
     return tenant.anonymous && this.anonymousProfile !== undefined && codeOf(error) === ErrorCode.SUBSCRIPTION_NOT_FOUND;
   }
 
+  /** Subscribes an anonymous client on first sight; the refusal if that fails (a store outage is a 503). */
+  private async adopt(userId: string, limiter: Limiter, cost: number): Promise<Denial | undefined> {
+    try {
+      await this.manager.subscribe(userId, this.anonymousProfile as string);
+      return undefined;
+    } catch (error) {
+      return this.refuse(error, limiter, userId, cost);
+    }
+  }
+
   private async govern(tenant: NonNullable<Tenant>, limiter: Limiter, cost: number, res: ServerResponse, proceed: Proceed): Promise<Denial | undefined> {
     const userId = tenant.userId;
+    if (this.seen.size > 0) this.sweep(SWEEP_PER_REQUEST);
     const controller = new AbortController();
     // A response closed before it finished: the client went away.
     const hangUp = (): void => {
@@ -263,7 +377,10 @@ export class HttpEdge<Req = IncomingMessage> {
       const snap = await this.snapshot(limiter, userId);
       const limits = snap === undefined ? undefined : this.limits(snap.sub, snap.peek.remaining, snap.peek.resetAfterMs);
       const headers = limits === undefined ? NO_HEADERS : limitHeaders(limits, this.legacy);
-      const failed = await this.proceed(proceed, headers, { userId, profile: snap?.sub?.profileName, cost, signal });
+      const profile = snap?.sub?.profileName;
+      this.count(profile ?? '', 'allowed');
+      if (tenant.anonymous) this.touch(userId, profile);
+      const failed = await this.proceed(proceed, headers, { userId, profile, cost, signal });
       if (failed !== undefined) writeDenial(res, failed);
       await ended(res);
     };
@@ -272,6 +389,7 @@ export class HttpEdge<Req = IncomingMessage> {
         await limiter.submit(task, { cost, signal: controller.signal });
       } catch (error) {
         if (started || !this.adopts(tenant, error)) throw error;
+        // A failure to subscribe (a store outage) is refused below, like the submit's own.
         await this.manager.subscribe(userId, this.anonymousProfile as string);
         await limiter.submit(task, { cost, signal: controller.signal });
       }
@@ -279,7 +397,7 @@ export class HttpEdge<Req = IncomingMessage> {
     } catch (error) {
       // Once started, the response is the handler's: an abort or a shutdown only ends the task.
       if (started) return undefined;
-      return this.refuse(error, limiter, userId, cost, undefined);
+      return this.refuse(error, limiter, userId, cost, tenant);
     } finally {
       res.off('close', hangUp);
     }
@@ -296,60 +414,61 @@ export class HttpEdge<Req = IncomingMessage> {
     }
   }
 
-  /** The answer to a refused admission. */
-  private async refuse(error: unknown, limiter: Limiter, userId: string, cost: number, sub: Subscription | undefined): Promise<Denial> {
+  /**
+   * The answer to a refused admission, counted. A rate or quota refusal is answered from the
+   * error's own figures (no store call), and keeps an anonymous tenant seen.
+   */
+  private async refuse(error: unknown, limiter: Limiter, userId: string, cost: number, tenant?: NonNullable<Tenant>): Promise<Denial> {
     const code = codeOf(error);
     const retryAfterMs = error instanceof TaskvalveError ? error.retryAfterMs : undefined;
+    const refusal = error instanceof TaskvalveError ? error.refusal : undefined;
+    if (tenant?.anonymous === true && refusal !== undefined) this.touch(userId, refusal.profile);
     switch (code) {
-      case ErrorCode.RATE_LIMITED: {
-        const snap = await this.snapshot(limiter, userId);
-        const limits = snap === undefined ? undefined : this.limits(snap.sub, snap.peek.remaining, snap.peek.resetAfterMs);
-        return this.rateLimited(limits, retryAfterMs ?? 0, snap?.peek.remaining, cost);
-      }
+      case ErrorCode.RATE_LIMITED:
+        return this.refused(this.rateLimited(this.limitsOfRefusal(refusal), retryAfterMs ?? 0, cost), refusal?.profile);
       case ErrorCode.QUOTA_EXCEEDED:
-        return this.quotaExceeded(await this.snapshot(limiter, userId), retryAfterMs, cost);
+        return this.refused(this.quotaExceeded(this.limitsOfRefusal(refusal), retryAfterMs, cost), refusal?.profile);
       case ErrorCode.INVALID_ARGUMENT: {
         // The only invalid argument a validated cost can meet: more than the bucket ever holds.
         const snap = await this.snapshot(limiter, userId);
         const format = snap?.sub === undefined ? undefined : this.format(snap.sub.profileName);
-        return tooCostly(cost, format?.rateName, format?.burst);
+        return this.refused(tooCostly(cost, format?.rateName, format?.burst), snap?.sub?.profileName);
       }
       case ErrorCode.STORE_UNAVAILABLE:
-        return storeUnavailable(retrySeconds(retryAfterMs, 1000));
+        return this.refused(storeUnavailable(retrySeconds(retryAfterMs, 1000)), '');
       case ErrorCode.SHUTTING_DOWN:
-        return shuttingDown();
+        return this.refused(shuttingDown(), '');
       case ErrorCode.QUEUE_FULL:
-        return queueFull(1);
+        return this.refused(queueFull(1), '');
       case ErrorCode.ABORTED:
-        return GONE;
+        return this.refused(GONE, '');
       default:
         if (code !== undefined && isSubscriptionCode(code)) {
-          const known = sub ?? (await this.manager.getSubscription(userId).catch(() => undefined));
+          const known = await this.manager.getSubscription(userId).catch(() => undefined);
           const when = code === ErrorCode.SUBSCRIPTION_EXPIRED ? known?.endsAt : code === ErrorCode.SUBSCRIPTION_NOT_STARTED ? known?.startsAt : undefined;
           const headers: Header[] = code === ErrorCode.SUBSCRIPTION_NOT_STARTED && retryAfterMs !== undefined ? [['Retry-After', String(retrySeconds(retryAfterMs, 0))]] : [];
-          return subscriptionProblem(code, when, headers);
+          return this.refused(subscriptionProblem(code, when, headers), known?.profileName);
         }
         this.report(error);
-        return internalError();
+        return this.refused(internalError(), '');
     }
   }
 
   /** 429 for the rate policy. Its t is Retry-After: the draft wants no Retry-After earlier than the window's end. */
-  private rateLimited(limits: Limits | undefined, retryAfterMs: number, remaining: number | undefined, cost: number): Denial {
+  private rateLimited(limits: Limits | undefined, retryAfterMs: number, cost: number): Denial {
     const wait = retrySeconds(retryAfterMs, 1000);
     const headers: Header[] = [['Retry-After', String(wait)]];
-    if (limits === undefined) return quotaExceeded(undefined, `This request costs ${cost} units; retry in ${wait} s.`, headers);
+    if (limits?.rate === undefined) return rateLimitExceeded(undefined, `This request costs ${cost} units; retry in ${wait} s.`, headers);
     const shown: Limits = { ...limits, rate: { remaining: limits.rate.remaining, seconds: wait } };
-    const detail = `Policy "${limits.format.rateName}" admits ${remaining ?? limits.rate.remaining} units now; this request costs ${cost}. Retry in ${wait} s.`;
-    return quotaExceeded(limits.format.rateName, detail, [...limitHeaders(shown, this.legacy), ...headers]);
+    const detail = `Policy "${limits.format.rateName}" admits ${shownRemaining(limits.rate.remaining)} units now; this request costs ${cost}. Retry in ${wait} s.`;
+    return rateLimitExceeded(limits.format.rateName, detail, [...limitHeaders(shown, this.legacy), ...headers]);
   }
 
   /** 429 for the quota policy; Retry-After when the quota renews (a lifetime quota never does). */
-  private quotaExceeded(snap: Snapshot | undefined, retryAfterMs: number | undefined, cost: number): Denial {
+  private quotaExceeded(limits: Limits | undefined, retryAfterMs: number | undefined, cost: number): Denial {
     const renews = retryAfterMs !== undefined && retryAfterMs > 0;
     const wait = renews ? retrySeconds(retryAfterMs, 0) : undefined;
     const headers: Header[] = wait === undefined ? [] : [['Retry-After', String(wait)]];
-    const limits = snap === undefined ? undefined : this.limits(snap.sub, snap.peek.remaining, snap.peek.resetAfterMs);
     if (limits?.quota === undefined) {
       return quotaExceeded(undefined, `This request costs ${cost} units, more than the quota has left.`, headers);
     }
@@ -370,20 +489,31 @@ export class HttpEdge<Req = IncomingMessage> {
     }
   }
 
-  /** The figures of the headers, from a decision's rate part and the subscription. */
-  /** The headers' figures from a detailed decision (admit mode). */
-  private limitsOf(d: DetailedDecision): Limits | undefined {
-    const format = this.format(d.profile);
+  /** The headers' figures from a refusal's own (undefined without them). */
+  private limitsOfRefusal(refusal: Refusal | undefined): Limits | undefined {
+    return refusal === undefined ? undefined : this.limitsOf(refusal.profile, refusal.rate, refusal);
+  }
+
+  /**
+   * The headers' figures from one decision (admit mode, or a refusal's): the bucket's, when the
+   * decision read it, and the quota's.
+   */
+  private limitsOf(
+    profile: string,
+    rate: { remaining: number; resetAfterMs: number } | undefined,
+    q: { usage: number; quotaLimit: number | null; quotaResetAfterMs: number | null },
+  ): Limits | undefined {
+    const format = this.format(profile);
     if (format === undefined) return undefined;
     const quota =
-      d.quotaLimit === null
+      q.quotaLimit === null
         ? undefined
         : {
-            limit: d.quotaLimit,
-            remaining: Math.max(0, d.quotaLimit - d.usage),
-            seconds: d.quotaResetAfterMs === null || format.quotaPeriodMs === null ? undefined : seconds(d.quotaResetAfterMs),
+            limit: q.quotaLimit,
+            remaining: Math.max(0, q.quotaLimit - q.usage),
+            seconds: q.quotaResetAfterMs === null || format.quotaPeriodMs === null ? undefined : seconds(q.quotaResetAfterMs),
           };
-    return { format, rate: { remaining: d.remaining, seconds: seconds(d.resetAfterMs) }, quota };
+    return { format, rate: rate === undefined ? undefined : { remaining: rate.remaining, seconds: seconds(rate.resetAfterMs) }, quota };
   }
 
   private limits(sub: Subscription | undefined, remaining: number, resetAfterMs: number): Limits | undefined {

@@ -24,47 +24,48 @@ interface Prices {
 
 const WHERE = 'http options';
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** What normalizePath has to work on: anything but a plain lower-case absolute path. */
+/** What needs more than one lookup: anything but a plain lower-case absolute path. */
 const UNUSUAL = /[?#%A-Z]|\/\/|\/\.|.\/$|^(?!\/)/;
+/** A dot segment (`.` or `..`) once decoded: routers would route it as a name. */
+const DOT_SEGMENT = /(^|\/)\.\.?(\/|$)/;
+
+/** A request's path that no cost can be given to: it has dot segments (answered 400). */
+export const BAD_PATH = -1;
 
 /**
- * The path as the rules see it: no query, percent-decoded, lower case, no empty or dot
- * segments, no trailing slash. Routers accept such spellings as the same route (Express
- * matches case-insensitively by default), so a spelling must never cost less than the route.
+ * A rule's path as the table keys it: percent-decoded, lower case, no empty segments, no
+ * trailing slash.
  */
-export function normalizePath(url: string): string {
-  // Most paths are already plain: lower case, no query, escapes, empty or dot segments.
-  if (!UNUSUAL.test(url)) return url;
+export function normalizePath(path: string): string {
+  return collapse(decode(path).toLowerCase());
+}
+
+/** The path of a request-target: no query or fragment; the absolute form's path; `*` and junk: `/`. */
+function pathOf(url: string): string {
   let path = url;
   const q = path.search(/[?#]/);
   if (q >= 0) path = path.slice(0, q);
-  if (path.charCodeAt(0) !== 47 /* '/' */) {
-    // Absolute form (a request through a forward proxy), `*` (OPTIONS *), or nothing.
-    try {
-      path = new URL(path).pathname;
-    } catch {
-      return '/';
-    }
+  if (path.charCodeAt(0) === 47 /* '/' */) return path;
+  // Absolute form (a request through a forward proxy), read as written (a URL parser would
+  // resolve its dot segments); `*` (OPTIONS *) and anything else: the root.
+  const authority = /^[a-z][a-z0-9+.-]*:\/\/[^/]*/i.exec(path);
+  return authority === null ? '/' : path.slice(authority[0].length) || '/';
+}
+
+function decode(path: string): string {
+  if (!path.includes('%')) return path;
+  try {
+    return decodeURIComponent(path);
+  } catch {
+    // Malformed escapes: the raw spelling (a router refuses it or sees it raw too).
+    return path;
   }
-  if (path.includes('%')) {
-    try {
-      path = decodeURIComponent(path);
-    } catch {
-      // Malformed escapes: rules see the raw spelling (the router refuses it or sees it raw too).
-    }
-  }
-  path = path.toLowerCase();
-  if (path.includes('//') || path.includes('/.')) {
-    const out: string[] = [];
-    for (const segment of path.split('/')) {
-      if (segment === '' || segment === '.') continue;
-      if (segment === '..') out.pop();
-      else out.push(segment);
-    }
-    path = `/${out.join('/')}`;
-  }
-  if (path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
-  return path;
+}
+
+/** No empty segments, no trailing slash. */
+function collapse(path: string): string {
+  const out = path.includes('//') ? path.replace(/\/{2,}/g, '/') : path;
+  return out.length > 1 && out.endsWith('/') ? out.slice(0, -1) : out;
 }
 
 /** Compiled cost rules: one map lookup per path segment of the request. */
@@ -88,7 +89,7 @@ export class CostTable {
       const unknown = Object.keys(extra)[0];
       if (unknown !== undefined) throw invalidConfig(WHERE, `${field}.${unknown}`, extra[unknown], 'one of the known fields (method, path, cost)');
       if (method !== undefined && (typeof method !== 'string' || !TOKEN.test(method))) throw invalidConfig(WHERE, `${field}.method`, method, 'an HTTP method name');
-      if (typeof path !== 'string' || !path.startsWith('/')) throw invalidConfig(WHERE, `${field}.path`, path, "a path starting with '/'");
+      if (typeof path !== 'string' || !path.startsWith('/') || DOT_SEGMENT.test(decode(path))) throw invalidConfig(WHERE, `${field}.path`, path, "a path starting with '/', with no dot segments");
       if (!isCost(cost)) throw invalidConfig(WHERE, `${field}.cost`, cost, 'a positive integer');
       const prefix = normalizePath(path);
       const verb = method?.toUpperCase();
@@ -108,18 +109,37 @@ export class CostTable {
     });
   }
 
-  /** The cost of a request. */
+  /**
+   * The cost of a request, or {@link BAD_PATH}. Routers disagree on a path's spelling: Express
+   * matches case-insensitively and does not decode before matching, Fastify decodes, neither
+   * collapses doubled slashes, and both route a dot segment as a name (`/v1/images/..` reaches
+   * `/v1/images/:id`). So an unusual spelling costs the most of its readings (raw or decoded,
+   * slashes collapsed or not), and a path with a dot segment, plain or percent-encoded, is
+   * refused: no client needs one (URL parsers remove them before sending).
+   */
   costOf(method: string | undefined, url: string | undefined): number {
-    if (this.prices.size === 0) return this.defaultCost;
     const verb = method ?? 'GET';
-    let path = normalizePath(url ?? '/');
+    const target = url ?? '/';
+    if (!UNUSUAL.test(target)) return this.prices.size === 0 ? this.defaultCost : this.lookup(verb, target);
+    const raw = pathOf(target).toLowerCase();
+    const decoded = decode(raw);
+    if (DOT_SEGMENT.test(decoded)) return BAD_PATH;
+    if (this.prices.size === 0) return this.defaultCost;
+    let cost = this.lookup(verb, collapse(decoded));
+    for (const reading of [raw, decoded, collapse(raw)]) cost = Math.max(cost, this.lookup(verb, reading));
+    return cost;
+  }
+
+  /** The most specific rule's cost for one spelling: one map lookup per path segment. */
+  private lookup(verb: string, spelling: string): number {
+    let path = spelling.length > 1 && spelling.endsWith('/') ? spelling.slice(0, -1) : spelling;
     for (;;) {
       const prices = this.prices.get(path);
       if (prices !== undefined) {
         const cost = prices.byMethod.get(verb) ?? (verb === 'HEAD' ? prices.byMethod.get('GET') : undefined) ?? prices.any;
         if (cost !== undefined) return cost;
       }
-      if (path === '/') return this.defaultCost;
+      if (path === '/' || path === '') return this.defaultCost;
       const cut = path.lastIndexOf('/');
       path = cut <= 0 ? '/' : path.slice(0, cut);
     }

@@ -3,9 +3,25 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import type { Manager } from '../manager.js';
 import { HttpEdge, type Admission, type HttpOptions } from './core.js';
 
+// Fastify is the user's dependency: where it is not installed, this augmentation has nothing to
+// merge into, and it must not fail a consumer's typecheck (skipLibCheck or not). The directive is
+// a block comment so that it stays in the emitted .d.ts.
+/** @ts-ignore TS2664: module 'fastify' cannot be found without Fastify */
+declare module 'fastify' {
+  interface FastifyRequest {
+    /**
+     * What taskvalve's HTTP edge decided for this request: user, profile, cost, and in govern
+     * mode the abort signal. Null before the plugin's hook ran, and for a request `skip` passed.
+     */
+    taskvalve: Admission | null;
+  }
+}
+
 /** The parts of a Fastify request the plugin uses (typed structurally so that Fastify stays the user's dependency). */
 export interface FastifyRequestLike {
+  /** The node:http request under it. */
   readonly raw: IncomingMessage;
+  /** Its headers. */
   readonly headers: IncomingHttpHeaders;
   /** Set by the plugin on admitted requests. */
   taskvalve?: Admission | null;
@@ -13,21 +29,29 @@ export interface FastifyRequestLike {
 
 /** The parts of a Fastify reply the plugin uses. */
 export interface FastifyReplyLike {
+  /** The node:http response under it. */
   readonly raw: ServerResponse;
+  /** Sets the status. */
   code(status: number): unknown;
+  /** Sets a header. */
   header(name: string, value: string): unknown;
+  /** Sends the body. */
   send(payload?: unknown): unknown;
+  /** Takes the response out of Fastify's hands. */
   hijack(): unknown;
 }
 
 /** The parts of a Fastify instance the plugin uses. */
 export interface FastifyInstanceLike {
+  /** Declares a request property. */
   decorateRequest(name: string, value: null): unknown;
+  /** Adds a lifecycle hook. */
   addHook(name: 'onRequest', hook: (request: FastifyRequestLike, reply: FastifyReplyLike, done: (error?: Error) => void) => void): unknown;
 }
 
 /** Options of {@link fastifyPlugin}: the manager and the HTTP edge's options. */
 export interface FastifyPluginOptions extends HttpOptions<FastifyRequestLike> {
+  /** The manager whose limiters decide. */
   manager: Manager;
 }
 
@@ -52,7 +76,7 @@ function plugin(instance: FastifyInstanceLike, opts: FastifyPluginOptions, done:
       reply.raw,
       (headers, admission) => {
         for (const [name, value] of headers) reply.header(name, value);
-        request.taskvalve = admission;
+        request.taskvalve = admission ?? null;
         next();
       },
       (denial) => {

@@ -9,9 +9,9 @@ export type Header = readonly [name: string, value: string];
 
 /** A profile's policies, formatted once (profiles never change once registered). */
 export interface PolicyFormat {
-  /** The rate policy's name (the profile's), as a denial cites it in `violated-policies`. */
+  /** The rate policy's name (the profile's) as a parser of the headers reads it: a denial cites it so in `violated-policies`. */
   readonly rateName: string;
-  /** The quota policy's name: `<profile>-quota`. */
+  /** The quota policy's name, `<profile>-quota`, likewise. */
   readonly quotaName: string;
   /** The rate policy's name as an sf-string: `"free"`. */
   readonly rateItem: string;
@@ -30,10 +30,19 @@ export interface PolicyFormat {
 /** What a response tells of the client's limits now. */
 export interface Limits {
   readonly format: PolicyFormat;
-  /** Units the bucket admits now, and seconds until its window ends (t). */
-  readonly rate: { readonly remaining: number; readonly seconds: number };
+  /**
+   * Units the bucket admits now (shown as 0 when below: after a downgrade the bucket may hold
+   * more than the new burst), and seconds until its window ends (t). Undefined when the decision
+   * did not read the bucket (a quota refusal): RateLimit then names the quota policy only.
+   */
+  readonly rate: { readonly remaining: number; readonly seconds: number } | undefined;
   /** The quota in force for this user, if any; seconds undefined for a lifetime quota. */
   readonly quota: { readonly limit: number; readonly remaining: number; readonly seconds: number | undefined } | undefined;
+}
+
+/** Draft 11's r, a non-negative integer: a bucket holding more than a new, smaller burst (after a downgrade) admits 0. */
+export function shownRemaining(units: number): number {
+  return Math.max(0, units);
 }
 
 /** Whole seconds, rounded up: a client that waits them is never early. */
@@ -42,18 +51,21 @@ export function seconds(ms: number): number {
 }
 
 /**
- * An sf-string (RFC 9651 §3.3.3): printable ASCII with `"` and `\` escaped. Other characters
- * cannot appear in one; they are percent-encoded so that any profile name gives a valid field.
+ * A name as an sf-string can carry it (RFC 9651 §3.3.3: printable ASCII only): other
+ * characters, and `%`, are percent-encoded. This is the name a parser of the header reads back.
  */
-export function sfString(value: string): string {
-  let out = '"';
+export function headerName(value: string): string {
+  let out = '';
   for (const char of value) {
     const code = char.codePointAt(0) as number;
-    if (code === 0x22 || code === 0x5c) out += `\\${char}`;
-    else if (code >= 0x20 && code <= 0x7e && char !== '%') out += char;
-    else out += encodeURIComponent(char);
+    out += code >= 0x20 && code <= 0x7e && char !== '%' ? char : encodeURIComponent(char);
   }
-  return `${out}"`;
+  return out;
+}
+
+/** An sf-string of any name: {@link headerName}, quoted, with `"` and `\` escaped. */
+export function sfString(value: string): string {
+  return `"${headerName(value).replace(/["\\]/g, '\\$&')}"`;
 }
 
 /**
@@ -68,8 +80,8 @@ export function policyFormat(profile: ProfileView): PolicyFormat {
   const quotaName = `${profile.name}-quota`;
   const periodMs = profile.quota?.periodMs ?? null;
   return {
-    rateName: profile.name,
-    quotaName,
+    rateName: headerName(profile.name),
+    quotaName: headerName(quotaName),
     rateItem,
     ratePolicy: `${rateItem};q=${burst};w=${window}`,
     quotaItem: sfString(quotaName),
@@ -82,25 +94,25 @@ export function policyFormat(profile: ProfileView): PolicyFormat {
 /** RateLimit-Policy and RateLimit (and the legacy trio when asked). */
 export function limitHeaders(limits: Limits, legacy: boolean): Header[] {
   const { format, rate, quota } = limits;
+  // Draft 11: r is a non-negative integer.
+  const remaining = rate === undefined ? 0 : shownRemaining(rate.remaining);
   let policy = format.ratePolicy;
-  let state = `${format.rateItem};r=${rate.remaining};t=${rate.seconds}`;
+  let state = rate === undefined ? '' : `${format.rateItem};r=${remaining};t=${rate.seconds}`;
   if (quota !== undefined) {
     policy += `, ${format.quotaItem};q=${quota.limit}${format.quotaWindow}`;
-    state += `, ${format.quotaItem};r=${quota.remaining}${quota.seconds === undefined ? '' : `;t=${quota.seconds}`}`;
+    state += `${state === '' ? '' : ', '}${format.quotaItem};r=${quota.remaining}${quota.seconds === undefined ? '' : `;t=${quota.seconds}`}`;
   }
-  const headers: Header[] = [
-    ['RateLimit-Policy', policy],
-    ['RateLimit', state],
-  ];
-  if (legacy) {
+  const headers: Header[] = [['RateLimit-Policy', policy]];
+  if (state !== '') headers.push(['RateLimit', state]);
+  if (legacy && (rate !== undefined || quota !== undefined)) {
     // One policy fits the legacy trio: the one closest to exhaustion.
-    const byQuota = quota !== undefined && quota.remaining < rate.remaining;
+    const byQuota = quota !== undefined && (rate === undefined || quota.remaining < remaining);
     headers.push(
       ['X-RateLimit-Limit', String(byQuota ? quota.limit : format.burst)],
-      ['X-RateLimit-Remaining', String(byQuota ? quota.remaining : rate.remaining)],
+      ['X-RateLimit-Remaining', String(byQuota ? quota.remaining : remaining)],
     );
     // A lifetime quota never resets: no Reset rather than a false one.
-    const reset = byQuota ? quota.seconds : rate.seconds;
+    const reset = byQuota ? quota.seconds : rate?.seconds;
     if (reset !== undefined) headers.push(['X-RateLimit-Reset', String(reset)]);
   }
   return headers;

@@ -1,4 +1,8 @@
-/** taskvalve/http: admission at the HTTP edge, one core with node:http, Express and Fastify adapters. */
+/**
+ * taskvalve/http: admission at the HTTP edge, one core with node:http, Express and Fastify
+ * adapters. `import { expressMiddleware } from 'taskvalve/http'`.
+ * @module taskvalve/http
+ */
 export { nodeHandler } from './node.js';
 export type { NodeHandler } from './node.js';
 export { expressMiddleware } from './express.js';

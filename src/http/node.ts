@@ -4,8 +4,11 @@ import { invalidConfig } from '../errors.js';
 import type { Manager } from '../manager.js';
 import { HttpEdge, handleOnNode, type Admission, type HttpOptions } from './core.js';
 
-/** A node:http handler that also learns its admission (user, cost, and in govern mode the abort signal). */
-export type NodeHandler = (req: IncomingMessage, res: ServerResponse, admission: Admission) => unknown;
+/**
+ * A node:http handler that also learns its admission (user, cost, and in govern mode the abort
+ * signal); undefined for a request that the `skip` option passed through.
+ */
+export type NodeHandler = (req: IncomingMessage, res: ServerResponse, admission: Admission | undefined) => unknown;
 
 /**
  * `http.createServer(nodeHandler(manager, options, handler))`: admitted requests reach `handler`

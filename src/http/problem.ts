@@ -7,7 +7,10 @@ import type { Header } from './headers.js';
 
 /** A refused request: what the adapter writes instead of running the handler. */
 export interface Denial {
+  /** The HTTP status. */
   readonly status: number;
+  /** Why, as the `outcome` label of `http_requests_total` says it: `rate_limited`, `unknown_tenant`, ... */
+  readonly reason: string;
   /** Every header of the answer, Content-Type included. */
   readonly headers: readonly Header[];
   /** The problem+json text; undefined when nobody is left to read it (the client went away). */
@@ -21,9 +24,9 @@ export const PROBLEM_TYPE_PREFIX = 'urn:taskvalve:problem:';
 
 const CONTENT_TYPE: Header = ['Content-Type', 'application/problem+json'];
 
-function problem(status: number, type: string, title: string, detail: string, headers: readonly Header[] = [], extra?: Record<string, unknown>): Denial {
+function problem(status: number, reason: string, type: string, title: string, detail: string, headers: readonly Header[] = [], extra?: Record<string, unknown>): Denial {
   const body = JSON.stringify({ type, title, status, detail, ...extra });
-  return { status, headers: [...headers, CONTENT_TYPE], body };
+  return { status, reason, headers: [...headers, CONTENT_TYPE], body };
 }
 
 function own(slug: string): string {
@@ -34,12 +37,25 @@ function own(slug: string): string {
 export function unknownTenant(header: string | undefined): Denial {
   const challenge: Header[] = header === undefined ? [] : [['WWW-Authenticate', `ApiKey header="${header}"`]];
   const detail = header === undefined ? 'The request does not identify a known client.' : `The ${header} header is missing or not a known key.`;
-  return problem(401, own('unknown-tenant'), 'Unknown tenant', detail, challenge);
+  return problem(401, 'unknown_tenant', own('unknown-tenant'), 'Unknown tenant', detail, challenge);
 }
 
-/** 429: a rate or quota policy is exceeded (undefined: the policy could not be read). */
+/** 400: a path with dot segments, which routers would route as names (`/v1/images/..`). */
+export function badPath(): Denial {
+  return problem(400, 'bad_path', own('bad-path'), 'Bad path', 'The request path has a dot segment ("." or ".."), plain or percent-encoded.');
+}
+
+/**
+ * 429 for the rate policy: the draft's registered problem type, titled apart from a quota's.
+ * `violated`: the policy's name as the headers spell it (undefined: it could not be read).
+ */
+export function rateLimitExceeded(violated: string | undefined, detail: string, headers: readonly Header[]): Denial {
+  return problem(429, 'rate_limited', QUOTA_EXCEEDED_TYPE, 'Rate limit exceeded', detail, headers, { 'violated-policies': violated === undefined ? [] : [violated] });
+}
+
+/** 429 for the quota policy (same type, its own title); `violated` as for {@link rateLimitExceeded}. */
 export function quotaExceeded(violated: string | undefined, detail: string, headers: readonly Header[]): Denial {
-  return problem(429, QUOTA_EXCEEDED_TYPE, 'Quota exceeded', detail, headers, { 'violated-policies': violated === undefined ? [] : [violated] });
+  return problem(429, 'quota_exceeded', QUOTA_EXCEEDED_TYPE, 'Quota exceeded', detail, headers, { 'violated-policies': violated === undefined ? [] : [violated] });
 }
 
 /** The subscription problems, by the code that tells them apart. */
@@ -64,7 +80,7 @@ export function subscriptionProblem(code: SubscriptionCode, when: Date | null | 
   let said: string = detail;
   if (when != null && code === 'SUBSCRIPTION_EXPIRED') said = `The subscription ended at ${when.toISOString()}.`;
   if (when != null && code === 'SUBSCRIPTION_NOT_STARTED') said = `The subscription starts at ${when.toISOString()}.`;
-  return problem(403, own(slug), title, said, headers);
+  return problem(403, slug.replaceAll('-', '_'), own(slug), title, said, headers);
 }
 
 /** 403: the request costs more units than the policy's bucket can ever hold. */
@@ -72,28 +88,28 @@ export function tooCostly(cost: number, policy: string | undefined, burst: numbe
   const detail = policy === undefined || burst === undefined
     ? `This request costs ${cost} units, more than the policy admits at once.`
     : `This request costs ${cost} units; policy "${policy}" admits at most ${burst} at once.`;
-  return problem(403, own('cost-exceeds-capacity'), 'Request too costly', detail);
+  return problem(403, 'cost_exceeds_capacity', own('cost-exceeds-capacity'), 'Request too costly', detail);
 }
 
 /** 503: the store that decides admission cannot be reached (the manager fails closed). */
 export function storeUnavailable(retrySeconds: number): Denial {
-  return problem(503, own('store-unavailable'), 'Service unavailable', 'Admission cannot be decided right now; retry later.', [['Retry-After', String(retrySeconds)]]);
+  return problem(503, 'store_unavailable', own('store-unavailable'), 'Service unavailable', 'Admission cannot be decided right now; retry later.', [['Retry-After', String(retrySeconds)]]);
 }
 
 /** 503: the server is shutting down and admits nothing new. */
 export function shuttingDown(): Denial {
-  return problem(503, own('shutting-down'), 'Service unavailable', 'The server is shutting down; retry later.');
+  return problem(503, 'shutting_down', own('shutting-down'), 'Service unavailable', 'The server is shutting down; retry later.');
 }
 
 /** 503: the profile's queue of admitted work is full. */
 export function queueFull(retrySeconds: number): Denial {
-  return problem(503, own('queue-full'), 'Service unavailable', 'The server is at capacity; retry later.', [['Retry-After', String(retrySeconds)]]);
+  return problem(503, 'queue_full', own('queue-full'), 'Service unavailable', 'The server is at capacity; retry later.', [['Retry-After', String(retrySeconds)]]);
 }
 
 /** 500: anything else. The fault goes to the edge's onError, never into the body. */
 export function internalError(): Denial {
-  return problem(500, own('internal-error'), 'Internal server error', 'The request could not be processed.');
+  return problem(500, 'internal_error', own('internal-error'), 'Internal server error', 'The request could not be processed.');
 }
 
 /** The client went away: nothing to write. */
-export const GONE: Denial = { status: 499, headers: [], body: undefined };
+export const GONE: Denial = { status: 499, reason: 'client_gone', headers: [], body: undefined };

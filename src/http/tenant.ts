@@ -17,7 +17,12 @@ export type MaybeUserId = string | undefined | null;
  * - `'ip'`: the client address is the user id.
  */
 export type TenantOption<Req> =
-  | { header: string; lookup: (key: string) => MaybeUserId | Promise<MaybeUserId> }
+  | {
+      /** The header carrying the API key (any case). */
+      header: string;
+      /** The user id of a key, or undefined for a key it does not know (sync or async). */
+      lookup: (key: string) => MaybeUserId | Promise<MaybeUserId>;
+    }
   | ((req: Req) => MaybeUserId | Promise<MaybeUserId>)
   | 'ip';
 

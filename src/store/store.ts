@@ -13,10 +13,15 @@ export type SubscriptionStatus = 'active' | 'canceled' | 'expired';
 
 /** A user's subscription, as returned by the manager. */
 export interface Subscription {
+  /** The subscriber. */
   userId: string;
+  /** The profile subscribed to. */
   profileName: string;
+  /** 'active' (also before startsAt), 'canceled' or 'expired'. */
   status: SubscriptionStatus;
+  /** When it starts. */
   startsAt: Date;
+  /** When it ends; null: never. */
   endsAt: Date | null;
   /** Units admitted in the current period (or for life without a period). */
   usage: number;
@@ -134,29 +139,59 @@ export interface SubscribeInput {
 
 /** A task as recorded in the dead-letter queue. */
 export type DeadTask =
-  | { name: string; payload?: unknown }
+  | {
+      /** The worker module's export that ran. */
+      name: string;
+      /** What it was given. */
+      payload?: unknown;
+    }
   | ((ctx: { signal: AbortSignal; attempt: number }) => unknown)
   /** An inline task seen from another process: its function could not travel. */
-  | { inline: true; description: string };
+  | {
+      /** Always true: the task was a function. */
+      inline: true;
+      /** The function's name or source, shortened. */
+      description: string;
+    };
 
 /** A task that exhausted its attempts. */
 export interface FailedTask {
+  /** The entry's id (a UUID). */
   id: string;
+  /** The user the task ran for. */
   userId: string;
+  /** The user's profile then. */
   profileName: string;
+  /** The task, for a replay. */
   task: DeadTask;
   /** Units the task was charged. */
   cost: number;
-  error: { code: string; name: string; message: string; stack?: string };
+  /** The last attempt's error. */
+  error: {
+    /** The TaskvalveError code (TASK_FAILED, TASK_TIMEOUT, WORKER_CRASHED). */
+    code: string;
+    /** The task's own error's name. */
+    name: string;
+    /** The task's own error's message. */
+    message: string;
+    /** The task's own error's stack, if it had one. */
+    stack?: string;
+  };
+  /** Attempts made. */
   attempts: number;
+  /** When the first attempt failed. */
   firstFailedAt: Date;
+  /** When the last attempt failed. */
   lastFailedAt: Date;
 }
 
 /** Filters of {@link Store.dlqList}. */
 export interface DlqQuery {
+  /** At most this many entries (oldest first). */
   limit?: number;
+  /** Only this user's entries. */
   userId?: string;
+  /** Only this profile's entries. */
   profileName?: string;
 }
 
@@ -170,12 +205,15 @@ export interface UserSlot {
 
 /** A subscription deleted by {@link Store.sweepEnded}. */
 export interface EndedUser {
+  /** The user whose ended subscription was deleted. */
   userId: string;
+  /** The profile it was subscribed to. */
   profileName: string;
 }
 
 /** The answer of {@link Store.sweepEnded}. */
 export interface SweepResult {
+  /** The subscriptions deleted in this call. */
   deleted: EndedUser[];
   /** Work is left for this round: call again now. */
   more: boolean;
@@ -205,13 +243,19 @@ export interface Store {
   /** Makes a registered profile known (a store may check it against other processes'). */
   defineProfile(profile: Profile): MaybePromise<void>;
 
+  /** Creates or replaces a user's subscription. */
   subscribe(userId: string, profile: Profile, input: SubscribeInput, nowMs: number): MaybePromise<Subscription>;
+  /** The user's subscription, or undefined. */
   getSubscription(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
   /** Undefined when the user has no subscription. */
   extendSubscription(userId: string, ms: number, nowMs: number): MaybePromise<Subscription | undefined>;
+  /** Marks the subscription canceled; undefined when the user has none. */
   cancelSubscription(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
+  /** Moves the user to another profile, usage kept; undefined when the user has none. */
   changeProfile(userId: string, profile: Profile, nowMs: number): MaybePromise<Subscription | undefined>;
+  /** Sets the period's usage to 0; undefined when the user has none. */
   resetUsage(userId: string, nowMs: number): MaybePromise<Subscription | undefined>;
+  /** Sets the per-user quota override (null: the profile's); undefined when the user has none. */
   setQuota(userId: string, quota: number | null, nowMs: number): MaybePromise<Subscription | undefined>;
   /**
    * Removes everything the store holds for the user: subscription, usage, own bucket, and any
@@ -264,6 +308,7 @@ export interface Store {
   dlqList(query: DlqQuery, nowMs: number): MaybePromise<FailedTask[]>;
   /** Undefined once the entry is past its profile's retention. */
   dlqGet(id: string, nowMs: number): MaybePromise<FailedTask | undefined>;
+  /** Removes a dead letter; true if it existed. */
   dlqRemove(id: string): MaybePromise<boolean>;
   /** Called by Manager.close(): stops background work (never closes a client it was given). */
   close?(): MaybePromise<void>;

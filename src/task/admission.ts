@@ -15,6 +15,7 @@ import {
   subscriptionNotStarted,
   unknownKeys,
   unknownOptions,
+  type Refusal,
   type TaskvalveError,
 } from '../errors.js';
 import type { ProfileStats, RejectReason } from '../metrics.js';
@@ -23,7 +24,14 @@ import { Verdict, type AdmitResult, type SubscriptionStatus } from '../store/sto
 import type { InlineTask } from './job.js';
 
 /** A task: a named export of the profile's worker module with its payload, or a function run inline. */
-export type Task = { name: string; payload?: unknown } | InlineTask;
+export type Task =
+  | {
+      /** The named export of the profile's worker module to run. */
+      name: string;
+      /** Its argument (structured-cloned to the worker thread). */
+      payload?: unknown;
+    }
+  | InlineTask;
 
 /** Options of {@link Limiter.submit}. */
 export interface SubmitOptions {
@@ -49,6 +57,7 @@ export interface SubmitOptions {
 
 /** An admission decision. */
 export interface Decision {
+  /** True: admitted (and charged). */
   allowed: boolean;
   /** Bucket capacity (burst). */
   limit: number;
@@ -160,6 +169,18 @@ const REASONS: Partial<Record<number, RejectReason>> = {
   [Verdict.COST_OVER_BURST]: 'invalid_argument',
 };
 
+/** What a refusing decision knew: the figures rate-limit headers need, with no second read. */
+function refusalOf(r: AdmitResult, profile: Profile, rated: boolean): Refusal {
+  return {
+    profile: profile.name,
+    usage: r.usage,
+    quotaLimit: r.quotaLimit,
+    // A quota refusal's retry is the end of its period (0: a lifetime quota, which never renews).
+    quotaResetAfterMs: rated ? (r.quotaResetAfterMs >= 0 ? r.quotaResetAfterMs : null) : r.retryAfterMs > 0 ? r.retryAfterMs : null,
+    rate: rated ? { limit: r.limit, remaining: r.remaining, resetAfterMs: r.resetAfterMs } : undefined,
+  };
+}
+
 /** The error of a denied admission (which wrote nothing), counted in `stats` when given. */
 export function denial(userId: string, r: AdmitResult, cost: number, stats: ProfileStats | undefined, nowMs: number): TaskvalveError {
   const reason = REASONS[r.verdict];
@@ -167,9 +188,9 @@ export function denial(userId: string, r: AdmitResult, cost: number, stats: Prof
   const profile = r.profile as Profile;
   switch (r.verdict) {
     case Verdict.RATE_LIMITED:
-      return rateLimited(userId, profile.name, r.retryAfterMs);
+      return rateLimited(userId, profile.name, r.retryAfterMs, refusalOf(r, profile, true));
     case Verdict.QUOTA_EXCEEDED:
-      return quotaExceeded(userId, r.usage, r.quotaLimit ?? 0, cost, r.retryAfterMs > 0 ? r.retryAfterMs : undefined);
+      return quotaExceeded(userId, r.usage, r.quotaLimit ?? 0, cost, r.retryAfterMs > 0 ? r.retryAfterMs : undefined, refusalOf(r, profile, false));
     case Verdict.CANCELED:
       return subscriptionInactive(userId);
     case Verdict.EXPIRED:

@@ -28,9 +28,9 @@ export const State = {
 export type State = (typeof State)[keyof typeof State];
 
 /** The states' names, as `task` events and metrics give them. */
-export const STATE_NAMES = ['PENDING', 'WAITING_RATE', 'QUEUED', 'RUNNING', 'RETRY_WAIT', 'SUCCEEDED', 'FAILED', 'CANCELED'] as const;
-/** A state's name. */
-export type StateName = (typeof STATE_NAMES)[number];
+export const STATE_NAMES: readonly StateName[] = ['PENDING', 'WAITING_RATE', 'QUEUED', 'RUNNING', 'RETRY_WAIT', 'SUCCEEDED', 'FAILED', 'CANCELED'];
+/** A state's name, as `task` events give it. */
+export type StateName = 'PENDING' | 'WAITING_RATE' | 'QUEUED' | 'RUNNING' | 'RETRY_WAIT' | 'SUCCEEDED' | 'FAILED' | 'CANCELED';
 
 const { PENDING, WAITING_RATE, QUEUED, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED, CANCELED } = State;
 
@@ -59,9 +59,13 @@ export function isTerminal(state: State): boolean {
 export interface TaskEvent {
   /** The task's id: the `taskId` given to submit, else generated when first listened to. */
   id: string;
+  /** The user the task runs for. */
   userId: string;
+  /** The profile the task runs under (the user's new one after a profile change). */
   profileName: string;
+  /** The state it left. */
   from: StateName;
+  /** The state it entered. */
   to: StateName;
   /** 1-based attempt. */
   attempt: number;
@@ -120,8 +124,8 @@ export class Lifecycle {
         id: job.id,
         userId: job.userId,
         profileName: job.profile.name,
-        from: STATE_NAMES[from],
-        to: STATE_NAMES[to],
+        from: STATE_NAMES[from] as StateName,
+        to: STATE_NAMES[to] as StateName,
         attempt: job.attempt,
       };
       if (reason !== undefined) event.reason = reason;
