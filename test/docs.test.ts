@@ -20,7 +20,7 @@ async function walk(dir: string): Promise<string[]> {
   for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
     if (!entry.isFile()) continue;
     const path = relative(dir, join(entry.parentPath, entry.name));
-    if (/(^|\/)(node_modules|dist|reports|scratch|\.git)\//.test(path)) continue;
+    if (/(^|\/)(node_modules|dist|reports|scratch|\.git|\.stryker-tmp)\//.test(path)) continue;
     out.push(path);
   }
   return out.sort();
