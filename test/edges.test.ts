@@ -4,7 +4,7 @@
 import { Redis } from 'ioredis';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Manager, RedisStore, TaskvalveError, type TaskContext } from '../src/index.js';
-import { gate, rejection, thrown } from './helpers.js';
+import { gate, rejection, thrown, track, quiet } from './helpers.js';
 import { scrape } from './support/scrape.js';
 
 let manager: Manager;
@@ -25,27 +25,6 @@ afterEach(async () => {
   vi.useRealTimers();
 });
 
-/** Tracks whether a promise has settled, and how, without leaving a rejection unhandled. */
-function track<T>(promise: Promise<T>): { settled: boolean; value?: T; error?: TaskvalveError } {
-  const state: { settled: boolean; value?: T; error?: TaskvalveError } = { settled: false };
-  promise.then(
-    (value) => {
-      state.settled = true;
-      state.value = value;
-    },
-    (error: TaskvalveError) => {
-      state.settled = true;
-      state.error = error;
-    },
-  );
-  return state;
-}
-
-/** The same promise, with a rejection marked handled (an assertion failing first must not leave it unhandled). */
-function quiet<T>(promise: Promise<T>): Promise<T> {
-  promise.catch(() => {});
-  return promise;
-}
 
 /** Resolves after `ms` of (fake) time, however long: setTimeout alone fires at once past 2^31 - 1 ms. */
 function sleep(ms: number): Promise<void> {

@@ -32,3 +32,25 @@ export function gate<T = void>(): { opened: Promise<T>; open: (value: T) => void
   });
   return { opened, open };
 }
+
+/** Tracks whether a promise has settled, and how, without leaving a rejection unhandled. */
+export function track<T>(promise: Promise<T>): { settled: boolean; value?: T; error?: TaskvalveError } {
+  const state: { settled: boolean; value?: T; error?: TaskvalveError } = { settled: false };
+  promise.then(
+    (value) => {
+      state.settled = true;
+      state.value = value;
+    },
+    (error: TaskvalveError) => {
+      state.settled = true;
+      state.error = error;
+    },
+  );
+  return state;
+}
+
+/** The same promise, with a rejection marked handled (an assertion failing first must not leave it unhandled). */
+export function quiet<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => {});
+  return promise;
+}

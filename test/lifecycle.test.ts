@@ -4,7 +4,7 @@
 // aborts). Fake clock throughout.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Manager, MemoryStore, type FailedTask, type TaskEvent, type TaskvalveError } from '../src/index.js';
-import { gate, rejection } from './helpers.js';
+import { gate, rejection, track, quiet } from './helpers.js';
 import { scrape, scrapeSum } from './support/scrape.js';
 
 let manager: Manager;
@@ -36,27 +36,6 @@ function path(events: TaskEvent[], id: string): string[] {
   return events.filter((e) => e.id === id).map((e) => `${e.from}>${e.to}`);
 }
 
-/** Tracks whether a promise has settled, and how, without leaving a rejection unhandled. */
-function track<T>(promise: Promise<T>): { settled: boolean; value?: T; error?: TaskvalveError } {
-  const state: { settled: boolean; value?: T; error?: TaskvalveError } = { settled: false };
-  promise.then(
-    (value) => {
-      state.settled = true;
-      state.value = value;
-    },
-    (error: TaskvalveError) => {
-      state.settled = true;
-      state.error = error;
-    },
-  );
-  return state;
-}
-
-/** The same promise, with a rejection marked handled (an assertion failing first must not leave it unhandled). */
-function quiet<T>(promise: Promise<T>): Promise<T> {
-  promise.catch(() => {});
-  return promise;
-}
 
 async function usage(userId: string): Promise<number | undefined> {
   return (await manager.getSubscription(userId))?.usage;
