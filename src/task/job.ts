@@ -81,6 +81,10 @@ export class Job {
   onStart: (() => void) | undefined = undefined;
   /** Listens to the caller's signal; removed when the task ends. */
   onAbort: (() => void) | undefined = undefined;
+  /** In its pipeline's list of tasks whose callers wait (src/task/live.ts). */
+  live = false;
+  prevLive: Job | undefined = undefined;
+  nextLive: Job | undefined = undefined;
   resolve!: (value: unknown) => void;
   reject!: (error: unknown) => void;
 

@@ -14,7 +14,7 @@ import {
   TaskvalveError,
 } from '../errors.js';
 import type { RunResult } from '../exec/pool.js';
-import type { Metrics, RejectReason } from '../metrics.js';
+import type { Metrics, ProfileStats, RejectReason } from '../metrics.js';
 import type { Profile } from '../profile.js';
 import { AdmitMode, Verdict, type AdmitResult, type FailedTask, type RateReceipt, type Store, type UserSlot } from '../store/store.js';
 import { Timer } from '../util/timer.js';
@@ -31,6 +31,7 @@ import {
 } from './admission.js';
 import { Job } from './job.js';
 import { Lifecycle, State, isTerminal, type TaskEvent } from './lifecycle.js';
+import { LiveTasks } from './live.js';
 import { RateLines, bucketKey } from './rate-line.js';
 import { Runner } from './run.js';
 import { Scheduler } from './scheduler.js';
@@ -72,7 +73,11 @@ export class Pipeline {
   private readonly runner: Runner;
   private readonly settler: Settler;
   /** Tasks whose callers have not been answered yet. */
-  private readonly live = new Set<Job>();
+  private readonly live = new LiveTasks();
+  /** The profile last looked up, with its metrics and scheduler: most calls ask for the same one. */
+  private recent: Profile | undefined = undefined;
+  private recentStats: ProfileStats | undefined = undefined;
+  private recentScheduler: Scheduler | undefined = undefined;
   /** Admissions in flight in an asynchronous store. */
   private admitting = 0;
   /** Refunds in flight in an asynchronous store. */
@@ -173,7 +178,7 @@ export class Pipeline {
   private admitted(user: UserHandle, s: Submission, r: AdmitResult, now: number, onStarted: (() => void) | undefined): Promise<unknown> {
     const profile = r.profile;
     if (profile === undefined) return Promise.reject(denial(user.userId, r, s.cost, undefined, now));
-    const stats = this.ctx.metrics.profile(profile.name);
+    const stats = this.statsOf(profile);
     stats.submitted++;
     const verdict = r.verdict;
     if (verdict !== Verdict.ALLOWED && verdict !== Verdict.QUEUED) return Promise.reject(denial(user.userId, r, s.cost, stats, now));
@@ -294,8 +299,25 @@ export class Pipeline {
 
   // ---- scheduler and run -----------------------------------------------------------------
 
-  /** The scheduler of a profile, created on first use. */
+  /** The metrics of a profile (the last one asked for is kept at hand). */
+  private statsOf(profile: Profile): ProfileStats {
+    if (profile !== this.recent) this.remember(profile);
+    return this.recentStats as ProfileStats;
+  }
+
+  /** The scheduler of a profile, created on first use (the last one asked for is kept at hand). */
   private scheduler(profile: Profile): Scheduler {
+    if (profile !== this.recent) this.remember(profile);
+    return this.recentScheduler as Scheduler;
+  }
+
+  private remember(profile: Profile): void {
+    this.recent = profile;
+    this.recentStats = this.ctx.metrics.profile(profile.name);
+    this.recentScheduler = this.schedulerOf(profile);
+  }
+
+  private schedulerOf(profile: Profile): Scheduler {
     let scheduler = this.schedulers.get(profile.name);
     if (scheduler === undefined) {
       const created = new Scheduler(profile.pool.maxThreads, profile.pool.perUserConcurrency, this.ctx.clock, (job, now) => this.run(job, created, now));
@@ -426,7 +448,7 @@ export class Pipeline {
 
   /** Ends a user's tasks that have not started (a subscription canceled or deleted). */
   rejectWaiting(userId: string, error: TaskvalveError): void {
-    for (const job of [...this.live]) {
+    for (const job of this.live.snapshot()) {
       if (job.userId !== userId || job.started) continue;
       const state = job.state;
       if (state === State.WAITING_RATE || state === State.QUEUED) this.end(job, error);
@@ -440,11 +462,11 @@ export class Pipeline {
    */
   profileChanged(userId: string, profile: Profile): void {
     const touched = new Set<string>();
-    for (const job of [...this.live]) {
+    for (const job of this.live.snapshot()) {
       if (job.userId !== userId) continue;
       const state = job.state;
       if (state !== State.WAITING_RATE && state !== State.RETRY_WAIT) continue;
-      job.stats = this.ctx.metrics.profile(profile.name);
+      job.stats = this.statsOf(profile);
       if (state === State.RETRY_WAIT) {
         job.profile = profile;
         if (job.cost > profile.rate.burst) this.end(job, costOverBurst(job.cost, profile.rate.burst, profile.name, true));
@@ -486,7 +508,7 @@ export class Pipeline {
       timer?.cancel();
       this.drained = undefined;
     }
-    for (const job of [...this.live]) {
+    for (const job of this.live.snapshot()) {
       if (job.state === State.RUNNING) {
         report.abandoned++;
         this.stop(job, shuttingDown());
@@ -509,7 +531,7 @@ export class Pipeline {
   /** Closing without drain (or a second close that asks for it): what has not started is rejected now. */
   escalate(): void {
     this.draining = false;
-    for (const job of [...this.live]) {
+    for (const job of this.live.snapshot()) {
       if (job.state !== State.RUNNING && !isTerminal(job.state)) this.end(job, shuttingDown());
     }
   }
