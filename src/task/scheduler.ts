@@ -133,7 +133,10 @@ export class Scheduler {
         this.forget(lane);
       }
     }
-    if (this.inlineRing.length > 0 || this.workerRing.length > 0) this.schedule();
+    // A freed thread takes its next task at once (a worker task starts asynchronously, so this
+    // cannot recurse); inline tasks start in the next dispatch.
+    if (job.fn === undefined && this.workerRing.length > 0 && !this.dispatching) this.launchWorkers(this.clock());
+    if (this.inlineRing.length > 0 || this.workerRing.length > 0 || this.starting.length > 0) this.schedule();
   }
 
   /** Jobs queued here. */
@@ -177,8 +180,18 @@ export class Scheduler {
     }
   }
 
+  private dispatching = false;
+
   private dispatch(): void {
-    const now = this.clock();
+    this.dispatching = true;
+    try {
+      this.dispatchAll(this.clock());
+    } finally {
+      this.dispatching = false;
+    }
+  }
+
+  private dispatchAll(now: number): void {
     for (let job = this.starting.shift(); job !== undefined; job = this.starting.shift()) {
       job.reserved = false;
       if (queued(job)) this.start(job, now);
@@ -188,6 +201,10 @@ export class Scheduler {
       lane.inInlineRing = false;
       this.launch(lane, lane.inline, now);
     }
+    this.launchWorkers(now);
+  }
+
+  private launchWorkers(now: number): void {
     while (this.threadsBusy < this.maxThreads) {
       const lane = this.workerRing.shift();
       if (lane === undefined) break;
