@@ -18,19 +18,10 @@ import type { Metrics, ProfileStats, RejectReason } from '../metrics.js';
 import type { Profile } from '../profile.js';
 import { AdmitMode, Verdict, type AdmitResult, type FailedTask, type RateReceipt, type Store, type UserSlot } from '../store/store.js';
 import { Timer } from '../util/timer.js';
-import {
-  decision,
-  denial,
-  isCount,
-  parseSubmit,
-  peekResult,
-  type Decision,
-  type DetailedDecision,
-  type PeekResult,
-  type Submission,
-} from './admission.js';
+import { denial, parseSubmit, type Decision, type DetailedDecision, type PeekResult, type Submission } from './admission.js';
 import { Job } from './job.js';
 import { Lifecycle, State, isTerminal, type TaskEvent } from './lifecycle.js';
+import { Checks } from './checks.js';
 import { LiveTasks } from './live.js';
 import { RateLines, bucketKey } from './rate-line.js';
 import { Runner } from './run.js';
@@ -72,6 +63,7 @@ export class Pipeline {
   private readonly schedulers = new Map<string, Scheduler>();
   private readonly runner: Runner;
   private readonly settler: Settler;
+  private readonly checks: Checks;
   /** Tasks whose callers have not been answered yet. */
   private readonly live = new LiveTasks();
   /** The profile last looked up, with its metrics and scheduler: most calls ask for the same one. */
@@ -116,7 +108,8 @@ export class Pipeline {
       failed: (job, error) => this.end(job, storeFailed(error)),
       untake: (job, receipt) => this.untake(job, receipt),
     });
-    this.runner = new Runner(metrics, fault);
+    this.runner = new Runner(fault);
+    this.checks = new Checks(store, metrics, clock, this.lines.units);
     this.settler = new Settler({
       lifecycle: this.lifecycle,
       store,
@@ -221,49 +214,16 @@ export class Pipeline {
   }
 
   check(user: UserHandle, cost: number): Promise<Decision> {
-    return this.admitNow(user, cost, false);
+    return this.checks.decide(user, cost, false, this.closing);
   }
 
   /** check(), with the user's profile, usage and quota figures of the same decision. */
   checkDetailed(user: UserHandle, cost: number): Promise<DetailedDecision> {
-    return this.admitNow(user, cost, true) as Promise<DetailedDecision>;
-  }
-
-  /** Admission decided now (never waits); the store's answer is read before the next call. */
-  private admitNow(user: UserHandle, cost: number, detailed: boolean): Promise<Decision> {
-    if (cost !== 1 && !isCount(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
-    if (this.closing) return Promise.reject(shuttingDown());
-    const now = this.ctx.clock();
-    let r: AdmitResult | Promise<AdmitResult>;
-    try {
-      r = this.ctx.store.admit(user.userId, cost, AdmitMode.NOW, this.lines.units, now, user);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    if (r instanceof Promise) return r.then((res) => this.decided(user.userId, res, cost, detailed, now));
-    if (!detailed) {
-      if (r.verdict === Verdict.ALLOWED) return Promise.resolve({ allowed: true, limit: r.limit, remaining: r.remaining, retryAfterMs: 0, resetAfterMs: r.resetAfterMs });
-      if (r.verdict === Verdict.RATE_LIMITED) {
-        this.ctx.metrics.profile((r.profile as Profile).name).rejected.rate_limited++;
-        return Promise.resolve({ allowed: false, limit: r.limit, remaining: r.remaining, retryAfterMs: r.retryAfterMs, resetAfterMs: r.resetAfterMs });
-      }
-    }
-    return this.decided(user.userId, r, cost, detailed, now);
-  }
-
-  private decided(userId: string, r: AdmitResult, cost: number, detailed: boolean, now: number): Promise<Decision> {
-    const stats = r.verdict === Verdict.ALLOWED || r.profile === undefined ? undefined : this.ctx.metrics.profile(r.profile.name);
-    const d = decision(userId, r, cost, detailed, stats, now);
-    return d instanceof TaskvalveError ? Promise.reject(d) : Promise.resolve(d);
+    return this.checks.decide(user, cost, true, this.closing) as Promise<DetailedDecision>;
   }
 
   peek(userId: string): Promise<PeekResult> {
-    try {
-      const r = this.ctx.store.peek(userId, this.ctx.clock(), this.lines.units);
-      return r instanceof Promise ? r.then(peekResult) : Promise.resolve(peekResult(r));
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    return this.checks.peek(userId);
   }
 
   // ---- rate line -------------------------------------------------------------------------

@@ -6,7 +6,7 @@
  */
 import { show, shuttingDown, taskFailed, taskTimeout, type TaskvalveError } from '../errors.js';
 import { WorkerPool, type RunResult } from '../exec/pool.js';
-import type { Metrics, ProfileStats } from '../metrics.js';
+import type { ProfileStats } from '../metrics.js';
 import type { Profile } from '../profile.js';
 import { Timer } from '../util/timer.js';
 import { InlineContext, type Job } from './job.js';
@@ -36,14 +36,8 @@ export class Runner {
   private readonly pools = new Map<string, WorkerPool>();
   private closed = false;
 
-  /**
-   * @param metrics Where abandoned runs and late answers are counted.
-   * @param fault An error with no caller (a late error from a worker thread).
-   */
-  constructor(
-    private readonly metrics: Metrics,
-    private readonly fault: (error: unknown) => void,
-  ) {}
+  /** @param fault An error with no caller (a late error from a worker thread). */
+  constructor(private readonly fault: (error: unknown) => void) {}
 
   /** Starts the job's attempt; `done` is called exactly once with what it came to. */
   run(job: Job, done: (job: Job, result: RunResult, sync: boolean) => void): void {

@@ -1,0 +1,67 @@
+/**
+ * Admissions without a task: check() and checkDetailed() decide now and never wait; peek()
+ * changes nothing. They share admission's store call and verdicts, and respect the units that
+ * tasks waiting in the rate line have reserved.
+ */
+import { TaskvalveError, invalidArgument, show, shuttingDown } from '../errors.js';
+import type { Metrics } from '../metrics.js';
+import type { Profile } from '../profile.js';
+import { AdmitMode, Verdict, type AdmitResult, type Store, type UserSlot } from '../store/store.js';
+import { decision, isCount, peekResult, type Decision, type PeekResult } from './admission.js';
+
+/** A user's handle as checks see it. */
+interface User extends UserSlot {
+  readonly userId: string;
+}
+
+/** check(), checkDetailed() and peek() for one pipeline. */
+export class Checks {
+  /**
+   * @param waiting Units reserved per bucket by the tasks waiting for their turn (the rate line's).
+   */
+  constructor(
+    private readonly store: Store,
+    private readonly metrics: Metrics,
+    private readonly clock: () => number,
+    private readonly waiting: ReadonlyMap<string, number>,
+  ) {}
+
+  /** Admission decided now (never waits); the store's answer is read before the next call. */
+  decide(user: User, cost: number, detailed: boolean, closing: boolean): Promise<Decision> {
+    if (cost !== 1 && !isCount(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
+    if (closing) return Promise.reject(shuttingDown());
+    const now = this.clock();
+    let r: AdmitResult | Promise<AdmitResult>;
+    try {
+      r = this.store.admit(user.userId, cost, AdmitMode.NOW, this.waiting, now, user);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (r instanceof Promise) return r.then((res) => this.decided(user.userId, res, cost, detailed, now));
+    if (!detailed) {
+      // The two common answers, built directly.
+      if (r.verdict === Verdict.ALLOWED) return Promise.resolve({ allowed: true, limit: r.limit, remaining: r.remaining, retryAfterMs: 0, resetAfterMs: r.resetAfterMs });
+      if (r.verdict === Verdict.RATE_LIMITED) {
+        this.metrics.profile((r.profile as Profile).name).rejected.rate_limited++;
+        return Promise.resolve({ allowed: false, limit: r.limit, remaining: r.remaining, retryAfterMs: r.retryAfterMs, resetAfterMs: r.resetAfterMs });
+      }
+    }
+    return this.decided(user.userId, r, cost, detailed, now);
+  }
+
+  private decided(userId: string, r: AdmitResult, cost: number, detailed: boolean, now: number): Promise<Decision> {
+    const stats = r.verdict === Verdict.ALLOWED || r.profile === undefined ? undefined : this.metrics.profile(r.profile.name);
+    const d = decision(userId, r, cost, detailed, stats, now);
+    return d instanceof TaskvalveError ? Promise.reject(d) : Promise.resolve(d);
+  }
+
+  /** What check(1) would say now, counting the units waiting tasks reserved; changes nothing. */
+  peek(userId: string): Promise<PeekResult> {
+    try {
+      const r = this.store.peek(userId, this.clock(), this.waiting);
+      return r instanceof Promise ? r.then(peekResult) : Promise.resolve(peekResult(r));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+}
