@@ -3,7 +3,7 @@
  * the embedded store, to find what only time shows: leaks, lost promises, double runs, and
  * quota that disagrees with what callers were told.
  *
- *   - about 50,000 decisions per second: 90% check(1), 10% inline submits, 1 in 2,000 a worker
+ *   - about 50,000 decisions per second: 90% check(1), 10% inline submits, 1 in 10,000 a worker
  *     submit (a worker thread that crashes or times out is replaced, which costs milliseconds);
  *   - a rotating population of 100,000 users who subscribe, work, and are deleted or end
  *     (ended subscriptions are swept after `endedRetentionMs`);
@@ -99,13 +99,13 @@ async function main(): Promise<void> {
   };
 
   const issue = (u: UserState, i: number): void => {
-    const kind = i % 2000;
+    const kind = i % 10_000;
     counts.decisions++;
-    if (kind < 1800) {
+    if (kind < 9000) {
       track(u, u.limiter.check(1), () => false, () => u.told++);
       return;
     }
-    if (kind < 1999) {
+    if (kind < 9999) {
       // Inline: succeed, throw, time out (ignoring its signal), or be aborted while it runs.
       let runs = 0;
       let answered = false;
@@ -180,7 +180,9 @@ async function main(): Promise<void> {
   const my = half.reduce((a, [, y]) => a + y, 0) / n;
   const slope = half.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0) / Math.max(1e-9, half.reduce((a, [x]) => a + (x - mx) ** 2, 0));
   log('');
+  const mb = (b: number): number => Math.round(b / 1e5) / 10;
   const out = {
+    heapSamplesMB: heap.filter((_, k) => k % 15 === 0).map(([, y]) => mb(y)),
     seconds: Math.round(seconds),
     decisionsPerSecond: Math.round(counts.decisions / seconds),
     eventLoopP99Ms: Number((loop.percentile(99) / 1e6).toFixed(1)),
