@@ -9,6 +9,8 @@ export type { Decision, DetailedDecision, PeekResult, SubmitOptions, Task } from
 export class Limiter {
   /** @internal The store's reference to this user's state. */
   ref: unknown = undefined;
+  /** @internal The metrics of the profile this user's last refusal was counted under. */
+  stats: unknown = undefined;
 
   /** @internal */
   constructor(

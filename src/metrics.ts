@@ -43,6 +43,9 @@ export type RejectReason =
 
 /** Plain counters of one profile, read at scrape time. */
 export class ProfileStats {
+  /** @param profile The profile's name. */
+  constructor(readonly profile: string) {}
+
   submitted = 0;
   /** Rejections by reason (the error code in lower case). */
   readonly rejected: Record<RejectReason, number> = {
@@ -224,7 +227,7 @@ export class Metrics {
   profile(name: string): ProfileStats {
     let s = this.profiles.get(name);
     if (s === undefined) {
-      s = new ProfileStats();
+      s = new ProfileStats(name);
       this.profiles.set(name, s);
     }
     return s;

@@ -4,7 +4,7 @@
  * tasks waiting in the rate line have reserved.
  */
 import { TaskvalveError, invalidArgument, show, shuttingDown } from '../errors.js';
-import type { Metrics } from '../metrics.js';
+import type { Metrics, ProfileStats } from '../metrics.js';
 import type { Profile } from '../profile.js';
 import { AdmitMode, Verdict, type AdmitResult, type Store, type UserSlot } from '../store/store.js';
 import { decision, isCount, peekResult, type Decision, type PeekResult } from './admission.js';
@@ -12,6 +12,8 @@ import { decision, isCount, peekResult, type Decision, type PeekResult } from '.
 /** A user's handle as checks see it. */
 interface User extends UserSlot {
   readonly userId: string;
+  /** The metrics of the profile its last refusal was counted under (kept by checks). */
+  stats: unknown;
 }
 
 /** check(), checkDetailed() and peek() for one pipeline. */
@@ -42,11 +44,20 @@ export class Checks {
       // The two common answers, built directly.
       if (r.verdict === Verdict.ALLOWED) return Promise.resolve({ allowed: true, limit: r.limit, remaining: r.remaining, retryAfterMs: 0, resetAfterMs: r.resetAfterMs });
       if (r.verdict === Verdict.RATE_LIMITED) {
-        this.metrics.profile((r.profile as Profile).name).rejected.rate_limited++;
+        this.statsOf(user, r.profile as Profile).rejected.rate_limited++;
         return Promise.resolve({ allowed: false, limit: r.limit, remaining: r.remaining, retryAfterMs: r.retryAfterMs, resetAfterMs: r.resetAfterMs });
       }
     }
     return this.decided(user.userId, r, cost, detailed, now);
+  }
+
+  /** The metrics of a user's profile, kept on the handle: refusals repeat. */
+  private statsOf(user: User, profile: Profile): ProfileStats {
+    const kept = user.stats as ProfileStats | undefined;
+    if (kept !== undefined && kept.profile === profile.name) return kept;
+    const stats = this.metrics.profile(profile.name);
+    user.stats = stats;
+    return stats;
   }
 
   private decided(userId: string, r: AdmitResult, cost: number, detailed: boolean, now: number): Promise<Decision> {

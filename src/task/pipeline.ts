@@ -31,6 +31,8 @@ import { Settler } from './settle.js';
 /** A user's limiter handle as the pipeline sees it. */
 export interface UserHandle extends UserSlot {
   readonly userId: string;
+  /** The metrics of the profile its last refusal was counted under (kept by checks). */
+  stats: unknown;
 }
 
 /** What close() reports. */
