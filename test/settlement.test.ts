@@ -107,3 +107,25 @@ it('the queue counts its room exactly: tasks that left free their places at once
   hold.open();
   expect(await Promise.all([first, ...again])).toEqual([undefined, 1, 2]);
 });
+
+it("close's report counts every task in flight once, one its caller aborts during the close included", async () => {
+  manager = new Manager();
+  manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+  await manager.subscribe('A', 'p');
+  const started = gate();
+  const hold = gate();
+  const aborter = new AbortController();
+  const limiter = manager.getLimiter('A');
+  const first = limiter.submit(() => {
+    started.open();
+    return hold.opened;
+  });
+  const second = rejection(limiter.submit(() => 2, { signal: aborter.signal }));
+  await started.opened;
+  const closing = manager.close({ drain: true, timeoutMs: 1000 });
+  aborter.abort();
+  expect((await second).code).toBe('ABORTED');
+  hold.open();
+  await first;
+  expect(await closing).toEqual({ completed: 2, rejected: 0, abandoned: 0 });
+});

@@ -11,6 +11,7 @@ import {
   show,
   shuttingDown,
   storeFailed,
+  ErrorCode,
   TaskvalveError,
 } from '../errors.js';
 import type { RunResult } from '../exec/pool.js';
@@ -37,7 +38,7 @@ export interface UserHandle extends UserSlot {
 
 /** What close() reports. */
 export interface CloseReport {
-  /** Tasks settled by running during the close. */
+  /** Tasks that ended during the close otherwise than by it: by running, or by their callers' aborts. */
   completed: number;
   /** Tasks rejected SHUTTING_DOWN without running to their end. */
   rejected: number;
@@ -387,10 +388,14 @@ export class Pipeline {
     this.end(job, aborted(job.signal?.reason));
   }
 
-  /** Answers the caller, once. `ran`: the answer is what running the task came to. */
+  /**
+   * Answers the caller, once. During close() every task is counted once: one the close rejects
+   * or abandons (SHUTTING_DOWN) as such, any other as completed (by running, or by its caller's
+   * abort). `ran`: the answer is what running the task came to.
+   */
   private finish(job: Job, ok: boolean, value: unknown, ran: boolean): void {
     if (!this.live.delete(job)) return;
-    if (ran && this.report !== undefined) this.report.completed++;
+    if (this.report !== undefined && (ran || (value as TaskvalveError | undefined)?.code !== ErrorCode.SHUTTING_DOWN)) this.report.completed++;
     if (ok) job.resolve(value);
     else job.reject(value);
     this.drain();
