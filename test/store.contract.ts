@@ -439,6 +439,39 @@ describe('peek', () => {
   });
 });
 
+describe('refunds', () => {
+  it('a task that leaves before it starts gives back its quota and its rate units: the bucket is as it was', async () => {
+    manager.registerProfile('two', { rate: { limit: 1, intervalMs: 3_600_000, burst: 2 }, pool: { perUserConcurrency: 1 }, quota: { limit: 10 } });
+    await manager.subscribe('u', 'two');
+    const limiter = manager.getLimiter('u');
+    let release!: () => void;
+    const started = new Promise<void>((resolve) => {
+      void limiter.submit(() => {
+        resolve();
+        return new Promise<void>((done) => (release = done));
+      });
+    });
+    const queued = new Promise<void>((resolve) => manager.on('task', (e) => e.id === 'second' && e.to === 'QUEUED' && resolve()));
+    const aborter = new AbortController();
+    // Admitted at once (it takes its unit), then queued behind the user's one running task.
+    const second = code(limiter.submit(() => 2, { signal: aborter.signal, taskId: 'second' }));
+    await Promise.all([started, queued]);
+    try {
+      aborter.abort();
+      expect(await second).toBe('ABORTED');
+      // A remote store gives back asynchronously (and a script's first call may be re-sent):
+      // wait until the bucket shows the unit back, each event-loop turn.
+      while ((await limiter.peek()).remaining < 1) await new Promise((resolve) => setImmediate(resolve));
+      // Its unit came back: one more unit conforms, then none.
+      expect((await limiter.check(1)).allowed).toBe(true);
+      expect((await limiter.check(1)).allowed).toBe(false);
+      expect((await manager.getSubscription('u'))?.usage).toBe(2);
+    } finally {
+      release();
+    }
+  });
+});
+
 describe('GCRA vectors through check()', () => {
   for (const c of vectors.cases) {
     it(c.name, async () => {

@@ -291,7 +291,7 @@ export interface Store {
    * Gives back rate units taken for an attempt that never started: as much of them as the
    * bucket still holds, so that the bucket is never fuller than if they had never been taken.
    */
-  refundRate?(userId: string, cost: number, receipt: RateReceipt, nowMs: number): MaybePromise<void>;
+  refundRate?(userId: string, cost: number, receipt: RateReceipt, nowMs: number, slot?: UserSlot): MaybePromise<void>;
   /**
    * The decision `check(1)` would make on the rate now, without changing anything, counting
    * `waiting` units that this process's tasks waiting for their turn on the bucket have reserved.

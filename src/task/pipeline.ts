@@ -254,7 +254,7 @@ export class Pipeline {
     const refund = this.ctx.store.refundRate;
     if (refund === undefined) return;
     try {
-      this.settled(refund.call(this.ctx.store, job.userId, job.cost, receipt, this.ctx.clock()));
+      this.settled(refund.call(this.ctx.store, job.userId, job.cost, receipt, this.ctx.clock(), job.slot));
     } catch (error) {
       this.ctx.fault(error);
     }

@@ -21,6 +21,7 @@ import {
   type SubscribeInput,
   type Subscription,
   type UnavailablePolicy,
+  type RateReceipt,
   type UserSlot,
 } from '../store.js';
 import { rejectUnknownOptions } from '../../util/options.js';
@@ -674,14 +675,14 @@ export class RedisStore implements Store {
       await this.refundReserved(ref, cost, period);
       throw error;
     }
-    const [ok, waitMs, remaining, resetMs] = taken as [number, number, number, number];
-    if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs, 0, periodLeft, limit], profile };
+    const [ok, waitMs, remaining, resetMs, receiptMs, receiptTicks] = taken as [number, number, number, number, number, number];
+    if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs, 0, periodLeft, limit, receiptMs, receiptTicks], profile };
     const queue = flags === 1 && profile.onLimit === 'wait';
     if (ok === 0 && queue && (profile.maxWaitMs === Infinity || waitMs <= profile.maxWaitMs)) {
-      return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs, 0, periodLeft, limit], profile };
+      return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
     }
     await this.refundReserved(ref, cost, period);
-    return { reply: [ok === -1 ? PAST_DEADLINE : Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit], profile };
+    return { reply: [ok === -1 ? PAST_DEADLINE : Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
   }
 
   private async refundReserved(ref: Ref, cost: number, period: number): Promise<void> {
@@ -699,8 +700,11 @@ export class RedisStore implements Store {
     out.limit = profile.rate.burst;
     out.usage = r[1] as number;
     if (verdict <= Verdict.RATE_LIMITED) {
-      // Compact: { verdict, usage, period, remaining, retry, reset, profile index, period left, quota limit }.
+      // Compact: { verdict, usage, period, remaining, retry, reset, profile index, period left,
+      // quota limit, receipt ms, receipt ticks }.
       out.period = r[2] as number;
+      out.receiptTat = verdict === Verdict.ALLOWED && r[9] !== undefined ? (r[9] as number) : -1;
+      out.receiptEpoch = (r[10] as number | undefined) ?? 0;
       out.remaining = r[3] as number;
       out.retryAfterMs = r[4] as number;
       out.resetAfterMs = r[5] as number;
@@ -726,12 +730,13 @@ export class RedisStore implements Store {
     return out;
   }
 
-  async take(userId: string, cost: number, _nowMs: number, slot?: UserSlot): Promise<number> {
+  async take(userId: string, cost: number, _nowMs: number, slot?: UserSlot, receipt?: { value: RateReceipt | undefined }): Promise<number> {
     const ref = this.ref(userId, slot);
     const profile = ref.profile ?? (await this.profileOf(userId, ref));
     if (!profile) return 0;
     ref.profile = profile;
     const rate = profile.rate;
+    if (cost > rate.burst) return Infinity;
     const bucket = this.bucketOf(ref, profile);
     let r: Reply;
     try {
@@ -743,7 +748,28 @@ export class RedisStore implements Store {
       const local = this.localTake(bucket, profile, cost);
       return local > 0 ? 0 : Math.max(1, -local);
     }
-    return Number(r[0]) === 1 ? 0 : Math.max(1, Number(r[1]));
+    if (Number(r[0]) !== 1) return Math.max(1, Number(r[1]));
+    // The bucket's TAT right after, as whole ms and leftover ticks: what refundRate takes back.
+    if (receipt !== undefined && r[4] !== undefined) receipt.value = { tat: Number(r[4]), epoch: Number(r[5]) };
+    return 0;
+  }
+
+  /**
+   * Gives back rate units taken for an attempt that never started, as far as the bucket still
+   * holds them (refund_rate.lua). The receipt is the bucket's TAT right after they were taken:
+   * `tat` whole ms, `epoch` leftover ticks.
+   */
+  async refundRate(userId: string, cost: number, receipt: RateReceipt, _nowMs: number, slot?: UserSlot): Promise<void> {
+    // With the user's handle the profile is known and the call goes at once (so that it lands
+    // before any later call on this connection).
+    const ref = this.ref(userId, slot);
+    const profile = ref.profile ?? (await this.profileOf(userId, ref));
+    if (!profile) return;
+    const rate = profile.rate;
+    const bucket = this.bucketOf(ref, profile);
+    await this.run(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch, this.clockArg()]);
+    // A refusal remembered for this bucket may no longer hold.
+    this.denials.delete(bucket);
   }
 
   /**
@@ -1062,7 +1088,7 @@ function newBatch(): Batch {
 
 /**
  * The admission script's reply, one binary record per decision (see admit.lua): compact ones of
- * 9 doubles, full ones of 11 doubles and the profile's name; or the integer PAST_DEADLINE.
+ * 11 doubles, full ones of 11 doubles and the profile's name; or the integer PAST_DEADLINE.
  */
 function parseAnswers(reply: Buffer | number, batch: Batch): Answer[] {
   const answers: Answer[] = new Array(batch.size);
@@ -1074,16 +1100,17 @@ function parseAnswers(reply: Buffer | number, batch: Batch): Answer[] {
   let at = 0;
   for (let i = 0; i < batch.size; i++) {
     const verdict = reply.readDoubleLE(at);
-    const fields = verdict <= Verdict.RATE_LIMITED || verdict === RESERVED ? 9 : 11;
+    const compact = verdict <= Verdict.RATE_LIMITED || verdict === RESERVED;
+    const fields = 11;
     const r: Reply = new Array(fields);
     for (let k = 0; k < fields; k++, at += 8) r[k] = reply.readDoubleLE(at);
-    if (fields === 11) {
+    if (!compact) {
       const length = reply.readUInt32LE(at);
       r.push(reply.toString('utf8', at + 4, at + 4 + length));
       at += 4 + length;
     }
     // Compact replies name the profile by its place in this batch's table.
-    const index = fields === 9 ? (r[6] as number) : 0;
+    const index = compact ? (r[6] as number) : 0;
     answers[i] = { reply: r, profile: index > 0 ? batch.profiles[index - 1] : undefined };
   }
   return answers;

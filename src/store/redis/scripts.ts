@@ -54,6 +54,7 @@ export const scripts = {
   admit: new Script('admit'),
   take: new Script('take'),
   refund: new Script('refund'),
+  refundRate: new Script('refund_rate'),
   read: new Script('read'),
   subscribe: new Script('subscribe'),
   mutate: new Script('mutate'),

@@ -14,9 +14,11 @@
 --   units waiting.
 -- KEYS: per decision, the user's record, then its bucket's key when it has one.
 -- Reply: one string, the decisions' records one after the other (struct, little-endian
---   doubles). Allowed, queued, rate limited or reserved: 9 doubles { verdict, usage, period
+--   doubles). Allowed, queued, rate limited or reserved: 11 doubles { verdict, usage, period
 --   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
---   period), quota limit in force (-1: none) }; anything else: 11 doubles { verdict, usage, quota
+--   period), quota limit in force (-1: none), and for an allowed decision the bucket's TAT
+--   right after the charge as whole ms and leftover ticks (the receipt refund_rate.lua takes;
+--   -1, 0 otherwise) }; anything else: 11 doubles { verdict, usage, quota
 --   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the
 --   profile's name (uint32 length, bytes). Past the deadline: the integer 10, nothing decided.
 --@include time
@@ -27,7 +29,7 @@ local ALLOWED, QUEUED, RATE_LIMITED, QUOTA_EXCEEDED, NOT_FOUND = 0, 1, 2, 3, 4
 local CANCELED, EXPIRED, NOT_STARTED, COST_OVER_BURST = 5, 6, 7, 8
 local PROFILE_MISMATCH, PAST_DEADLINE, RESERVED = 9, 10, 11
 -- Replies are packed binary records (struct), concatenated into one string for the call.
-local COMPACT = '<ddddddddd'
+local COMPACT = '<ddddddddddd'
 
 -- Written for a call that decides one admission as much as for a batch: everything runs in this
 -- chunk, in one loop, and the few helpers capture almost nothing (in Redis a script's closures
@@ -152,7 +154,7 @@ for i = 1, count do
       -- The quota only: reserve it; the bucket is taken in its own slot.
       n = n + cost
       redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-      out = struct.pack(COMPACT, RESERVED, n, g, 0, 0, 0, p.i, period_left, limit)
+      out = struct.pack(COMPACT, RESERVED, n, g, 0, 0, 0, p.i, period_left, limit, -1, 0)
       break
     end
 
@@ -167,14 +169,15 @@ for i = 1, count do
       local next = ahead + cost * T
       if next <= tau then
         n = n + cost
+        local rt, rf = gcra_split(now, next, d)
         if p.shared then
           shared_store(bucket_key, now, next, d, p.sig)
         else
-          t, f = gcra_split(now, next, d)
+          t, f = rt, rf
           r = p.sig
         end
         redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-        out = struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit)
+        out = struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit, rt, rf)
         break
       end
     end
@@ -186,13 +189,13 @@ for i = 1, count do
       remaining = 0
     end
     if flags % 2 == 0 or not p.waits or (p.max_wait >= 0 and wait_ms > p.max_wait) then
-      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit)
+      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, -1, 0)
       break
     end
     -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
     n = n + cost
     redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-    out = struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit)
+    out = struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, -1, 0)
   until true
   replies[i] = out
 end

@@ -5,7 +5,8 @@
 -- ARGV: 1 kind ('h' a user's record, 's' a shared key), 2 d, 3 T, 4 tau, 5 cost, 6 units waiting
 --   ahead in the caller, 7 deadline µs (0: none), 8 clock ('+0', see time.lua), 9 'peek' to
 --   decide without writing.
--- Reply: { taken (1/0, or -1 past the deadline), wait ms, remaining, reset ms }
+-- Reply: { taken (1/0, or -1 past the deadline), wait ms, remaining, reset ms, and when taken
+--   the bucket's TAT right after as whole ms and leftover ticks (the receipt refund_rate.lua takes) }
 --@include time
 --@include gcra
 --@include user
@@ -35,14 +36,16 @@ if waiting == 0 then
     if ARGV[9] == 'peek' then
       return { 1, 0, gcra_remaining(ahead, T, tau), gcra_ms(ahead, d) }
     end
+    local rt, rf = gcra_split(now, next, d)
     if hash then
-      u.t, u.f = gcra_split(now, next, d)
+      u.t, u.f = rt, rf
       u.r = sig
       user_save(KEYS[1], u)
     else
       shared_store(KEYS[1], now, next, d, sig)
     end
-    return { 1, 0, gcra_remaining(next, T, tau), gcra_ms(next, d) }
+    -- Redis turns a Lua number into an integer reply: the ticks stay exact below 10^14.
+    return { 1, 0, gcra_remaining(next, T, tau), gcra_ms(next, d), rt, rf }
   end
 end
 local remaining = 0
