@@ -1,0 +1,127 @@
+// Rate units given back for tasks that never started: never more than they still hold. Against
+// a naive exact model (fast-check) of the world in which those tasks were never submitted, every
+// check() the limiter allows, the model allows too: a refund never makes the bucket fuller than
+// if the units had never been taken.
+import fc from 'fast-check';
+import { expect, it } from 'vitest';
+import { Manager } from '../src/index.js';
+
+/** A token bucket in exact integers (BigInt). */
+class ModelBucket {
+  private tokens: bigint; // units * intervalUs
+  private last = 0n;
+  constructor(
+    private readonly limit: bigint,
+    private readonly intervalUs: bigint,
+    private readonly burst: bigint,
+  ) {
+    this.tokens = burst * intervalUs;
+  }
+  private refill(atMs: number): void {
+    const at = BigInt(atMs) * 1000n;
+    const cap = this.burst * this.intervalUs;
+    const refill = this.tokens + (at - this.last) * this.limit;
+    this.tokens = refill > cap ? cap : refill;
+    this.last = at;
+  }
+  allows(atMs: number, cost: number): boolean {
+    this.refill(atMs);
+    return this.tokens >= BigInt(cost) * this.intervalUs;
+  }
+  take(atMs: number, cost: number): void {
+    this.refill(atMs);
+    this.tokens -= BigInt(cost) * this.intervalUs;
+  }
+}
+
+type Step = { dt: number; op: 'check' | 'queue' | 'abort'; cost: number; pick: number };
+
+const scenario = fc
+  .record({ limit: fc.integer({ min: 1, max: 50 }), intervalMs: fc.integer({ min: 1, max: 10_000 }), burst: fc.integer({ min: 2, max: 12 }) })
+  .filter((r) => r.limit <= r.intervalMs * 1000)
+  .chain((rate) =>
+    fc.record({
+      rate: fc.constant(rate),
+      steps: fc.array(
+        fc.record({
+          dt: fc.integer({ min: 0, max: Math.max(1, Math.ceil((2 * rate.intervalMs) / rate.limit)) }),
+          op: fc.constantFrom<'check' | 'queue' | 'abort'>('check', 'queue', 'abort'),
+          cost: fc.integer({ min: 1, max: rate.burst }),
+          pick: fc.nat(),
+        }),
+        { minLength: 1, maxLength: 60 },
+      ),
+    }),
+  );
+
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+it('every check() allowed after refunds is allowed in a world without the refunded tasks', async () => {
+  await fc.assert(
+    fc.asyncProperty(scenario, async ({ rate, steps }: { rate: { limit: number; intervalMs: number; burst: number }; steps: Step[] }) => {
+      let now = Date.UTC(2026, 0, 1);
+      const start = now;
+      const manager = new Manager({ clock: () => now });
+      manager.registerProfile('p', { rate: { ...rate, onLimit: 'reject' }, pool: { perUserConcurrency: 1 } });
+      await manager.subscribe('u', 'p');
+      const limiter = manager.getLimiter('u');
+      const model = new ModelBucket(BigInt(rate.limit), BigInt(rate.intervalMs) * 1000n, BigInt(rate.burst));
+      // A task that holds the user's one slot: everything admitted after it stays queued.
+      let release!: () => void;
+      const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
+      model.take(0, 1);
+      await turn();
+      const pending: { abort: AbortController; settled: Promise<unknown> }[] = [];
+      for (const step of steps) {
+        now += step.dt;
+        const at = now - start;
+        if (step.op === 'check') {
+          const allowed = (await limiter.check(step.cost)).allowed;
+          if (allowed) {
+            expect(model.allows(at, step.cost)).toBe(true);
+            model.take(at, step.cost);
+          }
+        } else if (step.op === 'queue') {
+          // Admitted (its units taken) and queued behind the blocker, or refused: either way the
+          // model never sees it.
+          const abort = new AbortController();
+          const settled = limiter.submit(() => 0, { cost: step.cost, signal: abort.signal }).catch(() => undefined);
+          pending.push({ abort, settled });
+          await turn();
+        } else if (pending.length > 0) {
+          const [p] = pending.splice(step.pick % pending.length, 1);
+          p!.abort.abort();
+          await p!.settled;
+        }
+      }
+      for (const p of pending) p.abort.abort();
+      release();
+      await blocker;
+      await manager.close();
+    }),
+    { numRuns: 150 },
+  );
+});
+
+it('a task queued while the bucket was full, then aborted after its units drained and others were charged, gives nothing back', async () => {
+  let now = Date.UTC(2026, 0, 1);
+  const manager = new Manager({ clock: () => now });
+  manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 2, onLimit: 'reject' }, pool: { perUserConcurrency: 1 } });
+  await manager.subscribe('u', 'p');
+  const limiter = manager.getLimiter('u');
+  let release!: () => void;
+  const blocker = limiter.submit(() => new Promise<void>((done) => (release = done))); // 1 unit
+  await turn();
+  const abort = new AbortController();
+  const queued = limiter.submit(() => 0, { signal: abort.signal }).catch((e: { code: string }) => e.code); // 1 unit, queued
+  await turn();
+  now += 5000; // both units drained long ago: the bucket is full again
+  expect((await limiter.check(2)).allowed).toBe(true); // empty again, by units the queued task never held
+  abort.abort();
+  expect(await queued).toBe('ABORTED');
+  // Giving back the queued task's unit now would give back one of the check's.
+  expect((await limiter.check(1)).allowed).toBe(false);
+  release();
+  await blocker;
+  await manager.close();
+});
