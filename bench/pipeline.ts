@@ -29,7 +29,7 @@ export async function pipeline(log: (line: string) => void): Promise<Row[]> {
   for (const user of users) await manager.subscribe(user, 'inline');
   const floor = new FloorLimiter(1_000_000, 1000);
   const group = new Bottleneck.Group({ maxConcurrent: null, minTime: 0 });
-  const queue = new PQueue({ concurrency: IN_FLIGHT });
+  const queue = new PQueue(); // its defaults: no concurrency bound, as taskvalve's inline tasks without perUserConcurrency
 
   // Each bench counts what its tasks returned, as a check that they all ran. Written as
   // `const value = await ...; sum += value`: `sum += await ...` would read `sum` before awaiting.
