@@ -73,7 +73,7 @@ export async function pool(log: (line: string) => void): Promise<Row[]> {
         reference: `Piscina.run ${fmtRate(pi)}`,
         ratio: tv / pi,
       },
-      0.85,
+      0.9,
     ),
   ];
 }
