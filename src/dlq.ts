@@ -1,5 +1,6 @@
 /** The dead-letter queue as users see it: list, get, remove, and replay exactly once. */
-import { invalidArgument, show, unknownKeys, unknownOptions } from './errors.js';
+import { invalidArgument, show, unknownOptions } from './errors.js';
+import { unknownKeys } from './util/options.js';
 import type { DlqQuery, FailedTask, Store } from './store/store.js';
 
 const LIST_OPTIONS = ['limit', 'userId', 'profileName'] as const;

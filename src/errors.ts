@@ -223,10 +223,3 @@ export function unknownOptions(where: string, names: string[], known: readonly s
 export function storeFailed(error: unknown): TaskvalveError {
   return error instanceof TaskvalveError ? error : new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `store failed: ${String(error)}`, { cause: error });
 }
-
-/** Names of `options` that are not in `known`; empty when all are known. */
-export function unknownKeys(options: object, known: readonly string[]): string[] {
-  const out: string[] = [];
-  for (const key in options) if (!known.includes(key)) out.push(key);
-  return out;
-}

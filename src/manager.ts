@@ -10,9 +10,9 @@ import {
   shuttingDown,
   subscriptionInactive,
   subscriptionNotFound,
-  unknownKeys,
   unknownOptions,
 } from './errors.js';
+import { rejectUnknownOptions, unknownKeys } from './util/options.js';
 import { DeadLetterQueue } from './dlq.js';
 import { Limiter } from './limiter.js';
 import { Metrics } from './metrics.js';
@@ -211,8 +211,7 @@ export class Manager extends EventEmitter {
   constructor(options: ManagerOptions = {}) {
     super();
     if (options === null || typeof options !== 'object') throw invalidConfig('Manager', 'options', options, 'an object');
-    const unknown = unknownKeys(options, MANAGER_OPTIONS);
-    if (unknown.length > 0) throw invalidConfig('Manager', unknown.join(', '), undefined, `one of the known options (${MANAGER_OPTIONS.join(', ')}): unknown option`);
+    rejectUnknownOptions('Manager', options, MANAGER_OPTIONS);
     const policy = options.onStoreUnavailable ?? 'fail-closed';
     if (!['fail-closed', 'fail-open', 'local'].includes(policy)) {
       throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed', 'fail-open' or 'local'");

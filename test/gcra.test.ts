@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import vectors from './vectors/gcra.json' with { type: 'json' };
 import { Manager, type Limiter } from '../src/index.js';
 import { conform, makeRate, remaining, ticksToMs } from '../src/rate/gcra.js';
+import { ModelBucket } from './support/model-bucket.js';
 
 describe('GCRA vectors', () => {
   for (const c of vectors.cases) {
@@ -25,30 +26,6 @@ describe('GCRA vectors', () => {
     });
   }
 });
-
-/** A token bucket in exact integers (BigInt): a different formulation of the same contract. */
-class ModelBucket {
-  private tokens: bigint; // units * intervalUs
-  private last = 0n;
-  constructor(
-    private readonly limit: bigint,
-    private readonly intervalUs: bigint,
-    private readonly burst: bigint,
-  ) {
-    this.tokens = burst * intervalUs;
-  }
-  take(atMs: number, cost: number): boolean {
-    const at = BigInt(atMs) * 1000n;
-    const cap = this.burst * this.intervalUs;
-    const refill = this.tokens + (at - this.last) * this.limit;
-    this.tokens = refill > cap ? cap : refill;
-    this.last = at;
-    const need = BigInt(cost) * this.intervalUs;
-    if (this.tokens < need) return false;
-    this.tokens -= need;
-    return true;
-  }
-}
 
 const scenario = fc
   .record({

@@ -4,35 +4,8 @@
 // if the units had never been taken.
 import fc from 'fast-check';
 import { expect, it } from 'vitest';
+import { ModelBucket } from './support/model-bucket.js';
 import { Manager } from '../src/index.js';
-
-/** A token bucket in exact integers (BigInt). */
-class ModelBucket {
-  private tokens: bigint; // units * intervalUs
-  private last = 0n;
-  constructor(
-    private readonly limit: bigint,
-    private readonly intervalUs: bigint,
-    private readonly burst: bigint,
-  ) {
-    this.tokens = burst * intervalUs;
-  }
-  private refill(atMs: number): void {
-    const at = BigInt(atMs) * 1000n;
-    const cap = this.burst * this.intervalUs;
-    const refill = this.tokens + (at - this.last) * this.limit;
-    this.tokens = refill > cap ? cap : refill;
-    this.last = at;
-  }
-  allows(atMs: number, cost: number): boolean {
-    this.refill(atMs);
-    return this.tokens >= BigInt(cost) * this.intervalUs;
-  }
-  take(atMs: number, cost: number): void {
-    this.refill(atMs);
-    this.tokens -= BigInt(cost) * this.intervalUs;
-  }
-}
 
 type Step = { dt: number; op: 'check' | 'queue' | 'abort'; cost: number; pick: number };
 

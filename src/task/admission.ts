@@ -13,11 +13,11 @@ import {
   subscriptionInactive,
   subscriptionNotFound,
   subscriptionNotStarted,
-  unknownKeys,
   unknownOptions,
   type Refusal,
   type TaskvalveError,
 } from '../errors.js';
+import { unknownKeys } from '../util/options.js';
 import type { ProfileStats, RejectReason } from '../metrics.js';
 import type { Profile } from '../profile.js';
 import { Verdict, type AdmitResult, type SubscriptionStatus } from '../store/store.js';

@@ -9,8 +9,8 @@ import type { Profile } from '../profile.js';
 import { AdmitMode, Verdict, type AdmitResult, type Store, type UserSlot } from '../store/store.js';
 import { decision, isCount, peekResult, type Decision, type PeekResult } from './admission.js';
 
-/** A user's handle as checks see it. */
-interface User extends UserSlot {
+/** A user's limiter handle as the pipeline sees it. */
+export interface UserHandle extends UserSlot {
   readonly userId: string;
   /** The metrics of the profile its last refusal was counted under (kept by checks). */
   stats: unknown;
@@ -29,7 +29,7 @@ export class Checks {
   ) {}
 
   /** Admission decided now (never waits); the store's answer is read before the next call. */
-  decide(user: User, cost: number, detailed: boolean, closing: boolean): Promise<Decision> {
+  decide(user: UserHandle, cost: number, detailed: boolean, closing: boolean): Promise<Decision> {
     if (cost !== 1 && !isCount(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
     if (closing) return Promise.reject(shuttingDown());
     const now = this.clock();
@@ -52,7 +52,7 @@ export class Checks {
   }
 
   /** The metrics of a user's profile, kept on the handle: refusals repeat. */
-  private statsOf(user: User, profile: Profile): ProfileStats {
+  private statsOf(user: UserHandle, profile: Profile): ProfileStats {
     const kept = user.stats as ProfileStats | undefined;
     if (kept !== undefined && kept.profile === profile.name) return kept;
     const stats = this.metrics.profile(profile.name);

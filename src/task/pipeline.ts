@@ -17,24 +17,19 @@ import {
 import type { RunResult } from '../exec/pool.js';
 import type { Metrics, ProfileStats, RejectReason } from '../metrics.js';
 import type { Profile } from '../profile.js';
-import { AdmitMode, Verdict, type AdmitResult, type FailedTask, type RateReceipt, type Store, type UserSlot } from '../store/store.js';
+import { AdmitMode, Verdict, type AdmitResult, type FailedTask, type RateReceipt, type Store } from '../store/store.js';
 import { Timer } from '../util/timer.js';
 import { denial, parseSubmit, type Decision, type DetailedDecision, type PeekResult, type Submission } from './admission.js';
 import { Job } from './job.js';
 import { Lifecycle, State, isTerminal, type TaskEvent } from './lifecycle.js';
-import { Checks } from './checks.js';
+import { Checks, type UserHandle } from './checks.js';
 import { LiveTasks } from './live.js';
 import { RateLines, bucketKey } from './rate-line.js';
 import { Runner } from './run.js';
 import { Scheduler } from './scheduler.js';
 import { Settler } from './settle.js';
 
-/** A user's limiter handle as the pipeline sees it. */
-export interface UserHandle extends UserSlot {
-  readonly userId: string;
-  /** The metrics of the profile its last refusal was counted under (kept by checks). */
-  stats: unknown;
-}
+export type { UserHandle };
 
 /** What close() reports. */
 export interface CloseReport {
@@ -311,16 +306,11 @@ export class Pipeline {
     });
   }
 
-  /** Re-admits a job after its backoff: through the rate again, ahead of nothing. */
+  /** Re-admits a job after its backoff: through the rate again (the rate line's own take), ahead of nothing. */
   private retry(job: Job): void {
     if (job.state !== State.RETRY_WAIT) return;
     job.attempt++;
-    const profile = job.profile;
-    if (job.cost > profile.rate.burst) {
-      this.end(job, costOverBurst(job.cost, profile.rate.burst, profile.name, true));
-      return;
-    }
-    const key = bucketKey(profile, job.userId);
+    const key = bucketKey(job.profile, job.userId);
     job.bucket = key;
     if (this.lines.units.has(key)) {
       this.lifecycle.move(job, State.WAITING_RATE);
@@ -333,8 +323,7 @@ export class Pipeline {
         if (ms === 0 && receipt.value !== undefined) this.untake(job, receipt.value);
         return;
       }
-      if (ms === Infinity) this.end(job, costOverBurst(job.cost, job.profile.rate.burst, job.profile.name, true));
-      else if (ms === 0) {
+      if (ms === 0) {
         job.taken = receipt.value;
         this.queue(job);
       } else {
@@ -342,12 +331,13 @@ export class Pipeline {
         this.lines.add(job, ms);
       }
     };
+    const fail = (error: unknown): void => this.end(job, storeFailed(error));
     try {
-      const wait = this.ctx.store.take(job.userId, job.cost, this.ctx.clock(), job.slot, receipt);
+      const wait = this.take(job, receipt);
       if (typeof wait === 'number') go(wait);
-      else wait.then(go, (error: unknown) => this.end(job, storeFailed(error)));
+      else wait.then(go, fail);
     } catch (error) {
-      this.end(job, storeFailed(error));
+      fail(error);
     }
   }
 
