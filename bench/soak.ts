@@ -1,7 +1,9 @@
 /**
- * `npm run soak [-- --seconds N]`: a steady load held for a set time (3 minutes by default) on
- * the embedded store, to find what only time shows: leaks, lost promises, double runs, and
- * quota that disagrees with what callers were told.
+ * `npm run soak [-- --seconds N] [-- --redis]`: a steady load held for a set time (3 minutes by
+ * default) on the embedded store, or with `--redis` on a RedisStore over an append-only
+ * redis-server that the soak starts, kills with SIGKILL halfway through and restarts (under
+ * 'fail-closed'), to find what only time shows: leaks, lost promises, double runs, and quota
+ * that disagrees with what callers were told.
  *
  *   - about 50,000 decisions per second: 90% check(1), 10% inline submits, 1 in 10,000 a worker
  *     submit (a worker thread that crashes or times out is replaced, which costs milliseconds);
@@ -12,10 +14,15 @@
  * It reports the achieved load and the event-loop p99, the heap slope over the second half
  * (% of the heap per minute, from a least-squares fit of samples taken after a full GC when
  * run with --expose-gc), unsettled promises, double runs, dead letters against callers'
- * rejections, and quota usage against what callers were told.
+ * rejections, and quota usage against what callers were told. On Redis it also reports how
+ * long service took to come back after the restart, every error by code, and phantom charges:
+ * units Redis holds beyond what callers were told was charged (and the reverse), read for every
+ * user after the close (on Redis, retired users are kept, not deleted, so that they can be read).
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Manager, TaskvalveError, type Limiter } from '../src/index.js';
+import { Redis } from 'ioredis';
+import { Manager, RedisStore, TaskvalveError, type Limiter } from '../src/index.js';
+import { startRedis, type RedisServer } from '../test/support/redis.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number): number => {
@@ -23,6 +30,7 @@ const flag = (name: string, fallback: number): number => {
   return i >= 0 ? Number(args[i + 1]) : fallback;
 };
 const SECONDS = flag('seconds', 180);
+const REDIS = args.includes('--redis');
 const RATE = flag('rate', 50_000);
 const POPULATION = 100_000;
 /** Users active at once; the rest of the population rotates through. */
@@ -45,7 +53,10 @@ interface UserState {
 }
 
 async function main(): Promise<void> {
-  const manager = new Manager({ endedRetentionMs: 2000 });
+  const server: RedisServer | undefined = REDIS ? await startRedis({ appendonly: true }) : undefined;
+  const client = server === undefined ? undefined : new Redis({ port: server.port });
+  const store = client === undefined ? undefined : new RedisStore({ client });
+  const manager = new Manager({ endedRetentionMs: 2000, ...(store === undefined ? {} : { store, onStoreUnavailable: 'fail-closed' as const }) });
   manager.registerProfile('soak', {
     rate: { limit: 1_000_000, intervalMs: 1000 },
     quota: { limit: 1_000_000_000 },
@@ -58,18 +69,30 @@ async function main(): Promise<void> {
   manager.on('error', () => {});
 
   const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0 };
+  const errors: Record<string, number> = {};
+  /** Answers that were not errors, per second of the run (to see service come back). */
+  const served: number[] = [];
+  /** On Redis: retired users and what their callers were told, read back after the close. */
+  const retired: Array<{ id: string; told: number }> = [];
   const users: UserState[] = [];
   let next = 0;
   const subscribe = async (): Promise<UserState> => {
     const id = `soak-${next++ % POPULATION}-${next}`;
-    const ends = next % 2 === 0;
+    // On Redis every user is kept to be read back at the end, so none ends (and is swept).
+    const ends = !REDIS && next % 2 === 0;
     await manager.subscribe(id, 'soak', ends ? { durationMs: 4000 } : {});
     return { id, limiter: manager.getLimiter(id), told: 0, inFlight: 0, ends };
   };
   for (let i = 0; i < ACTIVE; i++) users.push(await subscribe());
+  let t0 = performance.now();
 
   /** Retires a user once nothing of theirs is in flight: usage must equal what callers were told. */
   const retire = async (u: UserState): Promise<void> => {
+    if (REDIS) {
+      retired.push({ id: u.id, told: u.told });
+      counts.rotated++;
+      return;
+    }
     const sub = await manager.getSubscription(u.id);
     if (sub !== undefined && sub.status === 'active') {
       counts.usersChecked++;
@@ -87,9 +110,12 @@ async function main(): Promise<void> {
         onOk();
         counts.settled++;
         u.inFlight--;
+        const second = Math.floor((performance.now() - t0) / 1000);
+        served[second] = (served[second] ?? 0) + 1;
       },
       (error: unknown) => {
         const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
+        errors[code] = (errors[code] ?? 0) + 1;
         if (code === 'TASK_FAILED' || code === 'TASK_TIMEOUT' || code === 'WORKER_CRASHED') counts.failedFinal++;
         if (started()) u.told++;
         counts.settled++;
@@ -141,11 +167,23 @@ async function main(): Promise<void> {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
   const heap: Array<[number, number]> = [];
-  const t0 = performance.now();
+  t0 = performance.now();
+  let killedAt = -1;
+  let restartedAt = -1;
   let lastProgress = t0;
   let i = 0;
   while (performance.now() - t0 < SECONDS * 1000) {
     const elapsed = performance.now() - t0;
+    if (server !== undefined && killedAt < 0 && elapsed >= (SECONDS * 1000) / 2) {
+      killedAt = elapsed;
+      log(`\nkill -9 of redis-server (pid ${server.pid}) at ${(elapsed / 1000).toFixed(1)} s`);
+      await server.kill();
+      // Restarted in the background: the load goes on meanwhile.
+      void server.restart().then(() => {
+        restartedAt = performance.now() - t0;
+        log(`\nredis-server back (pid ${server.pid}) at ${(restartedAt / 1000).toFixed(1)} s`);
+      });
+    }
     const due = Math.floor((elapsed / 1000) * RATE);
     while (i < due) {
       const slot = i % ACTIVE;
@@ -174,6 +212,50 @@ async function main(): Promise<void> {
   const report = await manager.close({ drain: true, timeoutMs: 10_000 });
   await new Promise((resolve) => setImmediate(resolve));
 
+  let redis: Record<string, unknown> | undefined;
+  if (server !== undefined && client !== undefined) {
+    // Every retired user, read back on a fresh store: what Redis holds against what callers were told.
+    const reader = new Manager({ store: new RedisStore({ client }) });
+    reader.registerProfile('soak', { rate: { limit: 1_000_000, intervalMs: 1000 }, quota: { limit: 1_000_000_000 } });
+    for (const u of users) retired.push({ id: u.id, told: u.told });
+    let phantom = 0;
+    let missing = 0;
+    let mismatched = 0;
+    for (let k = 0; k < retired.length; k += 1000) {
+      const part = retired.slice(k, k + 1000);
+      const subs = await Promise.all(part.map((u) => reader.getSubscription(u.id)));
+      part.forEach((u, j) => {
+        const usage = subs[j]?.usage ?? 0;
+        if (usage > u.told) phantom += usage - u.told;
+        if (usage < u.told) missing += u.told - usage;
+        if (usage !== u.told) mismatched++;
+      });
+    }
+    await reader.close();
+    // Back to service: the first second after the kill whose answers reach 90% of the mean before it.
+    const killSecond = Math.floor(killedAt / 1000);
+    const before = served.slice(1, killSecond).reduce((a, b) => a + (b ?? 0), 0) / Math.max(1, killSecond - 1);
+    let back = -1;
+    for (let s = killSecond + 1; s < served.length - 1; s++) {
+      if ((served[s] ?? 0) >= 0.9 * before) {
+        back = s;
+        break;
+      }
+    }
+    redis = {
+      killedAtSeconds: Number((killedAt / 1000).toFixed(1)),
+      restartedAtSeconds: Number((restartedAt / 1000).toFixed(1)),
+      serviceBackSecondsAfterRestart: back < 0 ? null : Number((back - restartedAt / 1000).toFixed(1)),
+      answersPerSecondBeforeKill: Math.round(before),
+      usersReadBack: retired.length,
+      phantomUnits: phantom,
+      unchargedUnits: missing,
+      usersMismatched: mismatched,
+    };
+    client.disconnect();
+    await server.stop();
+  }
+
   const half = heap.slice(Math.floor(heap.length / 2));
   const n = half.length;
   const mx = half.reduce((a, [x]) => a + x, 0) / n;
@@ -195,7 +277,9 @@ async function main(): Promise<void> {
     usersChecked: counts.usersChecked,
     quotaMismatches: counts.quotaMismatch,
     usersRotated: counts.rotated,
+    errorsByCode: errors,
     close: report,
+    ...(redis === undefined ? {} : { redis }),
   };
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
 }
