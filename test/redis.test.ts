@@ -1,5 +1,6 @@
 // RedisStore behaviour that only Redis has: scripts surviving SCRIPT FLUSH and restarts, Redis
 // time over client time, deadlines, key escaping, bucket expiry, the protocol across slots.
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -106,6 +107,26 @@ describe('time', () => {
     expect(err.code).toBe('STORE_UNAVAILABLE');
     // The paused call is still queued on the connection: this PING answers once it has run.
     await client.ping();
+    expect((await manager.getSubscription('u'))?.usage).toBe(1);
+  });
+
+  it('a check that reaches Redis late but is answered before its timeout fires fails STORE_UNAVAILABLE and charges nothing', async () => {
+    const client = new Redis({ port: server.port });
+    const admin = new Redis({ port: server.port });
+    open.push({ close: async () => admin.disconnect() });
+    const { manager } = managerOn(client, { timeoutMs: 200 });
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 100 } });
+    await manager.subscribe('u', 'p');
+    const limiter = manager.getLimiter('u');
+    await limiter.check(1); // learns the server's clock
+    await admin.client('PAUSE', 400, 'ALL');
+    const late = rejection(limiter.check(5));
+    // A busy event loop: blocked from before the call's timeout until Redis, unpaused, has run
+    // the call past its deadline and answered; the answer is read before the timeout's timer runs.
+    setTimeout(() => execFileSync('redis-cli', ['-p', String(server.port), 'PING']), 0);
+    const err = await late;
+    expect(err.code).toBe('STORE_UNAVAILABLE');
+    expect(err.message).toContain('after its deadline');
     expect((await manager.getSubscription('u'))?.usage).toBe(1);
   });
 });

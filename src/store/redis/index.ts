@@ -26,6 +26,7 @@ import {
 } from '../store.js';
 import { rejectUnknownOptions } from '../../util/options.js';
 import { Keys, endedTags, rendezvous, slotOf, tagOf, unescapeId } from './keys.js';
+import { LATE, PROFILE_MISMATCH, RESERVED } from './codes.js';
 import { scripts, type Script, type ScriptClient } from './scripts.js';
 
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
@@ -42,9 +43,6 @@ export interface RedisStoreOptions {
 }
 
 const STATUS = ['active', 'canceled', 'expired'] as const;
-const PROFILE_MISMATCH = 9;
-const PAST_DEADLINE = 10;
-const RESERVED = 11;
 /** A process not heard from for this long no longer counts for the 'local' policy's share. */
 const PRESENCE_TTL_MS = 15_000;
 /** Inline dead letters whose function this process keeps for replay. */
@@ -67,6 +65,18 @@ type Reply = (string | number | null)[];
 function storeUnavailable(cause: unknown): TaskvalveError {
   const message = cause instanceof Error ? cause.message : String(cause);
   return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `Redis is unavailable: ${message}`, { cause });
+}
+
+/**
+ * What a failed script call rejects with: STORE_UNAVAILABLE, and for a script that reached Redis
+ * after its deadline (it wrote nothing, and answered LATE) one that says so.
+ */
+function failure(error: unknown): TaskvalveError {
+  if (error instanceof TaskvalveError) return error;
+  if (error instanceof Error && error.message.startsWith(LATE)) {
+    return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, 'Redis is unavailable: the call reached Redis after its deadline and was refused', { cause: error });
+  }
+  return storeUnavailable(error);
 }
 
 /** The state of taskvalve in Redis. taskvalve never closes the client it is given. */
@@ -193,7 +203,7 @@ export class RedisStore implements Store {
         },
         (error: unknown) => {
           call.done = true;
-          reject(error instanceof TaskvalveError ? error : storeUnavailable(error));
+          reject(failure(error));
         },
       );
     });
@@ -322,7 +332,6 @@ export class RedisStore implements Store {
       this.deadline(),
       userId,
     ]);
-    late(r);
     if (r[0] === 'DATES') {
       throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
     }
@@ -338,7 +347,6 @@ export class RedisStore implements Store {
     this.denials.clear(); // a change of profile, quota or status: refusals are decided anew
     const user = this.keys.user(userId);
     const r = await this.run(scripts.mutate, [user, this.endedOf(user)], [op, value, this.clockArg(), this.deadline(), userId]);
-    late(r);
     return r === null ? undefined : this.subscription(userId, r);
   }
 
@@ -365,8 +373,7 @@ export class RedisStore implements Store {
 
   async deleteSubscription(userId: string): Promise<string | undefined> {
     const user = this.keys.user(userId);
-    const r = (await this.run(scripts.delete, [user, this.endedOf(user)], [this.clockArg(), this.deadline(), userId])) as Reply | string | null;
-    if (Array.isArray(r)) late(r);
+    const r = (await this.run(scripts.delete, [user, this.endedOf(user)], [this.clockArg(), this.deadline(), userId])) as unknown as string | null;
     this.forget(userId, user);
     return typeof r === 'string' ? r : undefined;
   }
@@ -639,7 +646,7 @@ export class RedisStore implements Store {
     this.run(scripts.admit, batch.keys, args, true).then(
       (reply) => {
         this.sent(key, group);
-        batch.settle.resolve(parseAnswers(reply as unknown as Buffer | number, batch));
+        batch.settle.resolve(parseAnswers(reply as unknown as Buffer, batch));
       },
       (error: unknown) => {
         this.sent(key, group);
@@ -678,11 +685,11 @@ export class RedisStore implements Store {
     const [ok, waitMs, remaining, resetMs, receiptMs, receiptTicks] = taken as [number, number, number, number, number, number];
     if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs, 0, periodLeft, limit, receiptMs, receiptTicks], profile };
     const queue = flags === 1 && profile.onLimit === 'wait';
-    if (ok === 0 && queue && (profile.maxWaitMs === Infinity || waitMs <= profile.maxWaitMs)) {
+    if (queue && (profile.maxWaitMs === Infinity || waitMs <= profile.maxWaitMs)) {
       return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
     }
     await this.refundReserved(ref, cost, period);
-    return { reply: [ok === -1 ? PAST_DEADLINE : Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
+    return { reply: [Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
   }
 
   private async refundReserved(ref: Ref, cost: number, period: number): Promise<void> {
@@ -694,7 +701,6 @@ export class RedisStore implements Store {
     // Every field of an admission's answer is a number (the name, at 11, is read elsewhere).
     const r = reply as number[];
     const verdict = r[0] as number;
-    if (verdict === PAST_DEADLINE) throw pastDeadline();
     out.verdict = verdict as Verdict;
     out.profile = profile;
     out.limit = profile.rate.burst;
@@ -741,7 +747,6 @@ export class RedisStore implements Store {
     let r: Reply;
     try {
       r = await this.run(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.clockArg(), 'take']);
-      if (Number(r[0]) === -1) throw pastDeadline();
     } catch (error) {
       if (this.policy === 'fail-closed' || !(error instanceof TaskvalveError) || error.code !== ErrorCode.STORE_UNAVAILABLE) throw error;
       if (this.policy === 'fail-open') return 0;
@@ -854,7 +859,7 @@ export class RedisStore implements Store {
     try {
       for (const [userId, units] of [...this.owed]) {
         const user = this.keys.user(userId);
-        late(await this.run(scripts.mutate, [user, this.endedOf(user)], ['charge', units, this.clockArg(), this.deadline(), userId]));
+        await this.run(scripts.mutate, [user, this.endedOf(user)], ['charge', units, this.clockArg(), this.deadline(), userId]);
         const left = (this.owed.get(userId) ?? 0) - units;
         if (left > 0) this.owed.set(userId, left);
         else this.owed.delete(userId);
@@ -1088,15 +1093,10 @@ function newBatch(): Batch {
 
 /**
  * The admission script's reply, one binary record per decision (see admit.lua): compact ones of
- * 11 doubles, full ones of 11 doubles and the profile's name; or the integer PAST_DEADLINE.
+ * 11 doubles, full ones of 11 doubles and the profile's name.
  */
-function parseAnswers(reply: Buffer | number, batch: Batch): Answer[] {
+function parseAnswers(reply: Buffer, batch: Batch): Answer[] {
   const answers: Answer[] = new Array(batch.size);
-  if (typeof reply === 'number') {
-    const late: Reply = [PAST_DEADLINE];
-    for (let i = 0; i < batch.size; i++) answers[i] = { reply: late, profile: undefined };
-    return answers;
-  }
   let at = 0;
   for (let i = 0; i < batch.size; i++) {
     const verdict = reply.readDoubleLE(at);
@@ -1182,16 +1182,6 @@ interface MigrationClient {
   zadd(key: string, score: string, member: string): Promise<unknown>;
   zrem(key: string, member: string): Promise<unknown>;
   zunionstore(destination: string, count: number, ...keys: string[]): Promise<unknown>;
-}
-
-/** A script reached Redis after its deadline and wrote nothing: the call failed. */
-function pastDeadline(): TaskvalveError {
-  return storeUnavailable(new Error('the call reached Redis after its deadline and was refused'));
-}
-
-/** A script that ran past its deadline wrote nothing: the call failed. */
-function late(r: Reply | null): void {
-  if (r !== null && r[0] === 'LATE') throw pastDeadline();
 }
 
 
