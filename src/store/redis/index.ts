@@ -25,9 +25,11 @@ import {
   type UserSlot,
 } from '../store.js';
 import { rejectUnknownOptions } from '../../util/options.js';
-import { Keys, endedTags, rendezvous, slotOf, tagOf, unescapeId } from './keys.js';
-import { LATE, PROFILE_MISMATCH, RESERVED } from './codes.js';
-import { scripts, type Script, type ScriptClient } from './scripts.js';
+import { Keys, endedTags, rendezvous, tagOf, unescapeId } from './keys.js';
+import { PROFILE_MISMATCH, RESERVED } from './codes.js';
+import { Calls, storeUnavailable, type Reply } from './calls.js';
+import { Clock } from './clock.js';
+import { scripts, type ScriptClient } from './scripts.js';
 
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
 export type RedisClientLike = ScriptClient;
@@ -60,31 +62,11 @@ interface Ref {
   seen: number;
 }
 
-type Reply = (string | number | null)[];
-
-function storeUnavailable(cause: unknown): TaskvalveError {
-  const message = cause instanceof Error ? cause.message : String(cause);
-  return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `Redis is unavailable: ${message}`, { cause });
-}
-
-/**
- * What a failed script call rejects with: STORE_UNAVAILABLE, and for a script that reached Redis
- * after its deadline (it wrote nothing, and answered LATE) one that says so.
- */
-function failure(error: unknown): TaskvalveError {
-  if (error instanceof TaskvalveError) return error;
-  if (error instanceof Error && error.message.startsWith(LATE)) {
-    return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, 'Redis is unavailable: the call reached Redis after its deadline and was refused', { cause: error });
-  }
-  return storeUnavailable(error);
-}
-
 /** The state of taskvalve in Redis. taskvalve never closes the client it is given. */
 export class RedisStore implements Store {
   private readonly keys: Keys;
-  private readonly clients: RedisClientLike[];
-  private readonly clustered: boolean;
-  private readonly timeoutMs: number;
+  private readonly calls: Calls;
+  private readonly clock: Clock;
   private readonly profiles = new Map<string, Profile>();
   private listener: StoreListener = { expired() {} };
   private policy: UnavailablePolicy = 'fail-closed';
@@ -95,8 +77,6 @@ export class RedisStore implements Store {
   /** 'local' policy: buckets of this process's share, and usage admitted while Redis was away. */
   private readonly insurance = new Map<string, { rate: Rate; tat: number }>();
   private readonly owed = new Map<string, number>();
-  /** Tests only: a fixed time (ms) for every script instead of Redis TIME. */
-  private testClock: (() => number) | undefined = undefined;
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
     rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs']);
@@ -111,9 +91,9 @@ export class RedisStore implements Store {
       throw invalidConfig('RedisStore', 'client', options.client, 'an ioredis Redis, an ioredis Cluster, or an array of ioredis Redis');
     }
     this.keys = new Keys(prefix);
-    this.clients = clients;
-    this.clustered = !Array.isArray(options.client) && (options.client as { isCluster?: boolean }).isCluster === true;
-    this.timeoutMs = timeoutMs;
+    const clustered = !Array.isArray(options.client) && (options.client as { isCluster?: boolean }).isCluster === true;
+    this.calls = new Calls(clients, clustered, timeoutMs);
+    this.clock = new Clock(timeoutMs);
   }
 
   /**
@@ -121,12 +101,7 @@ export class RedisStore implements Store {
    * time-dependent cases can move time; undefined returns to Redis TIME.
    */
   setTestClock(clock: (() => number) | undefined): void {
-    this.testClock = clock;
-  }
-
-  /** The time argument of every script: Redis TIME, or a test's fixed time. */
-  private clockArg(): string {
-    return this.testClock === undefined ? '+0' : `=${Math.round(this.testClock() * 1000)}`;
+    this.clock.setTest(clock);
   }
 
   attach(listener: StoreListener): void {
@@ -145,7 +120,7 @@ export class RedisStore implements Store {
     const records: [string, string][] = [[`profile:${profile.name}`, mine]];
     if (profile.shared !== undefined) records.push([`bucket:${profile.shared}`, JSON.stringify(rate)]);
     for (const [name, config] of records) {
-      const before = (await this.run(scripts.profile, [this.keys.profiles()], [name, config])) as unknown as string | null;
+      const before = (await this.calls.run(scripts.profile, [this.keys.profiles()], [name, config])) as unknown as string | null;
       if (before !== null && before !== config) {
         const what = name.replace(':', ' ');
         const message = `configuration drift on ${what}: this process has ${config}, another process sharing this Redis registered ${before}`;
@@ -157,7 +132,7 @@ export class RedisStore implements Store {
 
   /** Counts this process among the live ones now, and tells how many there are. */
   async refreshPresence(): Promise<number> {
-    this.processes = Math.max(1, Number(await this.run(scripts.presence, [this.keys.processes()], [this.id, PRESENCE_TTL_MS, '+0'])));
+    this.processes = Math.max(1, Number(await this.calls.run(scripts.presence, [this.keys.processes()], [this.id, PRESENCE_TTL_MS, '+0'])));
     return this.processes;
   }
 
@@ -179,105 +154,6 @@ export class RedisStore implements Store {
     await this.reconcile();
   }
 
-  /** The client that owns a key's slot. */
-  private node(key: string): RedisClientLike {
-    if (this.clients.length === 1) return this.clients[0] as RedisClientLike;
-    return this.clients[rendezvous(tagOf(key), this.clients.length)] as RedisClientLike;
-  }
-
-  /** Whether two keys can be touched by one script call. */
-  private together(a: string, b: string): boolean {
-    if (this.clustered) return tagOf(a) === tagOf(b);
-    return this.clients.length === 1 || this.node(a) === this.node(b);
-  }
-
-  /** Runs a script with a deadline: past `timeoutMs` it is reported failed, and Redis refuses it. */
-  private run(script: Script, keys: string[], args: (string | number | Buffer)[], binary = false): Promise<Reply> {
-    return new Promise<Reply>((resolve, reject) => {
-      const call: Call = { at: performance.now() + this.timeoutMs, done: false, fail: reject };
-      this.track(call);
-      script.run(this.node(keys[0] as string), keys, args, binary).then(
-        (reply) => {
-          call.done = true;
-          resolve(reply as Reply);
-        },
-        (error: unknown) => {
-          call.done = true;
-          reject(failure(error));
-        },
-      );
-    });
-  }
-
-  /**
-   * Calls in flight, in the order they were sent: all have the same timeout, so their deadlines
-   * come in that order too, and one timer serves them all (a timer per call costs more than the
-   * rest of the client's work on a call).
-   */
-  private readonly calls: Call[] = [];
-  private callsHead = 0;
-  private sweeper: NodeJS.Timeout | undefined = undefined;
-
-  private track(call: Call): void {
-    const calls = this.calls;
-    while (this.callsHead < calls.length && (calls[this.callsHead] as Call).done) this.callsHead++;
-    if (this.callsHead === calls.length) {
-      calls.length = 0;
-      this.callsHead = 0;
-    } else if (this.callsHead >= 1024 && this.callsHead * 2 >= calls.length) {
-      calls.splice(0, this.callsHead);
-      this.callsHead = 0;
-    }
-    calls.push(call);
-    if (this.sweeper === undefined) this.armSweeper();
-  }
-
-  /** Arms the timer for the oldest call still waiting, if any. */
-  private armSweeper(): void {
-    const calls = this.calls;
-    while (this.callsHead < calls.length && (calls[this.callsHead] as Call).done) this.callsHead++;
-    const first = calls[this.callsHead];
-    if (first === undefined) return;
-    this.sweeper = setTimeout(() => this.sweep(), Math.max(0, Math.ceil(first.at - performance.now())));
-    // A call waiting on Redis keeps the process alive through its socket, not through this timer.
-    this.sweeper.unref();
-  }
-
-  /** Fails every call past its timeout, then waits for the next one's. */
-  private sweep(): void {
-    this.sweeper = undefined;
-    const now = performance.now();
-    const calls = this.calls;
-    while (this.callsHead < calls.length) {
-      const call = calls[this.callsHead] as Call;
-      if (!call.done) {
-        if (call.at > now) break;
-        call.done = true;
-        call.fail(storeUnavailable(new Error(`no answer within ${this.timeoutMs} ms`)));
-      }
-      this.callsHead++;
-    }
-    this.armSweeper();
-  }
-
-  /**
-   * The server-time deadline of a call sent now: a script run later than this writes nothing.
-   * Zero (no deadline) until the first reply has told us the server's clock.
-   */
-  private deadline(): number {
-    return this.clockKnown && this.testClock === undefined ? Math.round((performance.timeOrigin + performance.now()) * 1000) + this.skewUs + this.timeoutMs * 1000 : 0;
-  }
-
-  private clockKnown = false;
-  /** Server time minus local time (µs), from the latest reply that carried it. */
-  private skewUs = 0;
-
-  private learnClock(serverMs: number): void {
-    if (this.testClock !== undefined) return;
-    this.skewUs = serverMs * 1000 - Math.round((performance.timeOrigin + performance.now()) * 1000);
-    this.clockKnown = true;
-  }
-
   private ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.store === this) {
@@ -292,7 +168,7 @@ export class RedisStore implements Store {
 
   private subscription(userId: string, r: Reply): Subscription {
     const [p, s, sa, ea, n, q, ps, , expiredNow, nowMs] = r as [string, number, string, string, string, string, string, string, number, number];
-    this.learnClock(Number(nowMs));
+    this.clock.learn(Number(nowMs));
     const profile = this.profiles.get(p);
     if (expiredNow === 1) this.listener.expired(userId, p);
     let usage = Number(n);
@@ -321,15 +197,15 @@ export class RedisStore implements Store {
     this.profiles.set(profile.name, profile);
     this.denials.clear();
     const user = this.keys.user(userId);
-    const r = await this.run(scripts.subscribe, [user, this.endedOf(user)], [
+    const r = await this.calls.run(scripts.subscribe, [user, this.endedOf(user)], [
       profile.name,
       input.startsAt ?? '',
       input.endsAt === Infinity ? '' : (input.endsAt ?? ''),
       input.durationMs ?? '',
       input.quota ?? '',
       input.resetUsage ? 1 : 0,
-      this.clockArg(),
-      this.deadline(),
+      this.clock.arg(),
+      this.clock.deadline(),
       userId,
     ]);
     if (r[0] === 'DATES') {
@@ -339,14 +215,14 @@ export class RedisStore implements Store {
   }
 
   async getSubscription(userId: string, _nowMs: number): Promise<Subscription | undefined> {
-    const r = await this.run(scripts.read, [this.keys.user(userId)], [this.clockArg()]);
+    const r = await this.calls.run(scripts.read, [this.keys.user(userId)], [this.clock.arg()]);
     return r === null ? undefined : this.subscription(userId, r);
   }
 
   private async mutate(userId: string, op: string, value: string | number): Promise<Subscription | undefined> {
     this.denials.clear(); // a change of profile, quota or status: refusals are decided anew
     const user = this.keys.user(userId);
-    const r = await this.run(scripts.mutate, [user, this.endedOf(user)], [op, value, this.clockArg(), this.deadline(), userId]);
+    const r = await this.calls.run(scripts.mutate, [user, this.endedOf(user)], [op, value, this.clock.arg(), this.clock.deadline(), userId]);
     return r === null ? undefined : this.subscription(userId, r);
   }
 
@@ -373,7 +249,7 @@ export class RedisStore implements Store {
 
   async deleteSubscription(userId: string): Promise<string | undefined> {
     const user = this.keys.user(userId);
-    const r = (await this.run(scripts.delete, [user, this.endedOf(user)], [this.clockArg(), this.deadline(), userId])) as unknown as string | null;
+    const r = (await this.calls.run(scripts.delete, [user, this.endedOf(user)], [this.clock.arg(), this.clock.deadline(), userId])) as unknown as string | null;
     this.forget(userId, user);
     return typeof r === 'string' ? r : undefined;
   }
@@ -384,8 +260,7 @@ export class RedisStore implements Store {
 
   private endedTags(): string[] {
     if (this.endedTagList === undefined) {
-      const n = this.clients.length;
-      this.endedTagList = this.clustered ? endedTags(16384, slotOf) : endedTags(n, (tag) => (n === 1 ? 0 : rendezvous(tag, n)));
+      this.endedTagList = endedTags(this.calls.units, (tag) => this.calls.unitOf(tag));
     }
     return this.endedTagList;
   }
@@ -394,8 +269,7 @@ export class RedisStore implements Store {
   private endedOf(user: string): string {
     const tags = this.endedTags();
     const tag = tagOf(user);
-    const unit = this.clustered ? slotOf(tag) : this.clients.length === 1 ? 0 : rendezvous(tag, this.clients.length);
-    return this.keys.ended(tags[unit] as string);
+    return this.keys.ended(tags[this.calls.unitOf(tag)] as string);
   }
 
   /**
@@ -408,7 +282,7 @@ export class RedisStore implements Store {
     const from = this.sweepCursor;
     const count = Math.min(SWEEP_UNITS, tags.length - from);
     const indexes = tags.slice(from, from + count).map((tag) => this.keys.ended(tag));
-    const due = await Promise.all(indexes.map((index) => this.run(scripts.sweep, [index], ['due', retentionMs, this.clockArg(), max]) as Promise<string[]>));
+    const due = await Promise.all(indexes.map((index) => this.calls.run(scripts.sweep, [index], ['due', retentionMs, this.clock.arg(), max]) as Promise<string[]>));
     const deleted: EndedUser[] = [];
     this.sweepCursor = (from + count) % tags.length;
     for (let i = 0; i < count; i++) {
@@ -422,7 +296,7 @@ export class RedisStore implements Store {
       }
       const take = ids.slice(0, room);
       const users = take.map((id) => this.keys.user(id));
-      const r = (await this.run(scripts.sweep, [indexes[i] as string, ...users], ['delete', retentionMs, this.clockArg(), ...take])) as string[];
+      const r = (await this.calls.run(scripts.sweep, [indexes[i] as string, ...users], ['delete', retentionMs, this.clock.arg(), ...take])) as string[];
       for (let k = 0; k < r.length; k += 2) {
         const userId = r[k] as string;
         deleted.push({ userId, profileName: r[k + 1] as string });
@@ -465,7 +339,7 @@ export class RedisStore implements Store {
 
   /** The profile a user's record names, read once per handle (then kept up to date by admit's replies). */
   private async profileOf(userId: string, ref: Ref): Promise<Profile | undefined | null> {
-    const r = await this.run(scripts.read, [ref.user], [this.clockArg()]);
+    const r = await this.calls.run(scripts.read, [ref.user], [this.clock.arg()]);
     if (r === null) return null;
     // Read through subscription(): the read may record that the subscription ended (the event fires once).
     return this.profiles.get(this.subscription(userId, r).profileName);
@@ -477,7 +351,7 @@ export class RedisStore implements Store {
     const out = blankResult();
     // The profile this handle saw last; unknown at first: the script resolves it by name.
     let profile = ref.profile;
-    const sentUs = this.localUs();
+    const sentUs = this.clock.localUs();
     if (profile !== undefined && cost <= profile.rate.burst && !(mode === AdmitMode.PROFILE && profile.onLimit === 'wait')) {
       const denial = this.cachedDenial(ref, profile, cost, sentUs);
       if (denial !== undefined) return this.deniedLocally(out, ref, profile, denial, sentUs);
@@ -511,11 +385,6 @@ export class RedisStore implements Store {
       return out;
     }
     throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
-  }
-
-  /** Local time in µs: a test's clock when set (it is then what the scripts decide on), else a monotonic one. */
-  private localUs(): number {
-    return this.testClock === undefined ? performance.now() * 1000 : this.testClock() * 1000;
   }
 
   /**
@@ -579,7 +448,7 @@ export class RedisStore implements Store {
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
   private async batched(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
-    const key = this.clustered ? tagOf(user) : this.node(user);
+    const key = this.calls.clustered ? tagOf(user) : this.calls.node(user);
     let group = this.groups.get(key);
     if (group === undefined) {
       group = { inFlight: 0, pending: undefined };
@@ -627,7 +496,7 @@ export class RedisStore implements Store {
     if (batch === undefined) return;
     group.pending = undefined;
     group.inFlight++;
-    const args: (string | number | Buffer)[] = [this.deadline(), this.clockArg(), batch.profiles.length];
+    const args: (string | number | Buffer)[] = [this.clock.deadline(), this.clock.arg(), batch.profiles.length];
     for (const p of batch.profiles) for (const field of profileFields(p)) args.push(field);
     const d = batch.decisions;
     if (batch.size === 1) {
@@ -643,7 +512,7 @@ export class RedisStore implements Store {
       }
       args.push(records);
     }
-    this.run(scripts.admit, batch.keys, args, true).then(
+    this.calls.run(scripts.admit, batch.keys, args, true).then(
       (reply) => {
         this.sent(key, group);
         batch.settle.resolve(parseAnswers(reply as unknown as Buffer, batch));
@@ -669,7 +538,7 @@ export class RedisStore implements Store {
     const rate = profile.rate;
     const bucket = this.bucketOf(ref, profile);
     const ahead = waiting.size === 0 ? 0 : (waiting.get(profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`) ?? 0);
-    if (this.together(ref.user, bucket)) return this.batched(ref.user, bucket, profile, cost, ahead, flags);
+    if (this.calls.together(ref.user, bucket)) return this.batched(ref.user, bucket, profile, cost, ahead, flags);
     // The bucket lives elsewhere: reserve the quota, then take from the bucket, and give the
     // reservation back if the bucket says no (docs/redis.md).
     const reserved = await this.batched(ref.user, ref.user, profile, cost, ahead, flags | 2);
@@ -677,7 +546,7 @@ export class RedisStore implements Store {
     const [, usage, period, , , , , periodLeft, limit] = reserved.reply as [number, number, number, number, number, number, number, number, number];
     let taken: Reply;
     try {
-      taken = await this.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, cost, ahead, this.deadline(), this.clockArg(), 'take']);
+      taken = await this.calls.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, cost, ahead, this.clock.deadline(), this.clock.arg(), 'take']);
     } catch (error) {
       await this.refundReserved(ref, cost, period);
       throw error;
@@ -693,7 +562,7 @@ export class RedisStore implements Store {
   }
 
   private async refundReserved(ref: Ref, cost: number, period: number): Promise<void> {
-    await this.run(scripts.refund, [ref.user], [cost, period, ref.profile?.quotaPeriodMs ?? 0, this.clockArg()]);
+    await this.calls.run(scripts.refund, [ref.user], [cost, period, ref.profile?.quotaPeriodMs ?? 0, this.clock.arg()]);
   }
 
   /** Copies a script's reply into the result object. */
@@ -746,7 +615,7 @@ export class RedisStore implements Store {
     const bucket = this.bucketOf(ref, profile);
     let r: Reply;
     try {
-      r = await this.run(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, this.deadline(), this.clockArg(), 'take']);
+      r = await this.calls.run(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, this.clock.deadline(), this.clock.arg(), 'take']);
     } catch (error) {
       if (this.policy === 'fail-closed' || !(error instanceof TaskvalveError) || error.code !== ErrorCode.STORE_UNAVAILABLE) throw error;
       if (this.policy === 'fail-open') return 0;
@@ -772,7 +641,7 @@ export class RedisStore implements Store {
     if (!profile) return;
     const rate = profile.rate;
     const bucket = this.bucketOf(ref, profile);
-    await this.run(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch, this.clockArg()]);
+    await this.calls.run(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch, this.clock.arg()]);
     // A refusal remembered for this bucket may no longer hold.
     this.denials.delete(bucket);
   }
@@ -859,7 +728,7 @@ export class RedisStore implements Store {
     try {
       for (const [userId, units] of [...this.owed]) {
         const user = this.keys.user(userId);
-        await this.run(scripts.mutate, [user, this.endedOf(user)], ['charge', units, this.clockArg(), this.deadline(), userId]);
+        await this.calls.run(scripts.mutate, [user, this.endedOf(user)], ['charge', units, this.clock.arg(), this.clock.deadline(), userId]);
         const left = (this.owed.get(userId) ?? 0) - units;
         if (left > 0) this.owed.set(userId, left);
         else this.owed.delete(userId);
@@ -881,7 +750,7 @@ export class RedisStore implements Store {
     // One call, sent at once (so it lands before any later read on this connection): the
     // generation token alone decides; a refund into a period that has since ended changes
     // nothing visible, as that usage resets at the next decision.
-    await this.run(scripts.refund, [this.keys.user(userId)], [cost, period, 0, this.clockArg()]);
+    await this.calls.run(scripts.refund, [this.keys.user(userId)], [cost, period, 0, this.clock.arg()]);
   }
 
   async peek(userId: string, _nowMs: number, waiting?: ReadonlyMap<string, number>): Promise<AdmitResult> {
@@ -894,15 +763,15 @@ export class RedisStore implements Store {
     const bucket = this.bucketOf(ref, profile);
     let r: Reply | null;
     let tail: Reply;
-    if (profile.shared === undefined || this.together(ref.user, bucket)) {
+    if (profile.shared === undefined || this.calls.together(ref.user, bucket)) {
       const keys = profile.shared === undefined ? [ref.user] : [ref.user, bucket];
-      r = await this.run(scripts.read, keys, [this.clockArg(), rate.d, rate.T, rate.tau]);
+      r = await this.calls.run(scripts.read, keys, [this.clock.arg(), rate.d, rate.T, rate.tau]);
       if (r === null) return this.notFound(out);
       tail = r.slice(10);
     } else {
-      r = await this.run(scripts.read, [ref.user], [this.clockArg()]);
+      r = await this.calls.run(scripts.read, [ref.user], [this.clock.arg()]);
       if (r === null) return this.notFound(out);
-      const t = await this.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, 1, 0, 0, this.clockArg(), 'peek']);
+      const t = await this.calls.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, 1, 0, 0, this.clock.arg(), 'peek']);
       tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
     }
     const sub = this.subscription(userId, r);
@@ -940,7 +809,7 @@ export class RedisStore implements Store {
    * Returns the number of keys moved.
    */
   async migrate(previous: RedisClientLike[]): Promise<number> {
-    const shards = this.clients as unknown as MigrationClient[];
+    const shards = this.calls.clients as unknown as MigrationClient[];
     if (!Array.isArray(previous) || previous.length > shards.length || previous.some((c, i) => c !== (shards[i] as unknown))) {
       throw invalidArgument('migrate(previous): previous must be the shards before, a prefix of the current array');
     }
@@ -1001,10 +870,10 @@ export class RedisStore implements Store {
   /** Both shards hold the key: keep both charges for a user, the fuller state for a bucket. */
   private async merge(key: string, source: MigrationClient, target: MigrationClient): Promise<void> {
     if (tagOf(key).startsWith('u:')) {
-      const r = (await scripts.read.run(source as unknown as ScriptClient, [key], [this.clockArg()])) as Reply | null;
+      const r = (await scripts.read.run(source as unknown as ScriptClient, [key], [this.clock.arg()])) as Reply | null;
       const usage = r === null ? 0 : Number(r[4]);
       // A charge leaves the ends index alone: the id argument is not read.
-      if (usage > 0) await this.run(scripts.mutate, [key, this.endedOf(key)], ['charge', usage, this.clockArg(), 0, '']);
+      if (usage > 0) await this.calls.run(scripts.mutate, [key, this.endedOf(key)], ['charge', usage, this.clock.arg(), 0, '']);
     } else if ((await source.type(key)) === 'string') {
       const [a, b] = await Promise.all([source.get(key), target.get(key)]);
       const tat = (v: string | null): number => (v === null ? -Infinity : Number(v.split(':')[0]));
@@ -1022,23 +891,23 @@ export class RedisStore implements Store {
       if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
     }
     const json = JSON.stringify(serialiseEntry(entry));
-    await this.run(scripts.dlq, [...this.dlqKeys(), this.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs, this.clockArg()]);
+    await this.calls.run(scripts.dlq, [...this.dlqKeys(), this.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs, this.clock.arg()]);
   }
 
   async dlqList(query: DlqQuery, _nowMs: number): Promise<FailedTask[]> {
     const keys = this.dlqKeys();
     if (query.profileName !== undefined) keys.push(this.keys.dlqProfile(query.profileName));
-    const r = (await this.run(scripts.dlq, keys, ['list', query.limit ?? -1, query.userId ?? '', this.clockArg()])) as string[];
+    const r = (await this.calls.run(scripts.dlq, keys, ['list', query.limit ?? -1, query.userId ?? '', this.clock.arg()])) as string[];
     return r.map((json) => this.restore(JSON.parse(json) as StoredEntry));
   }
 
   async dlqGet(id: string, _nowMs: number): Promise<FailedTask | undefined> {
-    const json = (await this.run(scripts.dlq, this.dlqKeys(), ['get', id, this.clockArg()])) as unknown as string | null;
+    const json = (await this.calls.run(scripts.dlq, this.dlqKeys(), ['get', id, this.clock.arg()])) as unknown as string | null;
     return json === null ? undefined : this.restore(JSON.parse(json) as StoredEntry);
   }
 
   async dlqRemove(id: string): Promise<boolean> {
-    const removed = (await this.run(scripts.dlq, this.dlqKeys(), ['remove', id, this.clockArg()])) as unknown as number;
+    const removed = (await this.calls.run(scripts.dlq, this.dlqKeys(), ['remove', id, this.clock.arg()])) as unknown as number;
     this.inline.delete(id);
     return removed === 1;
   }
@@ -1114,13 +983,6 @@ function parseAnswers(reply: Buffer, batch: Batch): Answer[] {
     answers[i] = { reply: r, profile: index > 0 ? batch.profiles[index - 1] : undefined };
   }
   return answers;
-}
-
-/** A Redis call in flight: when it times out, and how to fail it then. */
-interface Call {
-  at: number;
-  done: boolean;
-  fail(error: unknown): void;
 }
 
 /** Admission calls of one node: those in flight, and the batch gathering behind them. */
