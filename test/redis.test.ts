@@ -94,7 +94,8 @@ describe('time', () => {
     expect((await manager.getSubscription('u'))?.status).toBe('active');
   });
 
-  it('a call that times out on the client is refused by Redis when it runs late: it never charges', async () => {
+  /** A manager (timeout 200 ms) whose user 'u' has used 1 unit, and a second connection to pause the server with. */
+  async function usedOnce(): Promise<{ manager: Manager; client: Redis; admin: Redis }> {
     const client = new Redis({ port: server.port });
     const admin = new Redis({ port: server.port });
     open.push({ close: async () => admin.disconnect() });
@@ -102,6 +103,11 @@ describe('time', () => {
     manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 100 } });
     await manager.subscribe('u', 'p');
     await manager.getLimiter('u').check(1); // learns the server's clock
+    return { manager, client, admin };
+  }
+
+  it('a call that times out on the client is refused by Redis when it runs late: it never charges', async () => {
+    const { manager, client, admin } = await usedOnce();
     await admin.client('PAUSE', 600, 'ALL');
     const err = await rejection(manager.getLimiter('u').check(5));
     expect(err.code).toBe('STORE_UNAVAILABLE');
@@ -111,16 +117,9 @@ describe('time', () => {
   });
 
   it('a check that reaches Redis late but is answered before its timeout fires fails STORE_UNAVAILABLE and charges nothing', async () => {
-    const client = new Redis({ port: server.port });
-    const admin = new Redis({ port: server.port });
-    open.push({ close: async () => admin.disconnect() });
-    const { manager } = managerOn(client, { timeoutMs: 200 });
-    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 100 } });
-    await manager.subscribe('u', 'p');
-    const limiter = manager.getLimiter('u');
-    await limiter.check(1); // learns the server's clock
+    const { manager, admin } = await usedOnce();
     await admin.client('PAUSE', 400, 'ALL');
-    const late = rejection(limiter.check(5));
+    const late = rejection(manager.getLimiter('u').check(5));
     // A busy event loop: blocked from before the call's timeout until Redis, unpaused, has run
     // the call past its deadline and answered; the answer is read before the timeout's timer runs.
     setTimeout(() => execFileSync('redis-cli', ['-p', String(server.port), 'PING']), 0);
