@@ -5,6 +5,9 @@
  */
 import { Verdict } from '../store.js';
 
+/** A subscription's status, by its code in a user's record (see user.lua). */
+export const STATUS = ['active', 'canceled', 'expired'] as const;
+
 /** An admission's user has another profile than the one the caller sent keys for: it asks again. */
 export const PROFILE_MISMATCH = 9;
 /** The quota alone is charged: the bucket lives in another slot (the protocol across slots). */
