@@ -1,5 +1,6 @@
 // RedisStore behaviour that only Redis has: scripts surviving SCRIPT FLUSH and restarts, Redis
 // time over client time, deadlines, key escaping, bucket expiry, the protocol across slots.
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,10 +33,15 @@ afterEach(async () => {
 /** A manager on a RedisStore over `client`, closed (and the client disconnected) after the test. */
 function managerOn(
   client: Redis | Cluster,
-  options: { clock?: () => number; timeoutMs?: number; prefix?: string; logger?: ConstructorParameters<typeof Manager>[0] extends infer O ? (O extends { logger?: infer L } ? L : never) : never } = {},
+  options: { clock?: () => number; timeoutMs?: number; prefix?: string; onStoreUnavailable?: 'fail-closed' | 'fail-open' | 'local'; logger?: ConstructorParameters<typeof Manager>[0] extends infer O ? (O extends { logger?: infer L } ? L : never) : never } = {},
 ): { manager: Manager; store: RedisStore } {
   const store = new RedisStore({ client, prefix: options.prefix ?? `r${++prefixes}`, ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
-  const manager = new Manager({ store, ...(options.clock === undefined ? {} : { clock: options.clock }), ...(options.logger === undefined ? {} : { logger: options.logger }) });
+  const manager = new Manager({
+    store,
+    ...(options.clock === undefined ? {} : { clock: options.clock }),
+    ...(options.logger === undefined ? {} : { logger: options.logger }),
+    ...(options.onStoreUnavailable === undefined ? {} : { onStoreUnavailable: options.onStoreUnavailable }),
+  });
   open.push({
     close: async () => {
       await manager.close();
@@ -93,19 +99,51 @@ describe('time', () => {
     expect((await manager.getSubscription('u'))?.status).toBe('active');
   });
 
-  it('a call that times out on the client is refused by Redis when it runs late: it never charges', async () => {
+  /** A manager (timeout 200 ms) whose user 'u' has used 1 unit, and a second connection to pause the server with. */
+  async function usedOnce(onStoreUnavailable?: 'fail-open'): Promise<{ manager: Manager; client: Redis; admin: Redis }> {
     const client = new Redis({ port: server.port });
     const admin = new Redis({ port: server.port });
     open.push({ close: async () => admin.disconnect() });
-    const { manager } = managerOn(client, { timeoutMs: 200 });
+    const { manager } = managerOn(client, { timeoutMs: 200, ...(onStoreUnavailable === undefined ? {} : { onStoreUnavailable }) });
     manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 100 } });
     await manager.subscribe('u', 'p');
     await manager.getLimiter('u').check(1); // learns the server's clock
+    return { manager, client, admin };
+  }
+
+  it('a call that times out on the client is refused by Redis when it runs late: it never charges', async () => {
+    const { manager, client, admin } = await usedOnce();
     await admin.client('PAUSE', 600, 'ALL');
     const err = await rejection(manager.getLimiter('u').check(5));
     expect(err.code).toBe('STORE_UNAVAILABLE');
     // The paused call is still queued on the connection: this PING answers once it has run.
     await client.ping();
+    expect((await manager.getSubscription('u'))?.usage).toBe(1);
+  });
+
+  /**
+   * Pauses the server, sends `call`, and blocks the event loop from before the call's timeout
+   * until Redis, unpaused, has run it past its deadline and answered: that answer is read before
+   * the timeout's timer runs (as on a busy event loop).
+   */
+  async function answeredLate<T>(admin: Redis, call: () => Promise<T>): Promise<T> {
+    await admin.client('PAUSE', 400, 'ALL');
+    const answer = call();
+    setTimeout(() => execFileSync('redis-cli', ['-p', String(server.port), 'PING']), 0);
+    return answer;
+  }
+
+  it('a check that reaches Redis late but is answered before its timeout fires fails STORE_UNAVAILABLE and charges nothing', async () => {
+    const { manager, admin } = await usedOnce();
+    const err = await answeredLate(admin, () => rejection(manager.getLimiter('u').check(5)));
+    expect(err.code).toBe('STORE_UNAVAILABLE');
+    expect(err.message).toContain('after its deadline');
+    expect((await manager.getSubscription('u'))?.usage).toBe(1);
+  });
+
+  it('a check answered late goes to the outage policy: fail-open admits it and charges nothing', async () => {
+    const { manager, admin } = await usedOnce('fail-open');
+    expect(await answeredLate(admin, () => manager.getLimiter('u').check(5))).toMatchObject({ allowed: true });
     expect((await manager.getSubscription('u'))?.usage).toBe(1);
   });
 });

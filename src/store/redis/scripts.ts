@@ -1,11 +1,13 @@
 /**
  * The Lua scripts of the Redis store: one file per state transition in `lua/`, shared
- * fragments in `lua/includes/` pulled in by `--@include name` lines. Each is read once, run
+ * fragments in `lua/includes/` pulled in by `--@include name` lines (and `codes`, written from
+ * codes.ts). Each is read once, run
  * by EVALSHA, and re-sent with EVAL (which caches it again) when a server answers NOSCRIPT:
  * after SCRIPT FLUSH, a restart, or a failover.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { luaCodes } from './codes.js';
 
 const DIR = new URL('./lua/', import.meta.url);
 
@@ -17,12 +19,15 @@ export interface ScriptClient {
   callBuffer(command: string, args: (string | number | Buffer)[]): Promise<unknown>;
 }
 
+/** Includes written here rather than read from a file: the codes TypeScript defines. */
+const GENERATED: Record<string, string> = { codes: luaCodes() };
+
 function source(name: string, seen = new Set<string>()): string {
   const text = readFileSync(new URL(`${name}.lua`, DIR), 'utf8');
   return text.replace(/^--@include (\S+)\s*$/gm, (_, include: string) => {
     if (seen.has(include)) return '';
     seen.add(include);
-    return source(`includes/${include}`, seen);
+    return GENERATED[include] ?? source(`includes/${include}`, seen);
   });
 }
 

@@ -20,14 +20,13 @@
 --   right after the charge as whole ms and leftover ticks (the receipt refund_rate.lua takes;
 --   -1, 0 otherwise) }; anything else: 11 doubles { verdict, usage, quota
 --   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the
---   profile's name (uint32 length, bytes). Past the deadline: the integer 10, nothing decided.
+--   profile's name (uint32 length, bytes). Past the deadline: the LATE error, nothing decided.
+-- Verdicts and LATE: see codes.ts.
+--@include codes
 --@include time
 --@include gcra
 --@include user
 
-local ALLOWED, QUEUED, RATE_LIMITED, QUOTA_EXCEEDED, NOT_FOUND = 0, 1, 2, 3, 4
-local CANCELED, EXPIRED, NOT_STARTED, COST_OVER_BURST = 5, 6, 7, 8
-local PROFILE_MISMATCH, PAST_DEADLINE, RESERVED = 9, 10, 11
 -- Replies are packed binary records (struct), concatenated into one string for the call.
 local COMPACT = '<ddddddddddd'
 
@@ -41,7 +40,7 @@ end
 
 local now = server_now(ARGV[2], tonumber(ARGV[1]))
 if not now then
-  return PAST_DEADLINE
+  return redis.error_reply(LATE)
 end
 local now_ms = math.floor(now / 1000)
 

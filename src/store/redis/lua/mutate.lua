@@ -4,7 +4,9 @@
 -- ARGV: 1 op: 'extend' (2: ms), 'cancel', 'change' (2: profile), 'reset', 'quota' (2: limit,
 --   '' : back to the profile's), 'charge' (2: units admitted while Redis was unreachable, added
 --   to the usage); 3 clock ('+0', see time.lua); 4 deadline µs (0: none); 5 the user's id.
--- Reply: the subscription fields (see user_reply).
+-- Reply: the subscription fields (see user_reply); past the deadline the LATE error (see
+--   codes.ts), nothing written.
+--@include codes
 --@include time
 --@include user
 --@include subscription
@@ -12,7 +14,7 @@
 
 local now = server_now(ARGV[3], tonumber(ARGV[4]))
 if not now then
-  return { 'LATE' }
+  return redis.error_reply(LATE)
 end
 local now_ms = math.floor(now / 1000)
 local key = KEYS[1]

@@ -5,7 +5,9 @@
 -- ARGV: 1 profile; 2 starts ms ('' : now); 3 ends ms ('' : none); 4 duration ms ('' : none);
 --   5 quota override ('' : none); 6 reset usage (1/0); 7 clock ('+0', see time.lua);
 --   8 deadline µs (0: none); 9 the user's id (its member in the index).
--- Reply: the subscription fields (see user_reply), or { 'DATES' } when it would end before it starts.
+-- Reply: the subscription fields (see user_reply), or { 'DATES' } when it would end before it
+--   starts; past the deadline the LATE error (see codes.ts), nothing written.
+--@include codes
 --@include time
 --@include user
 --@include subscription
@@ -13,7 +15,7 @@
 
 local now = server_now(ARGV[7], tonumber(ARGV[8]))
 if not now then
-  return { 'LATE' }
+  return redis.error_reply(LATE)
 end
 local now_ms = math.floor(now / 1000)
 local sa = tonumber(ARGV[2]) or now_ms

@@ -5,8 +5,10 @@
 -- ARGV: 1 kind ('h' a user's record, 's' a shared key), 2 d, 3 T, 4 tau, 5 cost, 6 units waiting
 --   ahead in the caller, 7 deadline µs (0: none), 8 clock ('+0', see time.lua), 9 'peek' to
 --   decide without writing.
--- Reply: { taken (1/0, or -1 past the deadline), wait ms, remaining, reset ms, and when taken
---   the bucket's TAT right after as whole ms and leftover ticks (the receipt refund_rate.lua takes) }
+-- Reply: { taken (1/0), wait ms, remaining, reset ms, and when taken
+--   the bucket's TAT right after as whole ms and leftover ticks (the receipt refund_rate.lua takes) },
+--   or past the deadline the LATE error (see codes.ts), nothing written.
+--@include codes
 --@include time
 --@include gcra
 --@include user
@@ -17,7 +19,7 @@ local cost, waiting = tonumber(ARGV[5]), tonumber(ARGV[6])
 local sig = ARGV[2] .. ':' .. ARGV[3]
 local now = server_now(ARGV[8], tonumber(ARGV[7]))
 if not now then
-  return { -1, 0, 0, 0 }
+  return redis.error_reply(LATE)
 end
 local ahead, u
 if hash then

@@ -1,6 +1,7 @@
 -- Server time in whole microseconds. `clock` is '+<µs>' (an offset added to Redis TIME; '+0' in
 -- production) or, for tests only, '=<µs>' (a fixed time). Returns nil once past the caller's
--- deadline, so that a call the client already reported as failed never writes anything.
+-- deadline, so that a call the client already reported as failed never writes anything: the
+-- script then answers redis.error_reply(LATE), nothing written (see codes.ts).
 local clock_fixed = false
 local function server_now(clock, deadline_us)
   local now

@@ -1,0 +1,263 @@
+/**
+ * Admissions on Redis: admit (one script call through the batches, or the reserve / take /
+ * refund protocol when the bucket lives in another slot), a rate turn (take), the refunds of
+ * quota and rate units, and peek. A refusal this process remembers is answered without a round
+ * trip; a call that fails for want of Redis goes to the outage policy.
+ */
+import { TaskvalveError, ErrorCode } from '../../errors.js';
+import type { Profile } from '../../profile.js';
+import { AdmitMode, Verdict, blankResult, type AdmitResult, type RateReceipt, type UserSlot } from '../store.js';
+import type { Answer, Batches } from './batch.js';
+import { storeUnavailable, type Reply } from './calls.js';
+import { PROFILE_MISMATCH, RESERVED, STATUS } from './codes.js';
+import type { Context } from './context.js';
+import type { Denials } from './denials.js';
+import type { Handles, Ref } from './handles.js';
+import type { Outage } from './outage.js';
+import { scripts } from './scripts.js';
+import type { Subscriptions } from './subscriptions.js';
+
+/** The key under which this process counts the units waiting on a user's bucket. */
+function waitKey(userId: string, profile: Profile): string {
+  return profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`;
+}
+
+export class Admission {
+  constructor(
+    private readonly ctx: Context,
+    private readonly handles: Handles,
+    private readonly batches: Batches,
+    private readonly denials: Denials,
+    private readonly outage: Outage,
+    private readonly subscriptions: Subscriptions,
+  ) {}
+
+  async admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, slot: UserSlot | undefined): Promise<AdmitResult> {
+    const ref = this.handles.ref(userId, slot);
+    const out = blankResult();
+    // The profile this handle saw last; unknown at first: the script resolves it by name.
+    let profile = ref.profile;
+    const sentUs = this.ctx.clock.localUs();
+    if (profile !== undefined && cost <= profile.rate.burst && !(mode === AdmitMode.PROFILE && profile.onLimit === 'wait')) {
+      const denial = this.denials.standing(this.bucketOf(ref, profile), profile, cost, sentUs);
+      if (denial !== undefined) return this.denials.answer(out, ref.usage, profile, denial, sentUs);
+    }
+    for (let attempt = 0; attempt < 3; attempt++) {
+      let answer: Answer;
+      try {
+        answer = await this.decide(userId, ref, profile, cost, mode, waiting);
+      } catch (error) {
+        if (profile === undefined) throw error;
+        return this.outage.admit(error, out, userId, ref, profile, cost, this.bucketOf(ref, profile));
+      }
+      if (this.outage.owed.size > 0) void this.outage.reconcile();
+      const r = answer.reply;
+      if (r[0] === Verdict.NOT_FOUND) {
+        ref.usable = false;
+        return this.notFound(out);
+      }
+      if (r[0] === PROFILE_MISMATCH) {
+        profile = this.ctx.profiles.get(String(r[11]));
+        if (profile === undefined) throw this.unknownProfile(userId);
+        continue;
+      }
+      profile = answer.profile ?? this.ctx.profiles.get(String(r[11]));
+      if (profile === undefined) throw this.unknownProfile(userId);
+      ref.profile = profile;
+      this.fill(out, userId, ref, profile, r);
+      if (out.verdict === Verdict.RATE_LIMITED && out.retryAfterMs > 0) {
+        this.denials.remember(this.bucketOf(ref, profile), { untilUs: sentUs + out.retryAfterMs * 1000, fullUs: sentUs + out.resetAfterMs * 1000, cost, rate: profile.rate });
+      }
+      return out;
+    }
+    throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
+  }
+
+  /** A rate turn: 0 when taken, else ms to wait (Infinity: never). */
+  async take(userId: string, cost: number, slot: UserSlot | undefined, receipt: { value: RateReceipt | undefined } | undefined): Promise<number> {
+    const ref = this.handles.ref(userId, slot);
+    const profile = ref.profile ?? (await this.subscriptions.profileOf(userId, ref.user));
+    if (!profile) return 0;
+    ref.profile = profile;
+    const rate = profile.rate;
+    if (cost > rate.burst) return Infinity;
+    const bucket = this.bucketOf(ref, profile);
+    const { calls, clock } = this.ctx;
+    let r: Reply;
+    try {
+      r = await calls.run(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, clock.deadline(), clock.arg(), 'take']);
+    } catch (error) {
+      return this.outage.take(error, bucket, profile, cost);
+    }
+    if (Number(r[0]) !== 1) return Math.max(1, Number(r[1]));
+    // The bucket's TAT right after, as whole ms and leftover ticks: what refundRate takes back.
+    if (receipt !== undefined && r[4] !== undefined) receipt.value = { tat: Number(r[4]), epoch: Number(r[5]) };
+    return 0;
+  }
+
+  /** Gives back rate units, as far as the bucket still holds them (refund_rate.lua). */
+  async refundRate(userId: string, cost: number, receipt: RateReceipt, slot: UserSlot | undefined): Promise<void> {
+    // With the user's handle the profile is known and the call goes at once (so that it lands
+    // before any later call on this connection).
+    const ref = this.handles.ref(userId, slot);
+    const profile = ref.profile ?? (await this.subscriptions.profileOf(userId, ref.user));
+    if (!profile) return;
+    const rate = profile.rate;
+    const bucket = this.bucketOf(ref, profile);
+    await this.ctx.calls.run(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch, this.ctx.clock.arg()]);
+    // A refusal remembered for this bucket may no longer hold.
+    this.denials.delete(bucket);
+  }
+
+  /** Gives back quota charged for a task that never started (period -1: admitted without Redis). */
+  async refund(userId: string, cost: number, period: number): Promise<void> {
+    if (period < 0) {
+      // Admitted without Redis: give back what this process owes instead.
+      this.outage.refund(userId, cost);
+      return;
+    }
+    // One call, sent at once (so it lands before any later read on this connection): the
+    // generation token alone decides; a refund into a period that has since ended changes
+    // nothing visible, as that usage resets at the next decision.
+    await this.ctx.calls.run(scripts.refund, [this.ctx.keys.user(userId)], [cost, period, 0, this.ctx.clock.arg()]);
+  }
+
+  /** What check(1) would decide on the rate now, without charging anything. */
+  async peek(userId: string, waiting: ReadonlyMap<string, number> | undefined): Promise<AdmitResult> {
+    const { calls, clock } = this.ctx;
+    const ref = this.handles.ref(userId, undefined);
+    const out = blankResult();
+    const profile = await this.subscriptions.profileOf(userId, ref.user);
+    if (profile === null) return this.notFound(out);
+    if (profile === undefined) throw this.unknownProfile(userId);
+    const rate = profile.rate;
+    const bucket = this.bucketOf(ref, profile);
+    let r: Reply | null;
+    let tail: Reply;
+    if (profile.shared === undefined || calls.together(ref.user, bucket)) {
+      const keys = profile.shared === undefined ? [ref.user] : [ref.user, bucket];
+      r = await calls.run(scripts.read, keys, [clock.arg(), rate.d, rate.T, rate.tau]);
+      if (r === null) return this.notFound(out);
+      tail = r.slice(10);
+    } else {
+      r = await calls.run(scripts.read, [ref.user], [clock.arg()]);
+      if (r === null) return this.notFound(out);
+      const t = await calls.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, 1, 0, 0, clock.arg(), 'peek']);
+      tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
+    }
+    const sub = this.subscriptions.parse(userId, r);
+    let remaining = Number(tail[0]);
+    let retryAfterMs = Number(tail[1]);
+    let resetAfterMs = Number(tail[2]);
+    const ahead = waiting === undefined || waiting.size === 0 ? 0 : (waiting.get(waitKey(userId, profile)) ?? 0);
+    if (ahead > 0) {
+      // Units this process's waiting tasks have reserved are as good as taken. The wait is
+      // rounded so that it is never early (up to one unit's time late).
+      const unitMs = rate.intervalMs / rate.limit;
+      const short = ahead + 1 - remaining;
+      if (short > 0) retryAfterMs = Math.max(retryAfterMs, Math.ceil(short * unitMs));
+      remaining = Math.max(0, remaining - ahead);
+      resetAfterMs += Math.ceil(ahead * unitMs);
+    }
+    out.verdict = remaining >= 1 && retryAfterMs === 0 ? Verdict.ALLOWED : Verdict.RATE_LIMITED;
+    out.profile = profile;
+    out.limit = rate.burst;
+    out.remaining = remaining;
+    out.retryAfterMs = retryAfterMs;
+    out.resetAfterMs = resetAfterMs;
+    out.usage = sub.usage;
+    out.quotaLimit = sub.quotaLimit;
+    out.status = sub.status;
+    return out;
+  }
+
+  /** One admission: one script call, or the reserve / take / refund protocol across slots. */
+  private async decide(userId: string, ref: Ref, profile: Profile | undefined, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>): Promise<Answer> {
+    const flags = mode === AdmitMode.PROFILE ? 1 : 0;
+    if (profile === undefined) return this.batches.add(ref.user, ref.user, undefined, cost, 0, flags);
+    const rate = profile.rate;
+    const bucket = this.bucketOf(ref, profile);
+    const ahead = waiting.size === 0 ? 0 : (waiting.get(waitKey(userId, profile)) ?? 0);
+    if (this.ctx.calls.together(ref.user, bucket)) return this.batches.add(ref.user, bucket, profile, cost, ahead, flags);
+    // The bucket lives elsewhere: reserve the quota, then take from the bucket, and give the
+    // reservation back if the bucket says no (docs/redis.md).
+    const reserved = await this.batches.add(ref.user, ref.user, profile, cost, ahead, flags | 2);
+    if (reserved.reply[0] !== RESERVED) return reserved;
+    const [, usage, period, , , , , periodLeft, limit] = reserved.reply as [number, number, number, number, number, number, number, number, number];
+    let taken: Reply;
+    try {
+      taken = await this.ctx.calls.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, cost, ahead, this.ctx.clock.deadline(), this.ctx.clock.arg(), 'take']);
+    } catch (error) {
+      await this.refundReserved(ref, cost, period);
+      throw error;
+    }
+    const [ok, waitMs, remaining, resetMs, receiptMs, receiptTicks] = taken as [number, number, number, number, number, number];
+    if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs, 0, periodLeft, limit, receiptMs, receiptTicks], profile };
+    const queue = flags === 1 && profile.onLimit === 'wait';
+    if (queue && (profile.maxWaitMs === Infinity || waitMs <= profile.maxWaitMs)) {
+      return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
+    }
+    await this.refundReserved(ref, cost, period);
+    return { reply: [Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
+  }
+
+  private async refundReserved(ref: Ref, cost: number, period: number): Promise<void> {
+    await this.ctx.calls.run(scripts.refund, [ref.user], [cost, period, ref.profile?.quotaPeriodMs ?? 0, this.ctx.clock.arg()]);
+  }
+
+  /** Copies a script's reply into the result object. */
+  private fill(out: AdmitResult, userId: string, ref: Ref, profile: Profile, reply: Reply): AdmitResult {
+    // Every field of an admission's answer is a number (the name, at 11, is read elsewhere).
+    const r = reply as number[];
+    const verdict = r[0] as number;
+    out.verdict = verdict as Verdict;
+    out.profile = profile;
+    out.limit = profile.rate.burst;
+    out.usage = r[1] as number;
+    if (verdict <= Verdict.RATE_LIMITED) {
+      // Compact: { verdict, usage, period, remaining, retry, reset, profile index, period left,
+      // quota limit, receipt ms, receipt ticks }.
+      out.period = r[2] as number;
+      out.receiptTat = verdict === Verdict.ALLOWED && r[9] !== undefined ? (r[9] as number) : -1;
+      out.receiptEpoch = (r[10] as number | undefined) ?? 0;
+      out.remaining = r[3] as number;
+      out.retryAfterMs = r[4] as number;
+      out.resetAfterMs = r[5] as number;
+      out.quotaResetAfterMs = r[7] as number;
+      out.quotaLimit = (r[8] as number) >= 0 ? (r[8] as number) : null;
+      out.status = 'active';
+      out.startsAt = 0;
+      out.endsAt = Infinity;
+    } else {
+      out.quotaLimit = (r[2] as number) >= 0 ? (r[2] as number) : null;
+      out.period = r[3] as number;
+      out.remaining = r[4] as number;
+      out.retryAfterMs = r[5] as number;
+      out.resetAfterMs = r[6] as number;
+      out.startsAt = r[7] as number;
+      out.endsAt = (r[8] as number) >= 0 ? (r[8] as number) : Infinity;
+      out.status = STATUS[r[9] as number] ?? 'active';
+      if (r[10] === 1) this.ctx.listener.expired(userId, profile.name);
+    }
+    if (verdict === Verdict.QUEUED) out.bucket = waitKey(userId, profile);
+    ref.usage = out.usage;
+    ref.usable = verdict <= Verdict.QUOTA_EXCEEDED;
+    return out;
+  }
+
+  private notFound(out: AdmitResult): AdmitResult {
+    out.verdict = Verdict.NOT_FOUND;
+    out.profile = undefined;
+    out.status = 'not_found';
+    return out;
+  }
+
+  private unknownProfile(userId: string): TaskvalveError {
+    return new TaskvalveError(ErrorCode.PROFILE_NOT_FOUND, `user ${JSON.stringify(userId)} is subscribed to a profile this process has not registered`);
+  }
+
+  /** The key holding a user's bucket: the user's record, or the shared bucket's key. */
+  private bucketOf(ref: Ref, profile: Profile): string {
+    return profile.shared === undefined ? ref.user : this.ctx.keys.shared(profile.shared);
+  }
+}

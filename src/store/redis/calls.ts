@@ -1,0 +1,141 @@
+/**
+ * Script calls to Redis: each runs on the node that owns its keys and is failed with
+ * STORE_UNAVAILABLE past the store's timeout (one timer serves every call in flight); a script
+ * that reached Redis after its deadline is failed the same way, here and nowhere else.
+ */
+import { ErrorCode, TaskvalveError } from '../../errors.js';
+import { LATE } from './codes.js';
+import { rendezvous, slotOf, tagOf } from './keys.js';
+import type { Script, ScriptClient } from './scripts.js';
+
+/** A script's reply, as the store reads it. */
+export type Reply = (string | number | null)[];
+
+/** Redis could not be reached, or did not answer in time, or refused the call: `cause` says which. */
+export function storeUnavailable(cause: unknown): TaskvalveError {
+  const message = cause instanceof Error ? cause.message : String(cause);
+  return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `Redis is unavailable: ${message}`, { cause });
+}
+
+/**
+ * What a failed script call rejects with: STORE_UNAVAILABLE, and for a script that reached Redis
+ * after its deadline (it wrote nothing, and answered LATE) one that says so.
+ */
+function failure(error: unknown): TaskvalveError {
+  if (error instanceof TaskvalveError) return error;
+  if (error instanceof Error && error.message.startsWith(LATE)) {
+    return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, 'Redis is unavailable: the call reached Redis after its deadline and was refused', { cause: error });
+  }
+  return storeUnavailable(error);
+}
+
+/** A Redis call in flight: when it times out, and how to fail it then. */
+interface Call {
+  at: number;
+  done: boolean;
+  fail(error: unknown): void;
+}
+
+/** The store's script calls: where each goes, and its timeout. */
+export class Calls {
+  /**
+   * Calls in flight, in the order they were sent: all have the same timeout, so their deadlines
+   * come in that order too, and one timer serves them all (a timer per call costs more than the
+   * rest of the client's work on a call).
+   */
+  private readonly calls: Call[] = [];
+  private head = 0;
+  private sweeper: NodeJS.Timeout | undefined = undefined;
+
+  /**
+   * `clients`: one client (a `Redis`, or a `Cluster` when `clustered`) or client-side shards;
+   * `timeoutMs`: how long a call may take.
+   */
+  constructor(
+    readonly clients: readonly ScriptClient[],
+    readonly clustered: boolean,
+    readonly timeoutMs: number,
+  ) {}
+
+  /** The client that owns a key's slot. */
+  node(key: string): ScriptClient {
+    if (this.clients.length === 1) return this.clients[0] as ScriptClient;
+    return this.clients[rendezvous(tagOf(key), this.clients.length)] as ScriptClient;
+  }
+
+  /** Whether two keys can be touched by one script call. */
+  together(a: string, b: string): boolean {
+    if (this.clustered) return tagOf(a) === tagOf(b);
+    return this.clients.length === 1 || this.node(a) === this.node(b);
+  }
+
+  /** Placement units: a Cluster's slots, the shards, or the one server. */
+  get units(): number {
+    return this.clustered ? 16384 : this.clients.length;
+  }
+
+  /** The placement unit of a hash tag: its slot on a Cluster, its shard, or 0. */
+  unitOf(tag: string): number {
+    return this.clustered ? slotOf(tag) : this.clients.length === 1 ? 0 : rendezvous(tag, this.clients.length);
+  }
+
+  /** Runs a script with a deadline: past `timeoutMs` it is reported failed, and Redis refuses it. */
+  run(script: Script, keys: string[], args: (string | number | Buffer)[], binary = false): Promise<Reply> {
+    return new Promise<Reply>((resolve, reject) => {
+      const call: Call = { at: performance.now() + this.timeoutMs, done: false, fail: reject };
+      this.track(call);
+      script.run(this.node(keys[0] as string), keys, args, binary).then(
+        (reply) => {
+          call.done = true;
+          resolve(reply as Reply);
+        },
+        (error: unknown) => {
+          call.done = true;
+          reject(failure(error));
+        },
+      );
+    });
+  }
+
+  private track(call: Call): void {
+    const calls = this.calls;
+    while (this.head < calls.length && (calls[this.head] as Call).done) this.head++;
+    if (this.head === calls.length) {
+      calls.length = 0;
+      this.head = 0;
+    } else if (this.head >= 1024 && this.head * 2 >= calls.length) {
+      calls.splice(0, this.head);
+      this.head = 0;
+    }
+    calls.push(call);
+    if (this.sweeper === undefined) this.armSweeper();
+  }
+
+  /** Arms the timer for the oldest call still waiting, if any. */
+  private armSweeper(): void {
+    const calls = this.calls;
+    while (this.head < calls.length && (calls[this.head] as Call).done) this.head++;
+    const first = calls[this.head];
+    if (first === undefined) return;
+    this.sweeper = setTimeout(() => this.sweep(), Math.max(0, Math.ceil(first.at - performance.now())));
+    // A call waiting on Redis keeps the process alive through its socket, not through this timer.
+    this.sweeper.unref();
+  }
+
+  /** Fails every call past its timeout, then waits for the next one's. */
+  private sweep(): void {
+    this.sweeper = undefined;
+    const now = performance.now();
+    const calls = this.calls;
+    while (this.head < calls.length) {
+      const call = calls[this.head] as Call;
+      if (!call.done) {
+        if (call.at > now) break;
+        call.done = true;
+        call.fail(storeUnavailable(new Error(`no answer within ${this.timeoutMs} ms`)));
+      }
+      this.head++;
+    }
+    this.armSweeper();
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * The codes the Lua scripts answer with, defined once for TypeScript and Lua: the verdicts both
+ * stores share are {@link Verdict}'s, the Redis-only ones are here, and the scripts read them
+ * all from the `codes` include, written from this file when the scripts are loaded.
+ */
+import { Verdict } from '../store.js';
+
+/** A subscription's status, by its code in a user's record (see user.lua). */
+export const STATUS = ['active', 'canceled', 'expired'] as const;
+
+/** An admission's user has another profile than the one the caller sent keys for: it asks again. */
+export const PROFILE_MISMATCH = 9;
+/** The quota alone is charged: the bucket lives in another slot (the protocol across slots). */
+export const RESERVED = 10;
+
+/** Every code of an admission record, by its name in the scripts. */
+const CODES: Record<string, number> = { ...Verdict, PROFILE_MISMATCH, RESERVED };
+
+if (new Set(Object.values(CODES)).size !== Object.keys(CODES).length) throw new Error('two admission codes share a value');
+
+/**
+ * A script that runs past its caller's deadline writes nothing and answers an error reply that
+ * starts with this word (the call layer turns it into STORE_UNAVAILABLE).
+ */
+export const LATE = 'TASKVALVE_LATE';
+
+/** The Lua text of the `codes` include: each code as a local, and LATE's error message. */
+export function luaCodes(): string {
+  const names = Object.keys(CODES);
+  return [
+    `local ${names.join(', ')} = ${names.map((name) => CODES[name]).join(', ')}`,
+    `local LATE = '${LATE} the call reached Redis after its deadline'`,
+    '',
+  ].join('\n');
+}

@@ -1,0 +1,78 @@
+/**
+ * The dead-letter queue in Redis (dlq.lua: one slot), and the inline task functions of this
+ * process's dead letters, kept here for replay since a function cannot travel.
+ */
+import type { DlqQuery, FailedTask } from '../store.js';
+import type { Context } from './context.js';
+import { scripts } from './scripts.js';
+
+/** Inline dead letters whose function this process keeps for replay. */
+const MAX_INLINE = 10_000;
+
+/** A dead letter as JSON. */
+interface StoredEntry extends Omit<FailedTask, 'task' | 'firstFailedAt' | 'lastFailedAt'> {
+  task: { inline?: boolean; description?: string; name?: string; payload?: unknown };
+  firstFailedAt: number;
+  lastFailedAt: number;
+}
+
+function serialiseEntry(entry: FailedTask): StoredEntry {
+  const t = entry.task;
+  const task =
+    typeof t === 'function'
+      ? { inline: true, description: t.name ? `function ${t.name}` : 'an anonymous function' }
+      : 'inline' in t
+        ? { inline: true, description: t.description }
+        : { name: t.name, payload: t.payload };
+  return { ...entry, task, firstFailedAt: entry.firstFailedAt.getTime(), lastFailedAt: entry.lastFailedAt.getTime() };
+}
+
+export class DeadLetters {
+  /** Inline task functions of this process's dead letters, by entry id. */
+  private readonly inline = new Map<string, FailedTask['task']>();
+
+  constructor(private readonly ctx: Context) {}
+
+  async add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }): Promise<void> {
+    if (typeof entry.task === 'function') {
+      this.inline.set(entry.id, entry.task);
+      if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
+    }
+    const json = JSON.stringify(serialiseEntry(entry));
+    await this.ctx.calls.run(scripts.dlq, [...this.keys(), this.ctx.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs, this.ctx.clock.arg()]);
+  }
+
+  async list(query: DlqQuery): Promise<FailedTask[]> {
+    const keys = this.keys();
+    if (query.profileName !== undefined) keys.push(this.ctx.keys.dlqProfile(query.profileName));
+    const r = (await this.ctx.calls.run(scripts.dlq, keys, ['list', query.limit ?? -1, query.userId ?? '', this.ctx.clock.arg()])) as string[];
+    return r.map((json) => this.restore(JSON.parse(json) as StoredEntry));
+  }
+
+  async get(id: string): Promise<FailedTask | undefined> {
+    const json = (await this.ctx.calls.run(scripts.dlq, this.keys(), ['get', id, this.ctx.clock.arg()])) as unknown as string | null;
+    return json === null ? undefined : this.restore(JSON.parse(json) as StoredEntry);
+  }
+
+  async remove(id: string): Promise<boolean> {
+    const removed = (await this.ctx.calls.run(scripts.dlq, this.keys(), ['remove', id, this.ctx.clock.arg()])) as unknown as number;
+    this.inline.delete(id);
+    return removed === 1;
+  }
+
+  private keys(): string[] {
+    const keys = this.ctx.keys;
+    return [keys.dlq('e'), keys.dlq('o'), keys.dlq('x'), keys.dlq('seq')];
+  }
+
+  private restore(stored: StoredEntry): FailedTask {
+    const { task, firstFailedAt, lastFailedAt, ...rest } = stored;
+    const fn = this.inline.get(stored.id);
+    return {
+      ...rest,
+      task: fn ?? (task.inline ? { inline: true, description: task.description ?? 'a function' } : { name: task.name as string, payload: task.payload }),
+      firstFailedAt: new Date(firstFailedAt),
+      lastFailedAt: new Date(lastFailedAt),
+    };
+  }
+}

@@ -1,0 +1,106 @@
+/**
+ * Subscriptions in Redis: create or replace, read, change (extend, cancel, change profile, reset
+ * usage, set the quota), delete; and a subscription script's reply read into a Subscription.
+ */
+import { invalidArgument } from '../../errors.js';
+import type { Profile } from '../../profile.js';
+import type { SubscribeInput, Subscription } from '../store.js';
+import type { Reply } from './calls.js';
+import { STATUS } from './codes.js';
+import type { Context, Forget } from './context.js';
+import type { Denials } from './denials.js';
+import type { Ended } from './ended.js';
+import { scripts } from './scripts.js';
+
+/** A change mutate.lua makes to an existing subscription. */
+export type Change = 'extend' | 'cancel' | 'change' | 'reset' | 'quota';
+
+export class Subscriptions {
+  /** `forget`: what a deletion drops in this process. */
+  constructor(
+    private readonly ctx: Context,
+    private readonly ended: Ended,
+    private readonly denials: Denials,
+    private readonly forget: Forget,
+  ) {}
+
+  /** A subscription script's reply (see user_reply in subscription.lua); tells the clock the server's time. */
+  parse(userId: string, r: Reply): Subscription {
+    const [p, s, sa, ea, n, q, ps, , expiredNow, nowMs] = r as [string, number, string, string, string, string, string, string, number, number];
+    this.ctx.clock.learn(Number(nowMs));
+    const profile = this.ctx.profiles.get(p);
+    if (expiredNow === 1) this.ctx.listener.expired(userId, p);
+    let usage = Number(n);
+    let periodStart = Number(ps);
+    const period = profile?.quotaPeriodMs ?? 0;
+    if (period > 0 && Number(nowMs) >= periodStart + period) {
+      periodStart += Math.floor((Number(nowMs) - periodStart) / period) * period;
+      usage = 0;
+    }
+    const quota = Number(q) >= 0 ? Number(q) : null;
+    const sub: Subscription = {
+      userId,
+      profileName: p,
+      status: STATUS[Number(s)] ?? 'active',
+      startsAt: new Date(Number(sa)),
+      endsAt: Number(ea) >= 0 ? new Date(Number(ea)) : null,
+      usage,
+      quota,
+      quotaLimit: quota ?? profile?.quotaLimit ?? null,
+    };
+    if (period > 0) sub.periodStartedAt = new Date(periodStart);
+    return sub;
+  }
+
+  async subscribe(userId: string, profile: Profile, input: SubscribeInput): Promise<Subscription> {
+    const { keys, calls, clock } = this.ctx;
+    this.denials.clear();
+    const user = keys.user(userId);
+    const r = await calls.run(scripts.subscribe, [user, this.ended.of(user)], [
+      profile.name,
+      input.startsAt ?? '',
+      input.endsAt === Infinity ? '' : (input.endsAt ?? ''),
+      input.durationMs ?? '',
+      input.quota ?? '',
+      input.resetUsage ? 1 : 0,
+      clock.arg(),
+      clock.deadline(),
+      userId,
+    ]);
+    if (r[0] === 'DATES') {
+      throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
+    }
+    return this.parse(userId, r);
+  }
+
+  async get(userId: string): Promise<Subscription | undefined> {
+    const r = await this.ctx.calls.run(scripts.read, [this.ctx.keys.user(userId)], [this.ctx.clock.arg()]);
+    return r === null ? undefined : this.parse(userId, r);
+  }
+
+  /** The profile a user's record names, read once per handle (then kept up to date by admit's replies); null: no record. */
+  async profileOf(userId: string, user: string): Promise<Profile | undefined | null> {
+    const r = await this.ctx.calls.run(scripts.read, [user], [this.ctx.clock.arg()]);
+    if (r === null) return null;
+    // Read through parse(): the read may record that the subscription ended (the event fires once).
+    return this.ctx.profiles.get(this.parse(userId, r).profileName);
+  }
+
+  /** One change to an existing subscription (see mutate.lua); undefined when there is none. */
+  async change(userId: string, op: Change, value: string | number): Promise<Subscription | undefined> {
+    const { keys, calls, clock } = this.ctx;
+    this.denials.clear(); // a change of profile, quota or status: refusals are decided anew
+    const user = keys.user(userId);
+    const r = await calls.run(scripts.mutate, [user, this.ended.of(user)], [op, value, clock.arg(), clock.deadline(), userId]);
+    return r === null ? undefined : this.parse(userId, r);
+  }
+
+  /** Deletes a user's record; the deleted subscription's profile name, undefined if there was none. */
+  async delete(userId: string): Promise<string | undefined> {
+    const { keys, calls, clock } = this.ctx;
+    const user = keys.user(userId);
+    const r = (await calls.run(scripts.delete, [user, this.ended.of(user)], [clock.arg(), clock.deadline(), userId])) as unknown as string | null;
+    this.forget(userId, user);
+    return typeof r === 'string' ? r : undefined;
+  }
+}
