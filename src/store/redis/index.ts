@@ -749,7 +749,7 @@ export class RedisStore implements Store {
       return local > 0 ? 0 : Math.max(1, -local);
     }
     if (Number(r[0]) !== 1) return Math.max(1, Number(r[1]));
-    // The bucket's TAT right after, as whole ms and leftover ticks: what refundRate takes back.
+    // The bucket's TAT right after, as whole µs and leftover ticks: what refundRate takes back.
     if (receipt !== undefined && r[4] !== undefined) receipt.value = { tat: Number(r[4]), epoch: Number(r[5]) };
     return 0;
   }
@@ -757,7 +757,7 @@ export class RedisStore implements Store {
   /**
    * Gives back rate units taken for an attempt that never started, as far as the bucket still
    * holds them (refund_rate.lua). The receipt is the bucket's TAT right after they were taken:
-   * `tat` whole ms, `epoch` leftover ticks.
+   * `tat` whole µs, `epoch` leftover ticks.
    */
   async refundRate(userId: string, cost: number, receipt: RateReceipt, _nowMs: number, slot?: UserSlot): Promise<void> {
     // With the user's handle the profile is known and the call goes at once (so that it lands

@@ -17,7 +17,7 @@
 --   doubles). Allowed, queued, rate limited or reserved: 11 doubles { verdict, usage, period
 --   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
 --   period), quota limit in force (-1: none), and for an allowed decision the bucket's TAT
---   right after the charge as whole ms and leftover ticks (the receipt refund_rate.lua takes;
+--   right after the charge as whole µs and leftover ticks (the receipt refund_rate.lua takes;
 --   -1, 0 otherwise) }; anything else: 11 doubles { verdict, usage, quota
 --   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the
 --   profile's name (uint32 length, bytes). Past the deadline: the integer 10, nothing decided.
