@@ -93,6 +93,20 @@ describe('numbers read back exactly', () => {
     }
   });
 
+  it('subscription dates given as ms with a fraction come back as on the MemoryStore', async () => {
+    const now = T0;
+    const { memory, redis, close } = await pair({ rate: { limit: 10, intervalMs: 1000 } }, () => now);
+    try {
+      for (const [startsAt, endsAt] of [[T0 - 1000 + 0.96875, T0 + 5000.96875], [-86_400_000.75, 2e15 + 0.75]] as const) {
+        const onRedis = await redis.subscribe('f', 'p', { startsAt, endsAt });
+        expect(onRedis).toEqual(await memory.subscribe('f', 'p', { startsAt, endsAt }));
+        expect(await redis.getSubscription('f')).toEqual(await memory.getSubscription('f'));
+      }
+    } finally {
+      await close();
+    }
+  });
+
   // Random valid profiles over the whole validated range (intervals up to centuries, up to a
   // million units a second, bursts up to burst x T = 2^50 ticks), random costs and times.
   const logInt = (min: number, max: number): fc.Arbitrary<number> =>
