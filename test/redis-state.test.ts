@@ -1,10 +1,12 @@
 // State kept in Redis reads back exactly: every number a script writes (a bucket's TAT, a
 // user's record) comes back as it was written, across the whole range the profile validation
-// allows, so the RedisStore decides as the MemoryStore and an exact model do.
+// allows, so the RedisStore decides as the MemoryStore and an exact model do. And a user's
+// record of a layout version this code does not know is an error, never a wrong answer.
 import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, MemoryStore, RedisStore, type Decision, type ProfileConfig } from '../src/index.js';
+import { rejection } from './helpers.js';
 import { ModelBucket } from './support/model-bucket.js';
 import { startRedis, type RedisServer } from './support/redis.js';
 
@@ -186,4 +188,94 @@ describe('numbers read back exactly', () => {
       { numRuns: 120 },
     );
   }, 120_000);
+});
+
+describe("a user's record of another layout version", () => {
+  /**
+   * A manager on a fresh prefix with users u, v, w subscribed; after `before`, u's record is
+   * rewritten with a raw SET with layout version `version`.
+   */
+  async function tampered(version: number, before?: (manager: Manager, clock: { now: number }) => Promise<void>): Promise<{ manager: Manager; store: RedisStore; key: string; record: Buffer }> {
+    const clock = { now: T0 };
+    const prefix = `s${++prefixes}`;
+    const store = new RedisStore({ client, prefix });
+    store.setTestClock(() => clock.now);
+    // Fail-open: were the error taken for an outage, the calls below would be admitted.
+    const manager = new Manager({ clock: () => clock.now, store, onStoreUnavailable: 'fail-open' });
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 100 } });
+    manager.registerProfile('q', { rate: { limit: 5, intervalMs: 1000 } });
+    for (const user of ['u', 'v', 'w']) await manager.subscribe(user, 'p');
+    // Admissions learn u's profile first, as in a process that has seen u before.
+    expect((await manager.getLimiter('u').check()).allowed).toBe(true);
+    await before?.(manager, clock);
+    const key = `${prefix}:{u:u}`;
+    const written = await client.getBuffer(key);
+    expect(written?.[0]).toBe(1); // the layout's version comes first (docs/redis.md)
+    const record = Buffer.from(written as Buffer);
+    record[0] = version;
+    await client.set(key, record);
+    return { manager, store, key, record };
+  }
+
+  it('fails every call on that user with INVALID_CONFIG naming the version, and is left as it was', async () => {
+    const { manager, key, record } = await tampered(2);
+    const u = manager.getLimiter('u');
+    const calls: Record<string, () => Promise<unknown>> = {
+      check: () => u.check(),
+      checkDetailed: () => u.checkDetailed(3),
+      peek: () => u.peek(),
+      submit: () => u.submit(() => 'ran'),
+      getSubscription: () => manager.getSubscription('u'),
+      subscribe: () => manager.subscribe('u', 'p', { resetUsage: true }),
+      extendSubscription: () => manager.extendSubscription('u', 60_000),
+      cancelSubscription: () => manager.cancelSubscription('u'),
+      changeProfile: () => manager.changeProfile('u', 'q'),
+      resetUsage: () => manager.resetUsage('u'),
+      updateSubscriptionQuota: () => manager.updateSubscriptionQuota('u', 5),
+      deleteSubscription: () => manager.deleteSubscription('u'),
+    };
+    try {
+      for (const [name, call] of Object.entries(calls)) {
+        const error = await rejection(call());
+        expect({ name, code: error.code }).toEqual({ name, code: 'INVALID_CONFIG' });
+        expect(error.message).toContain(`the record ${key} in Redis has layout version 2, and this version of taskvalve reads version 1`);
+      }
+      expect(await client.getBuffer(key)).toEqual(record);
+    } finally {
+      await manager.close();
+    }
+  });
+
+  it('fails only its own decision in a batch: other users are answered and charged as ever', async () => {
+    const { manager } = await tampered(0);
+    try {
+      const v = manager.getLimiter('v');
+      const w = manager.getLimiter('w');
+      // The first two go at once; the rest wait for them and travel in one call together.
+      const answers = await Promise.allSettled([v.check(), w.check(), v.check(2), manager.getLimiter('u').check(), w.check(3)]);
+      expect(answers.map((a) => (a.status === 'fulfilled' ? (a.value as Decision).allowed : (a.reason as { code: string }).code))).toEqual([true, true, true, 'INVALID_CONFIG', true]);
+      expect((await manager.getSubscription('v'))?.usage).toBe(3);
+      expect((await manager.getSubscription('w'))?.usage).toBe(4);
+    } finally {
+      await manager.close();
+    }
+  });
+
+  it('fails a sweep of ended subscriptions that meets it, before it deletes anything', async () => {
+    // v ends first, then u: the sweep meets v's record before u's.
+    const { manager, store } = await tampered(7, async (m, clock) => {
+      await m.cancelSubscription('v');
+      clock.now += 1;
+      await m.cancelSubscription('u');
+      clock.now += 1;
+    });
+    try {
+      const error = await rejection(Promise.resolve(store.sweepEnded(T0 + 2, 0, 100)));
+      expect(error.code).toBe('INVALID_CONFIG');
+      expect(error.message).toContain('has layout version 7');
+      expect(await manager.getSubscription('v')).toMatchObject({ status: 'canceled' });
+    } finally {
+      await manager.close();
+    }
+  });
 });

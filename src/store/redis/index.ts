@@ -27,6 +27,7 @@ import {
 import { rejectUnknownOptions } from '../../util/options.js';
 import { Keys, endedTags, rendezvous, slotOf, tagOf, unescapeId } from './keys.js';
 import { scripts, type Script, type ScriptClient } from './scripts.js';
+import { UNKNOWN_RECORD, recordError, unknownRecord } from './record.js';
 
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
 export type RedisClientLike = ScriptClient;
@@ -193,7 +194,7 @@ export class RedisStore implements Store {
         },
         (error: unknown) => {
           call.done = true;
-          reject(error instanceof TaskvalveError ? error : storeUnavailable(error));
+          reject(error instanceof TaskvalveError ? error : (recordError(error) ?? storeUnavailable(error)));
         },
       );
     });
@@ -489,6 +490,7 @@ export class RedisStore implements Store {
         ref.usable = false;
         return this.notFound(out);
       }
+      if (r[0] === UNKNOWN_RECORD) throw unknownRecord(ref.user, r[1] as number, r[2] as number);
       if (r[0] === PROFILE_MISMATCH) {
         profile = this.profiles.get(String(r[11]));
         if (profile === undefined) throw this.unknownProfile(userId);

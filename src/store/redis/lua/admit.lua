@@ -20,14 +20,16 @@
 --   right after the charge as whole µs and leftover ticks (the receipt refund_rate.lua takes;
 --   -1, 0 otherwise) }; anything else: 11 doubles { verdict, usage, quota
 --   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the
---   profile's name (uint32 length, bytes). Past the deadline: the integer 10, nothing decided.
+--   profile's name (uint32 length, bytes); for a user's record of another layout (UNKNOWN_RECORD)
+--   the version found (-1: an empty string) and the version read stand in the usage and quota
+--   limit. Past the deadline: the integer 10, nothing decided.
 --@include time
 --@include gcra
 --@include user
 
 local ALLOWED, QUEUED, RATE_LIMITED, QUOTA_EXCEEDED, NOT_FOUND = 0, 1, 2, 3, 4
 local CANCELED, EXPIRED, NOT_STARTED, COST_OVER_BURST = 5, 6, 7, 8
-local PROFILE_MISMATCH, PAST_DEADLINE, RESERVED = 9, 10, 11
+local PROFILE_MISMATCH, PAST_DEADLINE, RESERVED, UNKNOWN_RECORD = 9, 10, 11, 12
 -- Replies are packed binary records (struct), concatenated into one string for the call.
 local COMPACT = '<ddddddddddd'
 
@@ -93,7 +95,13 @@ for i = 1, count do
       out = full(NOT_FOUND, 0, -1, 0, 0, 0, -1, 0, 0, '')
       break
     end
-    local s, sa, ea, q, ps, g, n, t, f, r, name = struct.unpack(USER, v)
+    local version = string.byte(v)
+    if version ~= USER_VERSION then
+      -- A record of another layout (see user.lua): this decision fails, nothing is written.
+      out = full(UNKNOWN_RECORD, version or -1, USER_VERSION, 0, 0, 0, -1, 0, 0, '')
+      break
+    end
+    local _, s, sa, ea, q, ps, g, n, t, f, r, name = struct.unpack(USER, v)
     local p
     if expected > 0 and profiles[expected].name == name then
       p = profiles[expected]
