@@ -27,7 +27,7 @@ afterAll(async () => {
 const T0 = Date.UTC(2026, 5, 1);
 
 /** One profile on a MemoryStore and on a RedisStore, both deciding at the clock `at()` (ms). */
-async function pair(profile: ProfileConfig, at: () => number): Promise<{ memory: Manager; redis: Manager; prefix: string; close(): Promise<void> }> {
+async function pair(profile: ProfileConfig, at: () => number): Promise<{ memory: Manager; redis: Manager; close(): Promise<void> }> {
   const prefix = `s${++prefixes}`;
   const store = new RedisStore({ client, prefix });
   store.setTestClock(at);
@@ -40,7 +40,6 @@ async function pair(profile: ProfileConfig, at: () => number): Promise<{ memory:
   return {
     memory,
     redis,
-    prefix,
     async close() {
       await Promise.all([memory.close(), redis.close()]);
     },
