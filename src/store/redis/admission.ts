@@ -9,7 +9,8 @@ import type { Profile } from '../../profile.js';
 import { AdmitMode, Verdict, blankResult, type AdmitResult, type RateReceipt, type UserSlot } from '../store.js';
 import type { Answer, Batches } from './batch.js';
 import { storeUnavailable, type Reply } from './calls.js';
-import { PROFILE_MISMATCH, RESERVED, STATUS } from './codes.js';
+import { PROFILE_MISMATCH, RESERVED, STATUS, UNKNOWN_RECORD } from './codes.js';
+import { unknownRecord } from './record.js';
 import type { Context } from './context.js';
 import type { Denials } from './denials.js';
 import type { Handles, Ref } from './handles.js';
@@ -56,6 +57,7 @@ export class Admission {
         ref.usable = false;
         return this.notFound(out);
       }
+      if (r[0] === UNKNOWN_RECORD) throw unknownRecord(ref.user, r[1] as number, r[2] as number);
       if (r[0] === PROFILE_MISMATCH) {
         profile = this.ctx.profiles.get(String(r[11]));
         if (profile === undefined) throw this.unknownProfile(userId);
@@ -90,7 +92,7 @@ export class Admission {
       return this.outage.take(error, bucket, profile, cost);
     }
     if (Number(r[0]) !== 1) return Math.max(1, Number(r[1]));
-    // The bucket's TAT right after, as whole ms and leftover ticks: what refundRate takes back.
+    // The bucket's TAT right after, as whole µs and leftover ticks: what refundRate takes back.
     if (receipt !== undefined && r[4] !== undefined) receipt.value = { tat: Number(r[4]), epoch: Number(r[5]) };
     return 0;
   }

@@ -5,6 +5,7 @@
  */
 import { ErrorCode, TaskvalveError } from '../../errors.js';
 import { LATE } from './codes.js';
+import { recordError } from './record.js';
 import { rendezvous, slotOf, tagOf } from './keys.js';
 import type { Script, ScriptClient } from './scripts.js';
 
@@ -26,7 +27,7 @@ function failure(error: unknown): TaskvalveError {
   if (error instanceof Error && error.message.startsWith(LATE)) {
     return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, 'Redis is unavailable: the call reached Redis after its deadline and was refused', { cause: error });
   }
-  return storeUnavailable(error);
+  return recordError(error) ?? storeUnavailable(error);
 }
 
 /** A Redis call in flight: when it times out, and how to fail it then. */

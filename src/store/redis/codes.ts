@@ -12,9 +12,11 @@ export const STATUS = ['active', 'canceled', 'expired'] as const;
 export const PROFILE_MISMATCH = 9;
 /** The quota alone is charged: the bucket lives in another slot (the protocol across slots). */
 export const RESERVED = 10;
+/** A decision's user record has a layout version these scripts do not read (see record.ts). */
+export const UNKNOWN_RECORD = 11;
 
 /** Every code of an admission record, by its name in the scripts. */
-const CODES: Record<string, number> = { ...Verdict, PROFILE_MISMATCH, RESERVED };
+const CODES: Record<string, number> = { ...Verdict, PROFILE_MISMATCH, RESERVED, UNKNOWN_RECORD };
 
 if (new Set(Object.values(CODES)).size !== Object.keys(CODES).length) throw new Error('two admission codes share a value');
 

@@ -179,7 +179,7 @@ export class RedisStore implements Store {
   /**
    * Gives back rate units taken for an attempt that never started, as far as the bucket still
    * holds them (refund_rate.lua). The receipt is the bucket's TAT right after they were taken:
-   * `tat` whole ms, `epoch` leftover ticks.
+   * `tat` whole µs, `epoch` leftover ticks.
    */
   refundRate(userId: string, cost: number, receipt: RateReceipt, _nowMs: number, slot?: UserSlot): Promise<void> {
     return this.admission.refundRate(userId, cost, receipt, slot);

@@ -17,10 +17,12 @@
 --   doubles). Allowed, queued, rate limited or reserved: 11 doubles { verdict, usage, period
 --   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
 --   period), quota limit in force (-1: none), and for an allowed decision the bucket's TAT
---   right after the charge as whole ms and leftover ticks (the receipt refund_rate.lua takes;
+--   right after the charge as whole µs and leftover ticks (the receipt refund_rate.lua takes;
 --   -1, 0 otherwise) }; anything else: 11 doubles { verdict, usage, quota
 --   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the
---   profile's name (uint32 length, bytes). Past the deadline: the LATE error, nothing decided.
+--   profile's name (uint32 length, bytes); for a user's record of another layout (UNKNOWN_RECORD)
+--   the version found (-1: an empty string) and the version read stand in the usage and quota
+--   limit. Past the deadline: the LATE error, nothing decided.
 -- Verdicts and LATE: see codes.ts.
 --@include codes
 --@include time
@@ -92,7 +94,13 @@ for i = 1, count do
       out = full(NOT_FOUND, 0, -1, 0, 0, 0, -1, 0, 0, '')
       break
     end
-    local s, sa, ea, q, ps, g, n, t, f, r, name = struct.unpack(USER, v)
+    local version = string.byte(v)
+    if version ~= USER_VERSION then
+      -- A record of another layout (see user.lua): this decision fails, nothing is written.
+      out = full(UNKNOWN_RECORD, version or -1, USER_VERSION, 0, 0, 0, -1, 0, 0, '')
+      break
+    end
+    local _, s, sa, ea, q, ps, g, n, t, f, r, name = struct.unpack(USER, v)
     local p
     if expected > 0 and profiles[expected].name == name then
       p = profiles[expected]

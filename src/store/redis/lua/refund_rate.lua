@@ -7,7 +7,7 @@
 -- another rate or holds less than the slot (a profile change, a reset).
 --
 -- KEYS[1] the bucket: a user's record (its own bucket) or a shared bucket key.
--- ARGV: 1 kind ('h' a user's record, 's' a shared key), 2 d, 3 T, 4 cost, 5 receipt ms,
+-- ARGV: 1 kind ('h' a user's record, 's' a shared key), 2 d, 3 T, 4 cost, 5 receipt µs,
 --   6 receipt ticks, 7 clock ('+0', see time.lua).
 -- Reply: 1 when units came back, else 0.
 --@include time
@@ -18,7 +18,7 @@ local hash = ARGV[1] ~= 's'
 local d, T, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local sig = ARGV[2] .. ':' .. ARGV[3]
 local now = server_now(ARGV[7], 0)
-local mine = (tonumber(ARGV[5]) * 1000 - now) * d + tonumber(ARGV[6])
+local mine = gcra_ahead(tonumber(ARGV[5]), tonumber(ARGV[6]), now, d)
 if mine <= 0 then
   return 0
 end

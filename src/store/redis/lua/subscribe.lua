@@ -29,7 +29,7 @@ if not ea then
   end
 end
 if ea >= 0 and ea <= sa then
-  return { 'DATES', int(sa), int(ea) }
+  return { 'DATES', num(sa), num(ea) }
 end
 local q = tonumber(ARGV[5]) or -1
 local u = user_load(KEYS[1])

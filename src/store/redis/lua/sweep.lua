@@ -14,10 +14,16 @@ local cutoff = math.floor(server_now(ARGV[3], 0) / 1000) - tonumber(ARGV[2])
 if ARGV[1] == 'due' then
   return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[4]))
 end
+-- Every record is read before anything is deleted: one of an unknown layout fails the call
+-- (see user.lua) with nothing changed.
+local records = {}
+for i = 2, #KEYS do
+  records[i] = user_load(KEYS[i]) or false
+end
 local out = {}
 for i = 2, #KEYS do
   local user = ARGV[i + 2]
-  local u = user_load(KEYS[i])
+  local u = records[i]
   local score = tonumber(redis.call('ZSCORE', KEYS[1], user))
   if not u then
     redis.call('ZREM', KEYS[1], user)

@@ -6,7 +6,7 @@
 --   ahead in the caller, 7 deadline µs (0: none), 8 clock ('+0', see time.lua), 9 'peek' to
 --   decide without writing.
 -- Reply: { taken (1/0), wait ms, remaining, reset ms, and when taken
---   the bucket's TAT right after as whole ms and leftover ticks (the receipt refund_rate.lua takes) },
+--   the bucket's TAT right after as whole µs and leftover ticks (the receipt refund_rate.lua takes) },
 --   or past the deadline the LATE error (see codes.ts), nothing written.
 --@include codes
 --@include time
@@ -46,7 +46,7 @@ if waiting == 0 then
     else
       shared_store(KEYS[1], now, next, d, sig)
     end
-    -- Redis turns a Lua number into an integer reply: the ticks stay exact below 10^14.
+    -- Redis turns a Lua number into an integer reply: exact, as both stay below 2^53.
     return { 1, 0, gcra_remaining(next, T, tau), gcra_ms(next, d), rt, rf }
   end
 end

@@ -1,23 +1,21 @@
 -- GCRA in exact integers: the twin of src/rate/gcra.ts (both pass test/vectors/gcra.json).
 -- A rate: d ticks per microsecond, T ticks per unit, tau = burst * T ticks; its signature
 -- "d:T" tells which rate wrote a bucket.
--- A TAT is kept as whole milliseconds `t` plus `f` ticks (0 <= f < 1000 * d): both stay below
--- 10^14, so Redis stores them exactly as plain numbers, and only the distance from now (at
--- most tau ticks) is ever multiplied by d.
+-- A TAT is kept as whole microseconds `t` plus `f` ticks (0 <= f < d). Both are integers below
+-- 2^53 for every rate the validation allows (d <= T <= tau <= 2^50), so doubles hold them
+-- exactly, and only the distance from now (at most tau ticks) is ever multiplied by d. Written
+-- as text they go through string.format('%.0f'): Lua's own number-to-text conversion keeps 14
+-- digits and turns larger numbers into exponent form, which would not read back.
 
 -- Ticks from now (µs) until the TAT (0 when the bucket is full or the TAT is absent).
 local function gcra_ahead(t, f, now, d)
-  if not t then
+  if not t or t < now then
     return 0
   end
-  local a = (t * 1000 - now) * d + f
-  if a < 0 then
-    return 0
-  end
-  return a
+  return (t - now) * d + f
 end
 
--- The TAT that lies `ahead` ticks after now, as whole milliseconds and leftover ticks.
+-- The TAT that lies `ahead` ticks after now, as whole microseconds and leftover ticks.
 local function gcra_split(now, ahead, d)
   local us = math.floor(ahead / d)
   local rest = ahead - us * d
@@ -28,9 +26,7 @@ local function gcra_split(now, ahead, d)
     us = us + 1
     rest = rest - d
   end
-  us = now + us
-  local t = math.floor(us / 1000)
-  return t, (us - t * 1000) * d + rest
+  return now + us, rest
 end
 
 -- Whole units that conform with `ahead` ticks in use.
@@ -70,8 +66,9 @@ local function gcra_in_use(t, f, r, now, d, T, sig)
   return math.ceil(a / bT * T) + 1
 end
 
--- A shared bucket is a string key "t:f:d:T" that expires when the bucket is full again, so an
--- idle bucket costs nothing. (A user's own bucket lives in the user's record: t, f, r; see user.lua.)
+-- A shared bucket is a string key "t:f:d:T" (integers in full) that expires when the bucket is
+-- full again, so an idle bucket costs nothing. (A user's own bucket lives in the user's record:
+-- t, f, r; see user.lua.)
 local function shared_in_use(key, now, d, T, sig)
   local v = redis.call('GET', key)
   if not v then
@@ -89,5 +86,5 @@ local function shared_store(key, now, ahead, d, sig)
   if clock_fixed then
     ttl = ttl + 3600000
   end
-  redis.call('SET', key, t .. ':' .. f .. ':' .. sig, 'PX', ttl)
+  redis.call('SET', key, string.format('%.0f:%.0f:', t, f) .. sig, 'PX', ttl)
 end

@@ -1,11 +1,13 @@
 -- What the subscription scripts share beyond the record itself (admit.lua does without them).
 
--- Integers up to 2^53 as exact decimal strings (tostring rounds past 14 digits).
-local function int(x)
-  if x < 1e14 and x > -1e14 then
-    return x .. ''
+-- A number as decimal text that reads back as the same double: integers in full, others (a
+-- date given with a fraction of a ms) with 17 significant digits. Lua's own conversion keeps
+-- 14 digits, which rounds them, and writes exponent form from 10^14 on.
+local function num(x)
+  if x == math.floor(x) then
+    return string.format('%.0f', x)
   end
-  return string.format('%.0f', x)
+  return string.format('%.17g', x)
 end
 
 -- Moves the usage period forward in the table only (callers write it when they charge).
@@ -21,5 +23,5 @@ end
 
 -- The reply every subscription script gives: the fields of a Subscription.
 local function user_reply(u, now_ms, expired_now)
-  return { u.p, u.s, int(u.sa), int(u.ea), int(u.n), int(u.q), int(u.ps), int(u.g), expired_now, int(now_ms) }
+  return { u.p, u.s, num(u.sa), num(u.ea), num(u.n), num(u.q), num(u.ps), num(u.g), expired_now, num(now_ms) }
 end

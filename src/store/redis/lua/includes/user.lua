@@ -1,14 +1,23 @@
 -- A user's record is one string key, read with one GET and written with one SET, packed with
 -- Redis's struct library (a binary record decodes in C, with no parsing in Lua):
+--   one byte: the layout's version (USER_VERSION);
 --   nine doubles: s status (0 active, 1 canceled, 2 expired), sa start ms, ea end ms (-1: none),
 --   q quota override (-1: none), ps period start ms, g usage generation (bumped at every reset:
 --   the refund token), n usage, t and f the user's own bucket's TAT (see gcra.lua; t -1: full);
 --   then two length-prefixed strings: r the signature of the rate that wrote that bucket, p the
 --   profile's name.
-local USER = '<dddddddddI4c0I4c0'
+-- A record of another version is never read as this one: user_load fails the script with
+-- user_unknown's text (before the script writes anything), which the client reports as
+-- INVALID_CONFIG; admit.lua answers that decision alone with UNKNOWN_RECORD instead.
+local USER_VERSION = 1
+local USER = '<BdddddddddI4c0I4c0'
 
 local function user_pack(s, sa, ea, q, ps, g, n, t, f, r, p)
-  return struct.pack(USER, s, sa, ea, q, ps, g, n, t or -1, f or 0, #r, r, #p, p)
+  return struct.pack(USER, USER_VERSION, s, sa, ea, q, ps, g, n, t or -1, f or 0, #r, r, #p, p)
+end
+
+local function user_unknown(key, v)
+  return 'TASKVALVE_RECORD ' .. key .. ' has layout version ' .. (string.byte(v) or 'none') .. '; this code reads version ' .. USER_VERSION
 end
 
 local function user_load(key)
@@ -16,7 +25,10 @@ local function user_load(key)
   if not v then
     return nil
   end
-  local s, sa, ea, q, ps, g, n, t, f, r, p = struct.unpack(USER, v)
+  if string.byte(v) ~= USER_VERSION then
+    error(user_unknown(key, v), 0)
+  end
+  local _, s, sa, ea, q, ps, g, n, t, f, r, p = struct.unpack(USER, v)
   if t < 0 then
     t, f = nil, nil
   end
