@@ -73,8 +73,7 @@ const { value } = fc.letrec<{ value: Value; leaf: Value }>((tie) => ({
   leaf: fc.oneof(
     line.map((s) => ({ t: '+', s }) as Value),
     line.map((s) => ({ t: '-', s }) as Value),
-    fc.maxSafeInteger().map((n) => ({ t: ':', n }) as Value),
-    fc.maxSafeNat().map((n) => ({ t: ':', n: -n }) as Value),
+    fc.maxSafeInteger().map((n) => ({ t: ':', n: n === 0 ? 0 : n }) as Value), // RESP has no -0
     fc.option(payload, { nil: null }).map((b) => ({ t: '$', b }) as Value),
   ),
   value: fc.oneof(
