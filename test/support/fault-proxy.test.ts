@@ -4,6 +4,7 @@
 import { connect, type Socket } from 'node:net';
 import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { eventually } from '../helpers.js';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
 import { startRedis, type RedisServer } from './redis.js';
 import { RespFrames } from './resp-frames.js';
@@ -84,15 +85,6 @@ async function raw(): Promise<Raw> {
     ended,
     replied: (n) => (replies.length >= n ? Promise.resolve(replies) : new Promise((resolve) => waiting.push({ n, resolve }))),
   };
-}
-
-/** Polls `probe` until it returns true, at most `timeoutMs` (for state only Redis can tell). */
-async function eventually(probe: () => Promise<boolean>, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`not reached within ${timeoutMs} ms: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 describe('fault proxy', () => {
