@@ -84,10 +84,9 @@ export class Admission {
     const rate = profile.rate;
     if (cost > rate.burst) return Infinity;
     const bucket = this.bucketOf(ref, profile);
-    const { calls, clock } = this.ctx;
     let r: Reply;
     try {
-      r = await calls.run(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, clock.deadline(), clock.arg(), 'take']);
+      r = await this.ctx.ops.write(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, 'take'], 'undo');
     } catch (error) {
       return this.outage.take(error, bucket, profile, cost);
     }
@@ -106,7 +105,7 @@ export class Admission {
     if (!profile) return;
     const rate = profile.rate;
     const bucket = this.bucketOf(ref, profile);
-    await this.ctx.calls.run(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch, this.ctx.clock.arg()]);
+    await this.ctx.ops.write(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch], 'retry');
     // A refusal remembered for this bucket may no longer hold.
     this.denials.delete(bucket);
   }
@@ -121,7 +120,7 @@ export class Admission {
     // One call, sent at once (so it lands before any later read on this connection): the
     // generation token alone decides; a refund into a period that has since ended changes
     // nothing visible, as that usage resets at the next decision.
-    await this.ctx.calls.run(scripts.refund, [this.ctx.keys.user(userId)], [cost, period, 0, this.ctx.clock.arg()]);
+    await this.ctx.ops.write(scripts.refund, [this.ctx.keys.user(userId)], [cost, period, 0], 'retry');
   }
 
   /** What check(1) would decide on the rate now, without charging anything. */
@@ -144,7 +143,7 @@ export class Admission {
     } else {
       r = await calls.run(scripts.read, [ref.user], [clock.arg()]);
       if (r === null) return this.notFound(out);
-      const t = await calls.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, 1, 0, 0, clock.arg(), 'peek']);
+      const t = await calls.run(scripts.take, [bucket], [0, 0, 0, clock.arg(), 's', rate.d, rate.T, rate.tau, 1, 0, 'peek']);
       tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
     }
     const sub = this.subscriptions.parse(userId, r);
@@ -188,7 +187,7 @@ export class Admission {
     const [, usage, period, , , , , periodLeft, limit] = reserved.reply as [number, number, number, number, number, number, number, number, number];
     let taken: Reply;
     try {
-      taken = await this.ctx.calls.run(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, cost, ahead, this.ctx.clock.deadline(), this.ctx.clock.arg(), 'take']);
+      taken = await this.ctx.ops.write(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, cost, ahead, 'take'], 'undo');
     } catch (error) {
       await this.refundReserved(ref, cost, period);
       throw error;
@@ -203,8 +202,9 @@ export class Admission {
     return { reply: [Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
   }
 
+  /** Gives a reservation back; a refund that fails is sent again until it lands (ops.ts), so its failure is not the caller's. */
   private async refundReserved(ref: Ref, cost: number, period: number): Promise<void> {
-    await this.ctx.calls.run(scripts.refund, [ref.user], [cost, period, ref.profile?.quotaPeriodMs ?? 0, this.ctx.clock.arg()]);
+    await this.ctx.ops.write(scripts.refund, [ref.user], [cost, period, ref.profile?.quotaPeriodMs ?? 0], 'retry').catch(() => {});
   }
 
   /** Copies a script's reply into the result object. */

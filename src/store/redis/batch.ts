@@ -160,8 +160,7 @@ export class Batches {
     if (batch === undefined) return;
     group.pending = undefined;
     group.inFlight++;
-    const clock = this.ctx.clock;
-    const args: (string | number | Buffer)[] = [clock.deadline(), clock.arg(), batch.profiles.length];
+    const args: (string | number | Buffer)[] = [batch.profiles.length];
     for (const p of batch.profiles) for (const field of profileFields(p)) args.push(field);
     const d = batch.decisions;
     if (batch.size === 1) {
@@ -177,7 +176,7 @@ export class Batches {
       }
       args.push(records);
     }
-    this.ctx.calls.run(scripts.admit, batch.keys, args, true).then(
+    this.ctx.ops.write(scripts.admit, batch.keys, args, 'undo', true).then(
       (reply) => {
         this.sent(key, group);
         batch.settle.resolve(parseAnswers(reply as unknown as Buffer, batch));

@@ -1,12 +1,13 @@
 /**
  * Script calls to Redis: each runs on the node that owns its keys and is failed with
  * STORE_UNAVAILABLE past the store's timeout (one timer serves every call in flight); a script
- * that reached Redis after its deadline is failed the same way, here and nowhere else.
+ * that reached Redis after its deadline, or refused as a duplicate, is failed the same way, here
+ * and nowhere else. Calls that write go through ops.ts, which gives each an operation id.
  */
 import { ErrorCode, TaskvalveError } from '../../errors.js';
-import { LATE } from './codes.js';
+import { DUP, LATE } from './codes.js';
 import { recordError } from './record.js';
-import { rendezvous, slotOf, tagOf } from './keys.js';
+import { endedTags, rendezvous, slotOf, tagOf } from './keys.js';
 import type { Script, ScriptClient } from './scripts.js';
 
 /** A script's reply, as the store reads it. */
@@ -27,7 +28,26 @@ function failure(error: unknown): TaskvalveError {
   if (error instanceof Error && error.message.startsWith(LATE)) {
     return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, 'Redis is unavailable: the call reached Redis after its deadline and was refused', { cause: error });
   }
+  if (error instanceof Error && error.message.startsWith(DUP)) {
+    return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, 'Redis is unavailable: the answer to the call was lost; it is taken back if it applied', { cause: error });
+  }
   return recordError(error) ?? storeUnavailable(error);
+}
+
+/** The message of a call failed for want of an answer within the timeout. */
+const NO_ANSWER = 'no answer within';
+
+/**
+ * Whether a failed call may have been applied: false when Redis answered it with an error (it
+ * ran and refused, or never ran: LATE, a record of another version, NOSCRIPT, LOADING...), true
+ * when no answer came (a timeout, a connection lost) or Redis said it had run before (DUP).
+ */
+export function mayHaveApplied(error: TaskvalveError): boolean {
+  if (error.code !== ErrorCode.STORE_UNAVAILABLE) return false;
+  const cause = error.cause;
+  if (!(cause instanceof Error)) return true;
+  if (cause.message.startsWith(DUP)) return true;
+  return cause.name !== 'ReplyError';
 }
 
 /** A Redis call in flight: when it times out, and how to fail it then. */
@@ -80,17 +100,55 @@ export class Calls {
     return this.clustered ? slotOf(tag) : this.clients.length === 1 ? 0 : rendezvous(tag, this.clients.length);
   }
 
-  /** Runs a script with a deadline: past `timeoutMs` it is reported failed, and Redis refuses it. */
+  /**
+   * The tags of the placement units, one per unit: a tag that lands on that unit (computed on
+   * first use). Keys of one unit that no user owns (the ends index, the operation logs) use it.
+   */
+  unitTags(): string[] {
+    if (this.tags === undefined) this.tags = endedTags(this.units, (tag) => this.unitOf(tag));
+    return this.tags;
+  }
+
+  private tags: string[] | undefined = undefined;
+
+  /**
+   * Reads a server's clock with `TIME`: when the request left (local µs, monotonic), when the
+   * answer was read, and the server's time (µs). Failed past the timeout like any call.
+   */
+  time(client: ScriptClient): Promise<[number, number, number]> {
+    return new Promise((resolve, reject) => {
+      const call: Call = { at: performance.now() + this.timeoutMs, done: false, fail: reject };
+      this.track(call);
+      const sent = performance.now() * 1000;
+      client.callBuffer('TIME', []).then(
+        (reply) => {
+          if (call.done) return;
+          call.done = true;
+          const [s, us] = reply as [Buffer, Buffer];
+          resolve([sent, performance.now() * 1000, Number(s) * 1e6 + Number(us)]);
+        },
+        (error: unknown) => {
+          if (call.done) return;
+          call.done = true;
+          reject(failure(error));
+        },
+      );
+    });
+  }
+
+  /** Runs a script: past `timeoutMs` it is reported failed (and a deadline, if it carries one, makes Redis refuse it). */
   run(script: Script, keys: string[], args: (string | number | Buffer)[], binary = false): Promise<Reply> {
     return new Promise<Reply>((resolve, reject) => {
       const call: Call = { at: performance.now() + this.timeoutMs, done: false, fail: reject };
       this.track(call);
       script.run(this.node(keys[0] as string), keys, args, binary).then(
         (reply) => {
+          if (call.done) return;
           call.done = true;
           resolve(reply as Reply);
         },
         (error: unknown) => {
+          if (call.done) return;
           call.done = true;
           reject(failure(error));
         },
@@ -133,7 +191,7 @@ export class Calls {
       if (!call.done) {
         if (call.at > now) break;
         call.done = true;
-        call.fail(storeUnavailable(new Error(`no answer within ${this.timeoutMs} ms`)));
+        call.fail(storeUnavailable(new Error(`${NO_ANSWER} ${this.timeoutMs} ms`)));
       }
       this.head++;
     }

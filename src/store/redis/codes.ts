@@ -21,17 +21,26 @@ const CODES: Record<string, number> = { ...Verdict, PROFILE_MISMATCH, RESERVED, 
 if (new Set(Object.values(CODES)).size !== Object.keys(CODES).length) throw new Error('two admission codes share a value');
 
 /**
- * A script that runs past its caller's deadline writes nothing and answers an error reply that
- * starts with this word (the call layer turns it into STORE_UNAVAILABLE).
+ * A script that runs past its caller's deadline (or after its process settled it) writes
+ * nothing and answers an error reply that starts with this word: the call was not applied, and
+ * never will be.
  */
 export const LATE = 'TASKVALVE_LATE';
 
-/** The Lua text of the `codes` include: each code as a local, and LATE's error message. */
+/**
+ * A script that finds its own entry in the operation log (it ran before, and its reply was
+ * lost; or settle.lua voided it) writes nothing and answers an error reply that starts with
+ * this word: what became of the call is for settle.lua to say.
+ */
+export const DUP = 'TASKVALVE_DUP';
+
+/** The Lua text of the `codes` include: each code as a local, and the refusals' error messages. */
 export function luaCodes(): string {
   const names = Object.keys(CODES);
   return [
     `local ${names.join(', ')} = ${names.map((name) => CODES[name]).join(', ')}`,
-    `local LATE = '${LATE} the call reached Redis after its deadline'`,
+    `local LATE = '${LATE} the call reached Redis after its deadline, or after it was settled'`,
+    `local DUP = '${DUP} the call was applied or settled before'`,
     '',
   ].join('\n');
 }

@@ -39,23 +39,23 @@ export class DeadLetters {
       if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
     }
     const json = JSON.stringify(serialiseEntry(entry));
-    await this.ctx.calls.run(scripts.dlq, [...this.keys(), this.ctx.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs, this.ctx.clock.arg()]);
+    await this.ctx.ops.write(scripts.dlq, [...this.keys(), this.ctx.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs], 'undo');
   }
 
   async list(query: DlqQuery): Promise<FailedTask[]> {
     const keys = this.keys();
     if (query.profileName !== undefined) keys.push(this.ctx.keys.dlqProfile(query.profileName));
-    const r = (await this.ctx.calls.run(scripts.dlq, keys, ['list', query.limit ?? -1, query.userId ?? '', this.ctx.clock.arg()])) as string[];
+    const r = (await this.ctx.calls.run(scripts.dlq, keys, [0, 0, 0, this.ctx.clock.arg(), 'list', query.limit ?? -1, query.userId ?? ''])) as string[];
     return r.map((json) => this.restore(JSON.parse(json) as StoredEntry));
   }
 
   async get(id: string): Promise<FailedTask | undefined> {
-    const json = (await this.ctx.calls.run(scripts.dlq, this.keys(), ['get', id, this.ctx.clock.arg()])) as unknown as string | null;
+    const json = (await this.ctx.calls.run(scripts.dlq, this.keys(), [0, 0, 0, this.ctx.clock.arg(), 'get', id])) as unknown as string | null;
     return json === null ? undefined : this.restore(JSON.parse(json) as StoredEntry);
   }
 
   async remove(id: string): Promise<boolean> {
-    const removed = (await this.ctx.calls.run(scripts.dlq, this.keys(), ['remove', id, this.ctx.clock.arg()])) as unknown as number;
+    const removed = (await this.ctx.calls.run(scripts.dlq, this.keys(), [0, 0, 0, this.ctx.clock.arg(), 'remove', id])) as unknown as number;
     this.inline.delete(id);
     return removed === 1;
   }

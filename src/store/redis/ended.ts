@@ -4,7 +4,7 @@
  */
 import type { EndedUser, SweepResult } from '../store.js';
 import type { Context, Forget } from './context.js';
-import { endedTags, tagOf } from './keys.js';
+import { tagOf } from './keys.js';
 import { scripts } from './scripts.js';
 
 /** Ends indexes a sweep call visits at most (a Cluster has one per slot). */
@@ -12,7 +12,6 @@ const SWEEP_UNITS = 256;
 
 export class Ended {
   /** Tags of the ends indexes, one per placement unit (computed on first use), and where the sweep goes on. */
-  private tagList: string[] | undefined = undefined;
   private cursor = 0;
 
   /** `forget`: what a deletion drops in this process. */
@@ -23,11 +22,7 @@ export class Ended {
 
   /** The tags of the ends indexes, one per placement unit. */
   tags(): string[] {
-    if (this.tagList === undefined) {
-      const calls = this.ctx.calls;
-      this.tagList = endedTags(calls.units, (tag) => calls.unitOf(tag));
-    }
-    return this.tagList;
+    return this.ctx.calls.unitTags();
   }
 
   /** The ends index of a user's placement unit (its slot on a Cluster, its shard, or the server). */

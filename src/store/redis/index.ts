@@ -25,7 +25,9 @@ import { rejectUnknownOptions } from '../../util/options.js';
 import { Admission } from './admission.js';
 import { Batches } from './batch.js';
 import { Calls } from './calls.js';
+import { randomUUID } from 'node:crypto';
 import { Clock } from './clock.js';
+import { Operations } from './ops.js';
 import type { Context } from './context.js';
 import { Denials } from './denials.js';
 import { DeadLetters } from './dlq.js';
@@ -79,7 +81,11 @@ export class RedisStore implements Store {
     }
     const clustered = !Array.isArray(options.client) && (options.client as { isCluster?: boolean }).isCluster === true;
     const keys = new Keys(prefix);
-    const ctx: Context = { keys, calls: new Calls(clients, clustered, timeoutMs), clock: new Clock(timeoutMs), profiles: new Map(), listener: { expired() {} } };
+    const calls = new Calls(clients, clustered, timeoutMs);
+    const clock = new Clock(calls, timeoutMs);
+    const fault = (error: unknown): void => this.ctx.listener.fault?.(error);
+    const ops = new Operations(calls, clock, keys, randomUUID(), fault);
+    const ctx: Context = { keys, calls, clock, ops, profiles: new Map(), listener: { expired() {} } };
     const forget = (userId: string, user: string): void => this.forget(userId, user);
     this.ctx = ctx;
     this.handles = new Handles(keys);
@@ -123,6 +129,8 @@ export class RedisStore implements Store {
   async close(): Promise<void> {
     this.presence.stop();
     await this.outage.reconcile();
+    // Calls in doubt are settled, and refunds and charges owed land, while Redis answers.
+    await this.ctx.ops.settled(this.ctx.calls.timeoutMs * 5);
   }
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {

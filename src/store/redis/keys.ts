@@ -61,6 +61,11 @@ export class Keys {
     return `${this.prefix}:{${tag}}:ended`;
   }
 
+  /** A process's operation log on the placement unit that `tag` lands on (see lua/includes/op.lua). */
+  ops(tag: string, processId: string): string {
+    return `${this.prefix}:{${tag}}:o:${processId}`;
+  }
+
   /** The live processes sharing this store (for the 'local' outage policy's share). */
   processes(): string {
     return `${this.prefix}:{cfg}:processes`;

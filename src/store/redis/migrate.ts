@@ -95,12 +95,12 @@ export class Migration {
 
   /** Both shards hold the key: keep both charges for a user, the fuller state for a bucket. */
   private async merge(key: string, source: MigrationClient, target: MigrationClient): Promise<void> {
-    const { calls, clock } = this.ctx;
+    const { clock } = this.ctx;
     if (tagOf(key).startsWith('u:')) {
       const r = (await scripts.read.run(source as unknown as ScriptClient, [key], [clock.arg()])) as Reply | null;
       const usage = r === null ? 0 : Number(r[4]);
       // A charge leaves the ends index alone: the id argument is not read.
-      if (usage > 0) await calls.run(scripts.mutate, [key, this.ended.of(key)], ['charge', usage, clock.arg(), 0, '']);
+      if (usage > 0) await this.ctx.ops.write(scripts.mutate, [key, this.ended.of(key)], ['charge', usage, ''], 'retry');
     } else if ((await source.type(key)) === 'string') {
       const [a, b] = await Promise.all([source.get(key), target.get(key)]);
       const tat = (v: string | null): number => (v === null ? -Infinity : Number(v.split(':')[0]));

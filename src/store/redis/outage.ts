@@ -127,19 +127,22 @@ export class Outage {
     return 1 + gcraRemaining(next, now, entry.rate);
   }
 
+  /**
+   * Hands each user's owed units to a charge that is sent until it has applied once (ops.ts,
+   * mode 'retry'): from then on they are no longer owed here, whatever the charge's first
+   * answer, so that no two charges are ever sent for the same units.
+   */
   private async chargeOwed(): Promise<void> {
-    const { keys, calls, clock } = this.ctx;
-    try {
-      for (const [userId, units] of [...this.owed]) {
-        const user = keys.user(userId);
-        await calls.run(scripts.mutate, [user, this.ended.of(user)], ['charge', units, clock.arg(), clock.deadline(), userId]);
-        const left = (this.owed.get(userId) ?? 0) - units;
-        if (left > 0) this.owed.set(userId, left);
-        else this.owed.delete(userId);
+    const { keys, ops } = this.ctx;
+    for (const [userId, units] of [...this.owed]) {
+      this.owed.delete(userId);
+      const user = keys.user(userId);
+      try {
+        await ops.write(scripts.mutate, [user, this.ended.of(user)], ['charge', units, userId], 'retry');
+      } catch {
+        // Redis went away again: the charge goes again once it is back (close() waits for it).
       }
-      this.insurance.clear();
-    } catch (error) {
-      this.ctx.listener.fault?.(error);
     }
+    this.insurance.clear();
   }
 }

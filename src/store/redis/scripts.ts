@@ -68,4 +68,5 @@ export const scripts = {
   dlq: new Script('dlq'),
   presence: new Script('presence'),
   profile: new Script('profile'),
+  settle: new Script('settle'),
 };

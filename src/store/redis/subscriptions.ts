@@ -24,10 +24,9 @@ export class Subscriptions {
     private readonly forget: Forget,
   ) {}
 
-  /** A subscription script's reply (see user_reply in subscription.lua); tells the clock the server's time. */
+  /** A subscription script's reply (see user_reply in subscription.lua). */
   parse(userId: string, r: Reply): Subscription {
     const [p, s, sa, ea, n, q, ps, , expiredNow, nowMs] = r as [string, number, string, string, string, string, string, string, number, number];
-    this.ctx.clock.learn(Number(nowMs));
     const profile = this.ctx.profiles.get(p);
     if (expiredNow === 1) this.ctx.listener.expired(userId, p);
     let usage = Number(n);
@@ -53,20 +52,15 @@ export class Subscriptions {
   }
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput): Promise<Subscription> {
-    const { keys, calls, clock } = this.ctx;
+    const { keys, ops } = this.ctx;
     this.denials.clear();
     const user = keys.user(userId);
-    const r = await calls.run(scripts.subscribe, [user, this.ended.of(user)], [
-      profile.name,
-      input.startsAt ?? '',
-      input.endsAt === Infinity ? '' : (input.endsAt ?? ''),
-      input.durationMs ?? '',
-      input.quota ?? '',
-      input.resetUsage ? 1 : 0,
-      clock.arg(),
-      clock.deadline(),
-      userId,
-    ]);
+    const r = await ops.write(
+      scripts.subscribe,
+      [user, this.ended.of(user)],
+      [profile.name, input.startsAt ?? '', input.endsAt === Infinity ? '' : (input.endsAt ?? ''), input.durationMs ?? '', input.quota ?? '', input.resetUsage ? 1 : 0, userId],
+      'keep',
+    );
     if (r[0] === 'DATES') {
       throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
     }
@@ -88,18 +82,18 @@ export class Subscriptions {
 
   /** One change to an existing subscription (see mutate.lua); undefined when there is none. */
   async change(userId: string, op: Change, value: string | number): Promise<Subscription | undefined> {
-    const { keys, calls, clock } = this.ctx;
+    const { keys, ops } = this.ctx;
     this.denials.clear(); // a change of profile, quota or status: refusals are decided anew
     const user = keys.user(userId);
-    const r = await calls.run(scripts.mutate, [user, this.ended.of(user)], [op, value, clock.arg(), clock.deadline(), userId]);
+    const r = await ops.write(scripts.mutate, [user, this.ended.of(user)], [op, value, userId], 'keep');
     return r === null ? undefined : this.parse(userId, r);
   }
 
   /** Deletes a user's record; the deleted subscription's profile name, undefined if there was none. */
   async delete(userId: string): Promise<string | undefined> {
-    const { keys, calls, clock } = this.ctx;
+    const { keys, ops } = this.ctx;
     const user = keys.user(userId);
-    const r = (await calls.run(scripts.delete, [user, this.ended.of(user)], [clock.arg(), clock.deadline(), userId])) as unknown as string | null;
+    const r = (await ops.write(scripts.delete, [user, this.ended.of(user)], [userId], 'keep')) as unknown as string | null;
     this.forget(userId, user);
     return typeof r === 'string' ? r : undefined;
   }

@@ -2,7 +2,7 @@
 -- at one Redis TIME and written together, or nothing written (but a subscription passing its
 -- end). One call carries a micro-batch of decisions, decided in order.
 --
--- ARGV: 1 deadline µs (0: none); 2 clock ('+0', see time.lua); 3 P, the number of profiles;
+-- ARGV: 1-4 see op.lua; 5 P, the number of profiles;
 --   then per profile 2 fields: its name, and "d:T:tau:burst:quota:period:bits:max wait" (quota
 --   limit -1: none; period ms 0: lifetime; bits: 1 hard quota, 2 waits for its turn, 4 shared
 --   bucket; max wait ms -1: none; "d:T" is the rate's signature);
@@ -12,7 +12,8 @@
 --   has a key of its own, a shared bucket on this node), cost, units already waiting on its
 --   bucket in the caller; or, for a single decision, 3 text fields: expected * 8 + code, cost,
 --   units waiting.
--- KEYS: per decision, the user's record, then its bucket's key when it has one.
+-- KEYS: per decision, the user's record, then its bucket's key when it has one; last the
+--   operation log (see op.lua).
 -- Reply: one string, the decisions' records one after the other (struct, little-endian
 --   doubles). Allowed, queued, rate limited or reserved: 11 doubles { verdict, usage, period
 --   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
@@ -25,7 +26,7 @@
 --   limit. Past the deadline: the LATE error, nothing decided.
 -- Verdicts and LATE: see codes.ts.
 --@include codes
---@include time
+--@include op
 --@include gcra
 --@include user
 
@@ -40,16 +41,16 @@ local function full(verdict, n, limit, g, retry, sa, ea, s, expired_now, name)
   return struct.pack('<dddddddddddI4c0', verdict, n, limit, g, 0, retry, 0, sa, ea, s, expired_now, #name, name)
 end
 
-local now = server_now(ARGV[2], tonumber(ARGV[1]))
+local now, refused = op_begin()
 if not now then
-  return redis.error_reply(LATE)
+  return refused
 end
 local now_ms = math.floor(now / 1000)
 
 local profiles, by_name = {}, nil
-local P = tonumber(ARGV[3])
+local P = tonumber(ARGV[5])
 for i = 1, P do
-  local a = 2 + 2 * i
+  local a = 4 + 2 * i
   local sig, d, T, tau, burst, quota, period, bits, max_wait = string.match(ARGV[a + 1], '^((%d+):(%d+)):(%d+):(%d+):(%-?%d+):(%d+):(%d+):(%-?%d+)$')
   bits = tonumber(bits)
   profiles[i] = {
@@ -59,13 +60,15 @@ for i = 1, P do
   }
 end
 
-local b = 4 + P * 2
+local b = 6 + P * 2
 local D, count = nil, 1
 if not ARGV[b + 1] then
   D = ARGV[b]
   count = #D / 19
 end
 local replies = {}
+-- What takes back each charge, should the caller be told this call failed (see settle.lua).
+local undo = {}
 local k, at = 1, 1
 for i = 1, count do
   -- code: 4 when the bucket has a key of its own, plus the flags.
@@ -80,8 +83,10 @@ for i = 1, count do
   end
   local flags = code % 4
   local user_key = KEYS[k]
+  local user_index, bucket_index = k, k
   local bucket_key = user_key
   if code >= 4 then
+    bucket_index = k + 1
     bucket_key = KEYS[k + 1]
     k = k + 2
   else
@@ -161,6 +166,7 @@ for i = 1, count do
       -- The quota only: reserve it; the bucket is taken in its own slot.
       n = n + cost
       redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+      undo[#undo + 1] = undo_quota(user_index, cost, g, period)
       out = struct.pack(COMPACT, RESERVED, n, g, 0, 0, 0, p.i, period_left, limit, -1, 0)
       break
     end
@@ -184,6 +190,8 @@ for i = 1, count do
           r = p.sig
         end
         redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+        undo[#undo + 1] = undo_quota(user_index, cost, g, period)
+        undo[#undo + 1] = undo_rate(bucket_index, p.shared, d, T, cost, rt, rf)
         out = struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit, rt, rf)
         break
       end
@@ -202,10 +210,12 @@ for i = 1, count do
     -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
     n = n + cost
     redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+    undo[#undo + 1] = undo_quota(user_index, cost, g, period)
     out = struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, -1, 0)
   until true
   replies[i] = out
 end
+op_end(table.concat(undo))
 if D then
   return table.concat(replies)
 end

@@ -6,28 +6,26 @@
 -- never returned, dropped or not.
 --
 -- KEYS[1] e, KEYS[2] o, KEYS[3] x, KEYS[4] sequence counter, KEYS[5] p:<profile> (add; list
---   of one profile).
--- ARGV: 1 op: 'add' (2 id, 3 JSON, 4 max entries, 5 retention ms), 'list' (2 limit, -1: all;
---   3 user id, '' : any), 'get' (2 id), 'remove' (2 id); last: clock ('+0', see time.lua).
+--   of one profile), then for an add the operation log (see op.lua).
+-- ARGV: 1-4 see op.lua (only an add has a sequence number); 5 op: 'add' (6 id, 7 JSON, 8 max
+--   entries, 9 retention ms), 'list' (6 limit, -1: all; 7 user id, '' : any), 'get' (6 id),
+--   'remove' (6 id).
 -- Replies: add: nothing; list: entry JSONs, oldest first; get: JSON or nil; remove: 1/0.
---@include time
+--@include codes
+--@include op
+--@include letters
 
-local op = ARGV[1]
-local now_ms = math.floor(server_now(ARGV[#ARGV], 0) / 1000)
+local now, refused = op_begin()
+if not now then
+  return refused
+end
+local op = ARGV[5]
+local now_ms = math.floor(now / 1000)
 -- Expired entries dropped per call at most (the rest on later calls; they are skipped meanwhile).
 local PRUNE = 100
 
 local function drop(id)
-  local json = redis.call('HGET', KEYS[1], id)
-  if not json then
-    return 0
-  end
-  local profile = cjson.decode(json).profileName
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('ZREM', string.gsub(KEYS[2], ':o$', ':p:') .. profile, id)
-  return 1
+  return letter_drop(KEYS[1], KEYS[2], KEYS[3], id)
 end
 
 local function expired(id)
@@ -40,11 +38,11 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms, 'LIMIT'
 end
 
 if op == 'add' then
-  local id, max = ARGV[2], tonumber(ARGV[4])
+  local id, max = ARGV[6], tonumber(ARGV[8])
   local seq = redis.call('INCR', KEYS[4])
-  redis.call('HSET', KEYS[1], id, ARGV[3])
+  redis.call('HSET', KEYS[1], id, ARGV[7])
   redis.call('ZADD', KEYS[2], seq, id)
-  redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[5]), id)
+  redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[9]), id)
   redis.call('ZADD', KEYS[5], seq, id)
   local over = redis.call('ZCARD', KEYS[5]) - max
   if over > 0 then
@@ -52,9 +50,10 @@ if op == 'add' then
       drop(old)
     end
   end
+  op_end(undo_letter(id))
   return nil
 elseif op == 'list' then
-  local limit, user = tonumber(ARGV[2]), ARGV[3]
+  local limit, user = tonumber(ARGV[6]), ARGV[7]
   local order = KEYS[5] or KEYS[2]
   local out, from, chunk = {}, 0, 64
   if limit >= 0 and limit < chunk then
@@ -79,11 +78,11 @@ elseif op == 'list' then
   end
   return out
 elseif op == 'get' then
-  if expired(ARGV[2]) then
+  if expired(ARGV[6]) then
     return nil
   end
-  return redis.call('HGET', KEYS[1], ARGV[2])
+  return redis.call('HGET', KEYS[1], ARGV[6])
 elseif op == 'remove' then
-  return drop(ARGV[2])
+  return drop(ARGV[6])
 end
 return redis.error_reply('unknown dlq op ' .. tostring(op))

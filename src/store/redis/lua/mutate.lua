@@ -1,20 +1,21 @@
 -- One change to an existing subscription; nil when there is none.
 --
--- KEYS[1] the user's record; KEYS[2] the ends index of the user's slot (see ended.lua).
--- ARGV: 1 op: 'extend' (2: ms), 'cancel', 'change' (2: profile), 'reset', 'quota' (2: limit,
---   '' : back to the profile's), 'charge' (2: units admitted while Redis was unreachable, added
---   to the usage); 3 clock ('+0', see time.lua); 4 deadline µs (0: none); 5 the user's id.
+-- KEYS[1] the user's record; KEYS[2] the ends index of the user's slot (see ended.lua); KEYS[3]
+--   the operation log (see op.lua).
+-- ARGV: 1-4 see op.lua; 5 op: 'extend' (6: ms), 'cancel', 'change' (6: profile), 'reset',
+--   'quota' (6: limit, '' : back to the profile's), 'charge' (6: units admitted while Redis was
+--   unreachable, added to the usage); 7 the user's id.
 -- Reply: the subscription fields (see user_reply); past the deadline the LATE error (see
 --   codes.ts), nothing written.
 --@include codes
---@include time
+--@include op
 --@include user
 --@include subscription
 --@include ended
 
-local now = server_now(ARGV[3], tonumber(ARGV[4]))
+local now, refused = op_begin()
 if not now then
-  return redis.error_reply(LATE)
+  return refused
 end
 local now_ms = math.floor(now / 1000)
 local key = KEYS[1]
@@ -22,37 +23,39 @@ local u = user_load(key)
 if not u then
   return nil
 end
-local op = ARGV[1]
+local op = ARGV[5]
 if op == 'extend' then
   if u.s ~= 1 and u.ea >= 0 then
     local from = u.ea
     if from < now_ms then
       from = now_ms
     end
-    u.ea = from + tonumber(ARGV[2])
+    u.ea = from + tonumber(ARGV[6])
     u.s = 0
     user_save(key, u)
-    ended_set(KEYS[2], ARGV[5], u.ea)
+    ended_set(KEYS[2], ARGV[7], u.ea)
   end
 elseif op == 'cancel' then
   if u.s ~= 1 then
     -- A canceled subscription ended now: its index entry says so (a second cancel keeps the first time).
-    ended_set(KEYS[2], ARGV[5], now_ms)
+    ended_set(KEYS[2], ARGV[7], now_ms)
   end
   u.s = 1
   user_save(key, u)
 elseif op == 'change' then
-  u.p = ARGV[2]
+  u.p = ARGV[6]
   user_save(key, u)
 elseif op == 'reset' then
   u.n = 0
   u.g = u.g + 1
   user_save(key, u)
 elseif op == 'charge' then
-  u.n = u.n + tonumber(ARGV[2])
+  u.n = u.n + tonumber(ARGV[6])
   user_save(key, u)
 elseif op == 'quota' then
-  u.q = tonumber(ARGV[2]) or -1
+  u.q = tonumber(ARGV[6]) or -1
   user_save(key, u)
 end
-return user_reply(u, now_ms, user_expire(key, u, now_ms))
+local expired_now = user_expire(key, u, now_ms)
+op_end('')
+return user_reply(u, now_ms, expired_now)

@@ -1,25 +1,20 @@
 -- Gives back quota charged for a task that never started, unless the usage period moved on
 -- (or usage was reset) since the charge.
 --
--- KEYS[1] the user's record. ARGV: 1 cost, 2 period token, 3 period ms, 4 clock ('+0', see time.lua).
---@include time
---@include user
---@include subscription
+-- KEYS[1] the user's record; KEYS[2] the operation log (see op.lua).
+-- ARGV: 1-4 see op.lua; 5 cost, 6 period token, 7 period ms.
+-- Reply: 1 when given back, else 0.
+--@include codes
+--@include op
+--@include refunds
 
-local now = server_now(ARGV[4], 0)
-local u = user_load(KEYS[1])
-if not u then
-  return 0
+local now, refused = op_begin()
+if not now then
+  return refused
 end
-if user_roll(u, math.floor(now / 1000), tonumber(ARGV[3])) then
-  return 0
+local back = refund_quota(KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), now)
+op_end('')
+if back then
+  return 1
 end
-if u.g ~= tonumber(ARGV[2]) then
-  return 0
-end
-u.n = u.n - tonumber(ARGV[1])
-if u.n < 0 then
-  u.n = 0
-end
-user_save(KEYS[1], u)
-return 1
+return 0

@@ -1,27 +1,28 @@
 -- Creates or replaces a subscription, its dates stamped from Redis TIME. Re-subscribing keeps
 -- the usage of the period unless asked to reset it.
 --
--- KEYS[1] the user's record; KEYS[2] the ends index of the user's slot (see ended.lua).
--- ARGV: 1 profile; 2 starts ms ('' : now); 3 ends ms ('' : none); 4 duration ms ('' : none);
---   5 quota override ('' : none); 6 reset usage (1/0); 7 clock ('+0', see time.lua);
---   8 deadline µs (0: none); 9 the user's id (its member in the index).
+-- KEYS[1] the user's record; KEYS[2] the ends index of the user's slot (see ended.lua); KEYS[3]
+--   the operation log (see op.lua).
+-- ARGV: 1-4 see op.lua; 5 profile; 6 starts ms ('' : now); 7 ends ms ('' : none); 8 duration
+--   ms ('' : none); 9 quota override ('' : none); 10 reset usage (1/0); 11 the user's id (its
+--   member in the index).
 -- Reply: the subscription fields (see user_reply), or { 'DATES' } when it would end before it
 --   starts; past the deadline the LATE error (see codes.ts), nothing written.
 --@include codes
---@include time
+--@include op
 --@include user
 --@include subscription
 --@include ended
 
-local now = server_now(ARGV[7], tonumber(ARGV[8]))
+local now, refused = op_begin()
 if not now then
-  return redis.error_reply(LATE)
+  return refused
 end
 local now_ms = math.floor(now / 1000)
-local sa = tonumber(ARGV[2]) or now_ms
-local ea = tonumber(ARGV[3])
+local sa = tonumber(ARGV[6]) or now_ms
+local ea = tonumber(ARGV[7])
 if not ea then
-  local duration = tonumber(ARGV[4])
+  local duration = tonumber(ARGV[8])
   if duration then
     ea = sa + duration
   else
@@ -31,15 +32,16 @@ end
 if ea >= 0 and ea <= sa then
   return { 'DATES', num(sa), num(ea) }
 end
-local q = tonumber(ARGV[5]) or -1
+local q = tonumber(ARGV[9]) or -1
 local u = user_load(KEYS[1])
 if not u then
   u = { n = 0, ps = sa, g = 0 }
-elseif ARGV[6] == '1' then
+elseif ARGV[10] == '1' then
   u.n = 0
   u.g = u.g + 1
 end
-u.p, u.s, u.sa, u.ea, u.q = ARGV[1], 0, sa, ea, q
+u.p, u.s, u.sa, u.ea, u.q = ARGV[5], 0, sa, ea, q
 user_save(KEYS[1], u)
-ended_set(KEYS[2], ARGV[9], u.ea)
+ended_set(KEYS[2], ARGV[11], u.ea)
+op_end('')
 return user_reply(u, now_ms, 0)

@@ -1,25 +1,25 @@
 -- A bucket's turn: takes `cost` units if they conform now (and nobody in the caller waits
 -- ahead), else writes nothing and tells how long until they would.
 --
--- KEYS[1] the bucket: a user's record (its own bucket) or a shared bucket key.
--- ARGV: 1 kind ('h' a user's record, 's' a shared key), 2 d, 3 T, 4 tau, 5 cost, 6 units waiting
---   ahead in the caller, 7 deadline µs (0: none), 8 clock ('+0', see time.lua), 9 'peek' to
---   decide without writing.
+-- KEYS[1] the bucket: a user's record (its own bucket) or a shared bucket key; KEYS[2] the
+--   operation log (see op.lua; none for a peek, which writes nothing and has sequence '0').
+-- ARGV: 1-4 see op.lua; 5 kind ('h' a user's record, 's' a shared key), 6 d, 7 T, 8 tau, 9 cost,
+--   10 units waiting ahead in the caller, 11 'peek' to decide without writing.
 -- Reply: { taken (1/0), wait ms, remaining, reset ms, and when taken
 --   the bucket's TAT right after as whole µs and leftover ticks (the receipt refund_rate.lua takes) },
 --   or past the deadline the LATE error (see codes.ts), nothing written.
 --@include codes
---@include time
+--@include op
 --@include gcra
 --@include user
 
-local hash = ARGV[1] == 'h'
-local d, T, tau = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local cost, waiting = tonumber(ARGV[5]), tonumber(ARGV[6])
-local sig = ARGV[2] .. ':' .. ARGV[3]
-local now = server_now(ARGV[8], tonumber(ARGV[7]))
+local hash = ARGV[5] == 'h'
+local d, T, tau = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local cost, waiting = tonumber(ARGV[9]), tonumber(ARGV[10])
+local sig = ARGV[6] .. ':' .. ARGV[7]
+local now, refused = op_begin()
 if not now then
-  return redis.error_reply(LATE)
+  return refused
 end
 local ahead, u
 if hash then
@@ -35,7 +35,7 @@ end
 if waiting == 0 then
   local next = ahead + cost * T
   if next <= tau then
-    if ARGV[9] == 'peek' then
+    if ARGV[11] == 'peek' then
       return { 1, 0, gcra_remaining(ahead, T, tau), gcra_ms(ahead, d) }
     end
     local rt, rf = gcra_split(now, next, d)
@@ -46,6 +46,7 @@ if waiting == 0 then
     else
       shared_store(KEYS[1], now, next, d, sig)
     end
+    op_end(undo_rate(1, not hash, d, T, cost, rt, rf))
     -- Redis turns a Lua number into an integer reply: exact, as both stay below 2^53.
     return { 1, 0, gcra_remaining(next, T, tau), gcra_ms(next, d), rt, rf }
   end

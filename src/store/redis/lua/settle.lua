@@ -1,0 +1,58 @@
+-- Resolves a call whose outcome its process does not know (no answer in time, a connection
+-- lost, or a DUP refusal): whether it was applied, and for a call whose caller was told it
+-- failed, takes it back. Once this has answered, the call can never apply any more: an entry
+-- in the log says what became of it, and a copy of the call arriving later finds it (DUP).
+--
+-- KEYS: the call's own keys, then its operation log (see op.lua).
+-- ARGV: 1-4 see op.lua (sequence '0': this call needs no entry of its own); 5 the call's
+--   sequence number; 6 'undo' to take it back if it applied, 'keep' to leave it.
+-- Reply: 'void' (it never applied, and now never will), 'applied' (kept), 'undone' (it applied
+--   and was taken back, now or by an earlier settle).
+--@include codes
+--@include op
+--@include refunds
+--@include letters
+
+local now, refused = op_begin()
+if not now then
+  return refused
+end
+local log, seq = KEYS[#KEYS], ARGV[5]
+local entry = op_entry(log, seq)
+if not entry then
+  redis.call('ZADD', log, seq, seq .. ':V')
+  redis.call('PEXPIRE', log, OP_LOG_TTL_MS)
+  return 'void'
+end
+local undo = string.sub(entry, #seq + 2)
+if undo == 'V' then
+  return 'void'
+end
+if undo == 'U' then
+  return 'undone'
+end
+if ARGV[6] ~= 'undo' then
+  return 'applied'
+end
+local at = 1
+while at <= #undo do
+  local kind = string.sub(undo, at, at)
+  if kind == 'Q' then
+    local _, key, cost, g, period
+    _, key, cost, g, period, at = struct.unpack('<c1Hddd', undo, at)
+    refund_quota(KEYS[key], cost, g, period, now)
+  elseif kind == 'R' then
+    local _, key, shared, d, T, cost, t, f
+    _, key, shared, d, T, cost, t, f, at = struct.unpack('<c1HBddddd', undo, at)
+    refund_units(shared == 1, KEYS[key], d, T, string.format('%.0f:%.0f', d, T), cost, t, f, now)
+  elseif kind == 'D' then
+    local _, id
+    _, id, at = struct.unpack('<c1I4c0', undo, at)
+    letter_drop(KEYS[1], KEYS[2], KEYS[3], id)
+  else
+    return redis.error_reply('settle: unknown undo record ' .. kind)
+  end
+end
+redis.call('ZREM', log, entry)
+redis.call('ZADD', log, seq, seq .. ':U')
+return 'undone'

@@ -1,0 +1,169 @@
+/**
+ * Calls that write, each applied at most once whatever the client re-sends (ioredis re-sends
+ * unanswered commands after a reconnect, and replays its offline queue).
+ *
+ * Every such call carries an operation id, this process's sequence number, and goes with its
+ * process's operation log on its placement unit (lua/includes/op.lua): the script refuses a
+ * number it has seen, records the ones it applies with what would take them back, and drops
+ * the entries below the floor each call brings (the process's lowest number there whose outcome
+ * it does not know yet). It also carries a deadline in server time (clock.ts).
+ *
+ * A call whose outcome is unknown (no answer within the timeout, a connection lost, a DUP
+ * refusal) is in doubt: its caller was told it failed, and settle.lua resolves it as soon as
+ * the server answers again: it takes the call back if it applied (mode 'undo'), or records that
+ * it never will (a tombstone a late copy runs into). A call in 'retry' mode (a refund) that
+ * never applied is sent again, with a new number, until it has applied once.
+ */
+import type { TaskvalveError } from '../../errors.js';
+import { mayHaveApplied, type Calls, type Reply } from './calls.js';
+import { LATE } from './codes.js';
+import type { Clock } from './clock.js';
+import type { Keys } from './keys.js';
+import { tagOf } from './keys.js';
+import { scripts, type Script, type ScriptClient } from './scripts.js';
+
+/**
+ * What becomes of a call in doubt: 'undo' takes it back if it applied (its caller was told it
+ * failed); 'keep' leaves it as it is (at most once is enough); 'retry' sends it again until it
+ * has applied once (exactly once: refunds, charge-backs), and carries no deadline.
+ */
+export type Mode = 'undo' | 'keep' | 'retry';
+
+/** One process's log on one placement unit: its numbers not settled yet, in order. */
+interface Log {
+  readonly key: string;
+  readonly open: number[];
+}
+
+/** A call in doubt, with what it takes to settle it or send it again. */
+interface Doubt {
+  readonly log: Log;
+  readonly seq: number;
+  readonly mode: Mode;
+  readonly script: Script;
+  readonly keys: string[];
+  readonly args: (string | number | Buffer)[];
+  readonly binary: boolean;
+  attempts: number;
+}
+
+/** Longest wait between two attempts to settle a call in doubt. */
+const MAX_BACKOFF_MS = 2000;
+
+export class Operations {
+  private seq = 0;
+  private readonly logs = new Map<number, Log>();
+  private readonly doubts = new Set<Doubt>();
+  /** Resolved when nothing is in doubt (for close). */
+  private idle: { promise: Promise<void>; resolve(): void } | undefined = undefined;
+
+  /** `id`: this process's id (its logs are named after it). `fault`: where failures to settle are reported. */
+  constructor(
+    private readonly calls: Calls,
+    private readonly clock: Clock,
+    private readonly keys: Keys,
+    private readonly id: string,
+    private readonly fault: (error: unknown) => void,
+  ) {}
+
+  /** Calls in doubt now (settling, or waiting for the server to answer again). */
+  get inDoubt(): number {
+    return this.doubts.size;
+  }
+
+  /**
+   * Runs a script that writes (its own keys and arguments; the operation log's key and the four
+   * leading arguments of op.lua are added here). Rejects like any call; a call that may have
+   * applied is then settled in the background according to `mode`.
+   */
+  write(script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary = false): Promise<Reply> {
+    const client = this.calls.node(keys[0] as string);
+    const deadline = mode === 'retry' ? 0 : this.clock.deadline(client);
+    if (typeof deadline === 'number') return this.send(client, script, keys, args, mode, binary, deadline);
+    return deadline.then((at) => this.send(client, script, keys, args, mode, binary, at));
+  }
+
+  /** Waits until nothing is in doubt, or `ms` passed; answers how many calls are still in doubt. */
+  async settled(ms: number): Promise<number> {
+    if (this.doubts.size === 0) return 0;
+    if (this.idle === undefined) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.idle = { promise, resolve };
+    }
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.idle.promise, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+    clearTimeout(timer);
+    return this.doubts.size;
+  }
+
+  private send(client: ScriptClient, script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary: boolean, deadline: number): Promise<Reply> {
+    const log = this.log(keys[0] as string);
+    const seq = ++this.seq;
+    log.open.push(seq);
+    const floor = log.open[0] as number;
+    const sent = this.calls.run(script, [...keys, log.key], [seq, floor, deadline, this.clock.arg(), ...args], binary);
+    return sent.then(
+      (reply) => {
+        this.close(log, seq);
+        return reply;
+      },
+      (error: TaskvalveError) => {
+        if (error.cause instanceof Error && error.cause.message.startsWith(LATE) && deadline > 0) this.clock.refusedEarly(client);
+        // A call to retry that certainly did not apply is settled all the same: settle.lua answers
+        // 'void' at once, and the call goes again once the server answers.
+        if (mode === 'retry' || mayHaveApplied(error)) this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
+        else this.close(log, seq);
+        throw error;
+      },
+    );
+  }
+
+  /** The log of the placement unit a key lives on. */
+  private log(key: string): Log {
+    const unit = this.calls.unitOf(tagOf(key));
+    let log = this.logs.get(unit);
+    if (log === undefined) {
+      log = { key: this.keys.ops(this.calls.unitTags()[unit] as string, this.id), open: [] };
+      this.logs.set(unit, log);
+    }
+    return log;
+  }
+
+  /** A number's outcome is known: it leaves the open ones (the next call's floor moves past it). */
+  private close(log: Log, seq: number): void {
+    const open = log.open;
+    const at = open[0] === seq ? 0 : open.indexOf(seq);
+    if (at === 0) open.shift();
+    else if (at > 0) open.splice(at, 1);
+  }
+
+  private doubt(doubt: Doubt): void {
+    this.doubts.add(doubt);
+    this.settle(doubt);
+  }
+
+  /** Asks the server what became of a call in doubt, again after a backoff until it answers. */
+  private settle(doubt: Doubt): void {
+    const { log, seq } = doubt;
+    this.calls.run(scripts.settle, [...doubt.keys, log.key], [0, 0, 0, this.clock.arg(), seq, doubt.mode === 'undo' ? 'undo' : 'keep']).then(
+      (outcome) => {
+        this.close(log, seq);
+        this.doubts.delete(doubt);
+        if (doubt.mode === 'retry' && (outcome as unknown as string) === 'void') {
+          this.write(doubt.script, doubt.keys, doubt.args, 'retry', doubt.binary).catch(() => {});
+        }
+        if (this.doubts.size === 0 && this.idle !== undefined) {
+          this.idle.resolve();
+          this.idle = undefined;
+        }
+      },
+      (error: unknown) => {
+        doubt.attempts++;
+        if (doubt.attempts === 5) this.fault(error);
+        const wait = Math.min(MAX_BACKOFF_MS, 25 * 2 ** doubt.attempts);
+        setTimeout(() => this.settle(doubt), wait).unref();
+      },
+    );
+  }
+}

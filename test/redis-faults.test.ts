@@ -1,0 +1,297 @@
+// The RedisStore under network faults: a real redis-server, the fault proxy between ioredis
+// (default options) and Redis, and the public API. Each call is applied at most once, whatever
+// ioredis re-sends after a reconnect; a call reported as failed leaves no charge once Redis is
+// reachable again; a hard quota holds under repeated faults. What callers were told is compared
+// with the usage Redis holds, read afterwards through a connection without the proxy.
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Manager, RedisStore, TaskvalveError, type ProfileConfig } from '../src/index.js';
+import { eventually, gate, rejection } from './helpers.js';
+import { startFaultProxy, type FaultProxy, type ProxiedRequest } from './support/fault-proxy.js';
+import { startRedis, type RedisServer } from './support/redis.js';
+
+let server: RedisServer;
+let direct: Redis;
+let prefixes = 0;
+const cleanups: (() => void | Promise<void>)[] = [];
+
+beforeAll(async () => {
+  server = await startRedis();
+  direct = new Redis({ port: server.port });
+});
+
+afterAll(async () => {
+  direct?.disconnect();
+  await server?.stop();
+});
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** A process under test: a Manager whose ioredis client (default options) goes through a fault proxy. */
+interface Rig {
+  proxy: FaultProxy;
+  client: Redis;
+  manager: Manager;
+  prefix: string;
+}
+
+async function rig(profiles: Record<string, ProfileConfig>, timeoutMs?: number, prefix = `faults${++prefixes}`): Promise<Rig> {
+  const proxy = await startFaultProxy({ port: server.port });
+  cleanups.push(() => proxy.close());
+  const client = new Redis({ host: '127.0.0.1', port: proxy.port });
+  client.on('error', () => {}); // resets are the point here
+  cleanups.push(() => client.disconnect());
+  const manager = new Manager({ store: new RedisStore({ client, prefix, ...(timeoutMs === undefined ? {} : { timeoutMs }) }) });
+  cleanups.push(async () => void (await manager.close({ drain: false, timeoutMs: 2_000 })));
+  for (const [name, profile] of Object.entries(profiles)) manager.registerProfile(name, profile);
+  return { proxy, client, manager, prefix };
+}
+
+/** A Manager on its own connection straight to Redis (no proxy): subscribes users, reads the truth. */
+function reader(prefix: string, profiles: Record<string, ProfileConfig>): Manager {
+  const client = new Redis({ port: server.port });
+  const manager = new Manager({ store: new RedisStore({ client, prefix }) });
+  for (const [name, profile] of Object.entries(profiles)) manager.registerProfile(name, profile);
+  cleanups.push(async () => {
+    await manager.close({ drain: false });
+    client.disconnect();
+  });
+  return manager;
+}
+
+/** The usage Redis holds for a user, read without the proxy. */
+async function usageOf(truth: Manager, userId: string): Promise<number> {
+  const sub = await truth.getSubscription(userId);
+  if (sub === undefined) throw new Error(`no subscription for ${userId}`);
+  return sub.usage;
+}
+
+/**
+ * Redis reachable again, and every command the rig's client had sent is done: heal the proxy,
+ * then a PING on the same client, which ioredis sends after what it re-sends on reconnecting.
+ */
+async function settled(r: Rig): Promise<void> {
+  r.proxy.heal();
+  expect(await r.client.ping()).toBe('PONG');
+}
+
+/** Requests about one user: every key of a tenant carries its id (docs/redis.md, Keys). */
+const about = (userId: string) => (q: ProxiedRequest) => q.bytes.includes(userId);
+
+/** Resolves when the task with this id enters `state`. */
+function entered(manager: Manager, taskId: string, state: string): Promise<void> {
+  return new Promise((resolve) => {
+    const listener = (e: { id: string; to: string }): void => {
+      if (e.id !== taskId || e.to !== state) return;
+      manager.off('task', listener);
+      resolve();
+    };
+    manager.on('task', listener);
+  });
+}
+
+/** The code a call was answered with: 'allowed', 'denied' (rate), or the error code. */
+async function outcome(call: Promise<{ allowed: boolean }>): Promise<string> {
+  try {
+    return (await call).allowed ? 'allowed' : 'denied';
+  } catch (error) {
+    if (!(error instanceof TaskvalveError)) throw error;
+    return error.code;
+  }
+}
+
+describe('a refund applied once', () => {
+  // One unit an hour: once the bucket is spent, a task is admitted (quota charged) and waits.
+  const profiles = { slow: { rate: { limit: 1, intervalMs: 3_600_000 }, quota: { limit: 100 } } };
+
+  it('a task canceled before it started, whose refund reply is lost and its connection reset: usage is exactly what it was before the submit', async () => {
+    const r = await rig(profiles);
+    const truth = reader(r.prefix, profiles);
+    const user = `refund-${r.prefix}`;
+    await r.manager.subscribe(user, 'slow');
+    const limiter = r.manager.getLimiter(user);
+    // Usage 1 and an empty bucket: a refund applied twice would show (usage cannot go below 0).
+    expect((await limiter.check(1)).allowed).toBe(true);
+
+    /** A task admitted (charged) that waits for its turn, aborted; its refund under a fault or not. */
+    const cycle = async (taskId: string, fault: boolean): Promise<number> => {
+      const controller = new AbortController();
+      const waiting = entered(r.manager, taskId, 'WAITING_RATE');
+      const task = limiter.submit(() => 'ran', { signal: controller.signal, taskId });
+      await waiting;
+      expect(await usageOf(truth, user)).toBe(2);
+      const lost = fault ? r.proxy.loseReplyThenReset({ match: about(user) }) : undefined;
+      controller.abort();
+      expect((await rejection(task)).code).toBe('ABORTED');
+      return lost === undefined ? 0 : await lost.done;
+    };
+    // Once without a fault, so that Redis has every script the round needs (no NOSCRIPT detour).
+    expect(await cycle('warm-up', false)).toBe(0);
+    // A refund lands asynchronously (after a NOSCRIPT reload, even after later commands).
+    await eventually(async () => (await usageOf(truth, user)) === 1, 'the warm-up refund landed');
+
+    expect(await cycle('faulted', true)).toBe(1); // the refund ran on Redis; its reply was lost
+    await settled(r);
+    await r.manager.close({ drain: false });
+    expect(await usageOf(truth, user)).toBe(1);
+  });
+});
+
+describe('an admission whose reply is lost: charged at most once, and not at all if its caller saw a failure', () => {
+  const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1000 } } };
+  // Each fault, and the store's timeout for it (the default where nothing waits for it).
+  const faults = {
+    'lost reply then reset (ioredis re-sends it)': { timeoutMs: undefined, inject: (r: Rig, user: string) => r.proxy.loseReplyThenReset({ match: about(user) }) },
+    'lost reply, connection open (the call times out in the store)': { timeoutMs: 400, inject: (r: Rig, user: string) => r.proxy.dropReplies(1, { match: about(user) }) },
+  };
+  const calls = {
+    check: (m: Manager, user: string) => m.getLimiter(user).check(1),
+    submit: (m: Manager, user: string) => m.getLimiter(user).submit(() => ({ allowed: true })),
+  };
+
+  for (const [faultName, { timeoutMs, inject }] of Object.entries(faults)) {
+    for (const [callName, call] of Object.entries(calls)) {
+      it(`${faultName}, on ${callName}(): usage equals the units callers were told were admitted`, async () => {
+        const r = await rig(profiles, timeoutMs);
+        const truth = reader(r.prefix, profiles);
+        const user = `admit-${r.prefix}`;
+        await r.manager.subscribe(user, 'p');
+        let told = 0;
+        // Warm-up, no fault (loads the scripts).
+        if ((await outcome(call(r.manager, user))) === 'allowed') told++;
+        const fault = inject(r, user);
+        const answer = await outcome(call(r.manager, user));
+        expect(['allowed', 'STORE_UNAVAILABLE']).toContain(answer);
+        if (answer === 'allowed') told++;
+        expect(await fault.done).toBe(1); // the admission ran on Redis; its reply was lost
+        // Redis is reachable again: whatever the store reconciles, it settles by close().
+        await settled(r);
+        await r.manager.close({ drain: false });
+        expect(await usageOf(truth, user), `callers were told ${told} (the faulted call: ${answer})`).toBe(told);
+      });
+    }
+  }
+});
+
+describe('a hard quota under repeated faults', () => {
+  const profiles = { hard: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 3, kind: 'hard' as const }, pool: { perUserConcurrency: 1 } } };
+
+  it('a hard quota of 3 is never exceeded: tasks started plus checks allowed stay within 3', async () => {
+    const r = await rig(profiles, 400);
+    const truth = reader(r.prefix, profiles);
+    const user = `hard-${r.prefix}`;
+    await r.manager.subscribe(user, 'hard');
+    const limiter = r.manager.getLimiter(user);
+    let granted = 0;
+    const log: string[] = [];
+
+    // A task that runs and holds the user's one slot: tasks submitted behind it are admitted
+    // (charged) and wait, so they can be canceled before they start (refunded).
+    const release = gate();
+    const blocker = limiter.submit(() => {
+      granted++;
+      return release.opened;
+    });
+
+    /** A task admitted behind the blocker, then aborted before it starts; its refund under `fault`. */
+    const queuedThenAborted = async (taskId: string, fault: boolean): Promise<string> => {
+      const controller = new AbortController();
+      const queued = entered(r.manager, taskId, 'QUEUED');
+      const task = limiter.submit(
+        () => {
+          granted++;
+        },
+        { signal: controller.signal, taskId },
+      );
+      if (!(await Promise.race([queued.then(() => true), task.then(() => false, () => false)]))) return `not admitted (${(await rejection(task)).code})`;
+      const lost = fault ? r.proxy.loseReplyThenReset({ match: about(user) }) : undefined;
+      controller.abort();
+      expect((await rejection(task)).code).toBe('ABORTED');
+      return `aborted, ${lost === undefined ? 'refund passed' : `refund replies lost: ${await lost.done}`}`;
+    };
+
+    // Once without a fault, so that Redis has the refund scripts (no NOSCRIPT detour).
+    log.push(`warm-up: ${await queuedThenAborted('warm-up', false)}`);
+    await eventually(async () => (await usageOf(truth, user)) === 1, 'the warm-up refund landed');
+
+    // Each round: a task canceled before it started whose refund reply is lost (then a reset),
+    // and a check under a fault of its own, or none.
+    const checkFaults = ['none', 'lost reply then reset', 'none', 'dropped reply', 'none', 'lost reply then reset'] as const;
+    for (const [i, checkFault] of checkFaults.entries()) {
+      const refund = await queuedThenAborted(`round-${i}`, true);
+      await settled(r);
+      const fault =
+        checkFault === 'none' ? undefined : checkFault === 'dropped reply' ? r.proxy.dropReplies(1, { match: about(user) }) : r.proxy.loseReplyThenReset({ match: about(user) });
+      const answer = await outcome(limiter.check(1));
+      if (answer === 'allowed') granted++;
+      await fault?.done;
+      await settled(r);
+      log.push(`round ${i}: task ${refund}; check (${checkFault}) ${answer}; usage ${await usageOf(truth, user)}, granted ${granted}`);
+    }
+    release.open();
+    await blocker;
+    // What is left of the quota, without faults.
+    for (let k = 0; k < 6; k++) {
+      const answer = await outcome(limiter.check(1));
+      if (answer !== 'allowed') {
+        expect(answer).toBe('QUOTA_EXCEEDED');
+        break;
+      }
+      granted++;
+    }
+    log.push(`at the end: usage ${await usageOf(truth, user)}, granted ${granted}`);
+    expect(granted, log.join('\n')).toBeLessThanOrEqual(3);
+  });
+});
+
+describe('a check-only process (it never reads a subscription) under a paused Redis', () => {
+  const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1000 } } };
+
+  /** Another process subscribed the user (and ran an admission, so Redis has the scripts). */
+  async function subscribedElsewhere(prefix: string, user: string): Promise<Manager> {
+    const owner = reader(prefix, profiles);
+    await owner.subscribe(user, 'p');
+    await owner.subscribe(`${user}-warm`, 'p');
+    expect((await owner.getLimiter(`${user}-warm`).check(1)).allowed).toBe(true);
+    return owner;
+  }
+
+  it('blackholed past its timeout: the failed submit is not charged once Redis answers again', async () => {
+    const prefix = `faults${++prefixes}`;
+    const user = `check-only-${prefix}`;
+    const owner = await subscribedElsewhere(prefix, user);
+    const r = await rig(profiles, 300, prefix);
+    expect(await r.client.ping()).toBe('PONG'); // its profile registration is done
+    r.proxy.blackhole();
+    let ran = false;
+    const error = await rejection(r.manager.getLimiter(user).submit(() => (ran = true)));
+    expect(error.code).toBe('STORE_UNAVAILABLE');
+    // Redis gets the held call now, past its deadline.
+    await settled(r);
+    await r.manager.close({ drain: false });
+    expect(ran).toBe(false);
+    expect(await usageOf(owner, user)).toBe(0);
+  });
+
+  it('CLIENT PAUSE past its timeout: the failed check is not charged once Redis answers again', async () => {
+    const prefix = `faults${++prefixes}`;
+    const user = `paused-${prefix}`;
+    const owner = await subscribedElsewhere(prefix, user);
+    const client = new Redis({ host: '127.0.0.1', port: server.port });
+    client.on('error', () => {});
+    cleanups.push(() => client.disconnect());
+    const manager = new Manager({ store: new RedisStore({ client, prefix, timeoutMs: 300 }) });
+    cleanups.push(async () => void (await manager.close({ drain: false, timeoutMs: 2_000 })));
+    manager.registerProfile('p', profiles.p);
+    expect(await client.ping()).toBe('PONG');
+    // Every client of the server waits (this one included) for 1.5 s: far past the 300 ms timeout.
+    await direct.client('PAUSE', 1_500, 'ALL');
+    expect(await outcome(manager.getLimiter(user).check(1))).toBe('STORE_UNAVAILABLE');
+    // Answered on the same connection after the paused call: the pause is over and the call ran.
+    expect(await client.ping()).toBe('PONG');
+    await manager.close({ drain: false });
+    expect(await usageOf(owner, user)).toBe(0);
+  });
+});
