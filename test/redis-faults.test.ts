@@ -246,6 +246,12 @@ describe('a hard quota under repeated faults', () => {
   });
 });
 
+/** Calls Redis refused as past their deadline, from its error statistics. */
+async function lateRefusals(): Promise<number> {
+  const info = await direct.info('errorstats');
+  return Number(/errorstat_TASKVALVE_LATE:count=(\d+)/.exec(info)?.[1] ?? 0);
+}
+
 describe('a check-only process (it never reads a subscription) under a paused Redis', () => {
   const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1000 } } };
 
@@ -275,7 +281,7 @@ describe('a check-only process (it never reads a subscription) under a paused Re
     expect(await usageOf(owner, user)).toBe(0);
   });
 
-  it('CLIENT PAUSE past its timeout: the failed check is not charged once Redis answers again', async () => {
+  it('CLIENT PAUSE past its timeout: the failed check is refused by its deadline when it reaches Redis, and not charged', async () => {
     const prefix = `faults${++prefixes}`;
     const user = `paused-${prefix}`;
     const owner = await subscribedElsewhere(prefix, user);
@@ -286,11 +292,19 @@ describe('a check-only process (it never reads a subscription) under a paused Re
     cleanups.push(async () => void (await manager.close({ drain: false, timeoutMs: 2_000 })));
     manager.registerProfile('p', profiles.p);
     expect(await client.ping()).toBe('PONG');
+    // One call first (on a user nobody subscribed), so that this process knows the server's
+    // clock and the paused call is sent (a first call under the pause would wait for its clock
+    // reading, fail, and never be sent).
+    expect(await outcome(manager.getLimiter(`${user}-nobody`).check(1))).toBe('SUBSCRIPTION_NOT_FOUND');
+    const refusedBefore = await lateRefusals();
     // Every client of the server waits (this one included) for 1.5 s: far past the 300 ms timeout.
     await direct.client('PAUSE', 1_500, 'ALL');
     expect(await outcome(manager.getLimiter(user).check(1))).toBe('STORE_UNAVAILABLE');
     // Answered on the same connection after the paused call: the pause is over and the call ran.
     expect(await client.ping()).toBe('PONG');
+    // It carried a deadline though it was this process's first call: Redis refused it (never
+    // applied, rather than applied and then taken back).
+    expect(await lateRefusals()).toBe(refusedBefore + 1);
     await manager.close({ drain: false });
     expect(await usageOf(owner, user)).toBe(0);
   });
