@@ -309,3 +309,32 @@ describe('a check-only process (it never reads a subscription) under a paused Re
     expect(await usageOf(owner, user)).toBe(0);
   });
 });
+
+describe('dead letters under faults', () => {
+  const profiles = { p: { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 100 }, retry: { attempts: 1 } } satisfies ProfileConfig };
+
+  it('a dead letter whose store call gets no answer: the caller is told it was not stored, and it never lands later', async () => {
+    const r = await rig(profiles, 300);
+    const truth = reader(r.prefix, profiles);
+    const user = `dlq-${r.prefix}`;
+    await truth.subscribe(user, 'p');
+    // Warm-up: one letter stored normally (the scripts are loaded, the clock is known).
+    await expect(r.manager.getLimiter(user).submit(() => Promise.reject(new Error('first')))).rejects.toMatchObject({ code: 'TASK_FAILED' });
+    expect(await truth.dlq.list()).toHaveLength(1);
+    const letters: unknown[] = [];
+    r.manager.on('dead-letter', (e) => letters.push(e));
+    // Every reply of the dead-letter call is lost: it runs on Redis, but the store hears nothing.
+    const lost = r.proxy.dropReplies(1, { match: (q) => q.bytes.includes('"second"') });
+    const error = await rejection(r.manager.getLimiter(user).submit(() => Promise.reject(new Error('second'))));
+    expect(error).toMatchObject({ code: 'TASK_FAILED' });
+    expect((error as Error).message).toMatch(/dead letter was not stored/);
+    await lost.done;
+    await settled(r);
+    // The letter that ran on Redis is taken back once the store settles the call in doubt.
+    await eventually(async () => (await truth.dlq.list()).length === 1, 'the lost letter taken back');
+    await r.manager.close({ drain: false });
+    const list = await truth.dlq.list();
+    expect(list.map((e) => e.error.message)).toEqual(['first']);
+    expect(letters).toEqual([]);
+  });
+});

@@ -4,7 +4,7 @@
  * dead-lettered, and the caller's rejection waits until the dead letter is stored.
  */
 import { randomUUID } from 'node:crypto';
-import { ErrorCode, type TaskvalveError } from '../errors.js';
+import { ErrorCode, TaskvalveError } from '../errors.js';
 import type { RunResult } from '../exec/pool.js';
 import { backoffMs, isRetryable } from '../exec/retry.js';
 import type { Metrics, Outcome } from '../metrics.js';
@@ -106,9 +106,16 @@ export class Settler {
       this.out.deadLettered(entry);
       this.out.finish(job, false, error, true);
     };
+    // The store could not keep the letter: the caller is told so (a store that reports it failed
+    // never keeps it later: the RedisStore takes back a letter whose call was in doubt).
     const lost = (storeError: unknown): void => {
       fault(storeError);
-      this.out.finish(job, false, error, true);
+      const why = storeError instanceof Error ? storeError.message : String(storeError);
+      const told = new TaskvalveError(error.code, `${error.message} (its dead letter was not stored: ${why})`, {
+        cause: error.cause,
+        ...(error.retryable === undefined ? {} : { retryable: error.retryable }),
+      });
+      this.out.finish(job, false, told, true);
     };
     try {
       const added = store.dlqAdd(entry, job.profile.dlq, now);
