@@ -338,3 +338,39 @@ describe('dead letters under faults', () => {
     expect(letters).toEqual([]);
   });
 });
+
+describe('overload is shed, not queued', () => {
+  const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1000 } } satisfies ProfileConfig };
+
+  it('past maxPending decisions waiting for Redis, an admission fails at once with STORE_UNAVAILABLE (overloaded), under the outage policy', async () => {
+    const prefix = `faults${++prefixes}`;
+    const truth = reader(prefix, profiles);
+    const user = `overload-${prefix}`;
+    await truth.subscribe(user, 'p');
+    const client = new Redis({ host: '127.0.0.1', port: server.port });
+    cleanups.push(() => client.disconnect());
+    const manager = new Manager({ store: new RedisStore({ client, prefix, maxPending: 10, timeoutMs: 10_000 }), onStoreUnavailable: 'fail-open' });
+    cleanups.push(async () => void (await manager.close({ drain: false, timeoutMs: 2_000 })));
+    manager.registerProfile('p', profiles.p);
+    const limiter = manager.getLimiter(user);
+    expect((await limiter.check(1)).allowed).toBe(true); // seen in good standing: 'fail-open' may admit it
+    // Scripts wait while writes are paused; this connection can still unpause.
+    await direct.client('PAUSE', 30_000, 'WRITE');
+    try {
+      let answered = 0;
+      const waiting = Array.from({ length: 10 }, () => limiter.check(1).then((d) => (answered++, d)));
+      // Ten decisions wait: the next ones are not queued behind them. A user never seen is refused...
+      const error = await rejection(manager.getLimiter(`${user}-unseen`).check(1));
+      expect(error).toMatchObject({ code: 'STORE_UNAVAILABLE' });
+      expect((error as Error).message).toMatch(/overloaded/);
+      // ...and one seen in good standing is admitted by 'fail-open', charging nothing.
+      expect((await limiter.check(1)).allowed).toBe(true);
+      expect(answered).toBe(0);
+      await direct.client('UNPAUSE');
+      expect((await Promise.all(waiting)).every((d) => d.allowed)).toBe(true);
+    } finally {
+      await direct.client('UNPAUSE');
+    }
+    expect(await usageOf(truth, user)).toBe(11);
+  });
+});

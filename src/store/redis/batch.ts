@@ -5,7 +5,7 @@
  */
 import type { Profile } from '../../profile.js';
 import { Verdict } from '../store.js';
-import type { Reply } from './calls.js';
+import { storeUnavailable, type Reply } from './calls.js';
 import { RESERVED } from './codes.js';
 import type { Context } from './context.js';
 import { tagOf } from './keys.js';
@@ -113,8 +113,14 @@ interface Group {
 /** The admission calls of one store, per node (per slot on a Cluster): in flight, and the batch gathering. */
 export class Batches {
   private readonly groups = new Map<unknown, Group>();
+  /** Decisions gathering or in flight, not answered yet. */
+  private pending = 0;
 
-  constructor(private readonly ctx: Context) {}
+  /** `maxPending`: decisions that may wait for Redis at once; past it, admissions fail at once (overload is shed, not queued). */
+  constructor(
+    private readonly ctx: Context,
+    private readonly maxPending: number,
+  ) {}
 
   /**
    * Queues one decision for the admission script of its node (its slot on a Cluster). Decisions
@@ -123,6 +129,10 @@ export class Batches {
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
   async add(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
+    if (this.pending >= this.maxPending) {
+      throw storeUnavailable(new Error(`overloaded: ${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`));
+    }
+    this.pending++;
     const key = this.ctx.calls.clustered ? tagOf(user) : this.ctx.calls.node(user);
     let group = this.groups.get(key);
     if (group === undefined) {
@@ -178,10 +188,12 @@ export class Batches {
     }
     this.ctx.ops.write(scripts.admit, batch.keys, args, 'undo', true).then(
       (reply) => {
+        this.pending -= batch.size;
         this.sent(key, group);
         batch.settle.resolve(parseAnswers(reply as unknown as Buffer, batch));
       },
       (error: unknown) => {
+        this.pending -= batch.size;
         this.sent(key, group);
         batch.settle.reject(error);
       },

@@ -51,6 +51,12 @@ export interface RedisStoreOptions {
   prefix?: string;
   /** Every Redis call fails with STORE_UNAVAILABLE past this; default 1,000 ms. */
   timeoutMs?: number;
+  /**
+   * Admission decisions that may wait for Redis at once in this process (gathering in a batch or
+   * in flight); default 1,000. Past it an admission fails at once with STORE_UNAVAILABLE
+   * ("overloaded"), handled by the outage policy: overload is shed, not queued.
+   */
+  maxPending?: number;
 }
 
 /** The state of taskvalve in Redis. taskvalve never closes the client it is given. */
@@ -68,13 +74,15 @@ export class RedisStore implements Store {
 
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
-    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs']);
+    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs', 'maxPending']);
     const prefix = options.prefix ?? 'taskvalve';
     if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
       throw invalidConfig('RedisStore', 'prefix', prefix, 'a non-empty string without braces');
     }
     const timeoutMs = options.timeoutMs ?? 1000;
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw invalidConfig('RedisStore', 'timeoutMs', timeoutMs, 'a positive integer');
+    const maxPending = options.maxPending ?? 1000;
+    if (!Number.isSafeInteger(maxPending) || maxPending <= 0) throw invalidConfig('RedisStore', 'maxPending', maxPending, 'a positive integer');
     const clients = Array.isArray(options.client) ? options.client : [options.client];
     if (clients.length === 0 || clients.some((c) => c === null || typeof c !== 'object' || typeof c.evalsha !== 'function')) {
       throw invalidConfig('RedisStore', 'client', options.client, 'an ioredis Redis, an ioredis Cluster, or an array of ioredis Redis');
@@ -93,7 +101,7 @@ export class RedisStore implements Store {
     this.ended = new Ended(ctx, forget);
     this.outage = new Outage(ctx, this.ended, this.presence);
     this.subscriptions = new Subscriptions(ctx, this.ended, this.denials, forget);
-    this.admission = new Admission(ctx, this.handles, new Batches(ctx), this.denials, this.outage, this.subscriptions);
+    this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending), this.denials, this.outage, this.subscriptions);
     this.migration = new Migration(ctx, this.ended);
     this.deadLetters = new DeadLetters(ctx);
   }
