@@ -3,6 +3,7 @@
  * loop go to their node (their slot, on a Cluster) in one script call, each profile's parameters
  * travel once, decisions go as packed records and answers come back as packed records.
  */
+import type { TaskvalveError } from '../../errors.js';
 import type { Profile } from '../../profile.js';
 import { Verdict } from '../store.js';
 import { storeUnavailable, type Reply } from './calls.js';
@@ -123,15 +124,28 @@ export class Batches {
   ) {}
 
   /**
+   * The error of a decision shed for overload. Shedding must cost far less than deciding, so it
+   * carries no stack trace (capturing one is most of an error's cost): where it was thrown is
+   * always here.
+   */
+  private overloaded(): TaskvalveError {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      return storeUnavailable(new Error(`overloaded: ${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`));
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
+  }
+
+  /**
    * Queues one decision for the admission script of its node (its slot on a Cluster). Decisions
    * queued in one turn of the event loop go in one call, up to MAX_BATCH: the server runs the
    * script once, reads TIME once, each profile's parameters travel once, and the round trip is
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
   async add(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
-    if (this.pending >= this.maxPending) {
-      throw storeUnavailable(new Error(`overloaded: ${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`));
-    }
+    if (this.pending >= this.maxPending) throw this.overloaded();
     this.pending++;
     const key = this.ctx.calls.clustered ? tagOf(user) : this.ctx.calls.node(user);
     let group = this.groups.get(key);
