@@ -66,9 +66,12 @@ export class Operations {
     private readonly fault: (error: unknown) => void,
   ) {}
 
-  /** Calls in doubt now (settling, or waiting for the server to answer again). */
-  get inDoubt(): number {
-    return this.doubts.size;
+  /** Refunds and charge-backs ('retry' mode) sent and not answered yet: close waits for them too. */
+  private retrying = 0;
+
+  /** Calls in doubt now (settling, or waiting for the server to answer again), and retried writes in flight. */
+  get unsettled(): number {
+    return this.doubts.size + this.retrying;
   }
 
   /**
@@ -85,7 +88,7 @@ export class Operations {
 
   /** Waits until nothing is in doubt, or `ms` passed; answers how many calls are still in doubt. */
   async settled(ms: number): Promise<number> {
-    if (this.doubts.size === 0) return 0;
+    if (this.unsettled === 0) return 0;
     if (this.idle === undefined) {
       let resolve!: () => void;
       const promise = new Promise<void>((r) => (resolve = r));
@@ -94,7 +97,15 @@ export class Operations {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.idle.promise, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
     clearTimeout(timer);
-    return this.doubts.size;
+    return this.unsettled;
+  }
+
+  /** Wakes close() once nothing is unsettled. */
+  private checkIdle(): void {
+    if (this.unsettled === 0 && this.idle !== undefined) {
+      this.idle.resolve();
+      this.idle = undefined;
+    }
   }
 
   private send(client: ScriptClient, script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary: boolean, deadline: number): Promise<Reply> {
@@ -103,12 +114,18 @@ export class Operations {
     log.open.push(seq);
     const floor = log.open[0] as number;
     const sent = this.calls.run(script, [...keys, log.key], [seq, floor, deadline, this.clock.arg(), ...args], binary);
+    if (mode === 'retry') this.retrying++;
     return sent.then(
       (reply) => {
         this.close(log, seq);
+        if (mode === 'retry') {
+          this.retrying--;
+          this.checkIdle();
+        }
         return reply;
       },
       (error: TaskvalveError) => {
+        if (mode === 'retry') this.retrying--;
         if (error.cause instanceof Error && error.cause.message.startsWith(LATE) && deadline > 0) this.clock.refusedEarly(client);
         // A call to retry that certainly did not apply is settled all the same: settle.lua answers
         // 'void' at once, and the call goes again once the server answers.
@@ -153,10 +170,7 @@ export class Operations {
         if (doubt.mode === 'retry' && (outcome as unknown as string) === 'void') {
           this.write(doubt.script, doubt.keys, doubt.args, 'retry', doubt.binary).catch(() => {});
         }
-        if (this.doubts.size === 0 && this.idle !== undefined) {
-          this.idle.resolve();
-          this.idle = undefined;
-        }
+        this.checkIdle();
       },
       (error: unknown) => {
         doubt.attempts++;
