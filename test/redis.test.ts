@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore } from '../src/index.js';
-import { escapeId, rendezvous } from '../src/store/redis/keys.js';
+import { escapeId, rendezvous, slotOf } from '../src/store/redis/keys.js';
 import { rejection } from './helpers.js';
 import { deadLetter } from './support/dead-letters.js';
-import { startCluster, startRedis, type RedisClusterHandle, type RedisServer } from './support/redis.js';
+import { rawCommand, startCluster, startRedis, type RedisClusterHandle, type RedisServer } from './support/redis.js';
 
 let server: RedisServer;
 let durable: RedisServer;
@@ -209,6 +209,28 @@ describe('batches and timeouts', () => {
     await client.ping(); // the queued calls have run (and were refused past their deadline)
     for (const u of users) expect((await manager.getSubscription(u))?.usage).toBe(1);
     expect((await manager.getLimiter('t1').check(1)).allowed).toBe(true);
+  });
+});
+
+describe('batches on a Redis Cluster', () => {
+  it("one turn's decisions for many users of one slot travel in a few script calls, each answered and charged as its own", async () => {
+    const { manager } = managerOn(new Cluster(cluster.nodes));
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    // Users whose keys share one slot, each with a hash tag of its own.
+    const slot = slotOf(`u:${escapeId('slot-0')}`);
+    const users = ['slot-0'];
+    for (let i = 1; users.length < 24; i++) if (slotOf(`u:${escapeId(`slot-${i}`)}`) === slot) users.push(`slot-${i}`);
+    for (const user of users) await manager.subscribe(user, 'p');
+    expect((await manager.getLimiter(users[0]!).check(1)).allowed).toBe(true); // the script is loaded on that node
+    await Promise.all(cluster.ports.map((port) => rawCommand(port, ['CONFIG', 'RESETSTAT'])));
+    const decisions = await Promise.all(users.map((user, i) => manager.getLimiter(user).check(1 + (i % 3))));
+    const stats = await Promise.all(cluster.ports.map((port) => rawCommand(port, ['INFO', 'commandstats'])));
+    const calls = stats.reduce((sum, text) => sum + Number(/cmdstat_evalsha:calls=(\d+)/.exec(text)?.[1] ?? 0), 0);
+    expect(decisions.map((d) => d.allowed)).toEqual(users.map(() => true));
+    // The first two go at once, the rest gather behind them into one call (and a presence beat may
+    // land meanwhile): not one call per user.
+    expect(calls).toBeLessThanOrEqual(4);
+    for (const [i, user] of users.entries()) expect({ user, usage: (await manager.getSubscription(user))?.usage }).toEqual({ user, usage: (i === 0 ? 1 : 0) + 1 + (i % 3) });
   });
 });
 
