@@ -394,17 +394,31 @@ export async function clusterSection(log: (line: string) => void): Promise<Row[]
     const tvRate = m.get('taskvalve cluster allowed')!.opsPerSec;
     const rlfRate = m.get('RLF cluster allowed')!.opsPerSec;
 
-    // Decisions per admission call: EVALSHA calls counted on every node over a fixed run.
-    await Promise.all(cluster.ports.map((port) => rawCommand(port, ['CONFIG', 'RESETSTAT'])));
-    await tvRun(PROFILE_OPS);
-    const stats = await Promise.all(cluster.ports.map((port) => rawCommand(port, ['INFO', 'commandstats'])));
-    const calls = stats.reduce((sum, text) => sum + Number(/cmdstat_evalsha:calls=(\d+)/.exec(text)?.[1] ?? 0), 0);
-    log(`  taskvalve: ${(PROFILE_OPS / calls).toFixed(2)} decisions per EVALSHA over ${count(PROFILE_OPS)} decisions`);
+    // Where the time goes: fixed runs, EVALSHA calls and CPU summed over the nodes, this process's CPU.
+    const nodes = async (section: string): Promise<string[]> => Promise.all(cluster.ports.map((port) => rawCommand(port, ['INFO', section])));
+    const serverCpu = async (): Promise<number> =>
+      (await nodes('cpu')).reduce((sum, text) => sum + Number(/used_cpu_user:([\d.]+)/.exec(text)?.[1] ?? 0) + Number(/used_cpu_sys:([\d.]+)/.exec(text)?.[1] ?? 0), 0);
+    const costs = async (run: (ops: number) => Promise<number>): Promise<{ calls: number; clientUs: number; serverUs: number }> => {
+      await Promise.all(cluster.ports.map((port) => rawCommand(port, ['CONFIG', 'RESETSTAT'])));
+      const server0 = await serverCpu();
+      const client0 = process.cpuUsage();
+      await run(PROFILE_OPS);
+      const client = process.cpuUsage(client0);
+      const serverUs = ((await serverCpu()) - server0) * 1e6;
+      const calls = (await nodes('commandstats')).reduce((sum, text) => sum + Number(/cmdstat_evalsha:calls=(\d+)/.exec(text)?.[1] ?? 0), 0);
+      return { calls, clientUs: (client.user + client.system) / PROFILE_OPS, serverUs: serverUs / PROFILE_OPS };
+    };
+    const tvCost = await costs(tvRun);
+    const rlfCost = await costs(rlfRun);
+    log(`  taskvalve: ${(PROFILE_OPS / tvCost.calls).toFixed(2)} decisions per EVALSHA, client ${tvCost.clientUs.toFixed(1)} µs, servers ${tvCost.serverUs.toFixed(1)} µs per decision`);
+    log(`  RLF:       ${(PROFILE_OPS / rlfCost.calls).toFixed(2)} decisions per EVALSHA, client ${rlfCost.clientUs.toFixed(1)} µs, servers ${rlfCost.serverUs.toFixed(1)} µs per decision`);
 
     return [
       heading(`check(1) on a 3-master Redis Cluster, ${count(USERS)} users, ${WIDTH} in flight, all on this machine`),
       { measure: 'getLimiter(user).check, allowed, vs RLF', taskvalve: fmtRate(tvRate), reference: `RateLimiterRedis ${fmtRate(rlfRate)}`, ratio: tvRate / rlfRate },
-      { measure: 'decisions per admission script call', taskvalve: (PROFILE_OPS / calls).toFixed(2), reference: 'RateLimiterRedis: 1 per call' },
+      { measure: 'decisions per script call', taskvalve: (PROFILE_OPS / tvCost.calls).toFixed(2), reference: `RateLimiterRedis ${(PROFILE_OPS / rlfCost.calls).toFixed(2)}` },
+      { measure: 'client CPU µs per decision', taskvalve: tvCost.clientUs.toFixed(1), reference: `RateLimiterRedis ${rlfCost.clientUs.toFixed(1)}`, ratio: tvCost.clientUs / rlfCost.clientUs },
+      { measure: 'server CPU µs per decision (3 nodes)', taskvalve: tvCost.serverUs.toFixed(1), reference: `RateLimiterRedis ${rlfCost.serverUs.toFixed(1)}`, ratio: tvCost.serverUs / rlfCost.serverUs },
     ];
   } finally {
     await manager?.close().catch(() => undefined);
