@@ -296,6 +296,45 @@ describe('across slots (Redis Cluster)', () => {
     expect(a + b).toBe(2);
   });
 
+  // The protocol across slots tells a refusal's wait in whole ms only; the cache of refusals
+  // keeps a millisecond less, and nothing that counted tasks waiting (docs/redis.md).
+  const T0 = Date.UTC(2026, 5, 1);
+
+  it('a refusal remembered across slots, told in whole ms, never outlives the refusal Redis would give', async () => {
+    let now = T0;
+    const { manager, store } = managerOn(new Cluster(cluster.nodes), { clock: () => now });
+    store.setTestClock(() => now);
+    // A unit every 333⅓ ms: Redis tells a wait of 334 ms, and the bucket has room after 333.334.
+    manager.registerProfile('p', { rate: { limit: 3, intervalMs: 1000, burst: 1, shared: 'thirds' } });
+    await manager.subscribe('u', 'p');
+    const u = manager.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    expect(await u.check()).toMatchObject({ allowed: false, retryAfterMs: 334 });
+    now = T0 + 333.5;
+    expect((await u.check()).allowed).toBe(true);
+  });
+
+  it('a refusal across slots that counted tasks waiting for their turn does not outlive them', async () => {
+    let now = T0;
+    const { manager, store } = managerOn(new Cluster(cluster.nodes), { clock: () => now });
+    store.setTestClock(() => now);
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, shared: 'line', onLimit: 'wait', maxWaitMs: 60_000 } });
+    await manager.subscribe('u', 'p');
+    const u = manager.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    const inLine = new Promise<void>((resolve) => manager.on('task', (e: { to: string }) => e.to === 'WAITING_RATE' && resolve()));
+    const controller = new AbortController();
+    const task = u.submit(() => 'ran', { signal: controller.signal });
+    task.catch(() => {});
+    await inLine;
+    // The waiting task's unit counts ahead of this check: 2 s.
+    expect(await u.check()).toMatchObject({ allowed: false, retryAfterMs: 2000 });
+    controller.abort();
+    expect((await rejection(task)).code).toBe('ABORTED');
+    now += 1000;
+    expect((await u.check()).allowed).toBe(true);
+  });
+
   it('waiting for a shared bucket in another slot keeps the reservation and runs in turn', async () => {
     const { manager } = managerOn(new Cluster(cluster.nodes));
     manager.registerProfile('p', { rate: { limit: 20, intervalMs: 1000, burst: 2, shared: 'slow' }, quota: { limit: 10 } });
