@@ -13,7 +13,9 @@
  *   3. latency with one call in flight: p50/p99 of check(1) against a bare PING on the same client;
  *   4. where a decision's time goes: round trips, script µs (INFO commandstats), server and
  *      client CPU, bytes each way;
- *   5. server ceilings from redis-benchmark -P 16 (informative).
+ *   5. server ceilings from redis-benchmark -P 16 (informative);
+ *   6. on a private 3-master Redis Cluster: allowed checks at 256 in flight over 10,000 users,
+ *      taskvalve against RateLimiterRedis on the same cluster, and decisions per script call.
  *
  * Each system has its own ioredis connection (default options); only one is busy at a time.
  * Progress goes to stderr; stdout gets the tables, the environment and the run time.
@@ -21,10 +23,10 @@
 import { availableParallelism, cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { Manager, RedisStore, type Decision } from '../src/index.js';
-import { startRedis, type RedisServer } from '../test/support/redis.js';
+import { rawCommand, startCluster, startRedis, type RedisServer } from '../test/support/redis.js';
 import { loadBare, MicroBatcher } from './redis/bare.js';
 import { profile, redisBenchmark, type Profile } from './redis/server.js';
 import { compare, expect, fmtRate, keyOrder, type Bench, type Plan } from './lib/harness.js';
@@ -349,6 +351,83 @@ export async function redisSection(log: (line: string) => void): Promise<RedisSe
 }
 
 /**
+ * Section 6: allowed check(1) at WIDTH in flight over USERS users on a private 3-master Redis
+ * Cluster, taskvalve against RateLimiterRedis (each on its own ioredis Cluster client, default
+ * options), and how many decisions one admission script call carries there.
+ */
+export async function clusterSection(log: (line: string) => void): Promise<Row[]> {
+  log('starting a 3-master Redis Cluster ...');
+  const cluster = await startCluster(3);
+  const clients: Cluster[] = [];
+  let manager: Manager | undefined;
+  try {
+    const open = async (): Promise<Cluster> => {
+      const c = new Cluster(cluster.nodes);
+      clients.push(c);
+      await c.ping();
+      return c;
+    };
+    const [tvClient, rlfClient] = [await open(), await open()] as const;
+    const order = keyOrder(USERS);
+    const users = Array.from({ length: USERS }, (_, i) => `open-${String(i).padStart(5, '0')}`);
+    manager = new Manager({ store: new RedisStore({ client: tvClient }) });
+    const tv = manager;
+    tv.registerProfile('open', { rate: { ...OPEN } });
+    log('set-up: subscribing 10,000 users on the cluster, touching every key ...');
+    await lanes(USERS, WIDTH, (i) => tv.subscribe(users[i]!, 'open'), yes);
+    expect((await lanes(USERS, WIDTH, (i) => tv.getLimiter(users[i]!).check(1), isAllowed)) === USERS, 'taskvalve open buckets allow on the cluster');
+    const rlf = new RateLimiterRedis({ storeClient: rlfClient, useRedisPackage: false, points: 1_000_000_000, duration: 3600, keyPrefix: 'rlf-open' });
+    const rlfTry = (key: string): Promise<boolean> => rlf.consume(key).then(yes, isRlfDenial);
+    expect((await lanes(USERS, WIDTH, (i) => rlfTry(users[i]!), (ok) => ok)) === USERS, 'RLF open allows on the cluster');
+
+    const tvRun = (ops: number): Promise<number> => lanes(ops, WIDTH, (i) => tv.getLimiter(users[order[i & MASK]!]!).check(1), isAllowed);
+    const rlfRun = (ops: number): Promise<number> => lanes(ops, WIDTH, (i) => rlfTry(users[order[i & MASK]!]!), (ok) => ok);
+    const checked = (name: string, run: (ops: number) => Promise<number>): Bench => ({
+      name,
+      async run(ops) {
+        const allowed = await run(ops);
+        expect(allowed === ops, `${name}: ${allowed} of ${ops} allowed`);
+      },
+    });
+    log(`decisions at ${WIDTH} in flight on the cluster, ${count(USERS)} keys each (medians of interleaved rounds):`);
+    const m = await compare([checked('taskvalve cluster allowed', tvRun), checked('RLF cluster allowed', rlfRun)], PLAN, log);
+    const tvRate = m.get('taskvalve cluster allowed')!.opsPerSec;
+    const rlfRate = m.get('RLF cluster allowed')!.opsPerSec;
+
+    // Where the time goes: fixed runs, EVALSHA calls and CPU summed over the nodes, this process's CPU.
+    const nodes = async (section: string): Promise<string[]> => Promise.all(cluster.ports.map((port) => rawCommand(port, ['INFO', section])));
+    const serverCpu = async (): Promise<number> =>
+      (await nodes('cpu')).reduce((sum, text) => sum + Number(/used_cpu_user:([\d.]+)/.exec(text)?.[1] ?? 0) + Number(/used_cpu_sys:([\d.]+)/.exec(text)?.[1] ?? 0), 0);
+    const costs = async (run: (ops: number) => Promise<number>): Promise<{ calls: number; clientUs: number; serverUs: number }> => {
+      await Promise.all(cluster.ports.map((port) => rawCommand(port, ['CONFIG', 'RESETSTAT'])));
+      const server0 = await serverCpu();
+      const client0 = process.cpuUsage();
+      await run(PROFILE_OPS);
+      const client = process.cpuUsage(client0);
+      const serverUs = ((await serverCpu()) - server0) * 1e6;
+      const calls = (await nodes('commandstats')).reduce((sum, text) => sum + Number(/cmdstat_evalsha:calls=(\d+)/.exec(text)?.[1] ?? 0), 0);
+      return { calls, clientUs: (client.user + client.system) / PROFILE_OPS, serverUs: serverUs / PROFILE_OPS };
+    };
+    const tvCost = await costs(tvRun);
+    const rlfCost = await costs(rlfRun);
+    log(`  taskvalve: ${(PROFILE_OPS / tvCost.calls).toFixed(2)} decisions per EVALSHA, client ${tvCost.clientUs.toFixed(1)} µs, servers ${tvCost.serverUs.toFixed(1)} µs per decision`);
+    log(`  RLF:       ${(PROFILE_OPS / rlfCost.calls).toFixed(2)} decisions per EVALSHA, client ${rlfCost.clientUs.toFixed(1)} µs, servers ${rlfCost.serverUs.toFixed(1)} µs per decision`);
+
+    return [
+      heading(`check(1) on a 3-master Redis Cluster, ${count(USERS)} users, ${WIDTH} in flight, all on this machine`),
+      { measure: 'getLimiter(user).check, allowed, vs RLF', taskvalve: fmtRate(tvRate), reference: `RateLimiterRedis ${fmtRate(rlfRate)}`, ratio: tvRate / rlfRate },
+      { measure: 'decisions per script call', taskvalve: (PROFILE_OPS / tvCost.calls).toFixed(2), reference: `RateLimiterRedis ${(PROFILE_OPS / rlfCost.calls).toFixed(2)}` },
+      { measure: 'client CPU µs per decision', taskvalve: tvCost.clientUs.toFixed(1), reference: `RateLimiterRedis ${rlfCost.clientUs.toFixed(1)}`, ratio: tvCost.clientUs / rlfCost.clientUs },
+      { measure: 'server CPU µs per decision (3 nodes)', taskvalve: tvCost.serverUs.toFixed(1), reference: `RateLimiterRedis ${rlfCost.serverUs.toFixed(1)}`, ratio: tvCost.serverUs / rlfCost.serverUs },
+    ];
+  } finally {
+    await manager?.close().catch(() => undefined);
+    for (const c of clients) c.disconnect();
+    await cluster.stop();
+  }
+}
+
+/**
  * The EVALSHA a check(1) of `user` sends (the last one, after any set-up call), caught on a
  * spy connection with a fresh store, for redis-benchmark to replay. Whatever the script's
  * argument layout: only a deadline (a µs timestamp near now) is zeroed, so that the replay is
@@ -419,12 +498,13 @@ export async function main(): Promise<void> {
   };
   log('taskvalve Redis bench: ops/s are medians of interleaved timed rounds after calibration and warm-up');
   const s = await redisSection(log);
+  const clustered = await clusterSection(log);
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpus()[0]?.model.trim() ?? 'unknown CPU';
-  const judged = s.rows.filter((r) => r.met !== undefined);
+  const judged = [...s.rows, ...clustered].filter((r) => r.met !== undefined);
   process.stdout.write(
     [
-      renderTable(s.rows),
+      renderTable([...s.rows, ...clustered]),
       '',
       `Node ${process.version}, ${cpu}, ${availableParallelism()} cores, redis-server ${s.redisVersion} (--save '' --appendonly no) on loopback,`,
       'started by this run. Rates are medians of 7 timed rounds (after calibration and a warm-up round), interleaved, each',
@@ -434,6 +514,8 @@ export async function main(): Promise<void> {
       '(SET NX, INCRBY, PTTL in one script), not a GCRA. Client and server share the same cores. Latency samples rotate',
       'check / PING / bare / raw on one connection; "raw admit EVALSHA" is the exact EVALSHA a check(1) sends, caught on a spy',
       'connection and replayed without taskvalve (its deadline zeroed); redis-benchmark replays the same call on one user.',
+      'The Cluster rows run on 3 cluster-enabled redis-servers (masters only, slots split evenly) started by this run on the same',
+      'machine, each system on its own ioredis Cluster client with default options.',
       '',
       `Where a decision's time goes (${WIDTH} in flight, ${PROFILE_OPS.toLocaleString('en-US')} decisions each, server statistics reset before each):`,
       '',

@@ -4,6 +4,8 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore, TaskvalveError } from '../src/index.js';
+import { eventually } from './helpers.js';
+import { startFaultProxy } from './support/fault-proxy.js';
 import { startRedis, type RedisServer } from './support/redis.js';
 
 let server: RedisServer;
@@ -98,5 +100,40 @@ describe('Redis killed mid-load and restarted', () => {
     expect(await reader.manager.getSubscription('new')).toBeUndefined();
     await reader.manager.close();
     for (const s of [...all, reader]) s.client.disconnect();
+  });
+});
+
+describe('presence', () => {
+  it('a process that registered its profiles while Redis was unreachable joins the live processes, and records its configuration, once Redis is reachable', async () => {
+    const proxy = await startFaultProxy({ port: server.port });
+    proxy.refuse();
+    // Without the offline queue, a call made while the connection is down fails at once and is
+    // never sent later (the queue would replay the first registration by itself).
+    const late = new Redis({ port: proxy.port, enableOfflineQueue: false });
+    late.on('error', () => {}); // refused connections, until the proxy heals
+    const other = new Redis({ port: server.port });
+    const lateStore = new RedisStore({ client: late, prefix: 'presence', timeoutMs: 300 });
+    const otherStore = new RedisStore({ client: other, prefix: 'presence' });
+    const warnings: string[] = [];
+    const faults: unknown[] = [];
+    const logger = { info() {}, error: (o: unknown) => void faults.push(o), warn: (_: unknown, message?: string) => void warnings.push(message ?? '') };
+    const lateManager = new Manager({ store: lateStore, onStoreUnavailable: 'local', logger });
+    const otherManager = new Manager({ store: otherStore });
+    try {
+      otherManager.registerProfile('p', { rate: { limit: 30, intervalMs: 1000 } });
+      // Registered while Redis cannot be reached, with another rate than the process above.
+      lateManager.registerProfile('p', { rate: { limit: 60, intervalMs: 1000 } });
+      // Its call to record the profile failed (timed out), and was reported.
+      await eventually(async () => faults.length > 0, 'the failed registration reported');
+      expect(await otherStore.refreshPresence()).toBe(1);
+      proxy.heal();
+      await eventually(async () => (await otherStore.refreshPresence()) === 2, 'the late process counted among the live ones');
+      await eventually(async () => warnings.some((w) => w.includes('configuration drift on profile p')), 'the late process warned of the drift');
+    } finally {
+      await Promise.all([lateManager.close(), otherManager.close()]);
+      late.disconnect();
+      other.disconnect();
+      await proxy.close();
+    }
   });
 });

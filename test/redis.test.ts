@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore } from '../src/index.js';
-import { escapeId, rendezvous } from '../src/store/redis/keys.js';
+import { escapeId, rendezvous, slotOf } from '../src/store/redis/keys.js';
 import { rejection } from './helpers.js';
 import { deadLetter } from './support/dead-letters.js';
-import { startCluster, startRedis, type RedisClusterHandle, type RedisServer } from './support/redis.js';
+import { rawCommand, startCluster, startRedis, type RedisClusterHandle, type RedisServer } from './support/redis.js';
 
 let server: RedisServer;
 let durable: RedisServer;
@@ -212,6 +212,28 @@ describe('batches and timeouts', () => {
   });
 });
 
+describe('batches on a Redis Cluster', () => {
+  it("one turn's decisions for many users of one slot travel in a few script calls, each answered and charged as its own", async () => {
+    const { manager } = managerOn(new Cluster(cluster.nodes));
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    // Users whose keys share one slot, each with a hash tag of its own.
+    const slot = slotOf(`u:${escapeId('slot-0')}`);
+    const users = ['slot-0'];
+    for (let i = 1; users.length < 24; i++) if (slotOf(`u:${escapeId(`slot-${i}`)}`) === slot) users.push(`slot-${i}`);
+    for (const user of users) await manager.subscribe(user, 'p');
+    expect((await manager.getLimiter(users[0]!).check(1)).allowed).toBe(true); // the script is loaded on that node
+    await Promise.all(cluster.ports.map((port) => rawCommand(port, ['CONFIG', 'RESETSTAT'])));
+    const decisions = await Promise.all(users.map((user, i) => manager.getLimiter(user).check(1 + (i % 3))));
+    const stats = await Promise.all(cluster.ports.map((port) => rawCommand(port, ['INFO', 'commandstats'])));
+    const calls = stats.reduce((sum, text) => sum + Number(/cmdstat_evalsha:calls=(\d+)/.exec(text)?.[1] ?? 0), 0);
+    expect(decisions.map((d) => d.allowed)).toEqual(users.map(() => true));
+    // The first two go at once, the rest gather behind them into one call (and a presence beat may
+    // land meanwhile): not one call per user.
+    expect(calls).toBeLessThanOrEqual(4);
+    for (const [i, user] of users.entries()) expect({ user, usage: (await manager.getSubscription(user))?.usage }).toEqual({ user, usage: (i === 0 ? 1 : 0) + 1 + (i % 3) });
+  });
+});
+
 describe('keys', () => {
   const ids = ['a:b', 'a{b}', '{a}', 'a}b{', 'a b', 'ünï©ødé', 'a%7db', 'a%u007db', '🙂', 'x'.repeat(1024), ':', '{}'];
 
@@ -272,6 +294,45 @@ describe('across slots (Redis Cluster)', () => {
     const a = (await manager.getSubscription('A'))!.usage;
     const b = (await manager.getSubscription('B'))!.usage;
     expect(a + b).toBe(2);
+  });
+
+  // The protocol across slots tells a refusal's wait in whole ms only; the cache of refusals
+  // keeps a millisecond less, and nothing that counted tasks waiting (docs/redis.md).
+  const T0 = Date.UTC(2026, 5, 1);
+
+  it('a refusal remembered across slots, told in whole ms, never outlives the refusal Redis would give', async () => {
+    let now = T0;
+    const { manager, store } = managerOn(new Cluster(cluster.nodes), { clock: () => now });
+    store.setTestClock(() => now);
+    // A unit every 333⅓ ms: Redis tells a wait of 334 ms, and the bucket has room after 333.334.
+    manager.registerProfile('p', { rate: { limit: 3, intervalMs: 1000, burst: 1, shared: 'thirds' } });
+    await manager.subscribe('u', 'p');
+    const u = manager.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    expect(await u.check()).toMatchObject({ allowed: false, retryAfterMs: 334 });
+    now = T0 + 333.5;
+    expect((await u.check()).allowed).toBe(true);
+  });
+
+  it('a refusal across slots that counted tasks waiting for their turn does not outlive them', async () => {
+    let now = T0;
+    const { manager, store } = managerOn(new Cluster(cluster.nodes), { clock: () => now });
+    store.setTestClock(() => now);
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, shared: 'line', onLimit: 'wait', maxWaitMs: 60_000 } });
+    await manager.subscribe('u', 'p');
+    const u = manager.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    const inLine = new Promise<void>((resolve) => manager.on('task', (e: { to: string }) => e.to === 'WAITING_RATE' && resolve()));
+    const controller = new AbortController();
+    const task = u.submit(() => 'ran', { signal: controller.signal });
+    task.catch(() => {});
+    await inLine;
+    // The waiting task's unit counts ahead of this check: 2 s.
+    expect(await u.check()).toMatchObject({ allowed: false, retryAfterMs: 2000 });
+    controller.abort();
+    expect((await rejection(task)).code).toBe('ABORTED');
+    now += 1000;
+    expect((await u.check()).allowed).toBe(true);
   });
 
   it('waiting for a shared bucket in another slot keeps the reservation and runs in turn', async () => {
@@ -435,6 +496,137 @@ describe('sharding', () => {
       for (const c of three) c.disconnect();
     } finally {
       await Promise.all(extra.map((s) => s.stop()));
+    }
+  });
+});
+
+describe('migrate() after a shard was appended', () => {
+  const T0 = Date.UTC(2026, 5, 1);
+  /** User ids whose keys move to the third shard when a third is appended to two. */
+  const movers = (count: number, prefix: string): string[] => {
+    const ids: string[] = [];
+    for (let i = 0; ids.length < count; i++) if (rendezvous(`u:${escapeId(`${prefix}-${i}`)}`, 3) === 2) ids.push(`${prefix}-${i}`);
+    return ids;
+  };
+  // A shared bucket that moves from the second shard to the third.
+  const pool = 'pool2';
+
+  /**
+   * Two shards, and the same store with a third appended (its layout live before the migration,
+   * as after a deploy), both deciding at `clock.now`; every server stopped after the test.
+   */
+  async function layouts(clock: { now: number }): Promise<{ prefix: string; two: Redis[]; three: Redis[]; m2: Manager; m3: Manager; after: RedisStore; stop(): Promise<void> }> {
+    const servers = await Promise.all([startRedis(), startRedis(), startRedis()]);
+    const two = servers.slice(0, 2).map((s) => new Redis({ port: s.port }));
+    const three = [...two, new Redis({ port: servers[2]!.port })];
+    const prefix = `mig${++prefixes}`;
+    const make = (client: Redis[]): { manager: Manager; store: RedisStore } => {
+      const store = new RedisStore({ client, prefix });
+      store.setTestClock(() => clock.now);
+      const manager = new Manager({ store, clock: () => clock.now });
+      manager.registerProfile('p', { rate: { limit: 10, intervalMs: 3_600_000 }, quota: { limit: 1000, periodMs: 60_000 } });
+      manager.registerProfile('q', { rate: { limit: 10, intervalMs: 3_600_000, shared: pool } });
+      return { manager, store };
+    };
+    const { manager: m2 } = make(two);
+    const { manager: m3, store: after } = make(three);
+    return {
+      prefix,
+      two,
+      three,
+      m2,
+      m3,
+      after,
+      async stop() {
+        await Promise.all([m2.close(), m3.close()]);
+        for (const c of three) c.disconnect();
+        await Promise.all(servers.map((s) => s.stop()));
+      },
+    };
+  }
+
+  it('a tenant charged on its new shard before the migration keeps the fuller bucket and only the current period\'s usage', async () => {
+    expect([rendezvous(`b:${pool}`, 2), rendezvous(`b:${pool}`, 3)]).toEqual([1, 2]);
+    const clock = { now: T0 - 120_000 };
+    const { two, m2, m3, after, stop } = await layouts(clock);
+    try {
+      const [fuller, emptier, stale, pooled] = movers(4, 'tenant') as [string, string, string, string];
+      // On the two shards: `stale` used 5 units two usage periods ago; the others 7 now.
+      await m2.subscribe(stale, 'p');
+      expect((await m2.getLimiter(stale).check(5)).allowed).toBe(true);
+      clock.now = T0;
+      for (const [user, profile] of [[fuller, 'p'], [emptier, 'p'], [pooled, 'q']] as const) {
+        await m2.subscribe(user, profile);
+        expect((await m2.getLimiter(user).check(user === emptier ? 1 : 7)).allowed).toBe(true);
+      }
+      // The three-shard layout went live: the same tenants subscribe and are charged there.
+      clock.now = T0 + 1000;
+      for (const [user, profile, cost] of [[fuller, 'p', 2], [emptier, 'p', 6], [stale, 'p', 2], [pooled, 'q', 2]] as const) {
+        await m3.subscribe(user, profile);
+        expect((await m3.getLimiter(user).check(cost)).allowed).toBe(true);
+      }
+      expect(await after.migrate(two)).toBeGreaterThanOrEqual(5);
+      // Usage of the current period is added; the earlier period's 5 units are over.
+      expect.soft((await m3.getSubscription(fuller))?.usage).toBe(7 + 2);
+      expect.soft((await m3.getSubscription(emptier))?.usage).toBe(1 + 6);
+      expect.soft((await m3.getSubscription(stale))?.usage).toBe(2);
+      // The fuller bucket stands: 7 units in use (3 left) for `fuller` and the pool, 6 for `emptier`.
+      for (const [user, left] of [[fuller, 3], [pooled, 3], [emptier, 4]] as const) {
+        expect.soft({ user, over: (await m3.getLimiter(user).check(left + 1)).allowed }).toEqual({ user, over: false });
+        expect.soft({ user, all: (await m3.getLimiter(user).check(left)).allowed }).toEqual({ user, all: true });
+      }
+    } finally {
+      await stop();
+    }
+  });
+
+  it('a run interrupted after a key arrived on its new shard runs again without counting it twice', async () => {
+    const clock = { now: T0 };
+    const { prefix, two, m2, m3, after, stop } = await layouts(clock);
+    try {
+      const [user] = movers(1, 'again') as [string];
+      await m2.subscribe(user, 'p');
+      expect((await m2.getLimiter(user).check(3)).allowed).toBe(true);
+      const key = `${prefix}:{u:${escapeId(user)}}`;
+      const source = two[rendezvous(`u:${escapeId(user)}`, 2)]!;
+      const copy = await source.dumpBuffer(key);
+      await after.migrate(two);
+      expect(await source.exists(key)).toBe(0);
+      // As if the run had stopped before it deleted the key where it was.
+      await source.restore(key, 0, copy!);
+      expect((await m3.getLimiter(user).check(1)).allowed).toBe(true);
+      await after.migrate(two);
+      expect(await source.exists(key)).toBe(0);
+      expect((await m3.getSubscription(user))?.usage).toBe(3 + 1);
+    } finally {
+      await stop();
+    }
+  });
+
+  it('a record naming a profile this process has not registered stays where it is, and the error names it', async () => {
+    const clock = { now: T0 };
+    const { prefix, two, three, m2, m3, after, stop } = await layouts(clock);
+    try {
+      const [user] = movers(1, 'unknown') as [string];
+      m2.registerProfile('r', { rate: { limit: 5, intervalMs: 1000 } });
+      m3.registerProfile('r', { rate: { limit: 5, intervalMs: 1000 } });
+      await m2.subscribe(user, 'r');
+      await m3.subscribe(user, 'p');
+      // A process that knows profile p only.
+      const partial = new RedisStore({ client: three, prefix });
+      partial.setTestClock(() => clock.now);
+      const knowsP = new Manager({ store: partial, clock: () => clock.now });
+      knowsP.registerProfile('p', { rate: { limit: 10, intervalMs: 3_600_000 }, quota: { limit: 1000, periodMs: 60_000 } });
+      const error = await rejection(partial.migrate(two));
+      await knowsP.close();
+      expect(error.code).toBe('PROFILE_NOT_FOUND');
+      expect(error.message).toContain('"r"');
+      expect((await m2.getSubscription(user))?.profileName).toBe('r');
+      await after.migrate(two);
+      expect((await m2.getSubscription(user))).toBeUndefined();
+      expect((await m3.getSubscription(user))?.profileName).toBe('p');
+    } finally {
+      await stop();
     }
   });
 });

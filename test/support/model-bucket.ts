@@ -13,7 +13,10 @@ export class ModelBucket {
   }
 
   private refill(atMs: number): void {
-    const at = BigInt(atMs) * 1000n;
+    this.refillUs(BigInt(atMs) * 1000n);
+  }
+
+  private refillUs(at: bigint): void {
     const cap = this.burst * this.intervalUs;
     const refill = this.tokens + (at - this.last) * this.limit;
     this.tokens = refill > cap ? cap : refill;
@@ -29,6 +32,14 @@ export class ModelBucket {
   /** Takes `cost` units if they conform; true when taken. */
   take(atMs: number, cost: number): boolean {
     if (!this.allows(atMs, cost)) return false;
+    this.tokens -= BigInt(cost) * this.intervalUs;
+    return true;
+  }
+
+  /** {@link ModelBucket.take} at `atUs`, whole µs from the start. */
+  takeUs(atUs: number, cost: number): boolean {
+    this.refillUs(BigInt(atUs));
+    if (this.tokens < BigInt(cost) * this.intervalUs) return false;
     this.tokens -= BigInt(cost) * this.intervalUs;
     return true;
   }

@@ -23,6 +23,11 @@ function waitKey(userId: string, profile: Profile): string {
   return profile.shared === undefined ? `d:${userId}` : `s:${profile.shared}`;
 }
 
+/** Units this process's waiting tasks hold on a user's bucket. */
+function waitingAhead(waiting: ReadonlyMap<string, number>, userId: string, profile: Profile): number {
+  return waiting.size === 0 ? 0 : (waiting.get(waitKey(userId, profile)) ?? 0);
+}
+
 export class Admission {
   constructor(
     private readonly ctx: Context,
@@ -40,8 +45,8 @@ export class Admission {
     let profile = ref.profile;
     const sentUs = this.ctx.clock.localUs();
     if (profile !== undefined && cost <= profile.rate.burst && !(mode === AdmitMode.PROFILE && profile.onLimit === 'wait')) {
-      const denial = this.denials.standing(this.bucketOf(ref, profile), profile, cost, sentUs);
-      if (denial !== undefined) return this.denials.answer(out, ref.usage, profile, denial, sentUs);
+      const refused = this.denials.refusal(out, this.bucketOf(ref, profile), ref.user, profile, cost, sentUs, ref.usage);
+      if (refused !== undefined) return refused;
     }
     for (let attempt = 0; attempt < 3; attempt++) {
       let answer: Answer;
@@ -67,8 +72,10 @@ export class Admission {
       if (profile === undefined) throw this.unknownProfile(userId);
       ref.profile = profile;
       this.fill(out, userId, ref, profile, r);
-      if (out.verdict === Verdict.RATE_LIMITED && out.retryAfterMs > 0) {
-        this.denials.remember(this.bucketOf(ref, profile), { untilUs: sentUs + out.retryAfterMs * 1000, fullUs: sentUs + out.resetAfterMs * 1000, cost, rate: profile.rate });
+      if (out.verdict === Verdict.RATE_LIMITED) {
+        // admit.lua tells the exact µs (-1 from the protocol across slots: whole ms only).
+        const held = waitingAhead(waiting, userId, profile);
+        this.denials.learn(this.bucketOf(ref, profile), ref.user, profile, cost, sentUs, out, { waitUs: r[9] as number, fullUs: r[10] as number, waiting: held });
       }
       return out;
     }
@@ -105,7 +112,8 @@ export class Admission {
     if (!profile) return;
     const rate = profile.rate;
     const bucket = this.bucketOf(ref, profile);
-    await this.ctx.ops.write(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch], 'retry');
+    // A refund that gets no answer is not lost: it is sent again until it has applied once (ops.ts).
+    await this.ctx.ops.write(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch], 'retry').catch(() => {});
     // A refusal remembered for this bucket may no longer hold.
     this.denials.delete(bucket);
   }
@@ -120,7 +128,8 @@ export class Admission {
     // One call, sent at once (so it lands before any later read on this connection): the
     // generation token alone decides; a refund into a period that has since ended changes
     // nothing visible, as that usage resets at the next decision.
-    await this.ctx.ops.write(scripts.refund, [this.ctx.keys.user(userId)], [cost, period, 0], 'retry');
+    // A refund that gets no answer is not lost: it is sent again until it has applied once (ops.ts).
+    await this.ctx.ops.write(scripts.refund, [this.ctx.keys.user(userId)], [cost, period, 0], 'retry').catch(() => {});
   }
 
   /** What check(1) would decide on the rate now, without charging anything. */
@@ -178,7 +187,7 @@ export class Admission {
     if (profile === undefined) return this.batches.add(ref.user, ref.user, undefined, cost, 0, flags);
     const rate = profile.rate;
     const bucket = this.bucketOf(ref, profile);
-    const ahead = waiting.size === 0 ? 0 : (waiting.get(waitKey(userId, profile)) ?? 0);
+    const ahead = waitingAhead(waiting, userId, profile);
     if (this.ctx.calls.together(ref.user, bucket)) return this.batches.add(ref.user, bucket, profile, cost, ahead, flags);
     // The bucket lives elsewhere: reserve the quota, then take from the bucket, and give the
     // reservation back if the bucket says no (docs/redis.md).
@@ -221,7 +230,7 @@ export class Admission {
       // quota limit, receipt ms, receipt ticks }.
       out.period = r[2] as number;
       out.receiptTat = verdict === Verdict.ALLOWED && r[9] !== undefined ? (r[9] as number) : -1;
-      out.receiptEpoch = (r[10] as number | undefined) ?? 0;
+      out.receiptEpoch = verdict === Verdict.ALLOWED ? ((r[10] as number | undefined) ?? 0) : 0;
       out.remaining = r[3] as number;
       out.retryAfterMs = r[4] as number;
       out.resetAfterMs = r[5] as number;

@@ -9,10 +9,10 @@ import { Verdict } from '../store.js';
 import { storeUnavailable, type Reply } from './calls.js';
 import { RESERVED } from './codes.js';
 import type { Context } from './context.js';
-import { tagOf } from './keys.js';
+import { slotOf, tagOf } from './keys.js';
 import { scripts } from './scripts.js';
 
-/** Admission calls in flight per node before decisions gather into batches. */
+/** Admission calls in flight per node (per slot on a Cluster) before decisions gather into batches. */
 const MAX_IN_FLIGHT = 2;
 
 /** Decisions per admission script call at most. */
@@ -139,15 +139,18 @@ export class Batches {
   }
 
   /**
-   * Queues one decision for the admission script of its node (its slot on a Cluster). Decisions
-   * queued in one turn of the event loop go in one call, up to MAX_BATCH: the server runs the
+   * Queues one decision for the admission script of its node (its slot on a Cluster, whichever
+   * users' keys hash there). Decisions queued in one turn of the event loop go in one call, up
+   * to MAX_BATCH: the server runs the
    * script once, reads TIME once, each profile's parameters travel once, and the round trip is
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
   async add(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
     if (this.pending >= this.maxPending) throw this.overloaded();
     this.pending++;
-    const key = this.ctx.calls.clustered ? tagOf(user) : this.ctx.calls.node(user);
+    // On a Cluster one call may carry the keys of many users, as long as they share a slot.
+    const calls = this.ctx.calls;
+    const key = calls.clustered ? slotOf(tagOf(user)) : calls.node(user);
     let group = this.groups.get(key);
     if (group === undefined) {
       group = { inFlight: 0, pending: undefined };

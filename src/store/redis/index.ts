@@ -211,10 +211,12 @@ export class RedisStore implements Store {
 
   /**
    * Moves keys to the shard that owns them now, after shards were appended to `client`:
-   * `previous` is the array of shards before (a prefix of the current one). Run it once after
-   * deploying the larger array; until a tenant's keys have moved, that tenant is not found
-   * (its calls fail closed), and nothing is over-spent. A tenant that was charged on the new
-   * shard in the meantime keeps both charges (usage is added, the fuller bucket wins).
+   * `previous` is the array of shards before (a prefix of the current one). Run it once, from a
+   * process that registered every profile, after deploying the larger array everywhere; until
+   * a tenant's keys have moved, that tenant is not found (its calls fail closed), and nothing is
+   * over-spent. A tenant that was charged on the new shard in the meantime keeps both charges of
+   * the current usage period (earlier periods' usage is over), and the fuller bucket. Each key
+   * arrives atomically; an interrupted run can be run again (docs/redis.md, "Sharding").
    * Returns the number of keys moved.
    */
   migrate(previous: RedisClientLike[]): Promise<number> {

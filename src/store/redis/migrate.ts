@@ -1,30 +1,43 @@
 /**
  * Moving keys to the shard that owns them now, after shards were appended to a RedisStore's
- * client array (see RedisStore.migrate).
+ * client array (see RedisStore.migrate, and docs/redis.md "Sharding" for what is atomic).
+ *
+ * Each key is copied (DUMP), restored next to its new place under a temporary name, and then
+ * migrate.lua, in one step on the new shard, makes it the key or merges it into the one there
+ * and records its arrival; only then is it deleted where it was. A run interrupted anywhere can
+ * run again: a copy that already arrived is recognised and not counted twice.
  */
-import { invalidArgument } from '../../errors.js';
-import type { Reply } from './calls.js';
+import { createHash } from 'node:crypto';
+import { ErrorCode, TaskvalveError, invalidArgument } from '../../errors.js';
 import type { Context } from './context.js';
 import type { Ended } from './ended.js';
 import { endedTags, rendezvous, tagOf, unescapeId } from './keys.js';
+import { recordError } from './record.js';
 import { scripts, type ScriptClient } from './scripts.js';
 
 /** What migrate() needs of a shard: an ioredis `Redis`. */
-interface MigrationClient {
+interface MigrationClient extends ScriptClient {
   scan(cursor: string, ...args: (string | number)[]): Promise<[string, string[]]>;
   dumpBuffer(key: string): Promise<Buffer | null>;
   pttl(key: string): Promise<number>;
-  restore(key: string, ttl: number, value: Buffer): Promise<unknown>;
+  restore(key: string, ttl: number, value: Buffer, replace: 'REPLACE'): Promise<unknown>;
   del(key: string): Promise<number>;
-  type(key: string): Promise<string>;
-  get(key: string): Promise<string | null>;
-  set(key: string, value: string, px: 'PX', ms: number): Promise<unknown>;
   exists(key: string): Promise<number>;
   zscore(key: string, member: string): Promise<string | null>;
   zadd(key: string, score: string, member: string): Promise<unknown>;
   zrem(key: string, member: string): Promise<unknown>;
   zunionstore(destination: string, count: number, ...keys: string[]): Promise<unknown>;
 }
+
+/** Suffixes of the keys a move uses next to a key on its new shard: its restored copy, the record of its arrival. */
+const COPY = ':~copy';
+const ARRIVAL = ':~arrived';
+
+/** How long a restored copy lives if a run stops before it is merged (ms): a day. */
+const COPY_TTL_MS = 86_400_000;
+
+/** What became of a key on its new shard. */
+type Outcome = 'moved' | 'merged';
 
 export class Migration {
   constructor(
@@ -52,13 +65,15 @@ export class Migration {
         cursor = next;
         for (const key of found) {
           const tag = tagOf(key);
-          if (tag.startsWith('e:')) continue;
+          if (tag.startsWith('e:') || key.endsWith(COPY) || key.endsWith(ARRIVAL)) continue;
           const to = rendezvous(tag, shards.length);
           if (to === from) continue;
           const target = shards[to] as MigrationClient;
-          if (!(await this.moveKey(key, source, target))) continue;
+          const outcome = await this.arrive(key, tag, source, target);
+          if (outcome === undefined) continue;
+          if (tag.startsWith('u:')) await this.moveEnd(unescapeId(tag.slice(2)), oldIndex, source, this.ended.of(key), target, outcome);
+          await source.del(key);
           moved++;
-          if (tag.startsWith('u:')) await this.moveEnd(unescapeId(tag.slice(2)), oldIndex, source, this.ended.of(key), target);
         }
       } while (cursor !== '0');
       // Users that stayed: their entries join the index this shard has now.
@@ -72,39 +87,36 @@ export class Migration {
     return moved;
   }
 
-  /** A moved user's entry in the ends index goes with it. */
-  private async moveEnd(userId: string, oldIndex: string, source: MigrationClient, newIndex: string, target: MigrationClient): Promise<void> {
+  /**
+   * A moved user's entry in the ends index: it goes with the user, unless the user has a record
+   * on its new shard already (that subscription stands, with its own entry).
+   */
+  private async moveEnd(userId: string, oldIndex: string, source: MigrationClient, newIndex: string, target: MigrationClient, outcome: Outcome): Promise<void> {
     const score = await source.zscore(oldIndex, userId);
     if (score === null) return;
-    await target.zadd(newIndex, score, userId);
+    if (outcome === 'moved') await target.zadd(newIndex, score, userId);
     await source.zrem(oldIndex, userId);
   }
 
-  private async moveKey(key: string, source: MigrationClient, target: MigrationClient): Promise<boolean> {
+  /** Copies `key` to its new shard, where it becomes the key or is merged into it; undefined: the key is gone. */
+  private async arrive(key: string, tag: string, source: MigrationClient, target: MigrationClient): Promise<Outcome | undefined> {
     const [dump, ttl] = await Promise.all([source.dumpBuffer(key), source.pttl(key)]);
-    if (dump === null) return false;
-    try {
-      await target.restore(key, ttl > 0 ? ttl : 0, dump);
-    } catch (error) {
-      if (!String((error as Error).message).startsWith('BUSYKEY')) throw error;
-      await this.merge(key, source, target);
+    if (dump === null) return undefined;
+    await target.restore(key + COPY, COPY_TTL_MS, dump, 'REPLACE');
+    const kind = tag.startsWith('u:') ? 'user' : tag.startsWith('b:') ? 'shared' : 'other';
+    const args: string[] = [kind, createHash('sha1').update(dump).digest('hex'), String(ttl > 0 ? ttl : -1), this.ctx.clock.arg()];
+    if (kind === 'user') {
+      for (const p of this.ctx.profiles.values()) args.push(p.name, `${p.rate.d}:${p.rate.T}:${p.quotaPeriodMs}`);
     }
-    await source.del(key);
-    return true;
-  }
-
-  /** Both shards hold the key: keep both charges for a user, the fuller state for a bucket. */
-  private async merge(key: string, source: MigrationClient, target: MigrationClient): Promise<void> {
-    const { clock } = this.ctx;
-    if (tagOf(key).startsWith('u:')) {
-      const r = (await scripts.read.run(source as unknown as ScriptClient, [key], [clock.arg()])) as Reply | null;
-      const usage = r === null ? 0 : Number(r[4]);
-      // A charge leaves the ends index alone: the id argument is not read.
-      if (usage > 0) await this.ctx.ops.write(scripts.mutate, [key, this.ended.of(key)], ['charge', usage, ''], 'retry');
-    } else if ((await source.type(key)) === 'string') {
-      const [a, b] = await Promise.all([source.get(key), target.get(key)]);
-      const tat = (v: string | null): number => (v === null ? -Infinity : Number(v.split(':')[0]));
-      if (tat(a) > tat(b)) await target.set(key, a as string, 'PX', Math.max(1, await source.pttl(key)));
+    try {
+      return (await scripts.migrate.run(target, [key, key + COPY, key + ARRIVAL], args)) as Outcome;
+    } catch (error) {
+      const message = error instanceof Error ? error.message : '';
+      if (message.startsWith('TASKVALVE_PROFILE ')) {
+        const name = message.slice('TASKVALVE_PROFILE '.length);
+        throw new TaskvalveError(ErrorCode.PROFILE_NOT_FOUND, `migrate(): the record ${key} names profile ${JSON.stringify(name)}, which this process has not registered; register every profile, then run migrate() again`);
+      }
+      throw recordError(error) ?? error;
     }
   }
 }

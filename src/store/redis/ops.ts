@@ -14,7 +14,7 @@
  * it never will (a tombstone a late copy runs into). A call in 'retry' mode (a refund) that
  * never applied is sent again, with a new number, until it has applied once.
  */
-import type { TaskvalveError } from '../../errors.js';
+import { ErrorCode, TaskvalveError } from '../../errors.js';
 import { mayHaveApplied, type Calls, type Reply } from './calls.js';
 import { LATE } from './codes.js';
 import type { Clock } from './clock.js';
@@ -49,6 +49,8 @@ interface Doubt {
 
 /** Longest wait between two attempts to settle a call in doubt. */
 const MAX_BACKOFF_MS = 2000;
+/** Attempts to settle a call in doubt before the fault is reported (some seconds of no answer). */
+const FAULT_AFTER_ATTEMPTS = 8;
 
 export class Operations {
   private seq = 0;
@@ -174,7 +176,10 @@ export class Operations {
       },
       (error: unknown) => {
         doubt.attempts++;
-        if (doubt.attempts === 5) this.fault(error);
+        // Said once, after some seconds without an answer (the store goes on trying).
+        if (doubt.attempts === FAULT_AFTER_ATTEMPTS) {
+          this.fault(new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `a call whose outcome is unknown could not be settled after ${FAULT_AFTER_ATTEMPTS} attempts; still trying`, { cause: error }));
+        }
         const wait = Math.min(MAX_BACKOFF_MS, 25 * 2 ** doubt.attempts);
         setTimeout(() => this.settle(doubt), wait).unref();
       },

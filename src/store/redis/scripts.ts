@@ -66,6 +66,7 @@ export const scripts = {
   delete: new Script('delete'),
   sweep: new Script('sweep'),
   dlq: new Script('dlq'),
+  migrate: new Script('migrate'),
   presence: new Script('presence'),
   profile: new Script('profile'),
   settle: new Script('settle'),

@@ -18,8 +18,9 @@
 --   doubles). Allowed, queued, rate limited or reserved: 11 doubles { verdict, usage, period
 --   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
 --   period), quota limit in force (-1: none), and for an allowed decision the bucket's TAT
---   right after the charge as whole µs and leftover ticks (the receipt refund_rate.lua takes;
---   -1, 0 otherwise) }; anything else: 11 doubles { verdict, usage, quota
+--   right after the charge as whole µs and leftover ticks (the receipt refund_rate.lua takes),
+--   for a rate-limited one the µs (rounded down) the bucket alone refuses `cost` and until it
+--   is full (what the caller's cache of refusals keeps), -1, 0 otherwise }; anything else: 11 doubles { verdict, usage, quota
 --   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the
 --   profile's name (uint32 length, bytes); for a user's record of another layout (UNKNOWN_RECORD)
 --   the version found (-1: an empty string) and the version read stand in the usage and quota
@@ -204,7 +205,14 @@ for i = 1, count do
       remaining = 0
     end
     if flags % 2 == 0 or not p.waits or (p.max_wait >= 0 and wait_ms > p.max_wait) then
-      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, -1, 0)
+      -- For the caller's cache of refusals, in whole µs rounded down: how long the bucket alone
+      -- refuses `cost` (0: only the caller's waiting units stand in the way), and until it is full.
+      local alone = ahead + cost * T - tau
+      local alone_us = 0
+      if alone > 0 then
+        alone_us = math.floor(alone / d)
+      end
+      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, alone_us, math.floor(ahead / d))
       break
     end
     -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
