@@ -436,10 +436,11 @@ export async function clusterSection(log: (line: string) => void): Promise<Row[]
 async function captureAdmit(server: RedisServer, user: string): Promise<string[] | undefined> {
   const spy = await connect(server);
   let last: (string | number | Buffer)[] | undefined;
-  const callBuffer = spy.callBuffer.bind(spy) as (command: string, args: (string | number | Buffer)[]) => Promise<unknown>;
-  (spy as unknown as { callBuffer: typeof callBuffer }).callBuffer = (command, args) => {
-    if (command === 'EVALSHA') last = args;
-    return callBuffer(command, args);
+  const spied = spy as unknown as { evalshaBuffer(...args: (string | number | Buffer)[]): Promise<unknown> };
+  const evalshaBuffer = spied.evalshaBuffer.bind(spy);
+  spied.evalshaBuffer = (...args) => {
+    last = args;
+    return evalshaBuffer(...args);
   };
   const m = new Manager({ store: new RedisStore({ client: spy }) });
   try {
@@ -451,9 +452,12 @@ async function captureAdmit(server: RedisServer, user: string): Promise<string[]
     spy.disconnect();
   }
   const nowUs = Date.now() * 1000;
-  // A single decision travels as text (replayable by redis-benchmark); its deadline is zeroed.
-  if (last?.some((a) => Buffer.isBuffer(a))) return undefined;
-  return last?.map((a) => (/^\d{16}$/.test(String(a)) && Math.abs(Number(a) - nowUs) < 3.6e9 ? '0' : String(a)));
+  // A single decision travels as text (replayable by redis-benchmark); its deadline is zeroed,
+  // and so is its operation id (a replay of one id would be refused as a duplicate: the replay
+  // measures the decision without the operation log's few commands).
+  if (last === undefined || last.some((a) => Buffer.isBuffer(a))) return undefined;
+  const seqAt = 2 + Number(last[1]);
+  return last.map((a, i) => (i === seqAt || i === seqAt + 1 || (/^\d{16}$/.test(String(a)) && Math.abs(Number(a) - nowUs) < 3.6e9) ? '0' : String(a)));
 }
 
 function firstRate(m: Map<string, number> | undefined): number | undefined {

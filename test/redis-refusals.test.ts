@@ -38,6 +38,7 @@ function counting(redis: Redis): { client: RedisClientLike; admissions: () => nu
       admissions++;
       return redis.callBuffer(command, args);
     },
+    time: () => redis.time(),
   };
   return { client: wrapped, admissions: () => admissions };
 }

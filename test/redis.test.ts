@@ -51,6 +51,22 @@ function managerOn(
   return { manager, store };
 }
 
+describe('client options', () => {
+  it('ioredis auto-pipelining: decisions, tasks and dead letters work and stay exact', async () => {
+    const client = new Redis({ port: server.port, enableAutoPipelining: true });
+    const { manager } = managerOn(client);
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 3_600_000 }, retry: { attempts: 1 } });
+    await manager.subscribe('u', 'p');
+    const decisions = await Promise.all(Array.from({ length: 30 }, () => manager.getLimiter('u').check(1)));
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(10);
+    await manager.subscribe('v', 'p');
+    await expect(manager.getLimiter('v').submit(() => 'ran')).resolves.toBe('ran');
+    await expect(manager.getLimiter('v').submit(() => Promise.reject(new Error('no')))).rejects.toMatchObject({ code: 'TASK_FAILED' });
+    expect(await manager.dlq.list()).toHaveLength(1);
+    expect((await manager.getSubscription('u'))?.usage).toBe(10);
+  });
+});
+
 describe('scripts', () => {
   it('keep working after SCRIPT FLUSH (NOSCRIPT is answered by a reload)', async () => {
     const client = new Redis({ port: server.port });

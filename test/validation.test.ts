@@ -13,7 +13,7 @@ afterEach(async () => {
 
 describe('store options', () => {
   // What RedisStore calls of a client; nothing is sent while the options are checked.
-  const client = { evalsha: async () => null, eval: async () => null, callBuffer: async () => null };
+  const client = { evalsha: async () => null, eval: async () => null, callBuffer: async () => null, time: async () => ['0', '0'] };
 
   it('an unknown option name is INVALID_CONFIG naming it, as are bad values', () => {
     const cases: [string, () => unknown, string][] = [

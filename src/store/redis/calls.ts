@@ -120,11 +120,11 @@ export class Calls {
       const call: Call = { at: performance.now() + this.timeoutMs, done: false, fail: reject };
       this.track(call);
       const sent = performance.now() * 1000;
-      client.callBuffer('TIME', []).then(
+      client.time().then(
         (reply) => {
           if (call.done) return;
           call.done = true;
-          const [s, us] = reply as [Buffer, Buffer];
+          const [s, us] = reply as [string, string];
           resolve([sent, performance.now() * 1000, Number(s) * 1e6 + Number(us)]);
         },
         (error: unknown) => {

@@ -17,6 +17,14 @@ export interface ScriptClient {
   eval(script: string, numkeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>;
   /** Any command, with string replies as Buffers (for scripts answering binary records). */
   callBuffer(command: string, args: (string | number | Buffer)[]): Promise<unknown>;
+  /** The server's clock: seconds and microseconds. */
+  time(): Promise<unknown>;
+}
+
+/** ioredis has a Buffer variant of every command, typed or not; `evalshaBuffer` works with auto-pipelining, where `callBuffer` does not. */
+interface BufferCommands {
+  evalshaBuffer?(sha: string, numkeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>;
+  evalBuffer?(script: string, numkeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>;
 }
 
 /** Includes written here rather than read from a file: the codes TypeScript defines. */
@@ -44,11 +52,17 @@ export class Script {
   /** Runs on the node that owns `keys` (all in one slot); `binary`: string replies as Buffers. */
   async run(client: ScriptClient, keys: readonly string[], args: readonly (string | number | Buffer)[], binary = false): Promise<unknown> {
     try {
-      if (binary) return await client.callBuffer('EVALSHA', [this.sha, keys.length, ...keys, ...args]);
+      if (binary) {
+        const c = client as ScriptClient & BufferCommands;
+        return await (c.evalshaBuffer !== undefined ? c.evalshaBuffer(this.sha, keys.length, ...keys, ...args) : c.callBuffer('EVALSHA', [this.sha, keys.length, ...keys, ...args]));
+      }
       return await client.evalsha(this.sha, keys.length, ...keys, ...args);
     } catch (error) {
       if (!String((error as Error)?.message).startsWith('NOSCRIPT')) throw error;
-      if (binary) return client.callBuffer('EVAL', [this.source, keys.length, ...keys, ...args]);
+      if (binary) {
+        const c = client as ScriptClient & BufferCommands;
+        return c.evalBuffer !== undefined ? c.evalBuffer(this.source, keys.length, ...keys, ...args) : c.callBuffer('EVAL', [this.source, keys.length, ...keys, ...args]);
+      }
       return client.eval(this.source, keys.length, ...keys, ...args);
     }
   }
