@@ -244,6 +244,9 @@ export class Admission {
     if (verdict === Verdict.QUEUED) out.bucket = waitKey(userId, profile);
     ref.usage = out.usage;
     ref.usable = verdict <= Verdict.QUOTA_EXCEEDED;
+    ref.quota = out.quotaLimit ?? -1;
+    ref.period = out.period;
+    this.handles.answered(ref);
     return out;
   }
 

@@ -38,6 +38,9 @@ import { Presence } from './presence.js';
 import type { ScriptClient } from './scripts.js';
 import { Subscriptions } from './subscriptions.js';
 
+/** Users whose standing the store remembers by default (see RedisStoreOptions.rememberedUsers). */
+const REMEMBERED_USERS = 100_000;
+
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
 export type RedisClientLike = ScriptClient;
 
@@ -49,6 +52,14 @@ export interface RedisStoreOptions {
   prefix?: string;
   /** Every Redis call fails with STORE_UNAVAILABLE past this; default 1,000 ms. */
   timeoutMs?: number;
+  /**
+   * How many users' standing (profile, usage, quota, whether the subscription was usable) this
+   * process remembers for the outage policies, beyond the users whose limiter handles the
+   * manager holds: the most recently answered ones. Default 100,000 (about 20 MB; see
+   * docs/redis.md). Under 'fail-open' and 'local', a user this process does not remember fails
+   * closed while Redis is unreachable.
+   */
+  rememberedUsers?: number;
 }
 
 /** The state of taskvalve in Redis. taskvalve never closes the client it is given. */
@@ -66,13 +77,15 @@ export class RedisStore implements Store {
 
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
-    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs']);
+    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs', 'rememberedUsers']);
     const prefix = options.prefix ?? 'taskvalve';
     if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
       throw invalidConfig('RedisStore', 'prefix', prefix, 'a non-empty string without braces');
     }
     const timeoutMs = options.timeoutMs ?? 1000;
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw invalidConfig('RedisStore', 'timeoutMs', timeoutMs, 'a positive integer');
+    const remembered = options.rememberedUsers ?? REMEMBERED_USERS;
+    if (!Number.isSafeInteger(remembered) || remembered <= 0) throw invalidConfig('RedisStore', 'rememberedUsers', remembered, 'a positive integer');
     const clients = Array.isArray(options.client) ? options.client : [options.client];
     if (clients.length === 0 || clients.some((c) => c === null || typeof c !== 'object' || typeof c.evalsha !== 'function')) {
       throw invalidConfig('RedisStore', 'client', options.client, 'an ioredis Redis, an ioredis Cluster, or an array of ioredis Redis');
@@ -82,7 +95,7 @@ export class RedisStore implements Store {
     const ctx: Context = { keys, calls: new Calls(clients, clustered, timeoutMs), clock: new Clock(timeoutMs), profiles: new Map(), listener: { expired() {} } };
     const forget = (userId: string, user: string): void => this.forget(userId, user);
     this.ctx = ctx;
-    this.handles = new Handles(keys);
+    this.handles = new Handles(keys, remembered);
     this.presence = new Presence(ctx);
     this.ended = new Ended(ctx, forget);
     this.outage = new Outage(ctx, this.ended, this.presence);
