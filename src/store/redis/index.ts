@@ -98,7 +98,7 @@ export class RedisStore implements Store {
     this.handles = new Handles(keys, remembered);
     this.presence = new Presence(ctx);
     this.ended = new Ended(ctx, forget);
-    this.outage = new Outage(ctx, this.ended, this.presence);
+    this.outage = new Outage(ctx, this.presence);
     this.subscriptions = new Subscriptions(ctx, this.ended, this.denials, forget);
     this.admission = new Admission(ctx, this.handles, new Batches(ctx), this.denials, this.outage, this.subscriptions);
     this.migration = new Migration(ctx, this.ended);

@@ -15,6 +15,8 @@ const PRESENCE_TTL_MS = 15_000;
 export class Presence {
   /** The live processes sharing this Redis, this one included, as last counted. */
   processes = 1;
+  /** Whether this process has counted them at least once ('local' decides nothing before). */
+  counted = false;
   /** This process, among the live ones. */
   private readonly id = randomUUID();
   private timer: NodeJS.Timeout | undefined = undefined;
@@ -44,6 +46,7 @@ export class Presence {
   /** Counts this process among the live ones now, and tells how many there are. */
   async refresh(): Promise<number> {
     this.processes = Math.max(1, Number(await this.ctx.calls.run(scripts.presence, [this.ctx.keys.processes()], [this.id, PRESENCE_TTL_MS, '+0'])));
+    this.counted = true;
     return this.processes;
   }
 

@@ -66,6 +66,7 @@ export const scripts = {
   delete: new Script('delete'),
   sweep: new Script('sweep'),
   dlq: new Script('dlq'),
+  chargeBack: new Script('charge_back'),
   presence: new Script('presence'),
   profile: new Script('profile'),
 };
