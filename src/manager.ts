@@ -537,8 +537,11 @@ export class Manager extends EventEmitter {
     }
     if (this.closed === undefined) {
       this.sweep.stop();
+      const until = performance.now() + timeoutMs;
       this.closed = this.pipeline.close(drain, timeoutMs).then(async (report) => {
-        await this.store.close?.();
+        // What the store still owes its backend is settled within what is left of the timeout.
+        const store = await this.store.close?.(Math.max(0, Math.round(until - performance.now())));
+        if (store !== undefined && store.owed > 0) report.owed = store.owed;
         this.metrics.unregister();
         return report;
       });

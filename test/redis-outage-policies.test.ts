@@ -220,4 +220,37 @@ describe("'local' charges back what it admitted, once, to usage and to the bucke
     r.store.setTestClock(() => spent + 1000);
     expect(await r.manager.getLimiter('u').peek()).toMatchObject({ allowed: true, remaining: 10 - 3 });
   });
+
+  it('close() with Redis still away reports the units it could not charge, and charges nothing later', async () => {
+    const [p] = (await processes(1, 'local', register)) as [Process];
+    await p.manager.subscribe('u', 'own');
+    expect((await p.manager.getLimiter('u').check(1)).allowed).toBe(true);
+    await readClocks([p], 'u');
+    proxy.blackhole();
+    await admitLocally(p, 'u', 2);
+    const faults: Error[] = [];
+    p.manager.on('error', (e: Error) => faults.push(e));
+    expect(await p.manager.close({ timeoutMs: 300 })).toEqual({ completed: 0, rejected: 0, abandoned: 0, owed: 2 });
+    expect(faults.map((e) => e.message)).toContainEqual(expect.stringContaining('close() left uncharged 2 unit(s) of usage'));
+    // Every attempt was past its deadline by then: none lands once Redis is reachable.
+    proxy.heal();
+    await proxy.idle();
+    expect((await reader(p, register).manager.getSubscription('u'))?.usage).toBe(1);
+  });
+
+  it('close() charges them when Redis comes back before its timeout', async () => {
+    const [p] = (await processes(1, 'local', register)) as [Process];
+    await p.manager.subscribe('u', 'own');
+    expect((await p.manager.getLimiter('u').check(1)).allowed).toBe(true);
+    await readClocks([p], 'u');
+    proxy.blackhole();
+    await admitLocally(p, 'u', 2);
+    const tried = new Promise((resolve) => p.manager.once('error', resolve));
+    const closing = p.manager.close({ timeoutMs: 30_000 });
+    // A charge-back was tried and failed: Redis is still away. Then it comes back.
+    await tried;
+    proxy.heal();
+    expect(await closing).toEqual({ completed: 0, rejected: 0, abandoned: 0 });
+    expect((await reader(p, register).manager.getSubscription('u'))?.usage).toBe(1 + 2);
+  });
 });

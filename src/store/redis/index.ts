@@ -132,10 +132,18 @@ export class RedisStore implements Store {
     return this.presence.refresh();
   }
 
-  /** Stops the background presence (the client stays open: it is the caller's). */
-  async close(): Promise<void> {
+  /**
+   * Stops the background presence (the client stays open: it is the caller's), and charges back
+   * what was admitted under 'local' while Redis was unreachable, trying again until it is
+   * charged or `timeoutMs` (default: the store's call timeout) has passed. `owed`: the units of
+   * usage left uncharged (0: none).
+   */
+  async close(timeoutMs = this.ctx.calls.timeoutMs): Promise<{
+    /** Units of usage admitted under 'local' while Redis was unreachable and not charged to it. */
+    owed: number;
+  }> {
     this.presence.stop();
-    await this.outage.reconcile();
+    return { owed: await this.outage.close(timeoutMs) };
   }
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {

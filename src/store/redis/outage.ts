@@ -22,6 +22,10 @@ import { scripts } from './scripts.js';
 
 /** Charge-back calls in flight at most. */
 const CHARGE_BACKS_IN_FLIGHT = 64;
+/** close(): the pause between two rounds of charge-backs while Redis does not answer. */
+const CLOSE_RETRY_MS = 100;
+/** Users named at most in the fault that reports units left owed. */
+const NAMED = 5;
 /** Answers between two sweeps of the local buckets Redis has answered for since. */
 const SWEEP_EVERY = 1024;
 
@@ -213,6 +217,31 @@ export class Outage {
       });
     }
     return this.reconciling ?? Promise.resolve();
+  }
+
+  /**
+   * The store closes: charges back what is owed, in rounds, until nothing is or `timeoutMs`
+   * has passed. Resolves with the usage units still owed (0: all charged); what is left is also
+   * reported as a fault, with the users it belongs to.
+   */
+  async close(timeoutMs: number): Promise<number> {
+    const until = performance.now() + timeoutMs;
+    for (;;) {
+      await this.reconcile();
+      if (this.usage.size === 0 && this.owedBuckets.size === 0) return 0;
+      const left = until - performance.now();
+      if (left <= 0) break;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(left, CLOSE_RETRY_MS)));
+    }
+    let units = 0;
+    for (const owed of this.usage.values()) units += owed.units;
+    let rate = 0;
+    for (const owed of this.owedBuckets.values()) rate += owed.units;
+    const users = [...this.usage.keys()];
+    const named = users.slice(0, NAMED).map((id) => show(id)).join(', ') + (users.length > NAMED ? `, and ${users.length - NAMED} more` : '');
+    const message = `Redis is unavailable: close() left uncharged ${units} unit(s) of usage admitted without it under 'local'${users.length > 0 ? ` (users ${named})` : ''}, and ${rate} unit(s) taken from buckets`;
+    this.ctx.listener.fault?.(new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, message));
+    return units;
   }
 
   /** A deleted user owes nothing, and its own bucket (key `user`) is gone. */
