@@ -221,13 +221,19 @@ describe("'local' charges back what it admitted, once, to usage and to the bucke
     expect(await r.manager.getLimiter('u').peek()).toMatchObject({ allowed: true, remaining: 10 - 3 });
   });
 
-  it('close() with Redis still away reports the units it could not charge, and charges nothing later', async () => {
+  /** A process whose user has usage 1 in Redis, then 2 units admitted by 'local' with Redis held away. */
+  async function owingTwo(): Promise<Process> {
     const [p] = (await processes(1, 'local', register)) as [Process];
     await p.manager.subscribe('u', 'own');
     expect((await p.manager.getLimiter('u').check(1)).allowed).toBe(true);
     await readClocks([p], 'u');
     proxy.blackhole();
     await admitLocally(p, 'u', 2);
+    return p;
+  }
+
+  it('close() with Redis still away reports the units it could not charge, and charges nothing later', async () => {
+    const p = await owingTwo();
     const faults: Error[] = [];
     p.manager.on('error', (e: Error) => faults.push(e));
     expect(await p.manager.close({ timeoutMs: 300 })).toEqual({ completed: 0, rejected: 0, abandoned: 0, owed: 2 });
@@ -239,12 +245,7 @@ describe("'local' charges back what it admitted, once, to usage and to the bucke
   });
 
   it('close() charges them when Redis comes back before its timeout', async () => {
-    const [p] = (await processes(1, 'local', register)) as [Process];
-    await p.manager.subscribe('u', 'own');
-    expect((await p.manager.getLimiter('u').check(1)).allowed).toBe(true);
-    await readClocks([p], 'u');
-    proxy.blackhole();
-    await admitLocally(p, 'u', 2);
+    const p = await owingTwo();
     const tried = new Promise((resolve) => p.manager.once('error', resolve));
     const closing = p.manager.close({ timeoutMs: 30_000 });
     // A charge-back was tried and failed: Redis is still away. Then it comes back.
