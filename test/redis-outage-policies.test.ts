@@ -244,6 +244,26 @@ describe("'local' charges back what it admitted, once, to usage and to the bucke
     expect((await reader(p, register).manager.getSubscription('u'))?.usage).toBe(1);
   });
 
+  it('a charge-back Redis refuses for good (a record of another layout) is reported once and dropped, not sent again', async () => {
+    const p = await owingTwo();
+    proxy.heal();
+    // Meanwhile something else wrote the user's record in another layout.
+    const direct = new Redis({ port: server.port });
+    const key = `${p.prefix}:{u:u}`;
+    const record = (await direct.getBuffer(key)) as Buffer;
+    record[0] = 2;
+    await direct.set(key, record);
+    direct.disconnect();
+    const faults: TaskvalveError[] = [];
+    p.manager.on('error', (e: TaskvalveError) => faults.push(e));
+    await p.manager.subscribe('v', 'own');
+    // Answers from Redis start rounds; the first one is refused, nothing is left to send.
+    for (let i = 0; i < 3; i++) expect((await p.manager.getLimiter('v').check(1)).allowed).toBe(true);
+    expect(await p.manager.close()).toEqual({ completed: 0, rejected: 0, abandoned: 0 });
+    expect(faults.map((e) => e.code)).toEqual(['INVALID_CONFIG']);
+    expect(faults[0]?.message).toContain('has layout version 2');
+  });
+
   it('close() charges them when Redis comes back before its timeout', async () => {
     const p = await owingTwo();
     const tried = new Promise((resolve) => p.manager.once('error', resolve));

@@ -49,7 +49,7 @@ interface OwedUsage {
   period: number;
   periodMs: number;
   /** The key of the user's shared bucket (undefined: the user's own, in the record). */
-  shared: string | undefined;
+  readonly shared: string | undefined;
   /** A charge-back of these units is in flight. */
   sending: boolean;
 }
@@ -101,6 +101,8 @@ export class Outage {
   private readonly answers = new Map<number, number>();
   private answersSinceSweep = 0;
   private reconciling: Promise<void> | undefined = undefined;
+  /** After a round that Redis did not answer in full, no other starts before this (performance.now() ms). */
+  private retryAt = 0;
 
   /** `presence`: how many processes share the limits under 'local'. */
   constructor(
@@ -209,9 +211,12 @@ export class Outage {
     if (this.usage.size > 0 || this.owedBuckets.size > 0) void this.reconcile();
   }
 
-  /** Charges back what is owed (one round at a time; what fails stays owed for the next). */
+  /**
+   * Charges back what is owed: one round at a time, and after a round that Redis did not answer
+   * in full, not again before a call's timeout has passed. What fails stays owed for the next.
+   */
   reconcile(): Promise<void> {
-    if (this.reconciling === undefined && (this.usage.size > 0 || this.owedBuckets.size > 0)) {
+    if (this.reconciling === undefined && (this.usage.size > 0 || this.owedBuckets.size > 0) && performance.now() >= this.retryAt) {
       this.reconciling = this.chargeBack().finally(() => {
         this.reconciling = undefined;
       });
@@ -338,7 +343,7 @@ export class Outage {
       round.push({ usage: undefined, bucket });
     }
     let failed = 0;
-    let lastError: unknown;
+    let lastFailure: unknown;
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < round.length) {
@@ -346,27 +351,35 @@ export class Outage {
         try {
           await this.settle(call);
         } catch (error) {
-          failed++;
-          lastError = error;
+          if (unreachable(error)) {
+            failed++;
+            lastFailure = error;
+          } else this.ctx.listener.fault?.(error);
         }
       }
     };
     await Promise.all(Array.from({ length: Math.min(CHARGE_BACKS_IN_FLIGHT, round.length) }, worker));
     if (failed > 0) {
+      this.retryAt = performance.now() + this.ctx.calls.timeoutMs;
       const message = `Redis is unavailable: ${failed} of ${round.length} charge-back(s) of what was admitted under 'local' failed; they stay owed and are sent again when Redis answers`;
-      this.ctx.listener.fault?.(new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, message, { cause: lastError }));
+      this.ctx.listener.fault?.(new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, message, { cause: lastFailure }));
     }
   }
 
   /**
    * Sends one charge-back, then takes the units it carried off what is owed (units owed
-   * meanwhile stay). On failure everything stays owed.
+   * meanwhile stay). When Redis was unreachable everything stays owed; a refusal that no retry
+   * can change (a user's record of another layout) drops the units, and is thrown to be told.
    */
   private async settle(call: ChargeBack): Promise<void> {
     const usageUnits = call.usage?.units ?? 0;
     const bucketUnits = call.bucket?.units ?? 0;
+    let refused: unknown;
     try {
       await this.send(call, usageUnits, bucketUnits);
+    } catch (error) {
+      if (unreachable(error)) throw error;
+      refused = error;
     } finally {
       if (call.usage !== undefined) call.usage.sending = false;
       if (call.bucket !== undefined) call.bucket.sending = false;
@@ -381,6 +394,7 @@ export class Outage {
       bucket.units -= bucketUnits;
       if (bucket.units <= 0 && this.owedBuckets.get(bucket.key) === bucket) this.owedBuckets.delete(bucket.key);
     }
+    if (refused !== undefined) throw refused;
   }
 
   /**
