@@ -526,6 +526,9 @@ export class Manager extends EventEmitter {
    * Stops admission (SHUTTING_DOWN from then on); with drain, every admitted task runs to its
    * end within timeoutMs, else tasks not started are rejected and refunded; then waits for
    * running tasks up to the timeout and destroys the pools. Never closes a client it was given.
+   * Last, the store settles within what is left of the timeout what it owes its backend (a
+   * RedisStore under 'local': what it admitted while Redis was unreachable); the report's
+   * `owed` counts the units of usage it could not charge.
    */
   close(options: CloseOptions = {}): Promise<CloseReport> {
     let drain: boolean;
@@ -537,8 +540,11 @@ export class Manager extends EventEmitter {
     }
     if (this.closed === undefined) {
       this.sweep.stop();
+      const until = performance.now() + timeoutMs;
       this.closed = this.pipeline.close(drain, timeoutMs).then(async (report) => {
-        await this.store.close?.();
+        // What the store still owes its backend is settled within what is left of the timeout.
+        const store = await this.store.close?.(Math.max(0, Math.round(until - performance.now())));
+        if (store !== undefined && store.owed > 0) report.owed = store.owed;
         this.metrics.unregister();
         return report;
       });

@@ -25,18 +25,19 @@ function setup(policy: Policy): { manager: Manager; store: RedisStore; client: R
   client.on('error', () => {}); // connection errors are expected here: the server is killed
   const store = new RedisStore({ client, prefix: 'outage', timeoutMs: 300 });
   const manager = new Manager({ store, onStoreUnavailable: policy });
-  // Three processes' worth of limits: every manager shares one bucket config.
-  manager.registerProfile('p', { rate: { limit: 30, intervalMs: 3_600_000 }, quota: { limit: 1000 } });
+  // Three processes' worth of limits: every manager shares one bucket config. (A soft quota:
+  // under 'local' a hard one fails closed; test/redis-outage-policies.test.ts.)
+  manager.registerProfile('p', { rate: { limit: 30, intervalMs: 3_600_000 }, quota: { limit: 1000, kind: 'soft' } });
   return { manager, store, client };
 }
 
 describe('Redis killed mid-load and restarted', () => {
-  it('fail-closed rejects, fail-open admits, local admits its share; all resume; no usage lost', async () => {
+  it('fail-closed rejects, fail-open admits, local decides on its share; all resume; no usage lost', async () => {
     const all = (['fail-closed', 'fail-open', 'local'] as const).map((policy) => ({ policy, ...setup(policy) }));
     const [closed, open, local] = all as [(typeof all)[0], (typeof all)[0], (typeof all)[0]];
     for (const s of all) await s.manager.subscribe(s.policy, 'p');
     await closed.manager.subscribe('probe', 'p'); // a bucket the load never empties
-    // Every process counts itself among the live ones: 3, so 'local' holds a third of each limit.
+    // Every process counts itself among the live ones: 3, so 'local' holds a third of each rate.
     for (const s of all) await s.store.refreshPresence();
     expect(await local.store.refreshPresence()).toBe(3);
 
@@ -68,9 +69,10 @@ describe('Redis killed mid-load and restarted', () => {
     // fail-open admits without charging anything.
     const opened = await Promise.all(Array.from({ length: 40 }, () => open.manager.getLimiter('fail-open').check(1)));
     expect(opened.every((d) => d.allowed)).toBe(true);
-    // local: this process's share of the burst, 30 / 3 live processes = 10.
+    // local: this process's share of the bucket starts empty and refills 30 / 3 = 10 an hour:
+    // every check is decided (refused), none fails.
     const local1 = await Promise.all(Array.from({ length: 15 }, () => local.manager.getLimiter('local').check(1)));
-    expect(local1.filter((d) => d.allowed)).toHaveLength(10);
+    expect(local1.filter((d) => d.allowed)).toHaveLength(0);
     // Subscriptions cannot change without Redis: that is an error, not a guess.
     expect((await local.manager.subscribe('new', 'p').catch((e: TaskvalveError) => e.code))).toBe('STORE_UNAVAILABLE');
 
@@ -80,7 +82,7 @@ describe('Redis killed mid-load and restarted', () => {
     await load;
     expect([...errors]).toEqual(errors.size === 0 ? [] : ['STORE_UNAVAILABLE']);
 
-    // Service resumed by itself; the local manager's next decision reconciles what it owes.
+    // Service resumed by itself.
     const last = await closed.manager.getLimiter('fail-closed').check(1);
     if (last.allowed) admitted++;
     for (const s of [open, local]) expect((await s.manager.getLimiter(s.policy).check(1)).allowed).toBe(true);
@@ -95,8 +97,8 @@ describe('Redis killed mid-load and restarted', () => {
     expect(await usage('fail-closed')).toBe(2 + admitted);
     // fail-open charged nothing while Redis was away.
     expect(await usage('fail-open')).toBe(2 + 1);
-    // local: the 10 units admitted during the outage were charged when Redis returned.
-    expect(await usage('local')).toBe(2 + 10 + 1);
+    // local: nothing was admitted during the outage, nothing more charged.
+    expect(await usage('local')).toBe(2 + 1);
     expect(await reader.manager.getSubscription('new')).toBeUndefined();
     await reader.manager.close();
     for (const s of [...all, reader]) s.client.disconnect();

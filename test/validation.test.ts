@@ -21,13 +21,15 @@ describe('store options', () => {
       ['MemoryStore zero bound', () => new MemoryStore({ maxDeadLetters: 0 }), 'maxDeadLetters'],
       ['RedisStore typo', () => new RedisStore({ client, prefx: 'x' } as never), 'prefx'],
       ['RedisStore timeout typo', () => new RedisStore({ client, timeout: 5 } as never), 'timeout'],
+      ['RedisStore no remembered users', () => new RedisStore({ client, rememberedUsers: 0 }), 'rememberedUsers'],
+      ['RedisStore fractional remembered users', () => new RedisStore({ client, rememberedUsers: 1.5 }), 'rememberedUsers'],
     ];
     for (const [label, make, name] of cases) {
       const error = thrown(make);
       expect(error.code, label).toBe('INVALID_CONFIG');
       expect(error.message, label).toContain(name);
     }
-    expect(new RedisStore({ client, prefix: 'x', timeoutMs: 5 })).toBeInstanceOf(RedisStore);
+    expect(new RedisStore({ client, prefix: 'x', timeoutMs: 5, rememberedUsers: 1 })).toBeInstanceOf(RedisStore);
     expect(new MemoryStore({ maxDeadLetters: 5 })).toBeInstanceOf(MemoryStore);
   });
 });

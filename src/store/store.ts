@@ -310,6 +310,15 @@ export interface Store {
   dlqGet(id: string, nowMs: number): MaybePromise<FailedTask | undefined>;
   /** Removes a dead letter; true if it existed. */
   dlqRemove(id: string): MaybePromise<boolean>;
-  /** Called by Manager.close(): stops background work (never closes a client it was given). */
-  close?(): MaybePromise<void>;
+  /**
+   * Called by Manager.close(): stops background work (never closes a client it was given), and
+   * settles within `timeoutMs` what it still owes its backend. `owed`: units of usage admitted
+   * while the backend was unreachable that it could not charge (see CloseReport.owed).
+   */
+  close?(
+    timeoutMs: number,
+  ): MaybePromise<void | {
+    /** Units of usage admitted while the backend was unreachable and not charged to it. */
+    owed: number;
+  }>;
 }

@@ -39,6 +39,11 @@ export interface CloseReport {
   rejected: number;
   /** Tasks still running at the timeout (their callers got SHUTTING_DOWN). */
   abandoned: number;
+  /**
+   * Present only when some are: units of usage admitted while the store was unreachable (the
+   * 'local' policy) that could not be charged to it before the timeout.
+   */
+  owed?: number;
 }
 
 /** What the pipeline needs from its manager. */

@@ -53,10 +53,9 @@ export class Admission {
       try {
         answer = await this.decide(userId, ref, profile, cost, mode, waiting);
       } catch (error) {
-        if (profile === undefined) throw error;
-        return this.outage.admit(error, out, userId, ref, profile, cost, this.bucketOf(ref, profile));
+        return this.outage.admit(error, out, userId, ref, profile, cost, profile === undefined ? ref.user : this.bucketOf(ref, profile));
       }
-      if (this.outage.owed.size > 0) void this.outage.reconcile();
+      if (this.outage.active) this.outage.answered(ref.user);
       const r = answer.reply;
       if (r[0] === Verdict.NOT_FOUND) {
         ref.usable = false;
@@ -72,6 +71,7 @@ export class Admission {
       if (profile === undefined) throw this.unknownProfile(userId);
       ref.profile = profile;
       this.fill(out, userId, ref, profile, r);
+      if (profile.shared !== undefined && this.outage.active) this.outage.answered(this.bucketOf(ref, profile));
       if (out.verdict === Verdict.RATE_LIMITED) {
         // admit.lua tells the exact µs (-1 from the protocol across slots: whole ms only).
         const held = waitingAhead(waiting, userId, profile);
@@ -95,8 +95,9 @@ export class Admission {
     try {
       r = await this.ctx.ops.write(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, 'take'], 'undo');
     } catch (error) {
-      return this.outage.take(error, bucket, profile, cost);
+      return this.outage.take(error, userId, bucket, bucket === ref.user, profile, cost);
     }
+    if (this.outage.active) this.outage.answered(bucket);
     if (Number(r[0]) !== 1) return Math.max(1, Number(r[1]));
     // The bucket's TAT right after, as whole µs and leftover ticks: what refundRate takes back.
     if (receipt !== undefined && r[4] !== undefined) receipt.value = { tat: Number(r[4]), epoch: Number(r[5]) };
@@ -118,12 +119,17 @@ export class Admission {
     this.denials.delete(bucket);
   }
 
-  /** Gives back quota charged for a task that never started (period -1: admitted without Redis). */
+  /**
+   * Gives back quota charged for a task that never started. A negative period: admitted without
+   * Redis, -1 under 'fail-open' (nothing was charged), -2 - token under 'local' (what is still
+   * owed is given back here, the rest in Redis under that token).
+   */
   async refund(userId: string, cost: number, period: number): Promise<void> {
+    if (period === -1) return;
     if (period < 0) {
-      // Admitted without Redis: give back what this process owes instead.
-      this.outage.refund(userId, cost);
-      return;
+      period = -2 - period;
+      cost = await this.outage.refund(userId, cost, period);
+      if (cost === 0) return;
     }
     // One call, sent at once (so it lands before any later read on this connection): the
     // generation token alone decides; a refund into a period that has since ended changes
@@ -253,6 +259,9 @@ export class Admission {
     if (verdict === Verdict.QUEUED) out.bucket = waitKey(userId, profile);
     ref.usage = out.usage;
     ref.usable = verdict <= Verdict.QUOTA_EXCEEDED;
+    ref.quota = out.quotaLimit ?? -1;
+    ref.period = out.period;
+    this.handles.answered(ref);
     return out;
   }
 

@@ -1,7 +1,10 @@
 /**
- * What a limiter handle keeps for the RedisStore (the user's key, the profile and standing last
- * seen), and the deletions this process made: a handle whose user was deleted since it last
- * looked forgets what it knew.
+ * What this process remembers of each user for the RedisStore: the user's key, and the standing
+ * last seen (profile, usage, quota in force, usage period, whether the subscription was usable),
+ * which the outage policies decide on. A limiter handle holds its user's entry; the store keeps
+ * the most recently answered users' entries too (bounded), so that a user whose handle was
+ * dropped from the manager's cache is still known. Deletions this process made are caught up
+ * with: an entry whose user was deleted since it last looked forgets what it knew.
  */
 import type { Profile } from '../../profile.js';
 import type { UserSlot } from '../store.js';
@@ -10,7 +13,7 @@ import type { Keys } from './keys.js';
 /** Deleted users this process remembers at most (past it, every handle forgets what it knew). */
 const MAX_DELETED = 10_000;
 
-/** What a limiter handle keeps for this store: its keys and the profile last seen. */
+/** What this process knows of one user: its key, and the standing of the latest answer. */
 export interface Ref {
   owner: Handles;
   user: string;
@@ -18,21 +21,41 @@ export interface Ref {
   /** From the latest answer: usage, and whether the subscription was usable (for outages). */
   usage: number;
   usable: boolean;
-  /** The count of deletions when the handle last caught up with them (see forget). */
+  /** From the latest answer: the quota limit in force (-1: none), and the usage period's token. */
+  quota: number;
+  period: number;
+  /** The count of deletions when the entry last caught up with them (see forget). */
   seen: number;
+  /** When the entry last went into the remembered users (-1: never), counted in insertions. */
+  stamp: number;
 }
 
-/** The handles of one store, and the deletions they catch up with. */
+/** The entries of one store: held by limiter handles, the latest answered remembered; and the deletions they catch up with. */
 export class Handles {
   /** Deletions this process made, and by user key the count when each was made (bounded). */
   private deletions = 0;
   private readonly deleted = new Map<string, number>();
-  /** Handles that caught up before this count forget what they knew (the map was cleared). */
+  /** Entries that caught up before this count forget what they knew (the map was cleared). */
   private forgetBefore = 0;
+  /** The users answered most recently, by key, oldest first (bounded by `max`). */
+  private readonly remembered = new Map<string, Ref>();
+  /** Insertions into `remembered` so far. */
+  private inserted = 0;
+  /** An entry inserted within the last `fresh` insertions is not moved when answered again. */
+  private readonly fresh: number;
 
-  constructor(private readonly keys: Keys) {}
+  /** `max`: how many users' standing the store remembers beyond the handles that hold theirs. */
+  constructor(
+    private readonly keys: Keys,
+    private readonly max: number,
+  ) {
+    this.fresh = Math.max(1, Math.floor(max / 2));
+  }
 
-  /** The handle's state for this store (made and kept in `slot` on first use), caught up with deletions. */
+  /**
+   * The user's entry for this store: the one `slot` holds, else the remembered one, else a new
+   * one (remembered from its first answer on); kept in `slot`, caught up with deletions.
+   */
   ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.owner === this) {
@@ -40,13 +63,36 @@ export class Handles {
       return held;
     }
     const user = this.keys.user(userId);
-    const ref: Ref = { owner: this, user, profile: undefined, usage: 0, usable: false, seen: this.deletions };
+    let ref = this.remembered.get(user);
+    if (ref === undefined) {
+      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.deletions, stamp: -1 };
+    } else if (ref.seen !== this.deletions) this.catchUp(ref);
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
 
-  /** The user with key `user` was deleted: handles forget what they knew of it. */
+  /**
+   * The entry was just answered: keep it among the remembered users. Approximately least
+   * recently answered goes first: an entry is moved to the young end only when at least half
+   * the bound was inserted since it last was, so an answer costs one comparison.
+   */
+  answered(ref: Ref): void {
+    if (ref.stamp >= 0 && this.inserted - ref.stamp < this.fresh) return;
+    const remembered = this.remembered;
+    if (remembered.has(ref.user)) remembered.delete(ref.user);
+    else if (remembered.size >= this.max) remembered.delete(remembered.keys().next().value as string);
+    remembered.set(ref.user, ref);
+    ref.stamp = this.inserted++;
+  }
+
+  /** How many users' standing is remembered now (beyond the handles that hold theirs). */
+  get size(): number {
+    return this.remembered.size;
+  }
+
+  /** The user with key `user` was deleted: entries forget what they knew of it. */
   forget(user: string): void {
+    this.remembered.delete(user);
     this.deletions++;
     if (this.deleted.size >= MAX_DELETED) {
       this.deleted.clear();
@@ -55,13 +101,15 @@ export class Handles {
     this.deleted.set(user, this.deletions);
   }
 
-  /** A handle whose user this process deleted since it last caught up forgets the profile and standing it saw. */
+  /** An entry whose user this process deleted since it last caught up forgets the profile and standing it saw. */
   private catchUp(ref: Ref): void {
     const at = this.deleted.get(ref.user);
     if (ref.seen < this.forgetBefore || (at !== undefined && at > ref.seen)) {
       ref.profile = undefined;
       ref.usage = 0;
       ref.usable = false;
+      ref.quota = -1;
+      ref.period = 0;
     }
     ref.seen = this.deletions;
   }

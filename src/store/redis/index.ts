@@ -40,6 +40,9 @@ import { Presence } from './presence.js';
 import type { ScriptClient } from './scripts.js';
 import { Subscriptions } from './subscriptions.js';
 
+/** Users whose standing the store remembers by default (see RedisStoreOptions.rememberedUsers). */
+const REMEMBERED_USERS = 100_000;
+
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
 export type RedisClientLike = ScriptClient;
 
@@ -57,6 +60,14 @@ export interface RedisStoreOptions {
    * ("overloaded"), handled by the outage policy: overload is shed, not queued.
    */
   maxPending?: number;
+  /**
+   * How many users' standing (profile, usage, quota, whether the subscription was usable) this
+   * process remembers for the outage policies, beyond the users whose limiter handles the
+   * manager holds: the most recently answered ones. Default 100,000 (about 20 MB; see
+   * docs/redis.md). Under 'fail-open' and 'local', a user this process does not remember fails
+   * closed while Redis is unreachable.
+   */
+  rememberedUsers?: number;
 }
 
 /** The state of taskvalve in Redis. taskvalve never closes the client it is given. */
@@ -74,7 +85,7 @@ export class RedisStore implements Store {
 
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
-    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs', 'maxPending']);
+    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs', 'maxPending', 'rememberedUsers']);
     const prefix = options.prefix ?? 'taskvalve';
     if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
       throw invalidConfig('RedisStore', 'prefix', prefix, 'a non-empty string without braces');
@@ -83,6 +94,8 @@ export class RedisStore implements Store {
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw invalidConfig('RedisStore', 'timeoutMs', timeoutMs, 'a positive integer');
     const maxPending = options.maxPending ?? 1000;
     if (!Number.isSafeInteger(maxPending) || maxPending <= 0) throw invalidConfig('RedisStore', 'maxPending', maxPending, 'a positive integer');
+    const remembered = options.rememberedUsers ?? REMEMBERED_USERS;
+    if (!Number.isSafeInteger(remembered) || remembered <= 0) throw invalidConfig('RedisStore', 'rememberedUsers', remembered, 'a positive integer');
     const clients = Array.isArray(options.client) ? options.client : [options.client];
     if (clients.length === 0 || clients.some((c) => c === null || typeof c !== 'object' || typeof c.evalsha !== 'function')) {
       throw invalidConfig('RedisStore', 'client', options.client, 'an ioredis Redis, an ioredis Cluster, or an array of ioredis Redis');
@@ -96,10 +109,10 @@ export class RedisStore implements Store {
     const ctx: Context = { keys, calls, clock, ops, profiles: new Map(), listener: { expired() {} } };
     const forget = (userId: string, user: string): void => this.forget(userId, user);
     this.ctx = ctx;
-    this.handles = new Handles(keys);
+    this.handles = new Handles(keys, remembered);
     this.presence = new Presence(ctx);
     this.ended = new Ended(ctx, forget);
-    this.outage = new Outage(ctx, this.ended, this.presence);
+    this.outage = new Outage(ctx, this.presence);
     this.subscriptions = new Subscriptions(ctx, this.ended, this.denials, forget);
     this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending), this.denials, this.outage, this.subscriptions);
     this.migration = new Migration(ctx, this.ended);
@@ -133,12 +146,23 @@ export class RedisStore implements Store {
     return this.presence.refresh();
   }
 
-  /** Stops the background presence (the client stays open: it is the caller's). */
-  async close(): Promise<void> {
+  /**
+   * Stops the background presence (the client stays open: it is the caller's), and charges back
+   * what was admitted under 'local' while Redis was unreachable, trying again until it is
+   * charged or `timeoutMs` (default: the store's call timeout) has passed. `owed`: the units of
+   * usage left uncharged (0: none).
+   */
+  async close(timeoutMs = this.ctx.calls.timeoutMs): Promise<{
+    /** Units of usage admitted under 'local' while Redis was unreachable and not charged to it. */
+    owed: number;
+  }> {
     this.presence.stop();
-    await this.outage.reconcile();
-    // Calls in doubt are settled, and refunds and charges owed land, while Redis answers.
-    await this.ctx.ops.settled(this.ctx.calls.timeoutMs * 5);
+    const until = performance.now() + timeoutMs;
+    const owed = await this.outage.close(timeoutMs);
+    // Calls in doubt are settled, and refunds land, while Redis answers, within what is left of
+    // the timeout (past it they go on in the background while the process lives).
+    await this.ctx.ops.settled(Math.max(0, until - performance.now()));
+    return { owed };
   }
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {

@@ -1,148 +1,429 @@
 /**
- * What the store does while Redis is unreachable, by the manager's policy: 'fail-closed'
- * (the error stands), 'fail-open' (admit, charge nothing), or 'local' (decide on this process's
- * share of the limits, and charge the usage admitted so once Redis is back).
+ * What the store does while Redis is unreachable, by the manager's policy (docs/redis.md, "When
+ * Redis is unreachable"):
+ * - 'fail-closed': the error stands;
+ * - 'fail-open': users this process has seen in good standing are admitted; nothing is charged;
+ * - 'local': users with a hard quota fail closed; the others are decided on this process's share
+ *   of each bucket (1 / the live processes), which starts empty, so the processes together never
+ *   admit more than the bucket's refill over the outage; the units admitted are owed, and
+ *   charged back once Redis answers again, to usage and to the buckets.
+ * Users this process has never seen in good standing fail closed under every policy.
  */
-import { ErrorCode, TaskvalveError } from '../../errors.js';
+import { ErrorCode, TaskvalveError, show } from '../../errors.js';
 import type { Profile } from '../../profile.js';
 import { conform, makeRate, remaining as gcraRemaining, ticksToMs, type Rate } from '../../rate/gcra.js';
 import { Verdict, type AdmitResult, type UnavailablePolicy } from '../store.js';
+import type { Reply } from './calls.js';
 import type { Context } from './context.js';
-import type { Ended } from './ended.js';
 import type { Ref } from './handles.js';
+import { tagOf } from './keys.js';
 import type { Presence } from './presence.js';
 import { scripts } from './scripts.js';
+
+/** Charge-back calls in flight at most. */
+const CHARGE_BACKS_IN_FLIGHT = 64;
+/** close(): the pause between two rounds of charge-backs while Redis does not answer. */
+const CLOSE_RETRY_MS = 100;
+/** Users named at most in the fault that reports units left owed. */
+const NAMED = 5;
+/** Answers between two sweeps of the local buckets Redis has answered for since. */
+const SWEEP_EVERY = 1024;
 
 /** Whether an error means Redis could not be reached (the policies apply), rather than a refusal. */
 function unreachable(error: unknown): boolean {
   return error instanceof TaskvalveError && error.code === ErrorCode.STORE_UNAVAILABLE;
 }
 
+/** STORE_UNAVAILABLE for a decision the policy cannot make without Redis: `why`, and the outage's own message (its cause). */
+function undecided(userId: string, why: string, cause: unknown): TaskvalveError {
+  const outage = cause instanceof Error ? ` (${cause.message})` : '';
+  return new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `Redis is unavailable, and user ${show(userId)} cannot be decided without it: ${why}${outage}`, { cause });
+}
+
+/** One user's usage admitted under 'local' and not charged yet. */
+interface OwedUsage {
+  readonly userId: string;
+  /** The user's key. */
+  readonly user: string;
+  units: number;
+  /** The token of the usage period the units were admitted in, and the period's length (0: lifetime). */
+  period: number;
+  periodMs: number;
+  /** The key of the user's shared bucket (undefined: the user's own, in the record). */
+  readonly shared: string | undefined;
+  /** A charge-back of these units is in flight. */
+  sending: boolean;
+}
+
+/** Units taken from a local bucket and not charged to the Redis bucket yet. */
+interface OwedBucket {
+  readonly key: string;
+  /** A user's own bucket (in the record at `key`) rather than a shared one. */
+  readonly own: boolean;
+  /** The rate the units were taken under (the profile's, not this process's share of it). */
+  readonly d: number;
+  readonly T: number;
+  units: number;
+  /** Local µs when the earliest local bucket these units came from started (empty). */
+  sinceUs: number;
+  /** A charge-back of these units is in flight. */
+  sending: boolean;
+}
+
+/** This process's share of one bucket under 'local'. */
+interface LocalBucket {
+  /** The profile's rate it is a share of, and the count of live processes it was divided by. */
+  readonly of: Rate;
+  readonly processes: number;
+  readonly rate: Rate;
+  /** Local µs when it started, empty; its TAT in ticks of `rate` since then. */
+  readonly startUs: number;
+  tat: number;
+  /** The placement unit of its Redis bucket. */
+  readonly unit: number;
+}
+
+/** One charge-back call: a user's usage, a bucket's units, or both when they live in one slot. */
+interface ChargeBack {
+  usage: OwedUsage | undefined;
+  bucket: OwedBucket | undefined;
+}
+
 export class Outage {
   /** Set by the store's attach(). */
   policy: UnavailablePolicy = 'fail-closed';
-  /** 'local' policy: usage admitted while Redis was away, by user id, to charge when it is back. */
-  readonly owed = new Map<string, number>();
-  /** 'local' policy: buckets of this process's share, by bucket key. */
-  private readonly insurance = new Map<string, { rate: Rate; tat: number }>();
+  /** 'local': usage admitted while Redis was unreachable, by user id, to charge once it answers. */
+  private readonly usage = new Map<string, OwedUsage>();
+  /** 'local': units taken from local buckets, by bucket key, to charge once Redis answers. */
+  private readonly owedBuckets = new Map<string, OwedBucket>();
+  /** 'local': this process's share of each bucket, by bucket key. */
+  private readonly local = new Map<string, LocalBucket>();
+  /** While local buckets exist: when Redis last answered for each placement unit (local µs). */
+  private readonly answers = new Map<number, number>();
+  private answersSinceSweep = 0;
   private reconciling: Promise<void> | undefined = undefined;
+  /** After a round that Redis did not answer in full, no other starts before this (performance.now() ms). */
+  private retryAt = 0;
 
   /** `presence`: how many processes share the limits under 'local'. */
   constructor(
     private readonly ctx: Context,
-    private readonly ended: Ended,
     private readonly presence: Presence,
   ) {}
 
+  /** Whether anything is owed or decided locally: Redis's answers must then be told ({@link answered}). */
+  get active(): boolean {
+    return this.local.size > 0 || this.usage.size > 0 || this.owedBuckets.size > 0;
+  }
+
   /**
-   * An admission failed with `error`: rethrow it (it is no outage, the policy is 'fail-closed',
-   * or this process has not seen the user in good standing), admit (fail open), or decide
-   * locally on this process's share of the limits (remembering the usage to charge later).
-   * `bucket`: the key of the user's bucket.
+   * An admission of `ref`'s user failed with `error`: rethrow it (it is no outage, or the policy
+   * is 'fail-closed'), or decide by the policy on the standing last seen (`profile`, bucket key
+   * `bucket`). A user not seen in good standing fails closed under every policy.
    */
-  admit(error: unknown, out: AdmitResult, userId: string, ref: Ref, profile: Profile, cost: number, bucket: string): AdmitResult {
-    if (!unreachable(error) || this.policy === 'fail-closed' || !ref.usable) throw error;
+  admit(error: unknown, out: AdmitResult, userId: string, ref: Ref, profile: Profile | undefined, cost: number, bucket: string): AdmitResult {
+    if (!unreachable(error) || this.policy === 'fail-closed') throw error;
+    if (profile === undefined || !ref.usable) throw undecided(userId, 'this process has not seen its subscription in good standing', error);
+    const rate = profile.rate;
     out.profile = profile;
-    out.limit = profile.rate.burst;
+    out.limit = rate.burst;
     out.status = 'active';
     out.startsAt = 0;
     out.endsAt = Infinity;
+    // Nothing charged (refunds of it are no-ops); 'local' sets the token of what it owes.
     out.period = -1;
-    out.quotaLimit = profile.quotaLimit;
+    out.quotaLimit = ref.quota >= 0 ? ref.quota : null;
     out.usage = ref.usage;
     out.retryAfterMs = 0;
     out.resetAfterMs = 0;
-    out.remaining = profile.rate.burst;
+    out.remaining = rate.burst;
+    if (cost > rate.burst) {
+      // As Redis would answer, whatever the bucket holds.
+      out.verdict = Verdict.COST_OVER_BURST;
+      return out;
+    }
     if (this.policy === 'fail-open') {
       out.verdict = Verdict.ALLOWED;
       return out;
     }
-    const owed = this.owed.get(userId) ?? 0;
-    if (profile.quotaHard && profile.quotaLimit !== null && ref.usage + owed + cost > profile.quotaLimit) {
-      out.verdict = Verdict.QUOTA_EXCEEDED;
-      return out;
+    if (profile.quotaHard && ref.quota >= 0) {
+      // Each process's view of the remaining quota is stale: shares of it could sum past the limit.
+      throw undecided(userId, `its hard quota (${ref.quota}) is decided by Redis alone ('local' never admits against a quota it cannot see)`, error);
     }
-    const taken = this.localTake(bucket, profile, cost);
+    const taken = this.localTake(userId, bucket, rate, cost, error);
     if (taken < 0) {
       out.verdict = Verdict.RATE_LIMITED;
       out.remaining = 0;
       out.retryAfterMs = -taken;
+      out.resetAfterMs = -taken;
       return out;
     }
-    this.owed.set(userId, owed + cost);
+    this.oweBucket(bucket, bucket === ref.user, rate, cost);
+    const owed = this.oweUsage(userId, ref, profile, cost);
     out.verdict = Verdict.ALLOWED;
-    out.usage = ref.usage + owed + cost;
+    out.remaining = taken - 1;
+    out.usage = ref.usage + owed.units;
+    // Refunded through refund(): the token of the usage period the units are owed for.
+    out.period = -2 - owed.period;
     return out;
   }
 
-  /** A rate turn failed with `error`: rethrow it, or answer as take() does (0: taken, else ms to wait) by the policy. */
-  take(error: unknown, bucket: string, profile: Profile, cost: number): number {
+  /**
+   * A rate turn on `bucket` failed with `error`: rethrow it, or answer as take() does (0: taken,
+   * else ms to wait) by the policy; under 'local' the units taken are owed to the bucket.
+   */
+  take(error: unknown, userId: string, bucket: string, own: boolean, profile: Profile, cost: number): number {
     if (this.policy === 'fail-closed' || !unreachable(error)) throw error;
     if (this.policy === 'fail-open') return 0;
-    const local = this.localTake(bucket, profile, cost);
-    return local > 0 ? 0 : Math.max(1, -local);
+    const taken = this.localTake(userId, bucket, profile.rate, cost, error);
+    if (taken < 0) return -taken;
+    this.oweBucket(bucket, own, profile.rate, cost);
+    return 0;
   }
 
-  /** Gives back quota admitted without Redis (period -1): this process owes that much less. */
-  refund(userId: string, cost: number): void {
-    const owed = (this.owed.get(userId) ?? 0) - cost;
-    if (owed > 0) this.owed.set(userId, owed);
-    else this.owed.delete(userId);
+  /**
+   * Gives back `cost` units of usage admitted without Redis in the usage period `period` (its
+   * token): taken off what the user owes, once no charge-back of it is in flight. Resolves with
+   * the part that was charged back already, to refund in Redis under the same token (0: none).
+   */
+  async refund(userId: string, cost: number, period: number): Promise<number> {
+    let owed = this.usage.get(userId);
+    while (owed?.sending === true) {
+      await this.reconciling;
+      owed = this.usage.get(userId);
+    }
+    // No units owed for that period: they were charged back (or their period is over).
+    if (owed === undefined || owed.period !== period) return cost;
+    const here = Math.min(owed.units, cost);
+    owed.units -= here;
+    if (owed.units === 0) this.usage.delete(userId);
+    return cost - here;
   }
 
-  /** Redis is back: charge the usage admitted locally while it was away (one run at a time). */
+  /**
+   * Redis answered a call on `key` (a user's record or a bucket): a local bucket of its
+   * placement unit started before now is stale from here on, and what is owed is charged back.
+   */
+  answered(key: string): void {
+    if (this.local.size > 0) {
+      this.answers.set(this.ctx.calls.unitOf(tagOf(key)), this.ctx.clock.localUs());
+      if (++this.answersSinceSweep >= SWEEP_EVERY) this.sweep();
+    }
+    if (this.usage.size > 0 || this.owedBuckets.size > 0) void this.reconcile();
+  }
+
+  /**
+   * Charges back what is owed: one round at a time, and after a round that Redis did not answer
+   * in full, not again before a call's timeout has passed. What fails stays owed for the next.
+   */
   reconcile(): Promise<void> {
-    if (this.reconciling === undefined && this.owed.size > 0) {
-      this.reconciling = this.chargeOwed().finally(() => {
+    if (this.reconciling === undefined && (this.usage.size > 0 || this.owedBuckets.size > 0) && performance.now() >= this.retryAt) {
+      this.reconciling = this.chargeBack().finally(() => {
         this.reconciling = undefined;
       });
     }
     return this.reconciling ?? Promise.resolve();
   }
 
+  /**
+   * The store closes: charges back what is owed, in rounds, until nothing is or `timeoutMs`
+   * has passed. Resolves with the usage units still owed (0: all charged); what is left is also
+   * reported as a fault, with the users it belongs to.
+   */
+  async close(timeoutMs: number): Promise<number> {
+    const until = performance.now() + timeoutMs;
+    for (;;) {
+      await this.reconcile();
+      if (this.usage.size === 0 && this.owedBuckets.size === 0) return 0;
+      const left = until - performance.now();
+      if (left <= 0) break;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(left, CLOSE_RETRY_MS)));
+    }
+    let units = 0;
+    for (const owed of this.usage.values()) units += owed.units;
+    let rate = 0;
+    for (const owed of this.owedBuckets.values()) rate += owed.units;
+    const users = [...this.usage.keys()];
+    const named = users.slice(0, NAMED).map((id) => show(id)).join(', ') + (users.length > NAMED ? `, and ${users.length - NAMED} more` : '');
+    const message = `Redis is unavailable: close() left uncharged ${units} unit(s) of usage admitted without it under 'local'${users.length > 0 ? ` (users ${named})` : ''}, and ${rate} unit(s) taken from buckets`;
+    this.ctx.listener.fault?.(new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, message));
+    return units;
+  }
+
   /** A deleted user owes nothing, and its own bucket (key `user`) is gone. */
   forget(userId: string, user: string): void {
-    this.insurance.delete(user);
-    this.owed.delete(userId);
+    this.local.delete(user);
+    const usage = this.usage.get(userId);
+    if (usage !== undefined && !usage.sending) this.usage.delete(userId);
+    const bucket = this.owedBuckets.get(user);
+    if (bucket !== undefined && !bucket.sending) this.owedBuckets.delete(user);
   }
 
   /**
-   * The 'local' policy's bucket: this process's share (1 / live processes) of the rate and burst,
-   * exact GCRA on this process's clock. Positive: taken; negative: minus the ms to wait.
+   * Takes `cost` units from this process's share of the bucket `key` (rate `of`): 1 / the live
+   * processes of its rate and of its burst, started empty when first used in this outage, exact
+   * GCRA on this process's clock. Positive: taken, 1 + the units left; negative: minus the ms
+   * to wait. Fails closed when the share is unknown or cannot ever hold `cost`.
    */
-  private localTake(bucket: string, profile: Profile, cost: number): number {
-    let entry = this.insurance.get(bucket);
-    const share = this.presence.processes;
-    const limit = Math.max(1, Math.floor(profile.rate.limit / share));
-    const burst = Math.max(1, Math.floor(profile.rate.burst / share));
-    if (entry === undefined || entry.rate.limit !== limit || entry.rate.burst !== burst) {
-      entry = { rate: makeRate(limit, profile.rate.intervalMs, burst), tat: 0 };
-      this.insurance.set(bucket, entry);
+  private localTake(userId: string, key: string, of: Rate, cost: number, error: unknown): number {
+    if (!this.presence.counted) throw undecided(userId, 'this process has not counted the live processes sharing the bucket yet', error);
+    const processes = this.presence.processes;
+    const burst = Math.floor(of.burst / processes);
+    if (cost > burst) throw undecided(userId, `this process's share of the bucket (${burst} of ${of.burst} units, among ${processes} live processes) cannot hold ${cost}`, error);
+    const nowUs = this.ctx.clock.localUs();
+    let bucket = this.local.get(key);
+    if (bucket === undefined || bucket.of !== of || bucket.processes !== processes || (this.answers.get(bucket.unit) ?? -Infinity) >= bucket.startUs) {
+      // Empty at first: what it admits is what it refills, so the processes' shares never add a
+      // burst on top of a bucket that others may have spent.
+      const rate = makeRate(of.limit, of.intervalMs * processes, burst);
+      bucket = { of, processes, rate, startUs: nowUs, tat: rate.tau, unit: this.ctx.calls.unitOf(tagOf(key)) };
+      this.local.set(key, bucket);
     }
-    const now = Math.round(performance.now() * 1000) * entry.rate.d;
-    if (cost > burst) return -ticksToMs(entry.rate.T * cost, entry.rate);
-    const next = conform(entry.tat, now, cost, entry.rate);
-    if (next < 0) return -Math.max(1, ticksToMs(-next, entry.rate));
-    entry.tat = next;
-    return 1 + gcraRemaining(next, now, entry.rate);
+    const rate = bucket.rate;
+    const now = Math.floor(nowUs - bucket.startUs) * rate.d;
+    const next = conform(bucket.tat, now, cost, rate);
+    if (next < 0) return -Math.max(1, ticksToMs(-next, rate));
+    bucket.tat = next;
+    return 1 + gcraRemaining(next, now, rate);
   }
 
-  /**
-   * Hands each user's owed units to a charge that is sent until it has applied once (ops.ts,
-   * mode 'retry'): from then on they are no longer owed here, whatever the charge's first
-   * answer, so that no two charges are ever sent for the same units.
-   */
-  private async chargeOwed(): Promise<void> {
-    const { keys, ops } = this.ctx;
-    for (const [userId, units] of [...this.owed]) {
-      this.owed.delete(userId);
-      const user = keys.user(userId);
-      try {
-        await ops.write(scripts.mutate, [user, this.ended.of(user)], ['charge', units, userId], 'retry');
-      } catch {
-        // Redis went away again: the charge goes again once it is back (close() waits for it).
+  /** `cost` units taken from the local share of bucket `key`: owed to the Redis bucket. */
+  private oweBucket(key: string, own: boolean, rate: Rate, cost: number): void {
+    const startUs = (this.local.get(key) as LocalBucket).startUs;
+    let owed = this.owedBuckets.get(key);
+    if (owed === undefined || ((owed.d !== rate.d || owed.T !== rate.T) && !owed.sending)) {
+      // (Units owed under a rate that has changed since are charged under the new one.)
+      owed = { key, own, d: rate.d, T: rate.T, units: owed?.units ?? 0, sinceUs: owed?.sinceUs ?? startUs, sending: false };
+      this.owedBuckets.set(key, owed);
+    }
+    owed.units += cost;
+    owed.sinceUs = Math.min(owed.sinceUs, startUs);
+  }
+
+  /** `cost` units of `ref`'s usage admitted without Redis: owed. Returns what the user owes now. */
+  private oweUsage(userId: string, ref: Ref, profile: Profile, cost: number): OwedUsage {
+    let owed = this.usage.get(userId);
+    if (owed === undefined) {
+      owed = { userId, user: ref.user, units: 0, period: ref.period, periodMs: profile.quotaPeriodMs, shared: profile.shared === undefined ? undefined : this.ctx.keys.shared(profile.shared), sending: false };
+      this.usage.set(userId, owed);
+    } else if (owed.period !== ref.period && !owed.sending) {
+      // Redis answered in another usage period since: what was owed for the earlier one is moot
+      // (that period's usage is over; the charge-back would find it so).
+      owed.units = 0;
+      owed.period = ref.period;
+      owed.periodMs = profile.quotaPeriodMs;
+    }
+    owed.units += cost;
+    return owed;
+  }
+
+  /** Drops local buckets whose Redis has answered since they started (they would start afresh anyway). */
+  private sweep(): void {
+    this.answersSinceSweep = 0;
+    for (const [key, bucket] of this.local) {
+      if ((this.answers.get(bucket.unit) ?? -Infinity) >= bucket.startUs) this.local.delete(key);
+    }
+    if (this.local.size === 0) this.answers.clear();
+  }
+
+  /** One round: every owed amount not in flight goes in one charge-back call, a bounded number at once. */
+  private async chargeBack(): Promise<void> {
+    const round: ChargeBack[] = [];
+    for (const usage of this.usage.values()) {
+      if (usage.sending) continue;
+      // With the user's own bucket or its shared bucket when that lives in the same slot.
+      let bucket = this.owedBuckets.get(usage.shared ?? usage.user);
+      if (bucket !== undefined && (bucket.sending || (!bucket.own && !this.ctx.calls.together(usage.user, bucket.key)))) bucket = undefined;
+      usage.sending = true;
+      if (bucket !== undefined) bucket.sending = true;
+      round.push({ usage, bucket });
+    }
+    for (const bucket of this.owedBuckets.values()) {
+      if (bucket.sending) continue;
+      bucket.sending = true;
+      round.push({ usage: undefined, bucket });
+    }
+    let failed = 0;
+    let lastFailure: unknown;
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < round.length) {
+        const call = round[next++] as ChargeBack;
+        try {
+          await this.settle(call);
+        } catch (error) {
+          if (unreachable(error)) {
+            failed++;
+            lastFailure = error;
+          } else this.ctx.listener.fault?.(error);
+        }
       }
+    };
+    await Promise.all(Array.from({ length: Math.min(CHARGE_BACKS_IN_FLIGHT, round.length) }, worker));
+    if (failed > 0) {
+      this.retryAt = performance.now() + this.ctx.calls.timeoutMs;
+      const message = `Redis is unavailable: ${failed} of ${round.length} charge-back(s) of what was admitted under 'local' failed; they stay owed and are sent again when Redis answers`;
+      this.ctx.listener.fault?.(new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, message, { cause: lastFailure }));
     }
-    this.insurance.clear();
+  }
+
+  /**
+   * Sends one charge-back, then takes the units it carried off what is owed (units owed
+   * meanwhile stay). When Redis was unreachable everything stays owed; a refusal that no retry
+   * can change (a user's record of another layout) drops the units, and is thrown to be told.
+   */
+  private async settle(call: ChargeBack): Promise<void> {
+    const usageUnits = call.usage?.units ?? 0;
+    const bucketUnits = call.bucket?.units ?? 0;
+    let refused: unknown;
+    try {
+      await this.send(call, usageUnits, bucketUnits);
+    } catch (error) {
+      if (unreachable(error)) throw error;
+      refused = error;
+    } finally {
+      if (call.usage !== undefined) call.usage.sending = false;
+      if (call.bucket !== undefined) call.bucket.sending = false;
+    }
+    const usage = call.usage;
+    if (usage !== undefined) {
+      usage.units = Math.max(0, usage.units - usageUnits);
+      if (usage.units === 0 && this.usage.get(usage.userId) === usage) this.usage.delete(usage.userId);
+    }
+    const bucket = call.bucket;
+    if (bucket !== undefined) {
+      bucket.units -= bucketUnits;
+      if (bucket.units <= 0 && this.owedBuckets.get(bucket.key) === bucket) this.owedBuckets.delete(bucket.key);
+    }
+    if (refused !== undefined) throw refused;
+  }
+
+  /**
+   * The one place a charge-back is sent (charge_back.lua): `usageUnits` of the user's usage and
+   * `bucketUnits` of its bucket, in one call, at most once (ops.ts): a call whose outcome is
+   * unknown is taken back if it applied (mode 'undo'), so that sending the units again in a
+   * later round never charges them twice.
+   */
+  private send(call: ChargeBack, usageUnits: number, bucketUnits: number): Promise<Reply> {
+    const { ops, clock } = this.ctx;
+    const { usage, bucket } = call;
+    const keys: string[] = [];
+    if (usage !== undefined) keys.push(usage.user);
+    let kind = '';
+    if (bucket !== undefined) {
+      kind = bucket.own ? 'h' : 's';
+      if (keys[0] !== bucket.key) keys.push(bucket.key);
+    }
+    const ageUs = bucket === undefined ? 0 : Math.max(0, Math.floor(clock.localUs() - bucket.sinceUs));
+    return ops.write(scripts.chargeBack, keys, [
+      usageUnits,
+      usage?.period ?? 0,
+      usage?.periodMs ?? 0,
+      kind,
+      bucket?.d ?? 0,
+      bucket?.T ?? 0,
+      bucketUnits,
+      ageUs,
+    ], 'undo');
   }
 }

@@ -29,6 +29,8 @@ function connecting(client: unknown): client is Connecting {
 export class Presence {
   /** The live processes sharing this Redis, this one included, as last counted. */
   processes = 1;
+  /** Whether this process has counted them at least once ('local' decides nothing before). */
+  counted = false;
   /** This process, among the live ones. */
   private readonly id = randomUUID();
   private timer: NodeJS.Timeout | undefined = undefined;
@@ -56,6 +58,7 @@ export class Presence {
   /** Counts this process among the live ones now, and tells how many there are. */
   async refresh(): Promise<number> {
     this.processes = Math.max(1, Number(await this.ctx.calls.run(scripts.presence, [this.ctx.keys.processes()], [this.id, PRESENCE_TTL_MS, '+0'])));
+    this.counted = true;
     return this.processes;
   }
 

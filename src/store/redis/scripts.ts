@@ -81,6 +81,7 @@ export const scripts = {
   sweep: new Script('sweep'),
   dlq: new Script('dlq'),
   migrate: new Script('migrate'),
+  chargeBack: new Script('charge_back'),
   presence: new Script('presence'),
   profile: new Script('profile'),
   settle: new Script('settle'),

@@ -1,0 +1,277 @@
+// The outage policies across processes, with Redis made unreachable by a real TCP proxy (it
+// holds every byte: the blackhole) while the server keeps running. Each process is a Manager
+// over a RedisStore on its own ioredis client (default options), counted among the live
+// processes. What is checked is what one Redis would have allowed: a hard quota is never
+// exceeded, a spent bucket is not admitted again beyond its refill, the policies reach every
+// user this process has answered for (not only those whose handles are cached), and what
+// 'local' admitted is charged back once, to usage and to the bucket, also by close().
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Manager, RedisStore, type TaskvalveError } from '../src/index.js';
+import { eventually } from './helpers.js';
+import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { startRedis, type RedisServer } from './support/redis.js';
+
+type Policy = 'fail-closed' | 'fail-open' | 'local';
+
+/** Calls fail STORE_UNAVAILABLE after this while the proxy holds everything. */
+const TIMEOUT_MS = 200;
+
+let server: RedisServer;
+let proxy: FaultProxy;
+let prefixes = 0;
+const open: { manager: Manager; client: Redis }[] = [];
+
+beforeAll(async () => {
+  server = await startRedis();
+  proxy = await startFaultProxy({ port: server.port });
+});
+
+afterAll(async () => {
+  await proxy?.close();
+  await server?.stop();
+});
+
+afterEach(async () => {
+  proxy.heal();
+  for (const { manager, client } of open.splice(0)) {
+    await manager.close({ timeoutMs: 0 });
+    client.disconnect();
+  }
+});
+
+interface Process {
+  manager: Manager;
+  store: RedisStore;
+  prefix: string;
+}
+
+/**
+ * `count` processes on one prefix, each a Manager over its own client through the proxy, with
+ * `register` run on each; each has counted the others (presence).
+ */
+async function processes(count: number, policy: Policy | Policy[], register: (manager: Manager) => void, timeoutMs = TIMEOUT_MS): Promise<Process[]> {
+  const prefix = `o${++prefixes}`;
+  const all: Process[] = [];
+  for (let i = 0; i < count; i++) {
+    const client = new Redis({ port: proxy.port });
+    client.on('error', () => {}); // the proxy's faults are expected
+    const store = new RedisStore({ client, prefix, timeoutMs });
+    const manager = new Manager({ store, onStoreUnavailable: Array.isArray(policy) ? (policy[i] as Policy) : policy });
+    manager.on('error', () => {}); // charge-backs that fail while Redis is away are reported here
+    register(manager);
+    open.push({ manager, client });
+    all.push({ manager, store, prefix });
+  }
+  // Each counts itself as soon as it registered a profile: wait until every one sees all.
+  for (const p of all) await eventually(async () => (await p.store.refreshPresence()) === count, `${count} live processes`);
+  return all;
+}
+
+/** A process that reads what `of` wrote, straight from Redis (not through the proxy). */
+function reader(of: Process, register: (manager: Manager) => void): Process {
+  const client = new Redis({ port: server.port });
+  const store = new RedisStore({ client, prefix: of.prefix });
+  const manager = new Manager({ store });
+  register(manager);
+  open.push({ manager, client });
+  return { manager, store, prefix: of.prefix };
+}
+
+/**
+ * Each process reads a subscription: from then on its calls carry deadlines in server time, so
+ * the calls the proxy held during an outage write nothing when they reach Redis late.
+ */
+async function readClocks(all: Process[], user: string): Promise<void> {
+  for (const p of all) expect(await p.manager.getSubscription(user)).toBeDefined();
+}
+
+/** Allowed decisions of `checks`, and the codes of those that failed. */
+async function decide(checks: Promise<{ allowed: boolean }>[]): Promise<{ allowed: number; denied: number; failed: string[] }> {
+  let allowed = 0;
+  let denied = 0;
+  const failed: string[] = [];
+  for (const r of await Promise.allSettled(checks)) {
+    if (r.status === 'rejected') failed.push((r.reason as TaskvalveError).code);
+    else if (r.value.allowed) allowed++;
+    else denied++;
+  }
+  return { allowed, denied, failed };
+}
+
+describe("'local' across 3 processes", () => {
+  it('never admits past a hard quota: its users fail closed while Redis is away, and the quota ends exact', async () => {
+    const all = await processes(3, 'local', (m) => m.registerProfile('hard', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 10 } }));
+    const [a, b, c] = all as [Process, Process, Process];
+    await a.manager.subscribe('u', 'hard');
+    // Usage 7, and every process has seen the user in good standing.
+    expect((await a.manager.getLimiter('u').check(5)).allowed).toBe(true);
+    expect((await b.manager.getLimiter('u').check(1)).allowed).toBe(true);
+    expect((await c.manager.getLimiter('u').check(1)).allowed).toBe(true);
+    await readClocks(all, 'u');
+
+    proxy.blackhole();
+    // Each process alone would see room for 3 more: together they could admit 9 on a quota of 3.
+    const outage = await decide(all.flatMap((p) => Array.from({ length: 4 }, () => p.manager.getLimiter('u').check(1))));
+    expect(outage).toEqual({ allowed: 0, denied: 0, failed: Array(12).fill('STORE_UNAVAILABLE') });
+    proxy.heal();
+
+    const after = await decide(all.flatMap((p) => Array.from({ length: 4 }, () => p.manager.getLimiter('u').check(1))));
+    expect(after.allowed).toBe(3);
+    expect((await a.manager.getSubscription('u'))?.usage).toBe(10);
+  });
+
+  it('does not admit a spent shared bucket again: together the processes admit at most its refill over the outage', async () => {
+    const limit = 20;
+    const all = await processes(3, 'local', (m) => m.registerProfile('api', { rate: { limit, intervalMs: 1000, shared: 'api' } }));
+    for (const [i, p] of all.entries()) {
+      await p.manager.subscribe(`u${i}`, 'api'); // (its reply tells the process the server's clock)
+      expect((await p.manager.getLimiter(`u${i}`).check(1)).allowed).toBe(true);
+    }
+    // Spent: the rest of the burst, taken now.
+    expect((await all[0]!.manager.getLimiter('u0').check(limit - 3)).allowed).toBe(true);
+
+    const from = performance.now();
+    proxy.blackhole();
+    let allowed = 0;
+    const failed: string[] = [];
+    for (let round = 0; round < 5; round++) {
+      const r = await decide(all.flatMap((p, i) => Array.from({ length: 4 }, () => p.manager.getLimiter(`u${i}`).check(1))));
+      allowed += r.allowed;
+      failed.push(...r.failed);
+    }
+    const refill = Math.floor(((performance.now() - from) * limit) / 1000);
+    proxy.heal();
+    // Decided by the policy, every one; and still admitting, at the refill.
+    expect(failed).toEqual([]);
+    expect(allowed).toBeGreaterThan(0);
+    expect(allowed).toBeLessThanOrEqual(refill);
+  });
+});
+
+describe('policies reach every user this process answered for, past the 10,000 cached handles', () => {
+  it("12,000 users: 'fail-open' admits each, 'local' decides each; a user never seen fails closed under both", async () => {
+    const users = Array.from({ length: 12_000 }, (_, i) => `user-${i}`);
+    // (A longer timeout: setting up 12,000 users on a busy machine must not fail.)
+    const all = await processes(2, ['fail-open', 'local'], (m) => m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } }), 2_000);
+    const [open, local] = all as [Process, Process];
+    const inChunks = async (work: (user: string) => Promise<unknown>): Promise<void> => {
+      for (let i = 0; i < users.length; i += 500) await Promise.all(users.slice(i, i + 500).map(work));
+    };
+    await inChunks((user) => open.manager.subscribe(user, 'p'));
+    await open.manager.subscribe('never-seen', 'p');
+    for (const p of all) await inChunks(async (user) => expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true));
+    await readClocks(all, 'never-seen');
+
+    proxy.blackhole();
+    // Every call waits for the timeout: the processes' calls go together.
+    const neverSeen = (p: Process): Promise<unknown> => p.manager.getLimiter('never-seen').check(1).catch((e: TaskvalveError) => e);
+    const [opened, decided, ...unknown] = await Promise.all([
+      decide(users.map((user) => open.manager.getLimiter(user).check(1))),
+      decide(users.map((user) => local.manager.getLimiter(user).check(1))),
+      ...all.map(neverSeen),
+    ]);
+    expect(opened).toEqual({ allowed: users.length, denied: 0, failed: [] });
+    // Each process's share of a user's bucket starts empty: refused, by the policy, not failed.
+    expect(decided).toEqual({ allowed: 0, denied: users.length, failed: [] });
+    for (const e of unknown) {
+      expect(e).toMatchObject({ code: 'STORE_UNAVAILABLE', message: expect.stringContaining('has not seen its subscription in good standing') });
+    }
+  }, 120_000);
+});
+
+describe("'local' charges back what it admitted, once, to usage and to the bucket", () => {
+  const register = (m: Manager): void => m.registerProfile('own', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 1000, kind: 'soft' } });
+
+  /** Under a blackhole, checks of `user` one at a time until 'local' has admitted `units`. */
+  async function admitLocally(p: Process, user: string, units: number): Promise<void> {
+    let admitted = 0;
+    // Each process's share starts empty and refills 10 a second: a few rounds of the timeout.
+    for (let round = 0; admitted < units && round < 100; round++) {
+      const r = await decide([p.manager.getLimiter(user).check(1)]);
+      expect(r.failed).toEqual([]);
+      admitted += r.allowed;
+    }
+    expect(admitted).toBe(units);
+  }
+
+  it('when Redis answers again: usage and bucket afterwards hold exactly the units admitted, however many calls see Redis back', async () => {
+    const [p] = (await processes(1, 'local', register)) as [Process];
+    await p.manager.subscribe('u', 'own');
+    // The bucket is spent until a day from now (taken at a fixed time a day ahead): its state
+    // after the charge-back is then exact, whatever the test's speed.
+    const spent = Date.now() + 86_400_000;
+    p.store.setTestClock(() => spent);
+    expect((await p.manager.getLimiter('u').check(10)).allowed).toBe(true);
+    p.store.setTestClock(undefined);
+    await readClocks([p], 'u');
+
+    proxy.blackhole();
+    await admitLocally(p, 'u', 3);
+    proxy.heal();
+    // Every call Redis answers would start a charge-back if none were under way.
+    const after = await decide(Array.from({ length: 20 }, () => p.manager.getLimiter('u').check(1)));
+    expect(after).toEqual({ allowed: 0, denied: 20, failed: [] });
+    expect(await p.manager.close()).toEqual({ completed: 0, rejected: 0, abandoned: 0 });
+
+    const r = reader(p, register);
+    expect((await r.manager.getSubscription('u'))?.usage).toBe(10 + 3);
+    // A second after the spending, the bucket would be full again but for the 3 units charged back.
+    r.store.setTestClock(() => spent + 1000);
+    expect(await r.manager.getLimiter('u').peek()).toMatchObject({ allowed: true, remaining: 10 - 3 });
+  });
+
+  /** A process whose user has usage 1 in Redis, then 2 units admitted by 'local' with Redis held away. */
+  async function owingTwo(): Promise<Process> {
+    const [p] = (await processes(1, 'local', register)) as [Process];
+    await p.manager.subscribe('u', 'own');
+    expect((await p.manager.getLimiter('u').check(1)).allowed).toBe(true);
+    await readClocks([p], 'u');
+    proxy.blackhole();
+    await admitLocally(p, 'u', 2);
+    return p;
+  }
+
+  it('close() with Redis still away reports the units it could not charge, and charges nothing later', async () => {
+    const p = await owingTwo();
+    const faults: Error[] = [];
+    p.manager.on('error', (e: Error) => faults.push(e));
+    expect(await p.manager.close({ timeoutMs: 300 })).toEqual({ completed: 0, rejected: 0, abandoned: 0, owed: 2 });
+    expect(faults.map((e) => e.message)).toContainEqual(expect.stringContaining('close() left uncharged 2 unit(s) of usage'));
+    // Every attempt was past its deadline by then: none lands once Redis is reachable.
+    proxy.heal();
+    await proxy.idle();
+    expect((await reader(p, register).manager.getSubscription('u'))?.usage).toBe(1);
+  });
+
+  it('a charge-back Redis refuses for good (a record of another layout) is reported once and dropped, not sent again', async () => {
+    const p = await owingTwo();
+    proxy.heal();
+    // Meanwhile something else wrote the user's record in another layout.
+    const direct = new Redis({ port: server.port });
+    const key = `${p.prefix}:{u:u}`;
+    const record = (await direct.getBuffer(key)) as Buffer;
+    record[0] = 2;
+    await direct.set(key, record);
+    direct.disconnect();
+    const faults: TaskvalveError[] = [];
+    p.manager.on('error', (e) => faults.push(e as TaskvalveError));
+    await p.manager.subscribe('v', 'own');
+    // Answers from Redis start rounds; the first one is refused, nothing is left to send.
+    for (let i = 0; i < 3; i++) expect((await p.manager.getLimiter('v').check(1)).allowed).toBe(true);
+    expect(await p.manager.close()).toEqual({ completed: 0, rejected: 0, abandoned: 0 });
+    expect(faults.map((e) => e.code)).toEqual(['INVALID_CONFIG']);
+    expect(faults[0]?.message).toContain('has layout version 2');
+  });
+
+  it('close() charges them when Redis comes back before its timeout', async () => {
+    const p = await owingTwo();
+    const tried = new Promise((resolve) => p.manager.once('error', resolve));
+    const closing = p.manager.close({ timeoutMs: 30_000 });
+    // A charge-back was tried and failed: Redis is still away. Then it comes back.
+    await tried;
+    proxy.heal();
+    expect(await closing).toEqual({ completed: 0, rejected: 0, abandoned: 0 });
+    expect((await reader(p, register).manager.getSubscription('u'))?.usage).toBe(1 + 2);
+  });
+});
