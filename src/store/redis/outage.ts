@@ -90,12 +90,18 @@ export class Outage {
     else this.owed.delete(userId);
   }
 
-  /** Redis is back: charge the usage admitted locally while it was away (one run at a time). */
+  /**
+   * Redis is back: charge the usage admitted locally while it was away (one run at a time). The
+   * promise settles once nothing is owed, units admitted locally during the run included.
+   */
   reconcile(): Promise<void> {
     if (this.reconciling === undefined && this.owed.size > 0) {
-      this.reconciling = this.chargeOwed().finally(() => {
-        this.reconciling = undefined;
-      });
+      this.reconciling = this.chargeOwed()
+        .finally(() => {
+          this.reconciling = undefined;
+        })
+        // Units owed between the run's last charge and its end: another run.
+        .then(() => this.reconcile());
     }
     return this.reconciling ?? Promise.resolve();
   }
@@ -130,11 +136,13 @@ export class Outage {
   /**
    * Hands each user's owed units to a charge that is sent until it has applied once (ops.ts,
    * mode 'retry'): from then on they are no longer owed here, whatever the charge's first
-   * answer, so that no two charges are ever sent for the same units.
+   * answer, so that no two charges are ever sent for the same units. It walks the live map, so
+   * units owed while it runs (a user it already charged, or one it had not reached) are charged
+   * in the same run, as they stand when handed over.
    */
   private async chargeOwed(): Promise<void> {
     const { keys, ops } = this.ctx;
-    for (const [userId, units] of [...this.owed]) {
+    for (const [userId, units] of this.owed) {
       this.owed.delete(userId);
       const user = keys.user(userId);
       try {
