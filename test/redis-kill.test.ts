@@ -1,6 +1,6 @@
 // kill -9 of an append-only Redis under load, for each outage policy: two forked processes, each
 // with its own ioredis client (default options), RedisStore and Manager, keep thousands of calls
-// in flight over a few hundred users while the server is killed and restarted. Once the load has
+// in flight over a few hundred users while the server is killed and restarted, twice. Once the load has
 // stopped and the Managers are closed (calls in doubt settled, 'local' charges landed), every
 // user's usage in Redis equals exactly what the callers were told was charged: no phantom charge
 // for a call reported failed, no charge missing for a call reported admitted.
