@@ -28,6 +28,11 @@ async function code(promise: Promise<unknown>): Promise<string> {
   return 'resolved';
 }
 
+/** Resolves when the task with this taskId reaches `state` (listen before submitting it). */
+function reached(id: string, state: string): Promise<void> {
+  return new Promise((resolve) => manager.on('task', (e) => e.id === id && e.to === state && resolve()));
+}
+
 /** Registers the contract's tests against a harness. */
 export function storeContract(label: string, harness: StoreHarness): void {
 describe(`store contract: ${label}`, () => {
@@ -436,6 +441,38 @@ describe('peek', () => {
     aborter.abort();
     expect(await waiting).toBe('ABORTED');
     expect(await limiter.peek()).toMatchObject({ allowed: true, remaining: 1 });
+  });
+});
+
+describe('the rate line', () => {
+  it('a waiter refused at its turn (queue full) takes its units off the line once: the units still waiting keep counting', async () => {
+    manager.registerProfile('q', { rate: { limit: 10, intervalMs: 1000, burst: 2, shared: 'q' }, pool: { maxQueue: 1, perUserConcurrency: 1 } });
+    await manager.subscribe('u', 'q');
+    await manager.subscribe('z', 'q');
+    const u = manager.getLimiter('u');
+    const z = manager.getLimiter('z');
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // a runs and b is queued behind it (the queue is full); they take the bucket's 2 units.
+    const running = reached('a', 'RUNNING');
+    const a = u.submit(() => held, { taskId: 'a' });
+    await running;
+    const full = reached('b', 'QUEUED');
+    const b = u.submit(() => 'b', { taskId: 'b' });
+    await full;
+    // c's turn comes at 100 ms, when the queue is still full; y's 2 units wait behind it.
+    const waiting = [reached('c', 'WAITING_RATE'), reached('y', 'WAITING_RATE')];
+    const c = code(u.submit(() => 'c', { taskId: 'c' }));
+    const y = z.submit(() => 'y', { cost: 2, taskId: 'y' });
+    await Promise.all(waiting);
+    now += 100;
+    expect(await c).toBe('QUEUE_FULL');
+    // y's 2 units still wait (until 300 ms): check(1) would wait for them, then for its own unit.
+    expect(await z.peek()).toMatchObject({ allowed: false, retryAfterMs: 200 });
+    now += 200;
+    expect(await y).toBe('y');
+    release();
+    expect(await Promise.all([a, b])).toEqual([undefined, 'b']);
   });
 });
 

@@ -167,7 +167,7 @@ export class RateLines {
         try {
           wait = this.stage.take(job, receipt);
         } catch (error) {
-          this.leave(line, job);
+          // It leaves through the pipeline, which takes its units off the line; next() drops its entry.
           this.stage.failed(job, error);
           continue;
         }
@@ -177,9 +177,13 @@ export class RateLines {
             (ms) => this.taken(key, line, job, ms, receipt.value),
             (error: unknown) => {
               line.busy = false;
-              if (waiting(job)) {
-                this.leave(line, job);
-                this.stage.failed(job, error);
+              // Leaving takes its units off the line (the pipeline's remove()); meanwhile the line
+              // is neither re-armed nor dropped.
+              line.turning = true;
+              try {
+                if (waiting(job)) this.stage.failed(job, error);
+              } finally {
+                line.turning = false;
               }
               this.turn(key, line);
             },
