@@ -346,6 +346,29 @@ describe('4. exact turns', () => {
   });
 });
 
+describe('a request that takes nothing the line needs', () => {
+  it('a check while a task waits is allowed once its unit and the waiting units conform together, before the turn has run', async () => {
+    let skew = 0;
+    const m = new Manager({ clock: () => Date.now() + skew });
+    m.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 2 } });
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    await u.check(2);
+    const starts: number[] = [];
+    const waiting = quiet(u.submit(() => starts.push(since() + skew)));
+    await vi.advanceTimersByTimeAsync(0);
+    // The store's time moves 2 s on; the line's timer (1 s) has not fired yet.
+    skew = 2000;
+    expect((await u.check(1)).allowed).toBe(true);
+    // The unit left is the waiting task's.
+    expect(await u.check(1)).toMatchObject({ allowed: false, remaining: 0 });
+    await vi.advanceTimersByTimeAsync(1000);
+    await waiting;
+    expect(starts).toEqual([3000]);
+    await m.close();
+  });
+});
+
 describe('9. listeners cannot break the machine', () => {
   it("a subscription listener that throws does not stop a cancel: queued tasks are still rejected; the error goes to 'error'", async () => {
     manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000 } });

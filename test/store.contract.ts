@@ -445,6 +445,25 @@ describe('peek', () => {
 });
 
 describe('the rate line', () => {
+  it.each([
+    { bucket: 'its own bucket', shared: undefined },
+    { bucket: 'a shared bucket', shared: 'wide' },
+  ])('a check while a task waits on $bucket is allowed when its unit and the waiting units conform together; then the task takes its own', async ({ shared }) => {
+    manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 1000, burst: 2, ...(shared === undefined ? {} : { shared }) } });
+    await manager.subscribe('u', 'slow');
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(2)).allowed).toBe(true);
+    const queued = reached('w', 'WAITING_RATE');
+    const waiting = limiter.submit(() => 'ran', { taskId: 'w' });
+    await queued;
+    // 2 units conform again; the line's turn (1 s away) has not come yet.
+    now += 2000;
+    expect((await limiter.check(1)).allowed).toBe(true);
+    expect((await limiter.check(1)).allowed).toBe(false);
+    expect(await waiting).toBe('ran');
+    expect((await limiter.check(1)).allowed).toBe(false);
+  });
+
   it('a waiter refused at its turn (queue full) takes its units off the line once: the units still waiting keep counting', async () => {
     manager.registerProfile('q', { rate: { limit: 10, intervalMs: 1000, burst: 2, shared: 'q' }, pool: { maxQueue: 1, perUserConcurrency: 1 } });
     await manager.subscribe('u', 'q');
