@@ -493,6 +493,20 @@ describe('the rate line', () => {
     release();
     expect(await Promise.all([a, b])).toEqual([undefined, 'b']);
   });
+
+  it('after an upgrade, a waiting task takes its turn on the new rate', async () => {
+    manager.registerProfile('hourly', { rate: { limit: 1, intervalMs: 3_600_000 } });
+    manager.registerProfile('quick', { rate: { limit: 10, intervalMs: 1000 } });
+    await manager.subscribe('u', 'hourly');
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(1)).allowed).toBe(true);
+    const queued = reached('w', 'WAITING_RATE');
+    const waiting = limiter.submit(() => 'ran', { taskId: 'w' });
+    await queued;
+    await manager.changeProfile('u', 'quick');
+    // The unit in use is one of 10 in the new bucket: the task's unit conforms now.
+    expect(await waiting).toBe('ran');
+  });
 });
 
 describe('refunds', () => {

@@ -127,7 +127,10 @@ export class RedisStore implements Store {
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
     this.ctx.profiles.set(profile.name, profile);
-    return this.subscriptions.subscribe(userId, profile, input);
+    const sub = await this.subscriptions.subscribe(userId, profile, input);
+    // A re-subscription may name another profile: handles read it again.
+    this.handles.reprofiled(this.ctx.keys.user(userId));
+    return sub;
   }
 
   getSubscription(userId: string, _nowMs: number): Promise<Subscription | undefined> {
@@ -144,7 +147,10 @@ export class RedisStore implements Store {
 
   async changeProfile(userId: string, profile: Profile): Promise<Subscription | undefined> {
     this.ctx.profiles.set(profile.name, profile);
-    return this.subscriptions.change(userId, 'change', profile.name);
+    const sub = await this.subscriptions.change(userId, 'change', profile.name);
+    // Rate turns take from the bucket of the profile a handle knows: handles read it again.
+    this.handles.reprofiled(this.ctx.keys.user(userId));
+    return sub;
   }
 
   resetUsage(userId: string): Promise<Subscription | undefined> {
