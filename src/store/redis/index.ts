@@ -19,6 +19,8 @@ import type {
   SubscribeInput,
   Subscription,
   SweepResult,
+  TurnRequest,
+  TurnsTaken,
   UserSlot,
 } from '../store.js';
 import { rejectUnknownOptions } from '../../util/options.js';
@@ -37,6 +39,7 @@ import { Outage } from './outage.js';
 import { Presence } from './presence.js';
 import type { ScriptClient } from './scripts.js';
 import { Subscriptions } from './subscriptions.js';
+import { Turns } from './turns.js';
 
 /** A client taskvalve can use: an ioredis `Redis` or `Cluster` (what the store calls of it). */
 export type RedisClientLike = ScriptClient;
@@ -61,6 +64,7 @@ export class RedisStore implements Store {
   private readonly outage: Outage;
   private readonly subscriptions: Subscriptions;
   private readonly admission: Admission;
+  private readonly turns: Turns;
   private readonly migration: Migration;
   private readonly deadLetters: DeadLetters;
 
@@ -88,6 +92,7 @@ export class RedisStore implements Store {
     this.outage = new Outage(ctx, this.ended, this.presence);
     this.subscriptions = new Subscriptions(ctx, this.ended, this.denials, forget);
     this.admission = new Admission(ctx, this.handles, new Batches(ctx), this.denials, this.outage, this.subscriptions);
+    this.turns = new Turns(ctx, this.handles, this.outage, this.subscriptions);
     this.migration = new Migration(ctx, this.ended);
     this.deadLetters = new DeadLetters(ctx);
   }
@@ -180,6 +185,11 @@ export class RedisStore implements Store {
 
   take(userId: string, cost: number, _nowMs: number, slot?: UserSlot, receipt?: { value: RateReceipt | undefined }): Promise<number> {
     return this.admission.take(userId, cost, slot, receipt);
+  }
+
+  /** Rate turns for the waiters of one bucket in one script call (take_turns.lua), in their order. */
+  takeTurns(waiters: readonly TurnRequest[], _nowMs: number): Promise<TurnsTaken> {
+    return this.turns.take(waiters);
   }
 
   /**
