@@ -3,19 +3,33 @@
 // round trip, whatever the round trip.
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Manager, RedisStore, type RateReceipt } from '../src/index.js';
+import { Manager, RedisStore, TaskvalveError, type RateReceipt } from '../src/index.js';
+import { startFaultProxy } from './support/fault-proxy.js';
 import { startRedis, type RedisServer } from './support/redis.js';
 
 let server: RedisServer;
+let admin: Redis;
 let prefixes = 0;
 
 beforeAll(async () => {
   server = await startRedis();
+  admin = new Redis({ port: server.port });
 });
 
 afterAll(async () => {
+  admin?.disconnect();
   await server?.stop();
 });
+
+/** Script calls the server has run so far: EVALSHA, and EVAL (a script's first call, after NOSCRIPT). */
+async function scriptCalls(): Promise<number> {
+  const info = await admin.info('commandstats');
+  let calls = 0;
+  for (const m of info.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)) calls += Number(m[1]);
+  return calls;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Time as the test sets it: the scripts decide at `now`, and the manager reads it. */
 interface TestTime {
@@ -92,6 +106,112 @@ describe('RedisStore.takeTurns', () => {
     } finally {
       await Promise.all([m.close(), n.close()]);
       for (const client of clients) client.disconnect();
+    }
+  });
+});
+
+describe.each([
+  { bucket: 'a shared bucket, 10 users', shared: 'line', users: 10 },
+  { bucket: "a user's own bucket", shared: undefined, users: 1 },
+])('one turn on $bucket', ({ shared, users }) => {
+  it('takes every waiting task that conforms in one script call', async () => {
+    await onTestTime(async (m, _store, time) => {
+      m.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 50, ...(shared === undefined ? {} : { shared }) } });
+      const ids = Array.from({ length: users }, (_, i) => `u${i}`);
+      for (const id of ids) await m.subscribe(id, 'p');
+      expect((await m.getLimiter('u0').check(50)).allowed).toBe(true);
+      let waiting = 0;
+      const allWaiting = new Promise<void>((resolve) => m.on('task', (e) => e.to === 'WAITING_RATE' && ++waiting === 50 && resolve()));
+      const runs = Array.from({ length: 50 }, (_, i) => m.getLimiter(ids[i % users] as string).submit(() => i));
+      await allWaiting;
+      const before = await scriptCalls();
+      // All 50 units conform again; the line's timer (the first task's wait, 1 s) fires after this.
+      time.now += 50_000;
+      expect((await Promise.all(runs)).length).toBe(50);
+      // One take_turns call (two commands if the server had to load the script first).
+      expect((await scriptCalls()) - before).toBeLessThanOrEqual(2);
+    });
+  });
+});
+
+describe('a line under a steady stream, with a round trip of a few ms', () => {
+  it("drains at the bucket's rate: waits stay within maxWaitMs, nothing waits when the stream ends, and check() is allowed once the line's wait has passed", async () => {
+    const LIMIT = 2000; // units per second, the burst too
+    const RATE = 500; // submits per second, a quarter of it
+    const STREAM_MS = 2000;
+    const BURST = 600; // submits landing at once on the spent bucket: a line of about 300 ms
+    const MAX_WAIT_MS = 1000;
+    const proxy = await startFaultProxy({ port: server.port });
+    // Every chunk is held 2 ms each way: a round trip of about 4 ms, as across a network.
+    proxy.delay(2);
+    const client = new Redis({ port: proxy.port });
+    const m = new Manager({ store: new RedisStore({ client, prefix: `stream${++prefixes}` }) });
+    try {
+      m.registerProfile('api', { rate: { limit: LIMIT, intervalMs: 1000, shared: 'api', maxWaitMs: MAX_WAIT_MS } });
+      const ids = Array.from({ length: 20 }, (_, i) => `u${i}`);
+      for (const id of [...ids, 'probe']) await m.subscribe(id, 'api');
+      // Tasks waiting for their turn, and how long each waited, from the `task` events.
+      let waiting = 0;
+      let longest = 0;
+      const entered = new Map<string, number>();
+      m.on('task', (e) => {
+        if (e.to === 'WAITING_RATE') {
+          waiting++;
+          entered.set(e.id, performance.now());
+        } else if (e.from === 'WAITING_RATE') {
+          waiting--;
+          longest = Math.max(longest, performance.now() - (entered.get(e.id) as number));
+        }
+      });
+      const refused: string[] = [];
+      const tasks: Promise<unknown>[] = [];
+      const submit = (i: number): void => {
+        tasks.push(m.getLimiter(ids[i % ids.length] as string).submit(() => i).catch((e: TaskvalveError) => refused.push(e.code)));
+      };
+      const probe = m.getLimiter('probe');
+      expect((await probe.check(LIMIT)).allowed).toBe(true);
+      for (let i = 0; i < BURST; i++) submit(i);
+      const t0 = performance.now();
+      let streaming = true;
+      // check() meanwhile, retried after the wait each denial gives: the longest run of denials.
+      let starved = 0;
+      let allowed = 0;
+      const prober = (async () => {
+        let deniedSince: number | undefined;
+        while (streaming) {
+          const d = await probe.check(1);
+          const t = performance.now();
+          if (d.allowed) {
+            allowed++;
+            if (deniedSince !== undefined) starved = Math.max(starved, t - deniedSince);
+            deniedSince = undefined;
+            await sleep(20);
+          } else {
+            deniedSince ??= t;
+            await sleep(d.retryAfterMs);
+          }
+        }
+        if (deniedSince !== undefined) starved = Math.max(starved, performance.now() - deniedSince);
+      })();
+      let submitted = BURST;
+      while (performance.now() - t0 < STREAM_MS) {
+        const due = BURST + Math.floor(((performance.now() - t0) / 1000) * RATE);
+        while (submitted < due) submit(submitted++);
+        await sleep(1);
+      }
+      const waitingAtEnd = waiting;
+      streaming = false;
+      await prober;
+      await Promise.all(tasks);
+      expect(refused).toEqual([]);
+      expect(waitingAtEnd).toBe(0);
+      expect(longest).toBeLessThanOrEqual(MAX_WAIT_MS);
+      expect(allowed).toBeGreaterThan(0);
+      expect(starved).toBeLessThanOrEqual(MAX_WAIT_MS);
+    } finally {
+      await m.close();
+      client.disconnect();
+      await proxy.close();
     }
   });
 });

@@ -2,6 +2,7 @@
 // topology). A harness makes a store and lets the test move its time.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Manager, TaskvalveError, type Store, type SubscriptionEvent } from '../src/index.js';
+import { eventually } from './helpers.js';
 import vectors from './vectors/gcra.json' with { type: 'json' };
 
 /** How the contract gets a store. */
@@ -461,6 +462,33 @@ describe('the rate line', () => {
     expect((await limiter.check(1)).allowed).toBe(true);
     expect((await limiter.check(1)).allowed).toBe(false);
     expect(await waiting).toBe('ran');
+    expect((await limiter.check(1)).allowed).toBe(false);
+  });
+
+  it('a turn starts no more waiting tasks than the queue has room for: the others leave QUEUE_FULL, their units and quota back', async () => {
+    manager.registerProfile('narrow', { rate: { limit: 1, intervalMs: 1000, burst: 5 }, pool: { maxQueue: 1, perUserConcurrency: 1 }, quota: { limit: 100 } });
+    await manager.subscribe('u', 'narrow');
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(5)).allowed).toBe(true);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // Five tasks wait, in this order (each admitted before the next is submitted).
+    const outcomes: Promise<string>[] = [];
+    for (let i = 0; i < 5; i++) {
+      const waiting = reached(`t${i}`, 'WAITING_RATE');
+      outcomes.push(code(limiter.submit(() => (i === 0 ? held : undefined), { taskId: `t${i}` })));
+      await waiting;
+    }
+    // Every unit conforms again: the first task takes the user's slot, the second the queue's room.
+    now += 5000;
+    const refused = await Promise.all(outcomes.slice(2));
+    expect(refused).toEqual(['QUEUE_FULL', 'QUEUE_FULL', 'QUEUE_FULL']);
+    release();
+    expect(await Promise.all(outcomes.slice(0, 2))).toEqual(['resolved', 'resolved']);
+    // A remote store gives quota and units back asynchronously: wait until it shows them.
+    await eventually(async () => (await manager.getSubscription('u'))?.usage === 7, 'usage 7: 3 refunded');
+    await eventually(async () => (await limiter.peek()).remaining >= 3, 'the 3 units back in the bucket');
+    expect((await limiter.check(3)).allowed).toBe(true);
     expect((await limiter.check(1)).allowed).toBe(false);
   });
 
