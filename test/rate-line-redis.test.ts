@@ -4,6 +4,7 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore, TaskvalveError, type RateReceipt } from '../src/index.js';
+import { eventually } from './helpers.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { startRedis, type RedisServer } from './support/redis.js';
 
@@ -130,6 +131,29 @@ describe.each([
       expect((await Promise.all(runs)).length).toBe(50);
       // One take_turns call (two commands if the server had to load the script first).
       expect((await scriptCalls()) - before).toBeLessThanOrEqual(2);
+    });
+  });
+});
+
+describe('maxWaitMs on a line that drains without sleeping', () => {
+  it('after each turn, the tasks still waiting past their deadline leave RATE_LIMITED, refunded', async () => {
+    await onTestTime(async (m, _store, time) => {
+      m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000, burst: 100, shared: 'deep', maxWaitMs: 10_000 }, quota: { limit: 1000 } });
+      await m.subscribe('u', 'p');
+      const limiter = m.getLimiter('u');
+      expect((await limiter.check(100)).allowed).toBe(true);
+      let waiting = 0;
+      const all = new Promise<void>((resolve) => m.on('task', (e) => e.to === 'WAITING_RATE' && ++waiting === 70 && resolve()));
+      const outcomes = Array.from({ length: 70 }, () => limiter.submit(() => 'ran').catch((e: TaskvalveError) => e.code));
+      await all;
+      // Every unit conforms again, 20 s on: past every task's deadline. The first turn takes 64
+      // (the most one call carries); the 6 left have waited too long.
+      time.now += 20_000;
+      const results = await Promise.all(outcomes);
+      expect(results.filter((r) => r === 'ran')).toHaveLength(64);
+      expect(results.filter((r) => r === 'RATE_LIMITED')).toHaveLength(6);
+      // Refunds land asynchronously (a script's first call may be re-sent after a NOSCRIPT).
+      await eventually(async () => (await m.getSubscription('u'))?.usage === 164, 'usage 164: the 6 refunded');
     });
   });
 });

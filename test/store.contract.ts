@@ -465,6 +465,35 @@ describe('the rate line', () => {
     expect((await limiter.check(1)).allowed).toBe(false);
   });
 
+  it('a waiting task whose turn comes later than its maxWaitMs (another user took a turn first) leaves RATE_LIMITED, its quota refunded', async () => {
+    manager.registerProfile('bounded', { rate: { limit: 10, intervalMs: 1000, burst: 1, shared: 'line', maxWaitMs: 200 }, quota: { limit: 10 } });
+    manager.registerProfile('patient', { rate: { limit: 10, intervalMs: 1000, burst: 1, shared: 'line' } });
+    await manager.subscribe('a', 'bounded');
+    await manager.subscribe('b', 'patient');
+    const a = manager.getLimiter('a');
+    const b = manager.getLimiter('b');
+    expect((await a.check(1)).allowed).toBe(true);
+    // a's two tasks were admitted to wait 100 and 200 ms; round-robin gives b's task the second
+    // turn. (Each is admitted before the next is submitted.)
+    let waiting = reached('a1', 'WAITING_RATE');
+    const a1 = a.submit(() => 'a1', { taskId: 'a1' });
+    await waiting;
+    waiting = reached('a2', 'WAITING_RATE');
+    const a2 = a.submit(() => 'a2', { taskId: 'a2' }).then(() => undefined, (e: unknown) => e as TaskvalveError);
+    await waiting;
+    waiting = reached('b1', 'WAITING_RATE');
+    const b1 = b.submit(() => 'b1', { taskId: 'b1' });
+    await waiting;
+    now += 100;
+    expect(await a1).toBe('a1');
+    now += 100;
+    expect(await b1).toBe('b1');
+    const error = await a2;
+    expect(error?.code).toBe('RATE_LIMITED');
+    expect(error?.retryAfterMs).toBeGreaterThan(0);
+    await eventually(async () => (await manager.getSubscription('a'))?.usage === 2, "usage 2: a2's quota refunded");
+  });
+
   it('a turn starts no more waiting tasks than the queue has room for: the others leave QUEUE_FULL, their units and quota back', async () => {
     manager.registerProfile('narrow', { rate: { limit: 1, intervalMs: 1000, burst: 5 }, pool: { maxQueue: 1, perUserConcurrency: 1 }, quota: { limit: 100 } });
     await manager.subscribe('u', 'narrow');

@@ -8,6 +8,7 @@ import {
   costOverBurst,
   invalidArgument,
   queueFull,
+  rateLimited,
   show,
   shuttingDown,
   storeFailed,
@@ -109,6 +110,8 @@ export class Pipeline {
       },
       failed: (job, error) => this.end(job, storeFailed(error)),
       untake: (job, receipt) => this.untake(job, receipt),
+      expired: (job, retryAfterMs) => this.end(job, rateLimited(job.userId, job.profile.name, retryAfterMs)),
+      now: clock,
     });
     this.runner = new Runner(fault);
     this.checks = new Checks(store, metrics, clock, this.lines.units);
@@ -208,6 +211,8 @@ export class Pipeline {
       if (verdict === Verdict.ALLOWED) this.queue(job);
       else {
         job.bucket = r.bucket;
+        // Admitted to wait at most maxWaitMs: past it, the line lets the task go (RATE_LIMITED).
+        if (profile.maxWaitMs !== Infinity) job.deadline = this.ctx.clock() + profile.maxWaitMs;
         this.lifecycle.move(job, State.WAITING_RATE);
         this.lines.add(job, waitMs);
       }

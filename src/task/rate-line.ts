@@ -1,12 +1,15 @@
 /**
  * Stage 2, the rate line: admitted tasks waiting for their rate turn on one bucket. Users take
  * turns round-robin; one timer per bucket is armed for the exact moment the line's head
- * conforms: no polling, and no herd. A turn admits every waiter that conforms, in order: one
- * take after another on a synchronous store, and up to MAX_TURNS waiters per call on a store
- * that has `takeTurns` (one round trip for them all). When the head leaves, or the bucket's
- * profile changes, the timer is re-armed for the new head's time.
+ * conforms (or for the earliest deadline of its waiters, if sooner): no polling, and no herd.
+ * A turn admits every waiter that conforms, in order: one take after another on a synchronous
+ * store, and up to MAX_TURNS waiters per call on a store that has `takeTurns` (one round trip
+ * for them all). When the head leaves, or the bucket's profile changes, the timer is re-armed
+ * for the new head's time. A first attempt whose turn has not come by its deadline (admitted
+ * plus the profile's maxWaitMs) leaves the line, RATE_LIMITED.
  */
 import { Deque } from '../util/deque.js';
+import { Heap } from '../util/heap.js';
 import { Timer } from '../util/timer.js';
 import type { Profile } from '../profile.js';
 import type { RateReceipt, TurnsTaken } from '../store/store.js';
@@ -39,6 +42,10 @@ export interface RateLineStage {
   failed(job: Job, error: unknown): void;
   /** Units were taken for a job that had already left (an asynchronous take): give them back. */
   untake(job: Job, receipt: RateReceipt): void;
+  /** The job's deadline passed before its turn came: it leaves (RATE_LIMITED, with this estimate of when a retry could run). */
+  expired(job: Job, retryAfterMs: number): void;
+  /** The manager's clock (ms): deadlines are read on it. */
+  now(): number;
 }
 
 /** One user's waiting jobs on one bucket. */
@@ -47,6 +54,8 @@ class Lane extends Deque<Job> {
     super();
   }
 }
+
+const byDeadline = (job: Job): number => job.deadline;
 
 class Line {
   constructor(readonly key: string) {}
@@ -65,6 +74,8 @@ class Line {
    * (the rest of a batch, or a job past its burst); they come first in the next batch.
    */
   front: Job[] = [];
+  /** First attempts with a deadline, earliest first (made when the first one joins). */
+  deadlines: Heap<Job> | undefined = undefined;
 }
 
 const waiting = (job: Job): boolean => job.state === State.WAITING_RATE;
@@ -99,6 +110,9 @@ export class RateLines {
     lane.push(job);
     line.units += job.cost;
     this.units.set(key, line.units);
+    // Its deadline is no sooner than the head's turn (admission counted the units waiting), and
+    // a task moved here by a profile change is followed by refresh(): the timer needs no change.
+    if (job.deadline !== Infinity && job.attempt === 1) (line.deadlines ??= new Heap(byDeadline)).push(job);
     if (line.timer === undefined && !line.busy && !line.turning) this.arm(key, line, waitMs, job);
   }
 
@@ -152,22 +166,55 @@ export class RateLines {
     if (this.lines.get(key) === line) this.lines.delete(key);
   }
 
-  /** Sleeps until the head conforms (`ms`). */
+  /** Sleeps until the head conforms (`ms`), or until the earliest deadline of a waiter still here if sooner. */
   private arm(key: string, line: Line, ms: number, head: Job | undefined): void {
     line.timer?.cancel();
     line.head = head;
-    line.timer = new Timer(ms, () => {
+    let delay = ms;
+    const deadlines = line.deadlines;
+    if (deadlines !== undefined) {
+      let first = deadlines.peek();
+      while (first !== undefined && !this.here(first, line)) {
+        deadlines.pop();
+        first = deadlines.peek();
+      }
+      if (first !== undefined) delay = Math.max(0, Math.min(delay, first.deadline - this.stage.now()));
+    }
+    line.timer = new Timer(delay, () => {
       line.timer = undefined;
       line.head = undefined;
       this.turn(key, line);
     });
   }
 
-  /** The head does not conform for `ms`: the line sleeps. True when the head left meanwhile: the turn goes on at once. */
+  /**
+   * The head does not conform for `ms`: waiters past their deadline leave first, then the line
+   * sleeps. True when the head itself left: the turn goes on at once.
+   */
   private sleep(key: string, line: Line, ms: number, head: Job): boolean {
+    this.expire(line, ms, head);
     if (!this.here(head, line)) return true;
     this.arm(key, line, ms, head);
     return false;
+  }
+
+  /**
+   * Waiters whose deadline has passed leave. A retry could run once the head's units conform
+   * (`ms`; none when the line is not waiting for a head) and the units behind it after them:
+   * the estimate admission would give.
+   */
+  private expire(line: Line, ms: number, head: Job | undefined): void {
+    const deadlines = line.deadlines;
+    if (deadlines === undefined || deadlines.size === 0) return;
+    const now = this.stage.now();
+    this.during(line, () => {
+      for (let job = deadlines.peek(); job !== undefined && job.deadline <= now; job = deadlines.peek()) {
+        deadlines.pop();
+        if (!this.here(job, line)) continue;
+        const rate = job.profile.rate;
+        this.stage.expired(job, ms + Math.ceil(((line.units - (head?.cost ?? 0)) * rate.intervalMs) / rate.limit));
+      }
+    });
   }
 
   /** The next job by round-robin, dropping entries of jobs that left. */
@@ -348,7 +395,11 @@ export class RateLines {
       const i = (back as number[])[k] as number;
       this.stage.untake(batch[i] as Job, answer.receipts[i] as RateReceipt);
     }
-    if (taken === batch.length) return true;
+    if (taken === batch.length) {
+      // The line drains without sleeping: waiters deeper in it may still pass their deadline.
+      this.expire(line, 0, undefined);
+      return true;
+    }
     const rest = batch.slice(taken);
     line.front = line.front.length === 0 ? rest : rest.concat(line.front);
     const head = rest[0] as Job;
