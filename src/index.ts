@@ -12,7 +12,7 @@ export { MemoryStore } from './store/memory.js';
 export { RedisStore } from './store/redis/index.js';
 export type { RedisStoreOptions, RedisClientLike } from './store/redis/index.js';
 export type { MemoryStoreOptions } from './store/memory.js';
-export type { Store, Subscription, SubscriptionStatus, FailedTask, DlqQuery, DeadTask, EndedUser, SweepResult, RateReceipt } from './store/store.js';
+export type { Store, Subscription, SubscriptionStatus, FailedTask, DlqQuery, DeadTask, EndedUser, SweepResult, RateReceipt, TurnRequest, TurnsTaken } from './store/store.js';
 export { TaskvalveError, ErrorCode } from './errors.js';
 export type { TaskvalveErrorDetails, Refusal } from './errors.js';
 export type { ProfileConfig, RateConfig, PoolConfig, QuotaConfig, RetryConfig, DlqConfig } from './profile.js';

@@ -346,6 +346,82 @@ describe('4. exact turns', () => {
   });
 });
 
+describe('maxWaitMs bounds the wait in the line', () => {
+  it('after a downgrade, a waiting task whose turn moves past its maxWaitMs leaves at its deadline, RATE_LIMITED and refunded; one within it starts on the new rate', async () => {
+    manager.registerProfile('fast', { rate: { limit: 1, intervalMs: 1000, maxWaitMs: 2500 }, quota: { limit: 10 } });
+    manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 2000, maxWaitMs: 2500 }, quota: { limit: 10 } });
+    await manager.subscribe('u', 'fast');
+    const u = manager.getLimiter('u');
+    const starts: number[] = [];
+    const first = quiet(u.submit(() => starts.push(since())));
+    const second = quiet(u.submit(() => starts.push(since())));
+    let leftAt = -1;
+    // Admitted to wait 2 s (within 2.5 s); after the downgrade its turn would be at 4 s.
+    const third = rejection(u.submit(() => starts.push(-1)).finally(() => (leftAt = since())));
+    await vi.advanceTimersByTimeAsync(0);
+    await manager.changeProfile('u', 'slow');
+    await vi.advanceTimersByTimeAsync(5000);
+    const err = await third;
+    expect(err.code).toBe('RATE_LIMITED');
+    expect(leftAt).toBe(2500);
+    expect(err.retryAfterMs).toBe(1500);
+    await Promise.all([first, second]);
+    expect(starts).toEqual([0, 2000]);
+    expect(await usage('u')).toBe(2);
+  });
+
+  it('a task whose turn comes exactly at its deadline starts', async () => {
+    manager.registerProfile('edge', { rate: { limit: 1, intervalMs: 1000, maxWaitMs: 1000 } });
+    await manager.subscribe('u', 'edge');
+    const u = manager.getLimiter('u');
+    await u.check(1);
+    const run = u.submit(() => since());
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(await run).toBe(1000);
+  });
+
+  it('a retry waits for its turn without a deadline: maxWaitMs bounds the wait of an admission', async () => {
+    manager.registerProfile('r', { rate: { limit: 1, intervalMs: 1000, maxWaitMs: 1500 }, retry: { attempts: 2, baseMs: 1, maxMs: 1, jitter: 0 } });
+    await manager.subscribe('u', 'r');
+    const u = manager.getLimiter('u');
+    await u.check(1);
+    const starts: number[] = [];
+    // Admitted to wait 1 s (within 1.5 s); it fails once, and its retry waits for the next unit.
+    const run = u.submit(() => {
+      starts.push(since());
+      if (starts.length === 1) throw new Error('once');
+      return 'ok';
+    });
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(await run).toBe('ok');
+    // The retry waited about a second for its unit, past the task's 1.5 s from admission.
+    expect(starts).toEqual([1000, 2000]);
+  });
+});
+
+describe('a request that takes nothing the line needs', () => {
+  it('a check while a task waits is allowed once its unit and the waiting units conform together, before the turn has run', async () => {
+    let skew = 0;
+    const m = new Manager({ clock: () => Date.now() + skew });
+    m.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 2 } });
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    await u.check(2);
+    const starts: number[] = [];
+    const waiting = quiet(u.submit(() => starts.push(since() + skew)));
+    await vi.advanceTimersByTimeAsync(0);
+    // The store's time moves 2 s on; the line's timer (1 s) has not fired yet.
+    skew = 2000;
+    expect((await u.check(1)).allowed).toBe(true);
+    // The unit left is the waiting task's.
+    expect(await u.check(1)).toMatchObject({ allowed: false, remaining: 0 });
+    await vi.advanceTimersByTimeAsync(1000);
+    await waiting;
+    expect(starts).toEqual([3000]);
+    await m.close();
+  });
+});
+
 describe('9. listeners cannot break the machine', () => {
   it("a subscription listener that throws does not stop a cancel: queued tasks are still rejected; the error goes to 'error'", async () => {
     manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000 } });

@@ -2,6 +2,7 @@
 // topology). A harness makes a store and lets the test move its time.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Manager, TaskvalveError, type Store, type SubscriptionEvent } from '../src/index.js';
+import { eventually } from './helpers.js';
 import vectors from './vectors/gcra.json' with { type: 'json' };
 
 /** How the contract gets a store. */
@@ -26,6 +27,11 @@ async function code(promise: Promise<unknown>): Promise<string> {
     return (error as TaskvalveError).code;
   }
   return 'resolved';
+}
+
+/** Resolves when the task with this taskId reaches `state` (listen before submitting it). */
+function reached(id: string, state: string): Promise<void> {
+  return new Promise((resolve) => manager.on('task', (e) => e.id === id && e.to === state && resolve()));
 }
 
 /** Registers the contract's tests against a harness. */
@@ -436,6 +442,127 @@ describe('peek', () => {
     aborter.abort();
     expect(await waiting).toBe('ABORTED');
     expect(await limiter.peek()).toMatchObject({ allowed: true, remaining: 1 });
+  });
+});
+
+describe('the rate line', () => {
+  it.each([
+    { bucket: 'its own bucket', shared: undefined },
+    { bucket: 'a shared bucket', shared: 'wide' },
+  ])('a check while a task waits on $bucket is allowed when its unit and the waiting units conform together; then the task takes its own', async ({ shared }) => {
+    manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 1000, burst: 2, ...(shared === undefined ? {} : { shared }) } });
+    await manager.subscribe('u', 'slow');
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(2)).allowed).toBe(true);
+    const queued = reached('w', 'WAITING_RATE');
+    const waiting = limiter.submit(() => 'ran', { taskId: 'w' });
+    await queued;
+    // 2 units conform again; the line's turn (1 s away) has not come yet.
+    now += 2000;
+    expect((await limiter.check(1)).allowed).toBe(true);
+    expect((await limiter.check(1)).allowed).toBe(false);
+    expect(await waiting).toBe('ran');
+    expect((await limiter.check(1)).allowed).toBe(false);
+  });
+
+  it('a waiting task whose turn comes later than its maxWaitMs (another user took a turn first) leaves RATE_LIMITED, its quota refunded', async () => {
+    manager.registerProfile('bounded', { rate: { limit: 10, intervalMs: 1000, burst: 1, shared: 'line', maxWaitMs: 200 }, quota: { limit: 10 } });
+    manager.registerProfile('patient', { rate: { limit: 10, intervalMs: 1000, burst: 1, shared: 'line' } });
+    await manager.subscribe('a', 'bounded');
+    await manager.subscribe('b', 'patient');
+    const a = manager.getLimiter('a');
+    const b = manager.getLimiter('b');
+    expect((await a.check(1)).allowed).toBe(true);
+    // a's two tasks were admitted to wait 100 and 200 ms; round-robin gives b's task the second
+    // turn. (Each is admitted before the next is submitted.)
+    let waiting = reached('a1', 'WAITING_RATE');
+    const a1 = a.submit(() => 'a1', { taskId: 'a1' });
+    await waiting;
+    waiting = reached('a2', 'WAITING_RATE');
+    const a2 = a.submit(() => 'a2', { taskId: 'a2' }).then(() => undefined, (e: unknown) => e as TaskvalveError);
+    await waiting;
+    waiting = reached('b1', 'WAITING_RATE');
+    const b1 = b.submit(() => 'b1', { taskId: 'b1' });
+    await waiting;
+    now += 100;
+    expect(await a1).toBe('a1');
+    now += 100;
+    expect(await b1).toBe('b1');
+    const error = await a2;
+    expect(error?.code).toBe('RATE_LIMITED');
+    expect(error?.retryAfterMs).toBeGreaterThan(0);
+    await eventually(async () => (await manager.getSubscription('a'))?.usage === 2, "usage 2: a2's quota refunded");
+  });
+
+  it('a turn starts no more waiting tasks than the queue has room for: the others leave QUEUE_FULL, their units and quota back', async () => {
+    manager.registerProfile('narrow', { rate: { limit: 1, intervalMs: 1000, burst: 5 }, pool: { maxQueue: 1, perUserConcurrency: 1 }, quota: { limit: 100 } });
+    await manager.subscribe('u', 'narrow');
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(5)).allowed).toBe(true);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // Five tasks wait, in this order (each admitted before the next is submitted).
+    const outcomes: Promise<string>[] = [];
+    for (let i = 0; i < 5; i++) {
+      const waiting = reached(`t${i}`, 'WAITING_RATE');
+      outcomes.push(code(limiter.submit(() => (i === 0 ? held : undefined), { taskId: `t${i}` })));
+      await waiting;
+    }
+    // Every unit conforms again: the first task takes the user's slot, the second the queue's room.
+    now += 5000;
+    const refused = await Promise.all(outcomes.slice(2));
+    expect(refused).toEqual(['QUEUE_FULL', 'QUEUE_FULL', 'QUEUE_FULL']);
+    release();
+    expect(await Promise.all(outcomes.slice(0, 2))).toEqual(['resolved', 'resolved']);
+    // A remote store gives quota and units back asynchronously: wait until it shows them.
+    await eventually(async () => (await manager.getSubscription('u'))?.usage === 7, 'usage 7: 3 refunded');
+    await eventually(async () => (await limiter.peek()).remaining >= 3, 'the 3 units back in the bucket');
+    expect((await limiter.check(3)).allowed).toBe(true);
+    expect((await limiter.check(1)).allowed).toBe(false);
+  });
+
+  it('a waiter refused at its turn (queue full) takes its units off the line once: the units still waiting keep counting', async () => {
+    manager.registerProfile('q', { rate: { limit: 10, intervalMs: 1000, burst: 2, shared: 'q' }, pool: { maxQueue: 1, perUserConcurrency: 1 } });
+    await manager.subscribe('u', 'q');
+    await manager.subscribe('z', 'q');
+    const u = manager.getLimiter('u');
+    const z = manager.getLimiter('z');
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // a runs and b is queued behind it (the queue is full); they take the bucket's 2 units.
+    const running = reached('a', 'RUNNING');
+    const a = u.submit(() => held, { taskId: 'a' });
+    await running;
+    const full = reached('b', 'QUEUED');
+    const b = u.submit(() => 'b', { taskId: 'b' });
+    await full;
+    // c's turn comes at 100 ms, when the queue is still full; y's 2 units wait behind it.
+    const waiting = [reached('c', 'WAITING_RATE'), reached('y', 'WAITING_RATE')];
+    const c = code(u.submit(() => 'c', { taskId: 'c' }));
+    const y = z.submit(() => 'y', { cost: 2, taskId: 'y' });
+    await Promise.all(waiting);
+    now += 100;
+    expect(await c).toBe('QUEUE_FULL');
+    // y's 2 units still wait (until 300 ms): check(1) would wait for them, then for its own unit.
+    expect(await z.peek()).toMatchObject({ allowed: false, retryAfterMs: 200 });
+    now += 200;
+    expect(await y).toBe('y');
+    release();
+    expect(await Promise.all([a, b])).toEqual([undefined, 'b']);
+  });
+
+  it('after an upgrade, a waiting task takes its turn on the new rate', async () => {
+    manager.registerProfile('hourly', { rate: { limit: 1, intervalMs: 3_600_000 } });
+    manager.registerProfile('quick', { rate: { limit: 10, intervalMs: 1000 } });
+    await manager.subscribe('u', 'hourly');
+    const limiter = manager.getLimiter('u');
+    expect((await limiter.check(1)).allowed).toBe(true);
+    const queued = reached('w', 'WAITING_RATE');
+    const waiting = limiter.submit(() => 'ran', { taskId: 'w' });
+    await queued;
+    await manager.changeProfile('u', 'quick');
+    // The unit in use is one of 10 in the new bucket: the task's unit conforms now.
+    expect(await waiting).toBe('ran');
   });
 });
 

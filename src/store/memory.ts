@@ -443,18 +443,21 @@ export class MemoryStore implements Store {
       key = shared === undefined ? `d:${userId}` : `s:${profile.shared}`;
       ahead = waiting.get(key) ?? 0;
     }
-    if (ahead === 0) {
+    // Allowed when its units and those waiting tasks reserved conform together: it takes nothing
+    // they need (their turn takes them), so it overtakes nobody.
+    if (ahead === 0 || conform(tat, now, ahead + cost, rate) > 0) {
       const next = conform(tat, now, cost, rate);
       if (next > 0) {
         if (shared === undefined) rec.tat = next;
         else shared.tat = next;
         rec.usage += cost;
+        const held = ahead === 0 ? next : next + ahead * rate.T;
         out.verdict = Verdict.ALLOWED;
         out.usage = rec.usage;
         out.period = generationOf(rec);
-        out.remaining = remaining(next, now, rate);
+        out.remaining = remaining(held, now, rate);
         out.retryAfterMs = 0;
-        out.resetAfterMs = ticksToMs(next - now, rate);
+        out.resetAfterMs = ticksToMs(held - now, rate);
         out.receiptTat = next;
         out.receiptEpoch = this.rebases;
         return out;

@@ -101,6 +101,30 @@ export interface RateReceipt {
   readonly epoch: number;
 }
 
+/** One waiter of {@link Store.takeTurns}: a task waiting for its rate turn is one. */
+export interface TurnRequest {
+  /** Whose units. */
+  readonly userId: string;
+  /** How many. */
+  readonly cost: number;
+  /** The user's limiter handle, where a store may keep what it knows of the user (as `admit` is given it). */
+  readonly slot: UserSlot;
+}
+
+/** The answer of {@link Store.takeTurns}. */
+export interface TurnsTaken {
+  /** How many of the leading waiters had their units taken (all of them, in order). */
+  taken: number;
+  /**
+   * With fewer than all taken: ms until the first one not taken conforms, at least 1; Infinity
+   * when it never can (its cost exceeds the burst of the user's profile now); 0 when the store
+   * stopped before it for another reason (ask again now). 0 when all were taken.
+   */
+  waitMs: number;
+  /** Per waiter taken, in order: how to give its units back, undefined where the store cannot. */
+  receipts: (RateReceipt | undefined)[];
+}
+
 /** A blank admission result, to fill in. */
 export function blankResult(): AdmitResult {
   return {
@@ -285,6 +309,14 @@ export interface Store {
    * When taken, a store that can give units back returns how in `receipt.value`.
    */
   take(userId: string, cost: number, nowMs: number, slot?: UserSlot, receipt?: { value: RateReceipt | undefined }): MaybePromise<number>;
+  /**
+   * Optional: rate turns for waiters of one bucket (all on the same bucket key), in one atomic
+   * step. Takes each waiter's units in order while they conform and stops at the first that
+   * does not, so that nobody is overtaken. A store that answers each `take` with a round trip
+   * implements it so that a rate line drains at the bucket's rate, not at one waiter per round
+   * trip; without it, the line calls `take` once per waiter.
+   */
+  takeTurns?(waiters: readonly TurnRequest[], nowMs: number): MaybePromise<TurnsTaken>;
   /** Gives back quota charged for a task that never started (no-op if the period moved on). */
   refund(userId: string, cost: number, period: number, nowMs: number): MaybePromise<void>;
   /**

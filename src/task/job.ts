@@ -77,6 +77,8 @@ export class Job {
   failure: TaskvalveError | undefined = undefined;
   /** When admission accepted it (ms, manager clock). */
   admittedAt = 0;
+  /** A first attempt admitted to wait for its turn: by when the turn must come (ms, manager clock; Infinity: no bound). */
+  deadline = Infinity;
   /** Called when the first attempt starts (a dead-letter replay's entry goes then). */
   onStart: (() => void) | undefined = undefined;
   /** Listens to the caller's signal; removed when the task ends. */

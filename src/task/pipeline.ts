@@ -8,6 +8,7 @@ import {
   costOverBurst,
   invalidArgument,
   queueFull,
+  rateLimited,
   show,
   shuttingDown,
   storeFailed,
@@ -102,14 +103,20 @@ export class Pipeline {
       },
       fault,
     });
+    const takeTurns = store.takeTurns;
     this.lines = new RateLines({
+      ready: (job) => this.ready(job),
       take: (job, receipt) => this.take(job, receipt),
+      takeTurns: takeTurns === undefined ? undefined : (jobs) => takeTurns.call(store, jobs, clock()),
+      never: (job) => costOverBurst(job.cost, job.profile.rate.burst, job.profile.name, true),
       granted: (job, receipt) => {
         job.taken = receipt;
         this.queue(job);
       },
       failed: (job, error) => this.end(job, storeFailed(error)),
       untake: (job, receipt) => this.untake(job, receipt),
+      expired: (job, retryAfterMs) => this.end(job, rateLimited(job.userId, job.profile.name, retryAfterMs)),
+      now: clock,
     });
     this.runner = new Runner(fault);
     this.checks = new Checks(store, metrics, clock, this.lines.units);
@@ -209,6 +216,8 @@ export class Pipeline {
       if (verdict === Verdict.ALLOWED) this.queue(job);
       else {
         job.bucket = r.bucket;
+        // Admitted to wait at most maxWaitMs: past it, the line lets the task go (RATE_LIMITED).
+        if (profile.maxWaitMs !== Infinity) job.deadline = this.ctx.clock() + profile.maxWaitMs;
         this.lifecycle.move(job, State.WAITING_RATE);
         this.lines.add(job, waitMs);
       }
@@ -231,13 +240,18 @@ export class Pipeline {
 
   // ---- rate line -------------------------------------------------------------------------
 
-  /** A job's rate turn: refuses a first attempt the queue has no room for, else takes its units. */
-  private take(job: Job, receipt: { value: RateReceipt | undefined }): number | Promise<number> {
+  /** Whether a job may have its rate turn now: throws for a cost over the burst, and for a first attempt the queue has no room for. */
+  private ready(job: Job): void {
     const profile = job.profile;
     if (job.cost > profile.rate.burst) throw costOverBurst(job.cost, profile.rate.burst, profile.name, true);
     if (job.attempt === 1 && !this.scheduler(profile).hasRoom(job.userId, job.fn !== undefined, profile.pool.maxQueue)) {
       throw queueFull(profile.name, profile.pool.maxQueue);
     }
+  }
+
+  /** A job's rate turn: refuses a job that may not have it (see ready()), else takes its units. */
+  private take(job: Job, receipt: { value: RateReceipt | undefined }): number | Promise<number> {
+    this.ready(job);
     const wait = this.ctx.store.take(job.userId, job.cost, this.ctx.clock(), job.slot, receipt);
     if (typeof wait === 'number') return this.conforming(job, wait);
     return wait.then((ms) => this.conforming(job, ms));

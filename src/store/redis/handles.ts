@@ -3,15 +3,16 @@
  * last seen (profile, usage, quota in force, usage period, whether the subscription was usable),
  * which the outage policies decide on. A limiter handle holds its user's entry; the store keeps
  * the most recently answered users' entries too (bounded), so that a user whose handle was
- * dropped from the manager's cache is still known. Deletions this process made are caught up
- * with: an entry whose user was deleted since it last looked forgets what it knew.
+ * dropped from the manager's cache is still known. Deletions and profile changes this process
+ * made are caught up with: an entry whose user was deleted since it last looked forgets what it
+ * knew, one whose user was moved to another profile forgets the profile.
  */
 import type { Profile } from '../../profile.js';
 import type { UserSlot } from '../store.js';
 import type { Keys } from './keys.js';
 
-/** Deleted users this process remembers at most (past it, every handle forgets what it knew). */
-const MAX_DELETED = 10_000;
+/** Deleted (and moved) users this process remembers at most (past it, every handle forgets what it knew). */
+const MAX_MARKED = 10_000;
 
 /** What this process knows of one user: its key, and the standing of the latest answer. */
 export interface Ref {
@@ -24,7 +25,7 @@ export interface Ref {
   /** From the latest answer: the quota limit in force (-1: none), and the usage period's token. */
   quota: number;
   period: number;
-  /** The count of deletions when the entry last caught up with them (see forget). */
+  /** The count of deletions and profile changes when the entry last caught up with them (see forget). */
   seen: number;
   /** When the entry last went into the remembered users (-1: never), counted in insertions. */
   stamp: number;
@@ -32,10 +33,14 @@ export interface Ref {
 
 /** The entries of one store: held by limiter handles, the latest answered remembered; and the deletions they catch up with. */
 export class Handles {
-  /** Deletions this process made, and by user key the count when each was made (bounded). */
-  private deletions = 0;
+  /**
+   * Deletions and profile changes this process made, and by user key the count when the last of
+   * each was made (bounded).
+   */
+  private marks = 0;
   private readonly deleted = new Map<string, number>();
-  /** Entries that caught up before this count forget what they knew (the map was cleared). */
+  private readonly changed = new Map<string, number>();
+  /** Entries that caught up before this count forget what they knew (a map was cleared). */
   private forgetBefore = 0;
   /** The users answered most recently, by key, oldest first (bounded by `max`). */
   private readonly remembered = new Map<string, Ref>();
@@ -59,14 +64,14 @@ export class Handles {
   ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.owner === this) {
-      if (held.seen !== this.deletions) this.catchUp(held);
+      if (held.seen !== this.marks) this.catchUp(held);
       return held;
     }
     const user = this.keys.user(userId);
     let ref = this.remembered.get(user);
     if (ref === undefined) {
-      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.deletions, stamp: -1 };
-    } else if (ref.seen !== this.deletions) this.catchUp(ref);
+      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, stamp: -1 };
+    } else if (ref.seen !== this.marks) this.catchUp(ref);
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
@@ -93,15 +98,31 @@ export class Handles {
   /** The user with key `user` was deleted: entries forget what they knew of it. */
   forget(user: string): void {
     this.remembered.delete(user);
-    this.deletions++;
-    if (this.deleted.size >= MAX_DELETED) {
-      this.deleted.clear();
-      this.forgetBefore = this.deletions;
-    }
-    this.deleted.set(user, this.deletions);
+    this.mark(this.deleted, user);
   }
 
-  /** An entry whose user this process deleted since it last caught up forgets the profile and standing it saw. */
+  /**
+   * This process moved the user with key `user` to another profile: entries forget the profile
+   * they saw, and the next call that needs it reads it again (a rate turn included, which takes
+   * from the bucket of the profile it knows).
+   */
+  reprofiled(user: string): void {
+    this.mark(this.changed, user);
+  }
+
+  private mark(map: Map<string, number>, user: string): void {
+    this.marks++;
+    if (map.size >= MAX_MARKED) {
+      map.clear();
+      this.forgetBefore = this.marks;
+    }
+    map.set(user, this.marks);
+  }
+
+  /**
+   * An entry whose user this process deleted since it last caught up forgets the profile and
+   * standing it saw; one whose user it moved to another profile forgets the profile.
+   */
   private catchUp(ref: Ref): void {
     const at = this.deleted.get(ref.user);
     if (ref.seen < this.forgetBefore || (at !== undefined && at > ref.seen)) {
@@ -110,7 +131,7 @@ export class Handles {
       ref.usable = false;
       ref.quota = -1;
       ref.period = 0;
-    }
-    ref.seen = this.deletions;
+    } else if ((this.changed.get(ref.user) ?? 0) > ref.seen) ref.profile = undefined;
+    ref.seen = this.marks;
   }
 }

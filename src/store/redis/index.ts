@@ -19,6 +19,8 @@ import type {
   SubscribeInput,
   Subscription,
   SweepResult,
+  TurnRequest,
+  TurnsTaken,
   UserSlot,
 } from '../store.js';
 import { rejectUnknownOptions } from '../../util/options.js';
@@ -39,6 +41,7 @@ import { Outage } from './outage.js';
 import { Presence } from './presence.js';
 import type { ScriptClient } from './scripts.js';
 import { Subscriptions } from './subscriptions.js';
+import { Turns } from './turns.js';
 
 /** Users whose standing the store remembers by default (see RedisStoreOptions.rememberedUsers). */
 const REMEMBERED_USERS = 100_000;
@@ -80,6 +83,7 @@ export class RedisStore implements Store {
   private readonly outage: Outage;
   private readonly subscriptions: Subscriptions;
   private readonly admission: Admission;
+  private readonly turns: Turns;
   private readonly migration: Migration;
   private readonly deadLetters: DeadLetters;
 
@@ -115,6 +119,7 @@ export class RedisStore implements Store {
     this.outage = new Outage(ctx, this.presence);
     this.subscriptions = new Subscriptions(ctx, this.ended, this.denials, forget);
     this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending), this.denials, this.outage, this.subscriptions);
+    this.turns = new Turns(ctx, this.handles, this.outage, this.subscriptions);
     this.migration = new Migration(ctx, this.ended);
     this.deadLetters = new DeadLetters(ctx);
   }
@@ -167,7 +172,10 @@ export class RedisStore implements Store {
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
     this.ctx.profiles.set(profile.name, profile);
-    return this.subscriptions.subscribe(userId, profile, input);
+    const sub = await this.subscriptions.subscribe(userId, profile, input);
+    // A re-subscription may name another profile: handles read it again.
+    this.handles.reprofiled(this.ctx.keys.user(userId));
+    return sub;
   }
 
   getSubscription(userId: string, _nowMs: number): Promise<Subscription | undefined> {
@@ -184,7 +192,10 @@ export class RedisStore implements Store {
 
   async changeProfile(userId: string, profile: Profile): Promise<Subscription | undefined> {
     this.ctx.profiles.set(profile.name, profile);
-    return this.subscriptions.change(userId, 'change', profile.name);
+    const sub = await this.subscriptions.change(userId, 'change', profile.name);
+    // Rate turns take from the bucket of the profile a handle knows: handles read it again.
+    this.handles.reprofiled(this.ctx.keys.user(userId));
+    return sub;
   }
 
   resetUsage(userId: string): Promise<Subscription | undefined> {
@@ -214,6 +225,11 @@ export class RedisStore implements Store {
 
   take(userId: string, cost: number, _nowMs: number, slot?: UserSlot, receipt?: { value: RateReceipt | undefined }): Promise<number> {
     return this.admission.take(userId, cost, slot, receipt);
+  }
+
+  /** Rate turns for the waiters of one bucket in one script call (take_turns.lua), in their order. */
+  takeTurns(waiters: readonly TurnRequest[], _nowMs: number): Promise<TurnsTaken> {
+    return this.turns.take(waiters);
   }
 
   /**

@@ -72,6 +72,7 @@ export class Script {
 export const scripts = {
   admit: new Script('admit'),
   take: new Script('take'),
+  takeTurns: new Script('take_turns'),
   refund: new Script('refund'),
   refundRate: new Script('refund_rate'),
   read: new Script('read'),

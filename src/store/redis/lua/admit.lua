@@ -179,23 +179,24 @@ for i = 1, count do
     elseif t >= 0 then
       ahead = gcra_in_use(t, f, r, now, d, T, p.sig)
     end
-    if waiting == 0 then
-      local next = ahead + cost * T
-      if next <= tau then
-        n = n + cost
-        local rt, rf = gcra_split(now, next, d)
-        if p.shared then
-          shared_store(bucket_key, now, next, d, p.sig)
-        else
-          t, f = rt, rf
-          r = p.sig
-        end
-        redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
-        undo[#undo + 1] = undo_quota(user_index, cost, g, period)
-        undo[#undo + 1] = undo_rate(bucket_index, p.shared, d, T, cost, rt, rf)
-        out = struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(next, T, tau), 0, gcra_ms(next, d), p.i, period_left, limit, rt, rf)
-        break
+    local next = ahead + cost * T
+    -- Allowed when its units and those the caller's waiting tasks reserved conform together: it
+    -- takes nothing they need (their turn takes them), so it overtakes nobody.
+    local held = next + waiting * T
+    if held <= tau then
+      n = n + cost
+      local rt, rf = gcra_split(now, next, d)
+      if p.shared then
+        shared_store(bucket_key, now, next, d, p.sig)
+      else
+        t, f = rt, rf
+        r = p.sig
       end
+      redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+      undo[#undo + 1] = undo_quota(user_index, cost, g, period)
+      undo[#undo + 1] = undo_rate(bucket_index, p.shared, d, T, cost, rt, rf)
+      out = struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(held, T, tau), 0, gcra_ms(held, d), p.i, period_left, limit, rt, rf)
+      break
     end
     local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
     -- Units reserved by the caller's waiting tasks are as good as taken (as peek counts them).

@@ -1,5 +1,5 @@
--- A bucket's turn: takes `cost` units if they conform now (and nobody in the caller waits
--- ahead), else writes nothing and tells how long until they would.
+-- A bucket's turn: takes `cost` units if they conform now together with the units waiting ahead
+-- in the caller, else writes nothing and tells how long until they would.
 --
 -- KEYS[1] the bucket: a user's record (its own bucket) or a shared bucket key; KEYS[2] the
 --   operation log (see op.lua; none for a peek, which writes nothing and has sequence '0').
@@ -32,24 +32,25 @@ if hash then
 else
   ahead = shared_in_use(KEYS[1], now, d, T, sig)
 end
-if waiting == 0 then
-  local next = ahead + cost * T
-  if next <= tau then
-    if ARGV[11] == 'peek' then
-      return { 1, 0, gcra_remaining(ahead, T, tau), gcra_ms(ahead, d) }
-    end
-    local rt, rf = gcra_split(now, next, d)
-    if hash then
-      u.t, u.f = rt, rf
-      u.r = sig
-      user_save(KEYS[1], u)
-    else
-      shared_store(KEYS[1], now, next, d, sig)
-    end
-    op_end(undo_rate(1, not hash, d, T, cost, rt, rf))
-    -- Redis turns a Lua number into an integer reply: exact, as both stay below 2^53.
-    return { 1, 0, gcra_remaining(next, T, tau), gcra_ms(next, d), rt, rf }
+local next = ahead + cost * T
+-- Taken when these units and those waiting ahead in the caller conform together (it takes
+-- nothing they need).
+local held = next + waiting * T
+if held <= tau then
+  if ARGV[11] == 'peek' then
+    return { 1, 0, gcra_remaining(ahead, T, tau), gcra_ms(ahead, d) }
   end
+  local rt, rf = gcra_split(now, next, d)
+  if hash then
+    u.t, u.f = rt, rf
+    u.r = sig
+    user_save(KEYS[1], u)
+  else
+    shared_store(KEYS[1], now, next, d, sig)
+  end
+  op_end(undo_rate(1, not hash, d, T, cost, rt, rf))
+  -- Redis turns a Lua number into an integer reply: exact, as both stay below 2^53.
+  return { 1, 0, gcra_remaining(held, T, tau), gcra_ms(held, d), rt, rf }
 end
 local remaining = 0
 if waiting == 0 then
