@@ -1,8 +1,12 @@
 // Lists the mutants `npm run mutate` left alive (survived, or not covered by any test), by file
 // and line, as a Markdown table for docs/mutation-survivors.md:
 //   node scripts/mutation-survivors.mjs [reports/mutation/mutation.json] > docs/mutation-survivors.md
-// Each row is a mutant to kill with a behavioural test or to mark equivalent (the last column).
-import { readFileSync } from 'node:fs';
+// Each row is a mutant to kill with a behavioural test or to mark equivalent: the verdict column
+// comes from scripts/mutation-verdicts.json, keyed "file:line mutator becomes", one line each.
+import { existsSync, readFileSync } from 'node:fs';
+
+const VERDICTS = new URL('./mutation-verdicts.json', import.meta.url);
+const verdicts = existsSync(VERDICTS) ? JSON.parse(readFileSync(VERDICTS, 'utf8')) : {};
 
 const report = JSON.parse(readFileSync(process.argv[2] ?? 'reports/mutation/mutation.json', 'utf8'));
 const counts = {};
@@ -15,7 +19,8 @@ for (const [file, data] of Object.entries(report.files).sort(([a], [b]) => a.loc
     const line = m.location.start.line;
     const code = lines[line - 1].trim().replace(/\|/g, '\\|').slice(0, 90);
     const replacement = String(m.replacement ?? '').replace(/\s+/g, ' ').replace(/\|/g, '\\|').slice(0, 60);
-    rows.push(`| ${file}:${line} | ${m.mutatorName}${m.status === 'NoCoverage' ? ' (no coverage)' : ''} | \`${code}\` | \`${replacement}\` | |`);
+    const verdict = verdicts[`${file}:${line} ${m.mutatorName} ${String(m.replacement ?? '').replace(/\s+/g, ' ')}`] ?? '';
+    rows.push(`| ${file}:${line} | ${m.mutatorName}${m.status === 'NoCoverage' ? ' (no coverage)' : ''} | \`${code}\` | \`${replacement}\` | ${verdict.replace(/\|/g, '\\|')} |`);
   }
 }
 const detected = (counts.Killed ?? 0) + (counts.Timeout ?? 0);
