@@ -100,6 +100,11 @@ export class Calls {
     return this.clustered ? slotOf(tag) : this.clients.length === 1 ? 0 : rendezvous(tag, this.clients.length);
   }
 
+  /** The client that owns a placement unit (a shard's index is its unit; a Cluster routes by itself). */
+  clientOf(unit: number): ScriptClient {
+    return (this.clustered ? this.clients[0] : this.clients[unit]) as ScriptClient;
+  }
+
   /**
    * The tags of the placement units, one per unit: a tag that lands on that unit (computed on
    * first use). Keys of one unit that no user owns (the ends index, the operation logs) use it.
@@ -138,10 +143,15 @@ export class Calls {
 
   /** Runs a script: past `timeoutMs` it is reported failed (and a deadline, if it carries one, makes Redis refuse it). */
   run(script: Script, keys: string[], args: (string | number | Buffer)[], binary = false): Promise<Reply> {
+    return this.runOn(this.node(keys[0] as string), script, keys, args, binary);
+  }
+
+  /** {@link run} on the client already known to own `keys`. */
+  runOn(client: ScriptClient, script: Script, keys: string[], args: (string | number | Buffer)[], binary = false): Promise<Reply> {
     return new Promise<Reply>((resolve, reject) => {
       const call: Call = { at: performance.now() + this.timeoutMs, done: false, fail: reject };
       this.track(call);
-      script.run(this.node(keys[0] as string), keys, args, binary).then(
+      script.run(client, keys, args, binary).then(
         (reply) => {
           if (call.done) return;
           call.done = true;

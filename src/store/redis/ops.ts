@@ -32,6 +32,8 @@ export type Mode = 'undo' | 'keep' | 'retry';
 /** One process's log on one placement unit: its numbers not settled yet, in order. */
 interface Log {
   readonly key: string;
+  /** The client that owns the unit (and every key of a call on it). */
+  readonly client: ScriptClient;
   readonly open: number[];
 }
 
@@ -82,10 +84,11 @@ export class Operations {
    * applied is then settled in the background according to `mode`.
    */
   write(script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary = false): Promise<Reply> {
-    const client = this.calls.node(keys[0] as string);
-    const deadline = mode === 'retry' ? 0 : this.clock.deadline(client);
-    if (typeof deadline === 'number') return this.send(client, script, keys, args, mode, binary, deadline);
-    return deadline.then((at) => this.send(client, script, keys, args, mode, binary, at));
+    // The unit is placed once: its log, its client and the call's routing all follow from it.
+    const log = this.log(this.calls.unitOf(tagOf(keys[0] as string)));
+    const deadline = mode === 'retry' ? 0 : this.clock.deadline(log.client);
+    if (typeof deadline === 'number') return this.send(log, script, keys, args, mode, binary, deadline);
+    return deadline.then((at) => this.send(log, script, keys, args, mode, binary, at));
   }
 
   /** Waits until nothing is in doubt, or `ms` passed; answers how many calls are still in doubt. */
@@ -110,12 +113,12 @@ export class Operations {
     }
   }
 
-  private send(client: ScriptClient, script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary: boolean, deadline: number): Promise<Reply> {
-    const log = this.log(keys[0] as string);
+  private send(log: Log, script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary: boolean, deadline: number): Promise<Reply> {
+    const client = log.client;
     const seq = ++this.seq;
     log.open.push(seq);
     const floor = log.open[0] as number;
-    const sent = this.calls.run(script, [...keys, log.key], [seq, floor, deadline, this.clock.arg(), ...args], binary);
+    const sent = this.calls.runOn(client, script, [...keys, log.key], [seq, floor, deadline, this.clock.arg(), ...args], binary);
     if (mode === 'retry') this.retrying++;
     return sent.then(
       (reply) => {
@@ -138,12 +141,11 @@ export class Operations {
     );
   }
 
-  /** The log of the placement unit a key lives on. */
-  private log(key: string): Log {
-    const unit = this.calls.unitOf(tagOf(key));
+  /** The log of a placement unit. */
+  private log(unit: number): Log {
     let log = this.logs.get(unit);
     if (log === undefined) {
-      log = { key: this.keys.ops(this.calls.unitTags()[unit] as string, this.id), open: [] };
+      log = { key: this.keys.ops(this.calls.unitTags()[unit] as string, this.id), client: this.calls.clientOf(unit), open: [] };
       this.logs.set(unit, log);
     }
     return log;
@@ -165,7 +167,7 @@ export class Operations {
   /** Asks the server what became of a call in doubt, again after a backoff until it answers. */
   private settle(doubt: Doubt): void {
     const { log, seq } = doubt;
-    this.calls.run(scripts.settle, [...doubt.keys, log.key], [0, 0, 0, this.clock.arg(), seq, doubt.mode === 'undo' ? 'undo' : 'keep']).then(
+    this.calls.runOn(log.client, scripts.settle, [...doubt.keys, log.key], [0, 0, 0, this.clock.arg(), seq, doubt.mode === 'undo' ? 'undo' : 'keep']).then(
       (outcome) => {
         this.close(log, seq);
         this.doubts.delete(doubt);
