@@ -68,8 +68,10 @@ async function main(): Promise<void> {
   manager.on('dead-letter', () => deadLetters++);
   manager.on('error', () => {});
 
-  const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0 };
+  const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0, shed: 0 };
   const errors: Record<string, number> = {};
+  /** Subscribes of the rotation that failed, by code (the user they would have replaced stays). */
+  const rotationErrors: Record<string, number> = {};
   /** Answers that were not errors, per second of the run (to see service come back). */
   const served: number[] = [];
   /** On Redis: retired users and what their callers were told, read back after the close. */
@@ -116,6 +118,7 @@ async function main(): Promise<void> {
       (error: unknown) => {
         const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
         errors[code] = (errors[code] ?? 0) + 1;
+        if (code === 'STORE_UNAVAILABLE' && (error as Error).message.includes('overloaded')) counts.shed++;
         if (code === 'TASK_FAILED' || code === 'TASK_TIMEOUT' || code === 'WORKER_CRASHED') counts.failedFinal++;
         if (started()) u.told++;
         counts.settled++;
@@ -195,7 +198,14 @@ async function main(): Promise<void> {
       const slot = (i + r * 997) % ACTIVE;
       const u = users[slot]!;
       if (u.inFlight === 0) {
-        users[slot] = await subscribe();
+        // During an outage a subscribe fails (STORE_UNAVAILABLE): the user stays and rotates later.
+        const fresh = await subscribe().catch((error: unknown) => {
+          const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
+          rotationErrors[code] = (rotationErrors[code] ?? 0) + 1;
+          return undefined;
+        });
+        if (fresh === undefined) break;
+        users[slot] = fresh;
         void retire(u);
       }
     }
@@ -278,6 +288,9 @@ async function main(): Promise<void> {
     quotaMismatches: counts.quotaMismatch,
     usersRotated: counts.rotated,
     errorsByCode: errors,
+    /** Of the STORE_UNAVAILABLE answers, those shed for overload (RedisStore maxPending, maxDelayMs). */
+    shedForOverload: counts.shed,
+    rotationErrorsByCode: rotationErrors,
     close: report,
     ...(redis === undefined ? {} : { redis }),
   };
