@@ -37,7 +37,7 @@ const PROFILES: Record<string, ProfileConfig> = {
  * hard quota stays and must hold.
  */
 const profilesFor = (policy: Policy): Record<string, ProfileConfig> =>
-  policy === 'local' ? { ...PROFILES, solo: { ...PROFILES.solo, quota: { limit: 1_000_000, periodMs: 86_400_000, kind: 'soft' } } } : PROFILES;
+  policy === 'local' ? { ...PROFILES, solo: { ...(PROFILES.solo as ProfileConfig), quota: { limit: 1_000_000, periodMs: 86_400_000, kind: 'soft' } } } : PROFILES;
 const users = Array.from({ length: USERS }, (_, i) => `u${i}`);
 const profileOf = (i: number): string => (i % 3 === 2 ? 'pooled' : 'solo');
 
