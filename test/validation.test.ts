@@ -138,6 +138,43 @@ describe('call arguments', () => {
     expect((await manager.getSubscription('u'))?.usage).toBe(0);
   });
 
+  it("each bad submit argument is INVALID_ARGUMENT whose message names what was wrong, before anything is charged", async () => {
+    const limiter = manager.getLimiter('u');
+    const cases: [string, unknown, unknown, string][] = [
+      ['no task', undefined, undefined, 'task must be a function or { name, payload }'],
+      ['null task', null, undefined, 'task must be a function or { name, payload }'],
+      ['number task', 5, undefined, 'task must be a function or { name, payload }'],
+      ['empty name', { name: '' }, undefined, 'task must be a function or { name, payload }'],
+      ['no name', { payload: 1 }, undefined, 'task must be a function or { name, payload }'],
+      ['null options', () => 1, null, 'submit options must be an object'],
+      ['string options', () => 1, 'fast', 'submit options must be an object'],
+      ['unknown option', () => 1, { costs: 2 }, 'submit: unknown option "costs"'],
+      ['fractional cost', () => 1, { cost: 1.5 }, 'cost must be a positive integer'],
+      ['signal', () => 1, { signal: {} }, 'signal must be an AbortSignal'],
+      ['timeout', () => 1, { timeoutMs: 0 }, 'timeoutMs must be a positive integer'],
+      ['wait', () => 1, { wait: 'no' }, 'wait must be a boolean'],
+      ['priority', () => 1, { priority: '1' }, 'priority must be a finite number'],
+      ['infinite priority', () => 1, { priority: Infinity }, 'priority must be a finite number'],
+      ['empty taskId', () => 1, { taskId: '' }, 'taskId must be a non-empty string of at most 1024 characters'],
+      ['numeric taskId', () => 1, { taskId: 7 }, 'taskId must be a non-empty string'],
+      ['long taskId', () => 1, { taskId: 'x'.repeat(1025) }, 'taskId must be a non-empty string'],
+      ['idempotencyKey', () => 1, { idempotencyKey: 'k' }, 'not supported yet'],
+      ['orderingKey', () => 1, { orderingKey: 'k' }, 'not supported yet'],
+      ['concurrencyKey', () => 1, { concurrencyKey: 'k' }, 'not supported yet'],
+    ];
+    for (const [label, task, options, message] of cases) {
+      const error = await rejected(limiter.submit(task as never, options as never));
+      expect(error.code, label).toBe('INVALID_ARGUMENT');
+      expect(error.message, label).toContain(message);
+    }
+    expect((await manager.getSubscription('u'))?.usage).toBe(0);
+    const ids: string[] = [];
+    manager.on('task', (event) => ids.push(event.id));
+    const longest = 'x'.repeat(1024);
+    expect(await limiter.submit(() => 'ran', { taskId: longest })).toBe('ran');
+    expect(new Set(ids)).toEqual(new Set([longest]));
+  });
+
   it('a named task on a profile without pool.filename is INVALID_ARGUMENT and refunded', async () => {
     const err = await rejected(manager.getLimiter('u').submit({ name: 'work' }));
     expect(err.code).toBe('INVALID_ARGUMENT');

@@ -149,6 +149,7 @@ export function parseSubmit(task: unknown, options: unknown): Submission | Taskv
   if (o.timeoutMs !== undefined && !isCount(o.timeoutMs)) return invalidArgument(`timeoutMs must be a positive integer, got ${show(o.timeoutMs)}`);
   if (o.wait !== undefined && typeof o.wait !== 'boolean') return invalidArgument(`wait must be a boolean, got ${show(o.wait)}`);
   const priority = o.priority ?? 0;
+  // Stryker disable next-line ConditionalExpression: Number.isFinite is false for every non-number, so the typeof test alone never decides
   if (typeof priority !== 'number' || !Number.isFinite(priority)) return invalidArgument(`priority must be a finite number, got ${show(priority)}`);
   const taskId = o.taskId;
   if (taskId !== undefined && (typeof taskId !== 'string' || taskId.length === 0 || taskId.length > MAX_TASK_ID)) {
