@@ -167,6 +167,9 @@ describe('call arguments', () => {
       expect(error.code, label).toBe('INVALID_ARGUMENT');
       expect(error.message, label).toContain(message);
     }
+    for (const check of [() => limiter.check(0), () => limiter.checkDetailed(2.5)]) {
+      expect((await rejected(check())).message).toContain('cost must be a positive integer');
+    }
     expect((await manager.getSubscription('u'))?.usage).toBe(0);
     const ids: string[] = [];
     manager.on('task', (event) => ids.push(event.id));
