@@ -212,6 +212,130 @@ describe('fairness and concurrency', () => {
     await Promise.all(runs);
   });
 
+  /** Inline tasks that record their start and run until the test ends them. */
+  function held(): { task: (label: string) => () => Promise<string>; started: string[]; end: (label: string) => void } {
+    const started: string[] = [];
+    const gates = new Map<string, ReturnType<typeof gate<string>>>();
+    return {
+      started,
+      task: (label) => () => {
+        started.push(label);
+        const g = gate<string>();
+        gates.set(label, g);
+        return g.opened;
+      },
+      end: (label) => gates.get(label)?.open(label),
+    };
+  }
+
+  it("a user's task submitted after earlier ones ended still waits for the user's slot (perUserConcurrency 1)", async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('A', 'p');
+    const { task, started, end } = held();
+    const limiter = manager.getLimiter('A');
+    const first = limiter.submit(task('A1'));
+    const second = limiter.submit(task('A2'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1']);
+    end('A1');
+    expect(await first).toBe('A1');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2']);
+    const third = limiter.submit(task('A3'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2']);
+    end('A2');
+    expect(await second).toBe('A2');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2', 'A3']);
+    end('A3');
+    expect(await third).toBe('A3');
+    const fourth = limiter.submit(task('A4'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2', 'A3', 'A4']);
+    end('A4');
+    expect(await fourth).toBe('A4');
+  });
+
+  it('users whose slots free up together take turns, one task each (perUserConcurrency 2)', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 2 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const { task, started, end } = held();
+    const runs: Promise<string>[] = [];
+    for (const user of ['A', 'B']) for (let i = 1; i <= 4; i++) runs.push(manager.getLimiter(user).submit(task(`${user}${i}`)));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2', 'B1', 'B2']);
+    for (const label of ['A1', 'A2', 'B1', 'B2']) end(label);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started.slice(4)).toEqual(['A3', 'B3', 'A4', 'B4']);
+    for (const label of ['A3', 'B3', 'A4', 'B4']) end(label);
+    expect(await Promise.all(runs)).toEqual(['A1', 'A2', 'A3', 'A4', 'B1', 'B2', 'B3', 'B4']);
+  });
+
+  it("a queued task aborted just as the user's slot frees leaves the slot to the user's next submit", async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const { task, started, end } = held();
+    const a = manager.getLimiter('A');
+    const b = manager.getLimiter('B');
+    const controller = new AbortController();
+    const b1 = b.submit(task('B1'));
+    const a1 = a.submit(task('A1'));
+    // B2 starts in the turn in which A's slot frees too, and aborts A2 before A's turn comes.
+    const b2 = b.submit(() => {
+      started.push('B2');
+      controller.abort();
+      return 'B2';
+    });
+    const a2 = a.submit(task('A2'), { signal: controller.signal });
+    await vi.advanceTimersByTimeAsync(0);
+    end('B1');
+    end('A1');
+    expect(await Promise.all([b1, a1, b2])).toEqual(['B1', 'A1', 'B2']);
+    expect((await rejection(a2)).code).toBe('ABORTED');
+    const a3 = a.submit(task('A3'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['B1', 'A1', 'B2', 'A3']);
+    end('A3');
+    expect(await a3).toBe('A3');
+  });
+
+  it('maxQueue counts waiting tasks only: a user under their cap starts at once while the queue is full', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 2, maxQueue: 1 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const { task, started, end } = held();
+    const b = manager.getLimiter('B');
+    const a = manager.getLimiter('A');
+    const runs = [b.submit(task('B1')), b.submit(task('B2')), b.submit(task('B3')), a.submit(task('A1')), a.submit(task('A2'))];
+    expect((await rejection(a.submit(task('A3')))).code).toBe('QUEUE_FULL');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['B1', 'B2', 'A1', 'A2']);
+    for (const label of ['B1', 'B2', 'A1', 'A2']) end(label);
+    await vi.advanceTimersByTimeAsync(0);
+    end('B3');
+    expect(await Promise.all(runs)).toEqual(['B1', 'B2', 'B3', 'A1', 'A2']);
+  });
+
+  it('a task aborted before its start gives the queue no extra room', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1, maxQueue: 1 } });
+    await manager.subscribe('A', 'p');
+    const { task, end } = held();
+    const limiter = manager.getLimiter('A');
+    const controller = new AbortController();
+    const aborted = limiter.submit(task('A0'), { signal: controller.signal });
+    controller.abort();
+    expect((await rejection(aborted)).code).toBe('ABORTED');
+    const runs = [limiter.submit(task('A1')), limiter.submit(task('A2'))];
+    expect((await rejection(limiter.submit(task('A3')))).code).toBe('QUEUE_FULL');
+    end('A1');
+    await vi.advanceTimersByTimeAsync(0);
+    end('A2');
+    expect(await Promise.all(runs)).toEqual(['A1', 'A2']);
+  });
+
   it('priority orders one user\'s queued tasks', async () => {
     manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
     await manager.subscribe('A', 'p');
