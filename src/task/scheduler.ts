@@ -139,15 +139,6 @@ export class Scheduler {
     if (this.inlineRing.length > 0 || this.workerRing.length > 0 || this.starting.length > 0) this.schedule();
   }
 
-  /** Jobs queued here. */
-  *jobs(): IterableIterator<Job> {
-    for (const job of this.starting) if (queued(job)) yield job;
-    for (const lane of this.lanes.values()) {
-      if (lane.inline !== undefined) for (const job of lane.inline) if (queued(job)) yield job;
-      if (lane.worker !== undefined) for (const job of lane.worker) if (queued(job)) yield job;
-    }
-  }
-
   private occupy(lane: Lane | undefined, job: Job): void {
     if (this.capped && lane !== undefined) lane.running++;
     this.running++;
