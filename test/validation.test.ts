@@ -32,6 +32,31 @@ describe('store options', () => {
     expect(new RedisStore({ client, prefix: 'x', timeoutMs: 5, rememberedUsers: 1 })).toBeInstanceOf(RedisStore);
     expect(new MemoryStore({ maxDeadLetters: 5 })).toBeInstanceOf(MemoryStore);
   });
+
+  it("MemoryStore's refusals name the store, the option and the rule", () => {
+    const cases: [string, () => unknown, string][] = [
+      ['null options', () => new MemoryStore(null as never), 'MemoryStore: options must be an object, got null'],
+      ['string options', () => new MemoryStore('big' as never), 'MemoryStore: options must be an object, got "big"'],
+      ['typo', () => new MemoryStore({ maxDeadLeters: 5 } as never), 'MemoryStore: maxDeadLeters must be one of the known options (maxDeadLetters)'],
+      ['zero bound', () => new MemoryStore({ maxDeadLetters: 0 }), 'MemoryStore: maxDeadLetters must be a positive integer, got 0'],
+    ];
+    for (const [label, make, message] of cases) {
+      const error = thrown(make);
+      expect(error.code, label).toBe('INVALID_CONFIG');
+      expect(error.message, label).toContain(message);
+    }
+  });
+
+  it('a MemoryStore holds 1024 profile definitions; the next is INVALID_CONFIG', () => {
+    const store = new MemoryStore();
+    const many = new Manager({ store });
+    for (let i = 0; i < 1024; i++) many.registerProfile(`p${i}`, { rate: { limit: 1, intervalMs: 1000 } });
+    const error = thrown(() => many.registerProfile('one-more', { rate: { limit: 1, intervalMs: 1000 } }));
+    expect(error.code).toBe('INVALID_CONFIG');
+    expect(error.message).toContain('MemoryStore: profiles must be at most 1024 profile definitions per store, got 1025');
+    expect(many.getProfile('one-more')).toBeUndefined();
+    return many.close();
+  });
 });
 
 describe('registerProfile', () => {
