@@ -165,6 +165,40 @@ describe('rate pacing', () => {
   });
 });
 
+describe('refusals', () => {
+  it("rate and quota refusals carry the decision's figures: a periodic quota's renewal, none for a lifetime quota", async () => {
+    manager.registerProfile('monthly', { rate: { limit: 1, intervalMs: 1000 }, quota: { limit: 1, periodMs: 60_000 } });
+    manager.registerProfile('lifetime', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 1 } });
+    manager.registerProfile('open', { rate: { limit: 1, intervalMs: 1000 } });
+    for (const user of ['M', 'R', 'L', 'O']) await manager.subscribe(user, user === 'L' ? 'lifetime' : user === 'O' ? 'open' : 'monthly');
+    await vi.advanceTimersByTimeAsync(10_000);
+
+    expect(await manager.getLimiter('R').submit(() => 1)).toBe(1);
+    await manager.resetUsage('R');
+    const rated = await rejection(manager.getLimiter('R').submit(() => 2, { wait: false }));
+    expect(rated.code).toBe('RATE_LIMITED');
+    expect(rated.retryAfterMs).toBe(1000);
+    expect(rated.refusal).toEqual({ profile: 'monthly', usage: 0, quotaLimit: 1, quotaResetAfterMs: 50_000, rate: { limit: 1, remaining: 0, resetAfterMs: 1000 } });
+
+    expect(await manager.getLimiter('O').submit(() => 1)).toBe(1);
+    const open = await rejection(manager.getLimiter('O').submit(() => 2, { wait: false }));
+    expect(open.refusal).toMatchObject({ profile: 'open', usage: 1, quotaLimit: null, quotaResetAfterMs: null });
+
+    expect(await manager.getLimiter('M').submit(() => 1)).toBe(1);
+    const monthly = await rejection(manager.getLimiter('M').submit(() => 2));
+    expect(monthly.code).toBe('QUOTA_EXCEEDED');
+    expect(monthly.message).toContain('limit 1');
+    expect(monthly.retryAfterMs).toBe(50_000);
+    expect(monthly.refusal).toEqual({ profile: 'monthly', usage: 1, quotaLimit: 1, quotaResetAfterMs: 50_000, rate: undefined });
+
+    expect(await manager.getLimiter('L').submit(() => 1)).toBe(1);
+    const lifetime = await rejection(manager.getLimiter('L').submit(() => 2));
+    expect(lifetime.code).toBe('QUOTA_EXCEEDED');
+    expect(lifetime.retryAfterMs).toBeUndefined();
+    expect(lifetime.refusal).toEqual({ profile: 'lifetime', usage: 1, quotaLimit: 1, quotaResetAfterMs: null, rate: undefined });
+  });
+});
+
 describe('fairness and concurrency', () => {
   it('A queues 20 tasks, then B submits 1: B starts before A\'s third (perUserConcurrency 1, inline)', async () => {
     manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
