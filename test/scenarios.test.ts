@@ -1,6 +1,6 @@
 // Scenarios of the embedded pipeline: setup, what is done, what must be seen. Fake clock throughout.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Manager } from '../src/index.js';
+import { Manager, type Limiter } from '../src/index.js';
 import { gate, rejection } from './helpers.js';
 
 let manager: Manager;
@@ -247,25 +247,40 @@ describe('fairness and concurrency', () => {
   });
 
   /** Inline tasks that record their start and run until the test ends them. */
-  function held(): { task: (label: string) => () => Promise<string>; started: string[]; end: (label: string) => void } {
+  function held(): {
+    task: (label: string) => () => Promise<string>;
+    started: string[];
+    end: (label: string) => void;
+    startsAtOnce: (limiter: Limiter, label: string) => Promise<void>;
+  } {
     const started: string[] = [];
     const gates = new Map<string, ReturnType<typeof gate<string>>>();
+    const task = (label: string) => (): Promise<string> => {
+      started.push(label);
+      const g = gate<string>();
+      gates.set(label, g);
+      return g.opened;
+    };
+    const end = (label: string): void => gates.get(label)?.open(label);
     return {
       started,
-      task: (label) => () => {
-        started.push(label);
-        const g = gate<string>();
-        gates.set(label, g);
-        return g.opened;
+      task,
+      end,
+      // Submits a task that must start at once (in the next dispatch), then lets it end.
+      startsAtOnce: async (limiter, label) => {
+        const run = limiter.submit(task(label));
+        await vi.advanceTimersByTimeAsync(0);
+        expect(started.at(-1)).toBe(label);
+        end(label);
+        expect(await run).toBe(label);
       },
-      end: (label) => gates.get(label)?.open(label),
     };
   }
 
   it("a user's task submitted after earlier ones ended still waits for the user's slot (perUserConcurrency 1)", async () => {
     manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
     await manager.subscribe('A', 'p');
-    const { task, started, end } = held();
+    const { task, started, end, startsAtOnce } = held();
     const limiter = manager.getLimiter('A');
     const first = limiter.submit(task('A1'));
     const second = limiter.submit(task('A2'));
@@ -284,11 +299,8 @@ describe('fairness and concurrency', () => {
     expect(started).toEqual(['A1', 'A2', 'A3']);
     end('A3');
     expect(await third).toBe('A3');
-    const fourth = limiter.submit(task('A4'));
-    await vi.advanceTimersByTimeAsync(0);
+    await startsAtOnce(limiter, 'A4');
     expect(started).toEqual(['A1', 'A2', 'A3', 'A4']);
-    end('A4');
-    expect(await fourth).toBe('A4');
   });
 
   it('users whose slots free up together take turns, one task each (perUserConcurrency 2)', async () => {
@@ -311,7 +323,7 @@ describe('fairness and concurrency', () => {
     manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
     await manager.subscribe('A', 'p');
     await manager.subscribe('B', 'p');
-    const { task, started, end } = held();
+    const { task, started, end, startsAtOnce } = held();
     const a = manager.getLimiter('A');
     const b = manager.getLimiter('B');
     const controller = new AbortController();
@@ -329,11 +341,8 @@ describe('fairness and concurrency', () => {
     end('A1');
     expect(await Promise.all([b1, a1, b2])).toEqual(['B1', 'A1', 'B2']);
     expect((await rejection(a2)).code).toBe('ABORTED');
-    const a3 = a.submit(task('A3'));
-    await vi.advanceTimersByTimeAsync(0);
+    await startsAtOnce(a, 'A3');
     expect(started).toEqual(['B1', 'A1', 'B2', 'A3']);
-    end('A3');
-    expect(await a3).toBe('A3');
   });
 
   it('maxQueue counts waiting tasks only: a user under their cap starts at once while the queue is full', async () => {
