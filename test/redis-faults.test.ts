@@ -175,6 +175,42 @@ describe('an admission whose reply is lost: charged at most once, and not at all
   }
 });
 
+describe('a reply lost on a connection that stays open, with calls behind it', () => {
+  const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1000 } } };
+
+  it('the client pairs later replies with the wrong calls: every caller is answered, none is charged beyond what it was told', async () => {
+    const r = await rig(profiles, 400);
+    const truth = reader(r.prefix, profiles);
+    const users = Array.from({ length: 20 }, (_, i) => `step-${i}-${r.prefix}`);
+    for (const user of users) await r.manager.subscribe(user, 'p');
+    // Warm-up, no fault (loads the scripts, learns the profiles).
+    expect(await Promise.all(users.map((u) => outcome(r.manager.getLimiter(u).check(1))))).toEqual(users.map(() => 'allowed'));
+    const told = new Map(users.map((u) => [u, 1]));
+    // The reply of the first admission is lost; the admissions sent after it get replies that
+    // are not theirs (the next call's), as a client on such a connection always does.
+    const lost = r.proxy.dropReplies(1, { match: (q) => q.command === 'EVALSHA' });
+    const answers = await Promise.all(
+      Array.from({ length: 5 }, () =>
+        Promise.all(
+          users.map(async (u) => {
+            const answer = await outcome(r.manager.getLimiter(u).check(1));
+            if (answer === 'allowed') told.set(u, (told.get(u) ?? 0) + 1);
+            return answer;
+          }),
+        ),
+      ),
+    );
+    expect(await lost.done).toBe(1);
+    // Each caller got an answer: a decision, or the store's error.
+    expect([...new Set(answers.flat())].filter((a) => a !== 'allowed' && a !== 'STORE_UNAVAILABLE')).toEqual([]);
+    expect(answers.flat()).toContain('STORE_UNAVAILABLE');
+    // The connection is reset (healed); what was in doubt is settled by close().
+    await settled(r);
+    await r.manager.close({ drain: false });
+    for (const user of users) expect(await usageOf(truth, user), user).toBe(told.get(user));
+  });
+});
+
 describe('a hard quota under repeated faults', () => {
   const profiles = { hard: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 3, kind: 'hard' as const }, pool: { perUserConcurrency: 1 } } };
 

@@ -69,19 +69,26 @@ function profileIndex(batch: Batch, profile: Profile): number {
 
 /**
  * The admission script's reply, one binary record per decision (see admit.lua): compact ones of
- * 11 doubles, full ones of 11 doubles and the profile's name.
+ * 11 doubles, full ones of 11 doubles and the profile's name, then the call's sequence number.
+ * Undefined when the reply is not this call's (see ops.ts).
  */
-function parseAnswers(reply: Buffer, batch: Batch): Answer[] {
+function parseAnswers(reply: Buffer, batch: Batch, seq: number): Answer[] | undefined {
+  // The reply ends with the call's own number (admit.lua): another call's reply does not.
+  if (!Buffer.isBuffer(reply) || reply.length < 8 || reply.readDoubleLE(reply.length - 8) !== seq) return undefined;
+  const end = reply.length - 8;
   const answers: Answer[] = new Array(batch.size);
   let at = 0;
   for (let i = 0; i < batch.size; i++) {
+    if (at + 88 > end) return undefined;
     const verdict = reply.readDoubleLE(at);
     const compact = verdict <= Verdict.RATE_LIMITED || verdict === RESERVED;
     const fields = 11;
     const r: Reply = new Array(fields);
     for (let k = 0; k < fields; k++, at += 8) r[k] = reply.readDoubleLE(at);
     if (!compact) {
+      if (at + 4 > end) return undefined;
       const length = reply.readUInt32LE(at);
+      if (at + 4 + length > end) return undefined;
       r.push(reply.toString('utf8', at + 4, at + 4 + length));
       at += 4 + length;
     }
@@ -89,7 +96,7 @@ function parseAnswers(reply: Buffer, batch: Batch): Answer[] {
     const index = compact ? (r[6] as number) : 0;
     answers[i] = { reply: r, profile: index > 0 ? batch.profiles[index - 1] : undefined };
   }
-  return answers;
+  return at === end ? answers : undefined;
 }
 
 const fieldsOf = new WeakMap<Profile, string[]>();
@@ -216,11 +223,17 @@ export class Batches {
       }
       args.push(records);
     }
-    this.ctx.ops.write(scripts.admit, batch.keys, args, 'undo', true).then(
-      (reply) => {
+    let answers: Answer[] | undefined;
+    // A reply that does not parse as this batch's answers is another call's (see ops.ts).
+    const fits = (reply: Reply, seq: number): boolean => {
+      answers = parseAnswers(reply as unknown as Buffer, batch, seq);
+      return answers !== undefined;
+    };
+    this.ctx.ops.write(scripts.admit, batch.keys, args, 'undo', true, fits).then(
+      () => {
         this.pending -= batch.size;
         this.sent(key, group, batch);
-        batch.settle.resolve(parseAnswers(reply as unknown as Buffer, batch));
+        batch.settle.resolve(answers as Answer[]);
       },
       (error: unknown) => {
         this.pending -= batch.size;

@@ -15,7 +15,7 @@
  * never applied is sent again, with a new number, until it has applied once.
  */
 import { ErrorCode, TaskvalveError } from '../../errors.js';
-import { mayHaveApplied, type Calls, type Reply } from './calls.js';
+import { mayHaveApplied, storeUnavailable, type Calls, type Reply } from './calls.js';
 import { LATE } from './codes.js';
 import type { Clock } from './clock.js';
 import type { Keys } from './keys.js';
@@ -28,6 +28,9 @@ import { scripts, type Script, type ScriptClient } from './scripts.js';
  * has applied once (exactly once: refunds, charge-backs), and carries no deadline.
  */
 export type Mode = 'undo' | 'keep' | 'retry';
+
+/** settle.lua's answers, each followed by ':' and the settled call's number. */
+const SETTLED = new Set(['void', 'undone', 'applied']);
 
 /** One process's log on one placement unit: its numbers not settled yet, in order. */
 interface Log {
@@ -83,12 +86,12 @@ export class Operations {
    * leading arguments of op.lua are added here). Rejects like any call; a call that may have
    * applied is then settled in the background according to `mode`.
    */
-  write(script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary = false): Promise<Reply> {
+  write(script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary = false, fits?: (reply: Reply, seq: number) => boolean): Promise<Reply> {
     // The unit is placed once: its log, its client and the call's routing all follow from it.
     const log = this.log(this.calls.unitOf(tagOf(keys[0] as string)));
     const deadline = mode === 'retry' ? 0 : this.clock.deadline(log.client);
-    if (typeof deadline === 'number') return this.send(log, script, keys, args, mode, binary, deadline);
-    return deadline.then((at) => this.send(log, script, keys, args, mode, binary, at));
+    if (typeof deadline === 'number') return this.send(log, script, keys, args, mode, binary, deadline, fits);
+    return deadline.then((at) => this.send(log, script, keys, args, mode, binary, at, fits));
   }
 
   /** Waits until nothing is in doubt, or `ms` passed; answers how many calls are still in doubt. */
@@ -113,7 +116,7 @@ export class Operations {
     }
   }
 
-  private send(log: Log, script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary: boolean, deadline: number): Promise<Reply> {
+  private send(log: Log, script: Script, keys: string[], args: (string | number | Buffer)[], mode: Mode, binary: boolean, deadline: number, fits?: (reply: Reply, seq: number) => boolean): Promise<Reply> {
     const client = log.client;
     const seq = ++this.seq;
     log.open.push(seq);
@@ -122,6 +125,14 @@ export class Operations {
     if (mode === 'retry') this.retrying++;
     return sent.then(
       (reply) => {
+        if (fits !== undefined && !fits(reply, seq)) {
+          // Not this call's reply: a reply was lost on a connection that stayed open, and the
+          // client pairs each later one with the wrong call. This call may have applied: it is
+          // in doubt, and settled like one that got no answer.
+          if (mode === 'retry') this.retrying--;
+          this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
+          throw storeUnavailable(new Error(`${script.name}: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)`));
+        }
         this.close(log, seq);
         if (mode === 'retry') {
           this.retrying--;
@@ -168,23 +179,32 @@ export class Operations {
   private settle(doubt: Doubt): void {
     const { log, seq } = doubt;
     this.calls.runOn(log.client, scripts.settle, [...doubt.keys, log.key], [0, 0, 0, this.clock.arg(), seq, doubt.mode === 'undo' ? 'undo' : 'keep']).then(
-      (outcome) => {
+      (reply) => {
+        const [outcome, of] = String(reply).split(':');
+        if (!SETTLED.has(outcome as string) || of !== String(seq)) {
+          // Not this settle's answer (a connection out of step): asked again after a backoff.
+          this.retrySettle(doubt, new Error(`settle: a reply that is not this call's: ${String(reply)}`));
+          return;
+        }
         this.close(log, seq);
         this.doubts.delete(doubt);
-        if (doubt.mode === 'retry' && (outcome as unknown as string) === 'void') {
+        if (doubt.mode === 'retry' && outcome === 'void') {
           this.write(doubt.script, doubt.keys, doubt.args, 'retry', doubt.binary).catch(() => {});
         }
         this.checkIdle();
       },
-      (error: unknown) => {
-        doubt.attempts++;
-        // Said once, after some seconds without an answer (the store goes on trying).
-        if (doubt.attempts === FAULT_AFTER_ATTEMPTS) {
-          this.fault(new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `a call whose outcome is unknown could not be settled after ${FAULT_AFTER_ATTEMPTS} attempts; still trying`, { cause: error }));
-        }
-        const wait = Math.min(MAX_BACKOFF_MS, 25 * 2 ** doubt.attempts);
-        setTimeout(() => this.settle(doubt), wait).unref();
-      },
+      (error: unknown) => this.retrySettle(doubt, error),
     );
+  }
+
+  /** Asks again, after a backoff, what became of a call in doubt. */
+  private retrySettle(doubt: Doubt, error: unknown): void {
+    doubt.attempts++;
+    // Said once, after some seconds without an answer (the store goes on trying).
+    if (doubt.attempts === FAULT_AFTER_ATTEMPTS) {
+      this.fault(new TaskvalveError(ErrorCode.STORE_UNAVAILABLE, `a call whose outcome is unknown could not be settled after ${FAULT_AFTER_ATTEMPTS} attempts; still trying`, { cause: error }));
+    }
+    const wait = Math.min(MAX_BACKOFF_MS, 25 * 2 ** doubt.attempts);
+    setTimeout(() => this.settle(doubt), wait).unref();
   }
 }

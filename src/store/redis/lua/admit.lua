@@ -225,7 +225,10 @@ for i = 1, count do
   replies[i] = out
 end
 op_end(table.concat(undo))
+-- The call's own sequence number closes the reply: a client whose connection lost a reply pairs
+-- later replies with the wrong calls, and this is how it knows (see ops.ts).
+local echo = struct.pack('<d', tonumber(ARGV[1]))
 if D then
-  return table.concat(replies)
+  return table.concat(replies) .. echo
 end
-return replies[1]
+return replies[1] .. echo

@@ -7,7 +7,9 @@
 -- ARGV: 1-4 see op.lua (sequence '0': this call needs no entry of its own); 5 the call's
 --   sequence number; 6 'undo' to take it back if it applied, 'keep' to leave it.
 -- Reply: 'void' (it never applied, and now never will), 'applied' (kept), 'undone' (it applied
---   and was taken back, now or by an earlier settle).
+--   and was taken back, now or by an earlier settle), followed by ':' and the settled call's
+--   sequence number (a client whose connection lost a reply pairs later replies with the wrong
+--   calls, and this is how it knows).
 --@include codes
 --@include op
 --@include refunds
@@ -22,17 +24,17 @@ local entry = op_entry(log, seq)
 if not entry then
   redis.call('ZADD', log, seq, seq .. ':V')
   redis.call('PEXPIRE', log, OP_LOG_TTL_MS)
-  return 'void'
+  return 'void:' .. seq
 end
 local undo = string.sub(entry, #seq + 2)
 if undo == 'V' then
-  return 'void'
+  return 'void:' .. seq
 end
 if undo == 'U' then
-  return 'undone'
+  return 'undone:' .. seq
 end
 if ARGV[6] ~= 'undo' then
-  return 'applied'
+  return 'applied:' .. seq
 end
 local at = 1
 while at <= #undo do
@@ -55,4 +57,4 @@ while at <= #undo do
 end
 redis.call('ZREM', log, entry)
 redis.call('ZADD', log, seq, seq .. ':U')
-return 'undone'
+return 'undone:' .. seq
