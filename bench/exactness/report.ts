@@ -6,7 +6,7 @@
  */
 import { median } from '../lib/harness.js';
 import type { Deployment, Limits, SystemId } from './protocol.js';
-import type { Played } from './runner.js';
+import { CUT_AT, type End, type Played } from './runner.js';
 import { capacities, expectedAdmitted, type Scenario, type ScenarioId } from './scenarios.js';
 
 /** One round, judged. */
@@ -29,8 +29,8 @@ export interface RoundResult {
   perSec: number;
   /** 99th percentile of the answered attempts' latencies, ms. */
   p99Ms: number;
-  /** The round ended because nothing was answered any more. */
-  stalled: boolean;
+  /** How the round ended. */
+  end: End;
   /** Distinct Cluster slots of the round's keys (0 off a Cluster). */
   slots: number;
   fault?: string;
@@ -73,7 +73,7 @@ export function judge(limits: Limits, played: Extract<Played, { ok: true }>): Ro
     unanswered: sum((r) => r.unanswered),
     perSec: spanMs > 0 ? (answered * 1000) / spanMs : 0,
     p99Ms: p99(reports.flatMap((r) => r.latencies)),
-    stalled: played.stalled,
+    end: played.end,
     slots: played.slots,
     ...(played.fault === undefined ? {} : { fault: played.fault }),
     errors,
@@ -140,6 +140,8 @@ function notes(row: Row): string {
   const out: string[] = [];
   if (s.failed.max > 0) out.push(`failed ${cell(s.failed, int)}`);
   if (s.unanswered.max > 0) out.push(`left waiting ${cell(s.unanswered, int)}`);
+  const cut = row.rounds.filter((r) => r.end === 'cut').length;
+  if (cut > 0) out.push(`cut short at ${CUT_AT}x the expected count in ${cut}/${row.rounds.length} rounds (over is a lower bound)`);
   const first = row.rounds[0];
   if (first?.fault !== undefined) out.push(first.fault);
   if (row.deployment === 'cluster' && row.scenario === 'composite' && first !== undefined) out.push(`keys in ${first.slots} slots`);

@@ -12,6 +12,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { FromWorker, RoundSpec, Targets, ThroughputPoint, ThroughputRequest, ToWorker, WorkerReport } from './protocol.js';
+import { expectedAdmitted } from './scenarios.js';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -24,7 +25,13 @@ const STALL_MS = 500;
 /** The same after a fault: longer than ioredis's reconnection backoff (up to 2 s between tries). */
 const STALL_AFTER_FAULT_MS = 3_000;
 /** The longest a round's attempts may run. */
-const ROUND_LIMIT_MS = 30_000;
+const ROUND_LIMIT_MS = 20_000;
+/**
+ * A round whose callers were told this many times the expected count is cut short: its
+ * over-admission is certain, and its figure a lower bound (a naive limiter under a stream can
+ * otherwise admit for minutes before its lagging count reaches the limit).
+ */
+export const CUT_AT = 2;
 const CHECK_MS = 25;
 
 type Reply<T> = { ok: true; message: T } | { ok: false; error: string };
@@ -157,9 +164,12 @@ export async function init(workers: Workers, targets: Targets): Promise<void> {
   if (!ok.ok) throw new Error(`worker start-up failed: ${ok.error}`);
 }
 
+/** How a round ended: every attempt answered, nothing answered any more, or cut short (see CUT_AT). */
+export type End = 'answered' | 'stalled' | 'cut';
+
 /** What a round gave: every worker's report and the ledgers read back, or why it could not be played. */
 export type Played =
-  | { ok: true; reports: WorkerReport[]; taken: Record<string, number>; slots: number; stalled: boolean; fault: string | undefined }
+  | { ok: true; reports: WorkerReport[]; taken: Record<string, number>; slots: number; end: End; fault: string | undefined }
   | { ok: false; error: string };
 
 /**
@@ -183,12 +193,15 @@ export async function play(workers: Workers, spec: Omit<RoundSpec, 'index'>, str
 
   // The barrier: every worker is ready; all start at one instant.
   const answered = new Map<number, number>();
+  const admitted = new Map<number, number>();
   const settled = new Set<number>();
   let changed = performance.now();
   const unlisten = workers.listen((index, message) => {
     if (!('round' in message) || message.round !== round) return;
     if (message.type === 'settled') settled.add(index);
-    if (message.type === 'progress' && answered.get(index) !== message.answered) {
+    if (message.type !== 'progress') return;
+    admitted.set(index, message.admitted);
+    if (answered.get(index) !== message.answered) {
       answered.set(index, message.answered);
       changed = performance.now();
     }
@@ -210,13 +223,22 @@ export async function play(workers: Workers, spec: Omit<RoundSpec, 'index'>, str
   );
   const started = performance.now();
   const quiet = strike === undefined ? STALL_MS : STALL_AFTER_FAULT_MS;
-  let stalled = false;
+  // A burst's attempts are few and all answered anyway; a stream's lanes run until denied.
+  const cutAt = spec.load.kind === 'stream' ? CUT_AT * expectedAdmitted(spec.limits) : Infinity;
+  let end: End;
   for (;;) {
     await new Promise((resolve) => setTimeout(resolve, CHECK_MS));
     if (!faultOver) continue;
-    if (settled.size === to.length) break;
+    if (settled.size === to.length) {
+      end = 'answered';
+      break;
+    }
+    if ([...admitted.values()].reduce((a, b) => a + b, 0) > cutAt) {
+      end = 'cut';
+      break;
+    }
     if (performance.now() - changed > quiet || performance.now() - started > ROUND_LIMIT_MS) {
-      stalled = true;
+      end = 'stalled';
       break;
     }
   }
@@ -227,7 +249,7 @@ export async function play(workers: Workers, spec: Omit<RoundSpec, 'index'>, str
   const read = settle(await workers.request<Extract<FromWorker, { type: 'ledgers' }>>('ledgers', round, [0], () => ({ type: 'readback', spec: specOf(0) })));
   if (!read.ok) return read;
   const ledgers = read.messages[0] as Extract<FromWorker, { type: 'ledgers' }>;
-  return { ok: true, reports: done.messages.map((m) => m.report), taken: ledgers.taken, slots: ledgers.slots, stalled, fault };
+  return { ok: true, reports: done.messages.map((m) => m.report), taken: ledgers.taken, slots: ledgers.slots, end, fault };
 }
 
 /** Runs the chart's measure in worker 0. */
