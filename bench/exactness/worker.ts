@@ -138,6 +138,11 @@ class Round {
     for (const ledger of ledgersOf(limits, user)) this.report.told[ledger.name] = (this.report.told[ledger.name] ?? 0) + limits.cost;
   }
 
+  /** An error no caller was given (e.g. an unhandled rejection in this process). */
+  incident(message: string): void {
+    this.keep(message);
+  }
+
   private keep(message: string): void {
     if (this.report.errors.length < MAX_ERRORS && !this.report.errors.includes(message)) this.report.errors.push(message);
   }
@@ -168,6 +173,10 @@ async function slotsOf(prefix: string): Promise<number> {
   const cluster = new Cluster(targets.cluster);
   cluster.on('error', () => {});
   try {
+    await new Promise<void>((resolve, reject) => {
+      cluster.once('ready', () => resolve());
+      cluster.once('end', () => reject(new Error('the cluster connection ended before it was ready')));
+    });
     const keys: string[] = [];
     for (const node of cluster.nodes('master')) {
       let cursor = '0';
@@ -239,6 +248,10 @@ process.on('disconnect', () => {
   void disconnectAll();
   setTimeout(() => process.exit(0), 2_000).unref();
 });
+// A system's unhandled rejection would end a process run with Node's defaults: here it is
+// written into the round's errors, and the round goes on (its callers may never be answered).
 process.on('unhandledRejection', (error) => {
-  send({ type: 'failed', round: current?.spec.round ?? -1, message: `unhandled rejection: ${describe(error)}` });
+  const message = `unhandled rejection: ${error instanceof Error ? `${error.name}: ${error.message}` : String(error)}`;
+  if (current !== undefined) current.incident(message);
+  else send({ type: 'failed', round: -1, message });
 });
