@@ -145,7 +145,8 @@ function notes(row: Row): string {
   const first = row.rounds[0];
   if (first?.fault !== undefined) out.push(first.fault);
   if (row.deployment === 'cluster' && row.scenario === 'composite' && first !== undefined) out.push(`keys in ${first.slots} slots`);
-  const errors = [...new Set(row.rounds.flatMap((r) => r.errors))];
+  // Unhandled rejections first: they matter most.
+  const errors = [...new Set(row.rounds.flatMap((r) => r.errors))].sort((a, b) => Number(b.startsWith('unhandled')) - Number(a.startsWith('unhandled')));
   if (errors.length > 0) out.push(`errors: ${errors.slice(0, 2).map((e) => `"${e.slice(0, 120)}"`).join(', ')}`);
   if (row.error !== undefined) out.push(`**failed after ${row.rounds.length} rounds: "${row.error.split('\n')[0]?.slice(0, 200)}"**`);
   return out.join('; ').replaceAll('|', '\\|');

@@ -28,8 +28,8 @@ export interface Scenario {
 /** Concurrent attempts per process in a burst, and lanes per process in a stream. */
 export const ATTEMPTS = 250;
 /** The quota of the fault rounds, and the attempts per second all their processes offer together. */
-export const FAULT_QUOTA = 4_000;
-export const FAULT_OFFERED_PER_SEC = 4_000;
+export const FAULT_QUOTA = 2_000;
+export const FAULT_OFFERED_PER_SEC = 2_000;
 
 const everywhere: readonly Deployment[] = ['memory', 'standalone', 'cluster'];
 const burst = (): Load => ({ kind: 'burst', attempts: ATTEMPTS });
@@ -132,4 +132,4 @@ export interface Plan {
 }
 
 export const FULL: Plan = { processes: [1, 2, 4, 8], rounds: 20, faultRounds: 5 };
-export const QUICK: Plan = { processes: [1, 2, 4], rounds: 4, faultRounds: 2 };
+export const QUICK: Plan = { processes: [1, 2, 4], rounds: 3, faultRounds: 1 };
