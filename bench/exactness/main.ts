@@ -53,7 +53,7 @@ const loadAfter = load();
 const cpu = cpus()[0]?.model.trim() ?? 'unknown CPU';
 const machine = `Node ${process.version}, ${cpu}, ${availableParallelism()} cores, redis-server ${results.redisVersion}`;
 const command = `npm run bench:exactness${quick ? ' -- --quick' : ''}`;
-await writeChart(results.throughput, `${machine}; append-only standalone server on loopback`, flags.chart);
+await writeChart(results.throughput, [machine, 'one append-only redis-server on loopback; client and server share the cores'], flags.chart);
 
 process.stdout.write(
   [
