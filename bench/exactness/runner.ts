@@ -9,8 +9,9 @@
  * when no attempt has been answered anywhere for a while (bottleneck leaves jobs queued); then
  * every worker closes its contender and reports, and worker 0 reads the ledgers back on a direct route.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { forkTs, stopChild } from '../../test/support/child.js';
 import type { FromWorker, RoundSpec, Targets, ThroughputPoint, ThroughputRequest, ToWorker, WorkerReport } from './protocol.js';
 import { expectedAdmitted } from './scenarios.js';
 
@@ -48,27 +49,18 @@ interface Waiter {
 /** The worker processes and the message plumbing to them. */
 export class Workers {
   private readonly children: ChildProcess[] = [];
-  private readonly logs: string[][] = [];
   private readonly waiters = new Set<Waiter>();
   private readonly listeners = new Set<(index: number, message: FromWorker) => void>();
   private stopping = false;
 
   constructor(readonly count: number) {
     for (let i = 0; i < count; i++) {
-      const log: string[] = [];
-      const child = fork(WORKER, [], { cwd: ROOT, execArgv: ['--import', 'tsx'], stdio: ['ignore', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' });
-      const keep = (chunk: Buffer): void => {
-        log.push(chunk.toString());
-        if (log.length > 50) log.splice(0, log.length - 50);
-      };
-      child.stdout?.on('data', keep);
-      child.stderr?.on('data', keep);
+      const { child, output } = forkTs(WORKER, { cwd: ROOT, serialization: 'advanced' });
       child.on('message', (message: FromWorker) => this.receive(i, message));
       child.on('exit', (code, signal) => {
-        if (!this.stopping) this.lost(i, `worker ${i} exited (${code ?? signal})\n${log.join('').slice(-2_000)}`);
+        if (!this.stopping) this.lost(i, `worker ${i} exited (${code ?? signal})\n${output()}`);
       });
       this.children.push(child);
-      this.logs.push(log);
     }
   }
 
@@ -131,23 +123,7 @@ export class Workers {
   /** Tells every worker to leave; SIGKILL by pid for any still there after 5 s. */
   async stop(): Promise<void> {
     this.stopping = true;
-    await Promise.all(
-      this.children.map(
-        (child) =>
-          new Promise<void>((resolve) => {
-            if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            const timer = setTimeout(() => {
-              if (child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-            }, 5_000);
-            child.once('exit', () => {
-              clearTimeout(timer);
-              resolve();
-            });
-            if (child.connected) child.send({ type: 'exit' } satisfies ToWorker);
-            else if (child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-          }),
-      ),
-    );
+    await Promise.all(this.children.map((child) => stopChild(child, { type: 'exit' } satisfies ToWorker)));
   }
 }
 
