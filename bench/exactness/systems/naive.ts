@@ -8,7 +8,7 @@
 import type { Cluster, Redis } from 'ioredis';
 import type { Limits, RoundSpec } from '../protocol.js';
 import { ledgersOf } from '../scenarios.js';
-import { redisClient, usersOf, type Contender, type System } from './system.js';
+import { ioredisConnection, usersOf, type Contender, type System } from './system.js';
 
 /** A ledger's counter key. */
 const keyOf = (prefix: string, ledger: string): string => `naive:${prefix}:${ledger}`;
@@ -39,10 +39,7 @@ export const naive: System<Redis | Cluster> = {
   id: 'naive',
   label: 'naive GET+SET',
   deployments: ['standalone', 'cluster'],
-  connect: redisClient,
-  async disconnect(client) {
-    client.disconnect();
-  },
+  ...ioredisConnection,
   async open(client, spec: RoundSpec) {
     return counters(client, spec.prefix, spec.limits);
   },

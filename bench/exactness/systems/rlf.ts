@@ -9,7 +9,7 @@
 import type { Cluster, Redis } from 'ioredis';
 import { RateLimiterRedis, RateLimiterRes, RateLimiterUnion } from 'rate-limiter-flexible';
 import type { Limits, RoundSpec } from '../protocol.js';
-import { redisClient, usersOf, type Contender, type System } from './system.js';
+import { ioredisConnection, usersOf, type Contender, type System } from './system.js';
 
 const DAY_S = 86_400;
 
@@ -64,10 +64,7 @@ export const rlf: System<Redis | Cluster> = {
   id: 'rlf',
   label: 'RateLimiterRedis',
   deployments: ['standalone', 'cluster'],
-  connect: redisClient,
-  async disconnect(client) {
-    client.disconnect();
-  },
+  ...ioredisConnection,
   async open(client, spec) {
     return consumer(limitersOf(client, spec), spec.limits);
   },

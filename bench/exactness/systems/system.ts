@@ -62,6 +62,14 @@ export async function redisClient(route: Route, targets: Targets): Promise<Redis
   return client;
 }
 
+/** connect() and disconnect() of a system that drives one ioredis client (default options) per route. */
+export const ioredisConnection: Pick<System<Redis | Cluster>, 'connect' | 'disconnect'> = {
+  connect: redisClient,
+  async disconnect(client) {
+    client.disconnect();
+  },
+};
+
 /** Where a route's server is, for a library that builds its own clients. */
 export function serverOf(route: Route, targets: Targets): { host: string; port: number } | { host: string; port: number }[] {
   const found = route === 'cluster' ? targets.cluster : route === 'proxied' ? targets.proxied : route === 'standalone' ? targets.standalone : undefined;
