@@ -23,8 +23,8 @@ const STEP_TIMEOUT_MS = 60_000;
 const START_AHEAD_MS = 40;
 /** No attempt answered anywhere for this long (the fault over): the round is over. */
 const STALL_MS = 500;
-/** The same after a fault: longer than ioredis's reconnection backoff (up to 2 s between tries). */
-const STALL_AFTER_FAULT_MS = 3_000;
+/** The same after a fault: well past ioredis's reconnection backoff (up to 2 s between tries) on a busy machine. */
+const STALL_AFTER_FAULT_MS = 5_000;
 /** The longest a round's attempts may run. */
 const ROUND_LIMIT_MS = 20_000;
 /**

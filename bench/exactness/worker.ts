@@ -14,7 +14,7 @@ import { measure } from './throughput.js';
 
 const PROGRESS_MS = 100;
 /** How long a stopped round waits for attempts a closed contender has not answered. */
-const DRAIN_MS = 5_000;
+const DRAIN_MS = 10_000;
 const MAX_ERRORS = 5;
 
 let targets: Targets = {};
