@@ -15,7 +15,9 @@
  *      client CPU, bytes each way;
  *   5. server ceilings from redis-benchmark -P 16 (informative);
  *   6. on a private 3-master Redis Cluster: allowed checks at 256 in flight over 10,000 users,
- *      taskvalve against RateLimiterRedis on the same cluster, and decisions per script call.
+ *      taskvalve against RateLimiterRedis on the same cluster, and decisions per script call;
+ *   7. offered load (bench/redis/offered.ts): 50,000 check(1)/s arriving whatever the answers,
+ *      the event loop's p99 meanwhile, and how soon service is back after a kill -9 of Redis.
  *
  * Each system has its own ioredis connection (default options); only one is busy at a time.
  * Progress goes to stderr; stdout gets the tables, the environment and the run time.
@@ -28,6 +30,7 @@ import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { Manager, RedisStore, type Decision } from '../src/index.js';
 import { rawCommand, startCluster, startRedis, type RedisServer } from '../test/support/redis.js';
 import { loadBare, MicroBatcher } from './redis/bare.js';
+import { offeredSection } from './redis/offered.js';
 import { profile, redisBenchmark, type Profile } from './redis/server.js';
 import { compare, expect, fmtRate, keyOrder, type Bench, type Plan } from './lib/harness.js';
 import { atLeast, heading, renderTable, type Row } from './lib/table.js';
@@ -503,12 +506,13 @@ export async function main(): Promise<void> {
   log('taskvalve Redis bench: ops/s are medians of interleaved timed rounds after calibration and warm-up');
   const s = await redisSection(log);
   const clustered = await clusterSection(log);
+  const offered = [heading('offered load on one redis-server (append-only), open loop'), ...(await offeredSection(log))];
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpus()[0]?.model.trim() ?? 'unknown CPU';
-  const judged = [...s.rows, ...clustered].filter((r) => r.met !== undefined);
+  const judged = [...s.rows, ...clustered, ...offered].filter((r) => r.met !== undefined);
   process.stdout.write(
     [
-      renderTable([...s.rows, ...clustered]),
+      renderTable([...s.rows, ...clustered, ...offered]),
       '',
       `Node ${process.version}, ${cpu}, ${availableParallelism()} cores, redis-server ${s.redisVersion} (--save '' --appendonly no) on loopback,`,
       'started by this run. Rates are medians of 7 timed rounds (after calibration and a warm-up round), interleaved, each',
@@ -520,6 +524,8 @@ export async function main(): Promise<void> {
       'connection and replayed without taskvalve (its deadline zeroed); redis-benchmark replays the same call on one user.',
       'The Cluster rows run on 3 cluster-enabled redis-servers (masters only, slots split evenly) started by this run on the same',
       'machine, each system on its own ioredis Cluster client with default options.',
+      'Offered load: check(1) calls issued every millisecond for what is due at the rate, whatever the answers; the server',
+      'is then killed (SIGKILL) and restarted under that load, and "back" is the first second answering 90% of the rate.',
       '',
       `Where a decision's time goes (${WIDTH} in flight, ${PROFILE_OPS.toLocaleString('en-US')} decisions each, server statistics reset before each):`,
       '',

@@ -12,14 +12,15 @@
  *   - inline and worker tasks that succeed, throw, crash their worker, time out, or are aborted.
  *
  * It reports the achieved load and the event-loop p99, the heap slope over the second half
- * (% of the heap per minute, from a least-squares fit of samples taken after a full GC when
- * run with --expose-gc), unsettled promises, double runs, dead letters against callers'
+ * (% of the heap per minute, from a least-squares fit of the heap in use right after each full
+ * GC: those V8 makes itself, and one forced every 30 s when run with --expose-gc, so that no
+ * forced pause weighs on the event-loop p99), unsettled promises, double runs, dead letters against callers'
  * rejections, and quota usage against what callers were told. On Redis it also reports how
  * long service took to come back after the restart, every error by code, and phantom charges:
  * units Redis holds beyond what callers were told was charged (and the reverse), read for every
  * user after the close (on Redis, retired users are kept, not deleted, so that they can be read).
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { constants, monitorEventLoopDelay, PerformanceObserver, type NodeGCPerformanceDetail } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { Manager, RedisStore, TaskvalveError, type Limiter } from '../src/index.js';
 import { startRedis, type RedisServer } from '../test/support/redis.js';
@@ -68,12 +69,14 @@ async function main(): Promise<void> {
   manager.on('dead-letter', () => deadLetters++);
   manager.on('error', () => {});
 
-  const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0 };
+  const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0, shed: 0 };
   const errors: Record<string, number> = {};
+  /** Subscribes of the rotation that failed, by code (the user they would have replaced stays). */
+  const rotationErrors: Record<string, number> = {};
   /** Answers that were not errors, per second of the run (to see service come back). */
   const served: number[] = [];
-  /** On Redis: retired users and what their callers were told, read back after the close. */
-  const retired: Array<{ id: string; told: number }> = [];
+  /** On Redis: retired users (what their callers were told is read after the close, when nothing is in flight). */
+  const retired: UserState[] = [];
   const users: UserState[] = [];
   let next = 0;
   const subscribe = async (): Promise<UserState> => {
@@ -83,13 +86,13 @@ async function main(): Promise<void> {
     await manager.subscribe(id, 'soak', ends ? { durationMs: 4000 } : {});
     return { id, limiter: manager.getLimiter(id), told: 0, inFlight: 0, ends };
   };
-  for (let i = 0; i < ACTIVE; i++) users.push(await subscribe());
+  for (let i = 0; i < ACTIVE; i += 500) users.push(...(await Promise.all(Array.from({ length: Math.min(500, ACTIVE - i) }, subscribe))));
   let t0 = performance.now();
 
   /** Retires a user once nothing of theirs is in flight: usage must equal what callers were told. */
   const retire = async (u: UserState): Promise<void> => {
     if (REDIS) {
-      retired.push({ id: u.id, told: u.told });
+      retired.push(u);
       counts.rotated++;
       return;
     }
@@ -116,6 +119,7 @@ async function main(): Promise<void> {
       (error: unknown) => {
         const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
         errors[code] = (errors[code] ?? 0) + 1;
+        if (code === 'STORE_UNAVAILABLE' && (error as Error).message.includes('overloaded')) counts.shed++;
         if (code === 'TASK_FAILED' || code === 'TASK_TIMEOUT' || code === 'WORKER_CRASHED') counts.failedFinal++;
         if (started()) u.told++;
         counts.settled++;
@@ -167,11 +171,23 @@ async function main(): Promise<void> {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
   const heap: Array<[number, number]> = [];
+  // The heap in use right after each full GC: what is live, not garbage waiting.
+  const gcs = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      if (((entry as { detail?: NodeGCPerformanceDetail }).detail)?.kind === constants.NODE_PERFORMANCE_GC_MAJOR) {
+        heap.push([(performance.now() - t0) / 60_000, process.memoryUsage().heapUsed]);
+      }
+    }
+  });
+  gcs.observe({ entryTypes: ['gc'] });
+  let lastForcedGc = performance.now();
   t0 = performance.now();
   let killedAt = -1;
   let restartedAt = -1;
   let lastProgress = t0;
   let i = 0;
+  /** Slots whose user is being replaced (its successor's subscribe is in flight). */
+  const rotating = new Set<number>();
   while (performance.now() - t0 < SECONDS * 1000) {
     const elapsed = performance.now() - t0;
     if (server !== undefined && killedAt < 0 && elapsed >= (SECONDS * 1000) / 2) {
@@ -190,25 +206,42 @@ async function main(): Promise<void> {
       issue(users[slot]!, i);
       i++;
     }
-    // Rotate: a user with nothing in flight retires and a new one takes its place.
-    for (let r = 0; r < 40; r++) {
+    // Rotate: a user with nothing in flight retires and a new one takes its place, once
+    // subscribed. The load does not wait for it (on Redis a subscribe is a round trip): the old
+    // user takes the load meanwhile, and at most 40 rotations are under way at once.
+    for (let r = 0; r < 40 && rotating.size < 40; r++) {
       const slot = (i + r * 997) % ACTIVE;
       const u = users[slot]!;
-      if (u.inFlight === 0) {
-        users[slot] = await subscribe();
-        void retire(u);
+      if (u.inFlight === 0 && !rotating.has(slot)) {
+        rotating.add(slot);
+        subscribe().then(
+          (fresh) => {
+            rotating.delete(slot);
+            users[slot] = fresh;
+            void retire(u);
+          },
+          (error: unknown) => {
+            // During an outage a subscribe fails (STORE_UNAVAILABLE): the user stays and rotates later.
+            rotating.delete(slot);
+            const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
+            rotationErrors[code] = (rotationErrors[code] ?? 0) + 1;
+          },
+        );
       }
     }
     if (performance.now() - lastProgress >= 1000) {
       lastProgress = performance.now();
-      globalThis.gc?.();
-      heap.push([(performance.now() - t0) / 60_000, process.memoryUsage().heapUsed]);
+      if (performance.now() - lastForcedGc >= 30_000) {
+        lastForcedGc = performance.now();
+        globalThis.gc?.();
+      }
       process.stderr.write(`\r${((performance.now() - t0) / 1000).toFixed(0)} s  ${(counts.decisions / ((performance.now() - t0) / 1000) / 1000).toFixed(1)} k/s  heap ${(process.memoryUsage().heapUsed / 1e6).toFixed(0)} MB  in flight ${counts.issued - counts.settled}   `);
     }
     await new Promise((resolve) => setTimeout(resolve, TICK_MS));
   }
   const seconds = (performance.now() - t0) / 1000;
   loop.disable();
+  gcs.disconnect();
   const report = await manager.close({ drain: true, timeoutMs: 10_000 });
   await new Promise((resolve) => setImmediate(resolve));
 
@@ -217,7 +250,7 @@ async function main(): Promise<void> {
     // Every retired user, read back on a fresh store: what Redis holds against what callers were told.
     const reader = new Manager({ store: new RedisStore({ client }) });
     reader.registerProfile('soak', { rate: { limit: 1_000_000, intervalMs: 1000 }, quota: { limit: 1_000_000_000 } });
-    for (const u of users) retired.push({ id: u.id, told: u.told });
+    for (const u of users) retired.push(u);
     let phantom = 0;
     let missing = 0;
     let mismatched = 0;
@@ -264,7 +297,7 @@ async function main(): Promise<void> {
   log('');
   const mb = (b: number): number => Math.round(b / 1e5) / 10;
   const out = {
-    heapSamplesMB: heap.filter((_, k) => k % 15 === 0).map(([, y]) => mb(y)),
+    heapSamplesMB: heap.filter((_, k) => k % Math.max(1, Math.ceil(heap.length / 12)) === 0).map(([, y]) => mb(y)),
     seconds: Math.round(seconds),
     decisionsPerSecond: Math.round(counts.decisions / seconds),
     eventLoopP99Ms: Number((loop.percentile(99) / 1e6).toFixed(1)),
@@ -278,6 +311,9 @@ async function main(): Promise<void> {
     quotaMismatches: counts.quotaMismatch,
     usersRotated: counts.rotated,
     errorsByCode: errors,
+    /** Of the STORE_UNAVAILABLE answers, those shed for overload (RedisStore maxPending, maxDelayMs). */
+    shedForOverload: counts.shed,
+    rotationErrorsByCode: rotationErrors,
     close: report,
     ...(redis === undefined ? {} : { redis }),
   };

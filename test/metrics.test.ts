@@ -257,6 +257,49 @@ describe('metrics', () => {
     expect(code).toBe(0);
   });
 
+  it("counts every refusal under its reason and the user's current profile, from submit, check and checkDetailed alike", async () => {
+    const manager = make();
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 2 } });
+    manager.registerProfile('q', { rate: { limit: 1, intervalMs: 1000, burst: 2 } });
+    const now = Date.now();
+    await manager.subscribe('canceled', 'p');
+    await manager.cancelSubscription('canceled');
+    await manager.subscribe('expired', 'p', { durationMs: 1000 });
+    await manager.subscribe('later', 'p', { startsAt: now + 60_000 });
+    await manager.subscribe('busy', 'p');
+    await vi.advanceTimersByTimeAsync(2000);
+
+    const refusals: [string, () => Promise<unknown>, string][] = [
+      ['canceled submit', () => manager.getLimiter('canceled').submit(() => 1), 'SUBSCRIPTION_INACTIVE'],
+      ['canceled check', () => manager.getLimiter('canceled').check(), 'SUBSCRIPTION_INACTIVE'],
+      ['expired submit', () => manager.getLimiter('expired').submit(() => 1), 'SUBSCRIPTION_EXPIRED'],
+      ['expired check', () => manager.getLimiter('expired').checkDetailed(), 'SUBSCRIPTION_EXPIRED'],
+      ['not started submit', () => manager.getLimiter('later').submit(() => 1), 'SUBSCRIPTION_NOT_STARTED'],
+      ['cost over the burst', () => manager.getLimiter('busy').submit(() => 1, { cost: 3 }), 'INVALID_ARGUMENT'],
+      ['unknown user check', () => manager.getLimiter('nobody').check(), 'SUBSCRIPTION_NOT_FOUND'],
+      ['unknown user checkDetailed', () => manager.getLimiter('nobody').checkDetailed(), 'SUBSCRIPTION_NOT_FOUND'],
+    ];
+    for (const [label, call, code] of refusals) expect(await codeOf(call()), label).toBe(code);
+
+    const busy = manager.getLimiter('busy');
+    expect((await busy.check(2)).allowed).toBe(true);
+    expect((await busy.check()).allowed).toBe(false);
+    expect((await busy.checkDetailed()).allowed).toBe(false);
+    await manager.changeProfile('busy', 'q');
+    expect((await busy.check()).allowed).toBe(false);
+
+    const s = parse(await manager.registry.metrics());
+    const rejected = (profile: string, reason: string): number => valueOf(s, 'taskvalve_tasks_rejected_total', { profile, reason }) ?? 0;
+    expect(rejected('p', 'subscription_inactive')).toBe(2);
+    expect(rejected('p', 'subscription_expired')).toBe(2);
+    expect(rejected('p', 'subscription_not_started')).toBe(1);
+    expect(rejected('p', 'invalid_argument')).toBe(1);
+    expect(rejected('p', 'rate_limited')).toBe(2);
+    expect(rejected('q', 'rate_limited')).toBe(1);
+    const all = s.filter((x) => x.name === 'taskvalve_tasks_rejected_total');
+    expect(all.reduce((sum, x) => sum + x.value, 0)).toBe(9);
+  });
+
   it('lists every series, with HELP and TYPE, before any task ran', async () => {
     const manager = make();
     const text = await manager.registry.metrics();

@@ -339,10 +339,42 @@ describe('dead letters under faults', () => {
   });
 });
 
-describe('overload is shed, not queued', () => {
-  const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1000 } } satisfies ProfileConfig };
+describe('a retry the store cannot re-admit', () => {
+  const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 100 }, retry: { attempts: 2, baseMs: 50, maxMs: 50 } } satisfies ProfileConfig };
 
-  it('past maxPending decisions waiting for Redis, an admission fails at once with STORE_UNAVAILABLE (overloaded), under the outage policy', async () => {
+  it('is dead-lettered with its own failure, saying why it was not retried (it ran, so it stays charged)', async () => {
+    const r = await rig(profiles, 300);
+    const truth = reader(r.prefix, profiles);
+    const user = `retry-${r.prefix}`;
+    await truth.subscribe(user, 'p');
+    const moves: string[] = [];
+    r.manager.on('task', (e) => moves.push(`${e.from}>${e.to}`));
+    r.manager.on('error', () => {});
+    let runs = 0;
+    const error = await rejection(
+      r.manager.getLimiter(user).submit(() => {
+        runs++;
+        // The first attempt fails as Redis goes silent: its retry's rate turn cannot be taken.
+        r.proxy.blackhole();
+        throw new Error('first attempt failed');
+      }),
+    );
+    expect(runs).toBe(1);
+    // Its own failure, not STORE_UNAVAILABLE (which would tell its caller that it never ran).
+    expect(error.code).toBe('TASK_FAILED');
+    expect(error.message).toMatch(/first attempt failed \(not retried: Redis is unavailable/);
+    expect(moves.slice(-2)).toEqual(['RUNNING>RETRY_WAIT', 'RETRY_WAIT>FAILED']);
+    await settled(r);
+    await r.manager.close({ drain: false });
+    // It ran once: its quota stays charged.
+    expect(await usageOf(truth, user)).toBe(1);
+  });
+});
+
+describe('overload is shed, not queued', () => {
+  const profiles = { p: { rate: { limit: 10_000, intervalMs: 1000 }, quota: { limit: 10_000 } } satisfies ProfileConfig };
+
+  it('past maxPending decisions waiting for Redis (a bound on memory), an admission fails at once with STORE_UNAVAILABLE (overloaded), under the outage policy', async () => {
     const prefix = `faults${++prefixes}`;
     const truth = reader(prefix, profiles);
     const user = `overload-${prefix}`;
@@ -372,5 +404,35 @@ describe('overload is shed, not queued', () => {
       await direct.client('UNPAUSE');
     }
     expect(await usageOf(truth, user)).toBe(11);
+  });
+
+  it("once a node's oldest admission has waited maxDelayMs, new admissions are shed at once; a burst answered in time is not", async () => {
+    const prefix = `faults${++prefixes}`;
+    const truth = reader(prefix, profiles);
+    const user = `delay-${prefix}`;
+    await truth.subscribe(user, 'p');
+    const client = new Redis({ host: '127.0.0.1', port: server.port });
+    cleanups.push(() => client.disconnect());
+    const manager = new Manager({ store: new RedisStore({ client, prefix, maxDelayMs: 100, timeoutMs: 10_000 }), onStoreUnavailable: 'fail-closed' });
+    cleanups.push(async () => void (await manager.close({ drain: false, timeoutMs: 2_000 })));
+    manager.registerProfile('p', profiles.p);
+    const limiter = manager.getLimiter(user);
+    // 2,000 decisions at once, far more than one call carries: none is shed, all are answered.
+    const burst = await Promise.all(Array.from({ length: 2000 }, () => limiter.check(1)));
+    expect(burst.every((d) => d.allowed)).toBe(true);
+    await direct.client('PAUSE', 30_000, 'WRITE');
+    try {
+      const first = limiter.check(1);
+      const second = limiter.check(1); // the oldest has not waited 100 ms yet: not shed
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      const error = await rejection(limiter.check(1));
+      expect(error).toMatchObject({ code: 'STORE_UNAVAILABLE' });
+      expect((error as Error).message).toMatch(/overloaded: an admission has waited \d+ ms for Redis \(RedisStore maxDelayMs 100\)/);
+      await direct.client('UNPAUSE');
+      expect([(await first).allowed, (await second).allowed]).toEqual([true, true]);
+    } finally {
+      await direct.client('UNPAUSE');
+    }
+    expect(await usageOf(truth, user)).toBe(2002);
   });
 });

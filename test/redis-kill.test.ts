@@ -32,6 +32,13 @@ const PROFILES: Record<string, ProfileConfig> = {
   // tasks that never start); a hard lifetime quota the load reaches.
   pooled: { rate: { limit: 2_000, intervalMs: 1_000, burst: 100, shared: 'pool', onLimit: 'wait', maxWaitMs: 100 }, quota: { limit: 30 }, pool },
 };
+/**
+ * Under 'local' a hard quota is decided by Redis alone (it fails closed): the solo users' quota
+ * is soft there, so that 'local' has admissions of its own to charge back; the pooled users'
+ * hard quota stays and must hold.
+ */
+const profilesFor = (policy: Policy): Record<string, ProfileConfig> =>
+  policy === 'local' ? { ...PROFILES, solo: { ...(PROFILES.solo as ProfileConfig), quota: { limit: 1_000_000, periodMs: 86_400_000, kind: 'soft' } } } : PROFILES;
 const users = Array.from({ length: USERS }, (_, i) => `u${i}`);
 const profileOf = (i: number): string => (i % 3 === 2 ? 'pooled' : 'solo');
 
@@ -113,10 +120,10 @@ afterAll(async () => {
  * A Manager of the test's own, straight on Redis (fail-closed), for the given round's prefix. It
  * is not under test: a long timeout keeps its calls from failing on a busy machine.
  */
-function direct(prefix: string): { manager: Manager; client: Redis } {
+function direct(prefix: string, policy: Policy): { manager: Manager; client: Redis } {
   const client = new Redis(server.url);
   const manager = new Manager({ store: new RedisStore({ client, prefix, timeoutMs: 15_000 }) });
-  for (const [name, config] of Object.entries(PROFILES)) manager.registerProfile(name, config);
+  for (const [name, config] of Object.entries(profilesFor(policy))) manager.registerProfile(name, config);
   return { manager, client };
 }
 
@@ -133,11 +140,11 @@ let rounds = 0;
 async function play(policy: Policy) {
   const round = ++rounds;
   const prefix = `kill-${policy}`;
-  const admin = direct(prefix);
+  const admin = direct(prefix, policy);
   await Promise.all(users.map((user, i) => admin.manager.subscribe(user, profileOf(i))));
   await closeDirect(admin);
 
-  const setup: Setup = { type: 'setup', round, url: server.url, prefix, policy, profiles: PROFILES, users, lanes: LANES };
+  const setup: Setup = { type: 'setup', round, url: server.url, prefix, policy, profiles: profilesFor(policy), users, lanes: LANES };
   await Promise.all(children.map((c) => c.ask('ready', round, setup)));
   await Promise.all(children.map((c) => c.ask('loaded', round, { type: 'go', round, allowed: 2_000 })));
   // Killed while both processes have their calls in flight: the server is busy. Then killed again
@@ -151,7 +158,7 @@ async function play(policy: Policy) {
   }
   const reports = await Promise.all(children.map((c) => c.ask('done', round, { type: 'stop', round })));
 
-  const reader = direct(prefix);
+  const reader = direct(prefix, policy);
   const usage = await Promise.all(users.map(async (user) => (await reader.manager.getSubscription(user))?.usage));
   await closeDirect(reader);
   const told = users.map((user) => sum(reports.map((r) => r.told[user] ?? 0)));
@@ -176,10 +183,7 @@ function total(counts: Counts[]): Omit<Counts, 'faults'> & { faults: number } {
 }
 
 describe(`kill -9 of an append-only Redis under load: ${PROCESSES} processes x ${LANES} calls in flight over ${USERS} users`, () => {
-  // 'local' is not here yet: its shares now start empty and refill, and in this scenario its
-  // processes decided nothing locally during the kills (the outage policies' own suite,
-  // redis-outage-policies, covers 'local' through the fault proxy).
-  for (const policy of ['fail-closed', 'fail-open'] as const) {
+  for (const policy of ['fail-closed', 'fail-open', 'local'] as const) {
     it(`${policy}: every user's usage equals exactly what callers were told was charged`, async ({ annotate }) => {
       const { reports, usage, told } = await play(policy);
       const counts = total(reports.map((r) => r.counts));

@@ -1,6 +1,6 @@
 // Scenarios of the embedded pipeline: setup, what is done, what must be seen. Fake clock throughout.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Manager } from '../src/index.js';
+import { Manager, type Limiter } from '../src/index.js';
 import { gate, rejection } from './helpers.js';
 
 let manager: Manager;
@@ -165,6 +165,40 @@ describe('rate pacing', () => {
   });
 });
 
+describe('refusals', () => {
+  it("rate and quota refusals carry the decision's figures: a periodic quota's renewal, none for a lifetime quota", async () => {
+    manager.registerProfile('monthly', { rate: { limit: 1, intervalMs: 1000 }, quota: { limit: 1, periodMs: 60_000 } });
+    manager.registerProfile('lifetime', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 1 } });
+    manager.registerProfile('open', { rate: { limit: 1, intervalMs: 1000 } });
+    for (const user of ['M', 'R', 'L', 'O']) await manager.subscribe(user, user === 'L' ? 'lifetime' : user === 'O' ? 'open' : 'monthly');
+    await vi.advanceTimersByTimeAsync(10_000);
+
+    expect(await manager.getLimiter('R').submit(() => 1)).toBe(1);
+    await manager.resetUsage('R');
+    const rated = await rejection(manager.getLimiter('R').submit(() => 2, { wait: false }));
+    expect(rated.code).toBe('RATE_LIMITED');
+    expect(rated.retryAfterMs).toBe(1000);
+    expect(rated.refusal).toEqual({ profile: 'monthly', usage: 0, quotaLimit: 1, quotaResetAfterMs: 50_000, rate: { limit: 1, remaining: 0, resetAfterMs: 1000 } });
+
+    expect(await manager.getLimiter('O').submit(() => 1)).toBe(1);
+    const open = await rejection(manager.getLimiter('O').submit(() => 2, { wait: false }));
+    expect(open.refusal).toMatchObject({ profile: 'open', usage: 1, quotaLimit: null, quotaResetAfterMs: null });
+
+    expect(await manager.getLimiter('M').submit(() => 1)).toBe(1);
+    const monthly = await rejection(manager.getLimiter('M').submit(() => 2));
+    expect(monthly.code).toBe('QUOTA_EXCEEDED');
+    expect(monthly.message).toContain('limit 1');
+    expect(monthly.retryAfterMs).toBe(50_000);
+    expect(monthly.refusal).toEqual({ profile: 'monthly', usage: 1, quotaLimit: 1, quotaResetAfterMs: 50_000, rate: undefined });
+
+    expect(await manager.getLimiter('L').submit(() => 1)).toBe(1);
+    const lifetime = await rejection(manager.getLimiter('L').submit(() => 2));
+    expect(lifetime.code).toBe('QUOTA_EXCEEDED');
+    expect(lifetime.retryAfterMs).toBeUndefined();
+    expect(lifetime.refusal).toEqual({ profile: 'lifetime', usage: 1, quotaLimit: 1, quotaResetAfterMs: null, rate: undefined });
+  });
+});
+
 describe('fairness and concurrency', () => {
   it('A queues 20 tasks, then B submits 1: B starts before A\'s third (perUserConcurrency 1, inline)', async () => {
     manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
@@ -210,6 +244,139 @@ describe('fairness and concurrency', () => {
     expect((await manager.getSubscription('A'))?.usage).toBe(3);
     hold.open();
     await Promise.all(runs);
+  });
+
+  /** Inline tasks that record their start and run until the test ends them. */
+  function held(): {
+    task: (label: string) => () => Promise<string>;
+    started: string[];
+    end: (label: string) => void;
+    startsAtOnce: (limiter: Limiter, label: string) => Promise<void>;
+  } {
+    const started: string[] = [];
+    const gates = new Map<string, ReturnType<typeof gate<string>>>();
+    const task = (label: string) => (): Promise<string> => {
+      started.push(label);
+      const g = gate<string>();
+      gates.set(label, g);
+      return g.opened;
+    };
+    const end = (label: string): void => gates.get(label)?.open(label);
+    return {
+      started,
+      task,
+      end,
+      // Submits a task that must start at once (in the next dispatch), then lets it end.
+      startsAtOnce: async (limiter, label) => {
+        const run = limiter.submit(task(label));
+        await vi.advanceTimersByTimeAsync(0);
+        expect(started.at(-1)).toBe(label);
+        end(label);
+        expect(await run).toBe(label);
+      },
+    };
+  }
+
+  it("a user's task submitted after earlier ones ended still waits for the user's slot (perUserConcurrency 1)", async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('A', 'p');
+    const { task, started, end, startsAtOnce } = held();
+    const limiter = manager.getLimiter('A');
+    const first = limiter.submit(task('A1'));
+    const second = limiter.submit(task('A2'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1']);
+    end('A1');
+    expect(await first).toBe('A1');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2']);
+    const third = limiter.submit(task('A3'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2']);
+    end('A2');
+    expect(await second).toBe('A2');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2', 'A3']);
+    end('A3');
+    expect(await third).toBe('A3');
+    await startsAtOnce(limiter, 'A4');
+    expect(started).toEqual(['A1', 'A2', 'A3', 'A4']);
+  });
+
+  it('users whose slots free up together take turns, one task each (perUserConcurrency 2)', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 2 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const { task, started, end } = held();
+    const runs: Promise<string>[] = [];
+    for (const user of ['A', 'B']) for (let i = 1; i <= 4; i++) runs.push(manager.getLimiter(user).submit(task(`${user}${i}`)));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['A1', 'A2', 'B1', 'B2']);
+    for (const label of ['A1', 'A2', 'B1', 'B2']) end(label);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started.slice(4)).toEqual(['A3', 'B3', 'A4', 'B4']);
+    for (const label of ['A3', 'B3', 'A4', 'B4']) end(label);
+    expect(await Promise.all(runs)).toEqual(['A1', 'A2', 'A3', 'A4', 'B1', 'B2', 'B3', 'B4']);
+  });
+
+  it("a queued task aborted just as the user's slot frees leaves the slot to the user's next submit", async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const { task, started, end, startsAtOnce } = held();
+    const a = manager.getLimiter('A');
+    const b = manager.getLimiter('B');
+    const controller = new AbortController();
+    const b1 = b.submit(task('B1'));
+    const a1 = a.submit(task('A1'));
+    // B2 starts in the turn in which A's slot frees too, and aborts A2 before A's turn comes.
+    const b2 = b.submit(() => {
+      started.push('B2');
+      controller.abort();
+      return 'B2';
+    });
+    const a2 = a.submit(task('A2'), { signal: controller.signal });
+    await vi.advanceTimersByTimeAsync(0);
+    end('B1');
+    end('A1');
+    expect(await Promise.all([b1, a1, b2])).toEqual(['B1', 'A1', 'B2']);
+    expect((await rejection(a2)).code).toBe('ABORTED');
+    await startsAtOnce(a, 'A3');
+    expect(started).toEqual(['B1', 'A1', 'B2', 'A3']);
+  });
+
+  it('maxQueue counts waiting tasks only: a user under their cap starts at once while the queue is full', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 2, maxQueue: 1 } });
+    await manager.subscribe('A', 'p');
+    await manager.subscribe('B', 'p');
+    const { task, started, end } = held();
+    const b = manager.getLimiter('B');
+    const a = manager.getLimiter('A');
+    const runs = [b.submit(task('B1')), b.submit(task('B2')), b.submit(task('B3')), a.submit(task('A1')), a.submit(task('A2'))];
+    expect((await rejection(a.submit(task('A3')))).code).toBe('QUEUE_FULL');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['B1', 'B2', 'A1', 'A2']);
+    for (const label of ['B1', 'B2', 'A1', 'A2']) end(label);
+    await vi.advanceTimersByTimeAsync(0);
+    end('B3');
+    expect(await Promise.all(runs)).toEqual(['B1', 'B2', 'B3', 'A1', 'A2']);
+  });
+
+  it('a task aborted before its start gives the queue no extra room', async () => {
+    manager.registerProfile('p', { rate: { limit: 1000, intervalMs: 1000 }, pool: { perUserConcurrency: 1, maxQueue: 1 } });
+    await manager.subscribe('A', 'p');
+    const { task, end } = held();
+    const limiter = manager.getLimiter('A');
+    const controller = new AbortController();
+    const aborted = limiter.submit(task('A0'), { signal: controller.signal });
+    controller.abort();
+    expect((await rejection(aborted)).code).toBe('ABORTED');
+    const runs = [limiter.submit(task('A1')), limiter.submit(task('A2'))];
+    expect((await rejection(limiter.submit(task('A3')))).code).toBe('QUEUE_FULL');
+    end('A1');
+    await vi.advanceTimersByTimeAsync(0);
+    end('A2');
+    expect(await Promise.all(runs)).toEqual(['A1', 'A2']);
   });
 
   it('priority orders one user\'s queued tasks', async () => {

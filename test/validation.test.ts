@@ -32,6 +32,31 @@ describe('store options', () => {
     expect(new RedisStore({ client, prefix: 'x', timeoutMs: 5, rememberedUsers: 1 })).toBeInstanceOf(RedisStore);
     expect(new MemoryStore({ maxDeadLetters: 5 })).toBeInstanceOf(MemoryStore);
   });
+
+  it("MemoryStore's refusals name the store, the option and the rule", () => {
+    const cases: [string, () => unknown, string][] = [
+      ['null options', () => new MemoryStore(null as never), 'MemoryStore: options must be an object, got null'],
+      ['string options', () => new MemoryStore('big' as never), 'MemoryStore: options must be an object, got "big"'],
+      ['typo', () => new MemoryStore({ maxDeadLeters: 5 } as never), 'MemoryStore: maxDeadLeters must be one of the known options (maxDeadLetters)'],
+      ['zero bound', () => new MemoryStore({ maxDeadLetters: 0 }), 'MemoryStore: maxDeadLetters must be a positive integer, got 0'],
+    ];
+    for (const [label, make, message] of cases) {
+      const error = thrown(make);
+      expect(error.code, label).toBe('INVALID_CONFIG');
+      expect(error.message, label).toContain(message);
+    }
+  });
+
+  it('a MemoryStore holds 1024 profile definitions; the next is INVALID_CONFIG', () => {
+    const store = new MemoryStore();
+    const many = new Manager({ store });
+    for (let i = 0; i < 1024; i++) many.registerProfile(`p${i}`, { rate: { limit: 1, intervalMs: 1000 } });
+    const error = thrown(() => many.registerProfile('one-more', { rate: { limit: 1, intervalMs: 1000 } }));
+    expect(error.code).toBe('INVALID_CONFIG');
+    expect(error.message).toContain('MemoryStore: profiles must be at most 1024 profile definitions per store, got 1025');
+    expect(many.getProfile('one-more')).toBeUndefined();
+    return many.close();
+  });
 });
 
 describe('registerProfile', () => {
@@ -136,6 +161,46 @@ describe('call arguments', () => {
     expect((await rejected(limiter.submit(() => 1, { priority: Infinity }))).code).toBe('INVALID_ARGUMENT');
     expect((await rejected(limiter.submit(() => 1, { idempotencyKey: 'k' }))).code).toBe('INVALID_ARGUMENT');
     expect((await manager.getSubscription('u'))?.usage).toBe(0);
+  });
+
+  it("each bad submit argument is INVALID_ARGUMENT whose message names what was wrong, before anything is charged", async () => {
+    const limiter = manager.getLimiter('u');
+    const cases: [string, unknown, unknown, string][] = [
+      ['no task', undefined, undefined, 'task must be a function or { name, payload }'],
+      ['null task', null, undefined, 'task must be a function or { name, payload }'],
+      ['number task', 5, undefined, 'task must be a function or { name, payload }'],
+      ['empty name', { name: '' }, undefined, 'task must be a function or { name, payload }'],
+      ['no name', { payload: 1 }, undefined, 'task must be a function or { name, payload }'],
+      ['null options', () => 1, null, 'submit options must be an object'],
+      ['string options', () => 1, 'fast', 'submit options must be an object'],
+      ['unknown option', () => 1, { costs: 2 }, 'submit: unknown option "costs"'],
+      ['fractional cost', () => 1, { cost: 1.5 }, 'cost must be a positive integer'],
+      ['signal', () => 1, { signal: {} }, 'signal must be an AbortSignal'],
+      ['timeout', () => 1, { timeoutMs: 0 }, 'timeoutMs must be a positive integer'],
+      ['wait', () => 1, { wait: 'no' }, 'wait must be a boolean'],
+      ['priority', () => 1, { priority: '1' }, 'priority must be a finite number'],
+      ['infinite priority', () => 1, { priority: Infinity }, 'priority must be a finite number'],
+      ['empty taskId', () => 1, { taskId: '' }, 'taskId must be a non-empty string of at most 1024 characters'],
+      ['numeric taskId', () => 1, { taskId: 7 }, 'taskId must be a non-empty string'],
+      ['long taskId', () => 1, { taskId: 'x'.repeat(1025) }, 'taskId must be a non-empty string'],
+      ['idempotencyKey', () => 1, { idempotencyKey: 'k' }, 'not supported yet'],
+      ['orderingKey', () => 1, { orderingKey: 'k' }, 'not supported yet'],
+      ['concurrencyKey', () => 1, { concurrencyKey: 'k' }, 'not supported yet'],
+    ];
+    for (const [label, task, options, message] of cases) {
+      const error = await rejected(limiter.submit(task as never, options as never));
+      expect(error.code, label).toBe('INVALID_ARGUMENT');
+      expect(error.message, label).toContain(message);
+    }
+    for (const check of [() => limiter.check(0), () => limiter.checkDetailed(2.5)]) {
+      expect((await rejected(check())).message).toContain('cost must be a positive integer');
+    }
+    expect((await manager.getSubscription('u'))?.usage).toBe(0);
+    const ids: string[] = [];
+    manager.on('task', (event) => ids.push(event.id));
+    const longest = 'x'.repeat(1024);
+    expect(await limiter.submit(() => 'ran', { taskId: longest })).toBe('ran');
+    expect(new Set(ids)).toEqual(new Set([longest]));
   });
 
   it('a named task on a profile without pool.filename is INVALID_ARGUMENT and refunded', async () => {

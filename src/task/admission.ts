@@ -149,6 +149,7 @@ export function parseSubmit(task: unknown, options: unknown): Submission | Taskv
   if (o.timeoutMs !== undefined && !isCount(o.timeoutMs)) return invalidArgument(`timeoutMs must be a positive integer, got ${show(o.timeoutMs)}`);
   if (o.wait !== undefined && typeof o.wait !== 'boolean') return invalidArgument(`wait must be a boolean, got ${show(o.wait)}`);
   const priority = o.priority ?? 0;
+  // Stryker disable next-line ConditionalExpression: Number.isFinite is false for every non-number, so the typeof test alone never decides
   if (typeof priority !== 'number' || !Number.isFinite(priority)) return invalidArgument(`priority must be a finite number, got ${show(priority)}`);
   const taskId = o.taskId;
   if (taskId !== undefined && (typeof taskId !== 'string' || taskId.length === 0 || taskId.length > MAX_TASK_ID)) {
@@ -184,6 +185,7 @@ function refusalOf(r: AdmitResult, profile: Profile, rated: boolean): Refusal {
 /** The error of a denied admission (which wrote nothing), counted in `stats` when given. */
 export function denial(userId: string, r: AdmitResult, cost: number, stats: ProfileStats | undefined, nowMs: number): TaskvalveError {
   const reason = REASONS[r.verdict];
+  // Stryker disable next-line LogicalOperator,ConditionalExpression: a store gives a profile for every verdict but NOT_FOUND, so stats and a reason are given together or not at all
   if (stats !== undefined && reason !== undefined) stats.rejected[reason]++;
   const profile = r.profile as Profile;
   switch (r.verdict) {
@@ -210,10 +212,12 @@ export function denial(userId: string, r: AdmitResult, cost: number, stats: Prof
  */
 export function decision(userId: string, r: AdmitResult, cost: number, detailed: boolean, stats: ProfileStats | undefined, nowMs: number): Decision | TaskvalveError {
   if (r.verdict !== Verdict.ALLOWED && r.verdict !== Verdict.RATE_LIMITED) {
+    // Stryker disable next-line ConditionalExpression: only NOT_FOUND comes without a profile, and denial() answers it with the same error
     if (r.profile === undefined) return subscriptionNotFound(userId);
     return denial(userId, r, cost, stats, nowMs);
   }
   const allowed = r.verdict === Verdict.ALLOWED;
+  // Stryker disable next-line LogicalOperator: stats are given only for a refusal, so an allowed decision never has them
   if (!allowed && stats !== undefined) stats.rejected.rate_limited++;
   const retryAfterMs = allowed ? 0 : r.retryAfterMs;
   if (!detailed) return { allowed, limit: r.limit, remaining: r.remaining, retryAfterMs, resetAfterMs: r.resetAfterMs };

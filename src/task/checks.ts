@@ -30,6 +30,7 @@ export class Checks {
 
   /** Admission decided now (never waits); the store's answer is read before the next call. */
   decide(user: UserHandle, cost: number, detailed: boolean, closing: boolean): Promise<Decision> {
+    // Stryker disable next-line ConditionalExpression: the cost-1 shortcut only skips isCount(1), which is true
     if (cost !== 1 && !isCount(cost)) return Promise.reject(invalidArgument(`cost must be a positive integer, got ${show(cost)}`));
     if (closing) return Promise.reject(shuttingDown());
     const now = this.clock();
@@ -40,9 +41,12 @@ export class Checks {
       return Promise.reject(error);
     }
     if (r instanceof Promise) return r.then((res) => this.decided(user.userId, res, cost, detailed, now));
+    // Stryker disable next-line ConditionalExpression,BlockStatement: a fast path: decided() builds the same answers and counts the same refusal
     if (!detailed) {
       // The two common answers, built directly.
+      // Stryker disable next-line ConditionalExpression: a fast path: decided() builds the same answer
       if (r.verdict === Verdict.ALLOWED) return Promise.resolve({ allowed: true, limit: r.limit, remaining: r.remaining, retryAfterMs: 0, resetAfterMs: r.resetAfterMs });
+      // Stryker disable next-line ConditionalExpression,BlockStatement: a fast path: decided() builds the same answer and counts the same refusal
       if (r.verdict === Verdict.RATE_LIMITED) {
         this.statsOf(user, r.profile as Profile).rejected.rate_limited++;
         return Promise.resolve({ allowed: false, limit: r.limit, remaining: r.remaining, retryAfterMs: r.retryAfterMs, resetAfterMs: r.resetAfterMs });
@@ -61,6 +65,7 @@ export class Checks {
   }
 
   private decided(userId: string, r: AdmitResult, cost: number, detailed: boolean, now: number): Promise<Decision> {
+    // Stryker disable next-line ConditionalExpression: an allowed decision counts nothing, so looking its stats up changes nothing
     const stats = r.verdict === Verdict.ALLOWED || r.profile === undefined ? undefined : this.metrics.profile(r.profile.name);
     const d = decision(userId, r, cost, detailed, stats, now);
     return d instanceof TaskvalveError ? Promise.reject(d) : Promise.resolve(d);

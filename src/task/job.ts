@@ -73,6 +73,8 @@ export class Job {
   /** Stops the running attempt (set while it runs and can be stopped). */
   stop: { stop(reason: TaskvalveError): void } | undefined = undefined;
   firstFailedAt = 0;
+  /** The error of its last failed attempt, once one failed and it waits to retry. */
+  lastError: TaskvalveError | undefined = undefined;
   /** FAILED: the error its caller gets once the dead letter is stored. */
   failure: TaskvalveError | undefined = undefined;
   /** When admission accepted it (ms, manager clock). */

@@ -37,10 +37,11 @@ const { PENDING, WAITING_RATE, QUEUED, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED, C
 /** The transitions that exist: from -> the states it may move to. */
 const TABLE: Record<State, readonly State[]> = {
   [PENDING]: [WAITING_RATE, QUEUED, CANCELED],
-  [WAITING_RATE]: [QUEUED, CANCELED],
+  // FAILED from a wait: a retry that could not be re-admitted (the store was unavailable).
+  [WAITING_RATE]: [QUEUED, FAILED, CANCELED],
   [QUEUED]: [RUNNING, CANCELED],
   [RUNNING]: [SUCCEEDED, RETRY_WAIT, FAILED, CANCELED],
-  [RETRY_WAIT]: [WAITING_RATE, QUEUED, CANCELED],
+  [RETRY_WAIT]: [WAITING_RATE, QUEUED, FAILED, CANCELED],
   [SUCCEEDED]: [],
   [FAILED]: [],
   [CANCELED]: [],

@@ -113,7 +113,7 @@ export class Pipeline {
         job.taken = receipt;
         this.queue(job);
       },
-      failed: (job, error) => this.end(job, storeFailed(error)),
+      failed: (job, error) => this.storeLost(job, error),
       untake: (job, receipt) => this.untake(job, receipt),
       expired: (job, retryAfterMs) => this.end(job, rateLimited(job.userId, job.profile.name, retryAfterMs)),
       now: clock,
@@ -350,7 +350,7 @@ export class Pipeline {
         this.lines.add(job, ms);
       }
     };
-    const fail = (error: unknown): void => this.end(job, storeFailed(error));
+    const fail = (error: unknown): void => this.storeLost(job, error);
     try {
       const wait = this.take(job, receipt);
       if (typeof wait === 'number') go(wait);
@@ -382,6 +382,22 @@ export class Pipeline {
     if (reason in stats.rejected) stats.rejected[reason as RejectReason]++;
     if (this.report !== undefined && reason === 'shutting_down') this.report.rejected++;
     this.finish(job, false, error, false);
+  }
+
+  /**
+   * The store failed a task's rate turn. A first attempt never ran: it is CANCELED (refunded). A
+   * retry ran before: it is FAILED with its last attempt's error, dead-lettered.
+   */
+  private storeLost(job: Job, error: unknown): void {
+    const state = job.state;
+    const failure = storeFailed(error);
+    if (failure.code !== ErrorCode.STORE_UNAVAILABLE || job.lastError === undefined || (state !== State.RETRY_WAIT && state !== State.WAITING_RATE)) {
+      this.end(job, failure);
+      return;
+    }
+    if (state === State.WAITING_RATE) this.lines.remove(job);
+    else job.timer?.cancel();
+    this.settler.retryLost(job, failure, this.ctx.clock());
   }
 
   /** Stops a running task now: its caller gets `error`, its slot is freed when the run really ends. */

@@ -139,14 +139,6 @@ export class RateLines {
     if (line !== undefined && !line.busy && !line.turning) this.arm(key, line, 0, undefined);
   }
 
-  /** Every waiting job. */
-  *jobs(): IterableIterator<Job> {
-    for (const line of this.lines.values()) {
-      for (const job of line.front) if (this.here(job, line)) yield job;
-      for (const lane of line.lanes.values()) for (const job of lane) if (this.here(job, line)) yield job;
-    }
-  }
-
   /** Disarms every timer (shutdown, once no job waits). */
   clear(): void {
     for (const line of this.lines.values()) line.timer?.cancel();

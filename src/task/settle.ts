@@ -75,6 +75,7 @@ export class Settler {
     const retry = job.profile.retry;
     if (job.attempt < retry.attempts && isRetryable(error) && this.out.retrying()) {
       lifecycle.move(job, State.RETRY_WAIT, reason);
+      job.lastError = error;
       job.timer = new Timer(backoffMs(retry, job.attempt + 1), () => {
         job.timer = undefined;
         this.out.retry(job);
@@ -82,6 +83,20 @@ export class Settler {
       return;
     }
     this.bury(job, error, now);
+  }
+
+  /**
+   * A retry could not be re-admitted: the store failed (`storeError`). The task ran and failed,
+   * so it is charged and not lost: it is dead-lettered with its last attempt's error, which says
+   * why it was not retried (STORE_UNAVAILABLE alone would tell its caller it never ran).
+   */
+  retryLost(job: Job, storeError: TaskvalveError, now: number): void {
+    const last = job.lastError as TaskvalveError;
+    const why = new TaskvalveError(last.code, `${last.message} (not retried: ${storeError.message})`, {
+      cause: last.cause,
+      ...(last.retryable === undefined ? {} : { retryable: last.retryable }),
+    });
+    this.bury(job, why, now);
   }
 
   /** FAILED: stores the dead letter, then rejects the caller. A late abort changes nothing now. */

@@ -39,13 +39,15 @@ interface Batch {
   index: Map<Profile, number>;
   /** Every registered profile is in the table (a decision for a user of unknown profile). */
   all: boolean;
+  /** When its first decision was added (performance.now()). */
+  since: number;
   /** Every decision's answer, in order, once the call returns. */
   answers: Promise<Answer[]>;
   settle: { resolve(answers: Answer[]): void; reject(error: unknown): void };
 }
 
 function newBatch(): Batch {
-  const batch = { keys: [], decisions: [], size: 0, profiles: [], index: new Map(), all: false } as unknown as Batch;
+  const batch = { keys: [], decisions: [], size: 0, profiles: [], index: new Map(), all: false, since: performance.now() } as unknown as Batch;
   batch.answers = new Promise<Answer[]>((resolve, reject) => {
     batch.settle = { resolve, reject };
   });
@@ -105,9 +107,9 @@ function profileFields(p: Profile): string[] {
   return fields;
 }
 
-/** Admission calls of one node: those in flight, and the batch gathering behind them. */
+/** Admission calls of one node: those in flight (oldest first), and the batch gathering behind them. */
 interface Group {
-  inFlight: number;
+  inFlight: Batch[];
   pending: Batch | undefined;
 }
 
@@ -117,10 +119,16 @@ export class Batches {
   /** Decisions gathering or in flight, not answered yet. */
   private pending = 0;
 
-  /** `maxPending`: decisions that may wait for Redis at once; past it, admissions fail at once (overload is shed, not queued). */
+  /**
+   * Overload is shed, not queued: past `maxPending` decisions waiting for Redis in this process
+   * (a bound on memory), or once a node's oldest admission call has waited `maxDelayMs` (a
+   * bound on latency: the node answers slower than decisions arrive), an admission fails at once.
+   * A burst the node can absorb within `maxDelayMs` is not shed.
+   */
   constructor(
     private readonly ctx: Context,
     private readonly maxPending: number,
+    private readonly maxDelayMs: number,
   ) {}
 
   /**
@@ -128,11 +136,11 @@ export class Batches {
    * carries no stack trace (capturing one is most of an error's cost): where it was thrown is
    * always here.
    */
-  private overloaded(): TaskvalveError {
+  private overloaded(why: string): TaskvalveError {
     const limit = Error.stackTraceLimit;
     Error.stackTraceLimit = 0;
     try {
-      return storeUnavailable(new Error(`overloaded: ${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`));
+      return storeUnavailable(new Error(`overloaded: ${why}`));
     } finally {
       Error.stackTraceLimit = limit;
     }
@@ -146,16 +154,21 @@ export class Batches {
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
   async add(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
-    if (this.pending >= this.maxPending) throw this.overloaded();
-    this.pending++;
+    if (this.pending >= this.maxPending) throw this.overloaded(`${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`);
     // On a Cluster one call may carry the keys of many users, as long as they share a slot.
     const calls = this.ctx.calls;
     const key = calls.clustered ? slotOf(tagOf(user)) : calls.node(user);
     let group = this.groups.get(key);
     if (group === undefined) {
-      group = { inFlight: 0, pending: undefined };
+      group = { inFlight: [], pending: undefined };
       this.groups.set(key, group);
+    } else if (group.inFlight.length > 0) {
+      const waited = performance.now() - (group.inFlight[0] as Batch).since;
+      if (waited >= this.maxDelayMs) {
+        throw this.overloaded(`an admission has waited ${Math.round(waited)} ms for Redis (RedisStore maxDelayMs ${this.maxDelayMs})`);
+      }
     }
+    this.pending++;
     let batch = group.pending;
     if (batch === undefined) {
       batch = newBatch();
@@ -177,7 +190,7 @@ export class Batches {
     const at = batch.size++;
     // Send at once while the node has room (no added latency when calls are few); otherwise the
     // decision waits in the batch for the next call to return.
-    if (group.inFlight < MAX_IN_FLIGHT || batch.size >= MAX_BATCH) this.send(key, group);
+    if (group.inFlight.length < MAX_IN_FLIGHT || batch.size >= MAX_BATCH) this.send(key, group);
     return (await batch.answers)[at] as Answer;
   }
 
@@ -186,7 +199,7 @@ export class Batches {
     const batch = group.pending;
     if (batch === undefined) return;
     group.pending = undefined;
-    group.inFlight++;
+    group.inFlight.push(batch);
     const args: (string | number | Buffer)[] = [batch.profiles.length];
     for (const p of batch.profiles) for (const field of profileFields(p)) args.push(field);
     const d = batch.decisions;
@@ -206,21 +219,25 @@ export class Batches {
     this.ctx.ops.write(scripts.admit, batch.keys, args, 'undo', true).then(
       (reply) => {
         this.pending -= batch.size;
-        this.sent(key, group);
+        this.sent(key, group, batch);
         batch.settle.resolve(parseAnswers(reply as unknown as Buffer, batch));
       },
       (error: unknown) => {
         this.pending -= batch.size;
-        this.sent(key, group);
+        this.sent(key, group, batch);
         batch.settle.reject(error);
       },
     );
   }
 
   /** A group's call returned: its next batch goes, if one gathered. */
-  private sent(key: unknown, group: Group): void {
-    group.inFlight--;
+  private sent(key: unknown, group: Group, batch: Batch): void {
+    const inFlight = group.inFlight;
+    // Calls on one connection are answered in order: the one returning is nearly always the first.
+    const at = inFlight[0] === batch ? 0 : inFlight.indexOf(batch);
+    if (at === 0) inFlight.shift();
+    else inFlight.splice(at, 1);
     if (group.pending !== undefined) this.send(key, group);
-    else if (group.inFlight === 0) this.groups.delete(key);
+    else if (inFlight.length === 0) this.groups.delete(key);
   }
 }

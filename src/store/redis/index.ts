@@ -59,10 +59,17 @@ export interface RedisStoreOptions {
   timeoutMs?: number;
   /**
    * Admission decisions that may wait for Redis at once in this process (gathering in a batch or
-   * in flight); default 1,000. Past it an admission fails at once with STORE_UNAVAILABLE
-   * ("overloaded"), handled by the outage policy: overload is shed, not queued.
+   * in flight): a bound on memory; default 10,000. Past it an admission fails at once with
+   * STORE_UNAVAILABLE ("overloaded"), handled by the outage policy: overload is shed, not queued.
    */
   maxPending?: number;
+  /**
+   * How long a node's oldest admission call may wait for its answer before new admissions for
+   * that node are shed (STORE_UNAVAILABLE "overloaded", under the outage policy): a bound on
+   * latency, so that a process offered more than Redis answers sheds the excess instead of
+   * building a backlog, while a burst Redis absorbs within it is not shed; default 250 ms.
+   */
+  maxDelayMs?: number;
   /**
    * How many users' standing (profile, usage, quota, whether the subscription was usable) this
    * process remembers for the outage policies, beyond the users whose limiter handles the
@@ -89,15 +96,17 @@ export class RedisStore implements Store {
 
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
-    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs', 'maxPending', 'rememberedUsers']);
+    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs', 'maxPending', 'maxDelayMs', 'rememberedUsers']);
     const prefix = options.prefix ?? 'taskvalve';
     if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
       throw invalidConfig('RedisStore', 'prefix', prefix, 'a non-empty string without braces');
     }
     const timeoutMs = options.timeoutMs ?? 1000;
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw invalidConfig('RedisStore', 'timeoutMs', timeoutMs, 'a positive integer');
-    const maxPending = options.maxPending ?? 1000;
+    const maxPending = options.maxPending ?? 10_000;
     if (!Number.isSafeInteger(maxPending) || maxPending <= 0) throw invalidConfig('RedisStore', 'maxPending', maxPending, 'a positive integer');
+    const maxDelayMs = options.maxDelayMs ?? 250;
+    if (!Number.isSafeInteger(maxDelayMs) || maxDelayMs <= 0) throw invalidConfig('RedisStore', 'maxDelayMs', maxDelayMs, 'a positive integer');
     const remembered = options.rememberedUsers ?? REMEMBERED_USERS;
     if (!Number.isSafeInteger(remembered) || remembered <= 0) throw invalidConfig('RedisStore', 'rememberedUsers', remembered, 'a positive integer');
     const clients = Array.isArray(options.client) ? options.client : [options.client];
@@ -118,7 +127,7 @@ export class RedisStore implements Store {
     this.ended = new Ended(ctx, forget);
     this.outage = new Outage(ctx, this.presence);
     this.subscriptions = new Subscriptions(ctx, this.ended, this.denials, forget);
-    this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending), this.denials, this.outage, this.subscriptions);
+    this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending, maxDelayMs), this.denials, this.outage, this.subscriptions);
     this.turns = new Turns(ctx, this.handles, this.outage, this.subscriptions);
     this.migration = new Migration(ctx, this.ended);
     this.deadLetters = new DeadLetters(ctx);
