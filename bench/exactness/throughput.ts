@@ -46,7 +46,7 @@ export async function measure(request: ThroughputRequest, connection: (id: Syste
   const points: ThroughputPoint[] = [];
   for (const id of systems) {
     try {
-      opened.set(id, await system(id).openWide(await connection(id, 'standalone'), { prefix: `${prefix}-${id}`, keys, inFlight: Math.max(...inFlight) }));
+      opened.set(id, await system(id).openWide(await connection(id, 'standalone'), { prefix: `${prefix}-${id}`, keys }));
       // Warm-up: scripts loaded, connections and code paths hot.
       await run(opened.get(id) as Contender, 64, Math.min(runMs, 200), keys);
     } catch (error) {

@@ -22,8 +22,6 @@ export interface Contender {
 export interface Wide {
   prefix: string;
   keys: number;
-  /** The most attempts that will be in flight at once. */
-  inFlight: number;
 }
 
 export interface System<C> {

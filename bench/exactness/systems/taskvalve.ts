@@ -6,8 +6,8 @@
  */
 import type { Cluster, Redis } from 'ioredis';
 import { Manager, MemoryStore, RedisStore, TaskvalveError, type ProfileConfig, type Store } from '../../../src/index.js';
-import type { Limits, Route, RoundSpec, Targets } from '../protocol.js';
-import { redisClient, usersOf, type Contender, type System, type Wide } from './system.js';
+import type { Limits, Route, Targets } from '../protocol.js';
+import { redisClient, usersOf, type Contender, type System } from './system.js';
 
 type Connection = { kind: 'memory'; stores: Map<string, MemoryStore> } | { kind: 'redis'; client: Redis | Cluster };
 
@@ -23,8 +23,8 @@ function profileOf(limits: Limits): ProfileConfig {
   return { rate, ...(limits.quota === undefined ? {} : { quota: { limit: limits.quota } }) };
 }
 
-function storeOf(connection: Connection, prefix: string, maxPending?: number): Store {
-  if (connection.kind === 'redis') return new RedisStore({ client: connection.client, prefix, ...(maxPending === undefined ? {} : { maxPending }) });
+function storeOf(connection: Connection, prefix: string): Store {
+  if (connection.kind === 'redis') return new RedisStore({ client: connection.client, prefix });
   let store = connection.stores.get(prefix);
   if (store === undefined) {
     store = new MemoryStore();
@@ -33,8 +33,8 @@ function storeOf(connection: Connection, prefix: string, maxPending?: number): S
   return store;
 }
 
-function managerOf(connection: Connection, prefix: string, profile: ProfileConfig, maxPending?: number): Manager {
-  const manager = new Manager({ store: storeOf(connection, prefix, maxPending), onStoreUnavailable: 'fail-closed' });
+function managerOf(connection: Connection, prefix: string, profile: ProfileConfig): Manager {
+  const manager = new Manager({ store: storeOf(connection, prefix), onStoreUnavailable: 'fail-closed' });
   manager.registerProfile(PROFILE, profile);
   return manager;
 }
@@ -107,9 +107,7 @@ export const taskvalve: System<Connection> = {
   },
 
   async openWide(connection, wide) {
-    // Past maxPending decisions waiting for Redis, a RedisStore sheds load (STORE_UNAVAILABLE):
-    // sized for the most calls the measure keeps in flight.
-    const manager = managerOf(connection, wide.prefix, { rate: { limit: 1_000_000, intervalMs: 1_000 } }, Math.max(1_000, wide.inFlight));
+    const manager = managerOf(connection, wide.prefix, { rate: { limit: 1_000_000, intervalMs: 1_000 } });
     for (let i = 0; i < wide.keys; i += 256) {
       await Promise.all(Array.from({ length: Math.min(256, wide.keys - i) }, (_, k) => manager.subscribe(`k${i + k}`, PROFILE)));
     }
