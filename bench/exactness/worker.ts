@@ -13,6 +13,8 @@ import type { Contender } from './systems/system.js';
 import { measure } from './throughput.js';
 
 const PROGRESS_MS = 100;
+/** How long a stopping round waits for its contender to close (bottleneck's stop can hang after a fault). */
+const CLOSE_MS = 20_000;
 /** How long a stopped round waits for attempts a closed contender has not answered. */
 const DRAIN_MS = 10_000;
 const MAX_ERRORS = 5;
@@ -66,6 +68,7 @@ class Round {
   private stopping = false;
   private closing = false;
   private progress: NodeJS.Timeout | undefined;
+  private stopped: Promise<WorkerReport> | undefined;
 
   constructor(
     readonly spec: RoundSpec,
@@ -147,12 +150,21 @@ class Round {
     if (this.report.errors.length < MAX_ERRORS && !this.report.errors.includes(message)) this.report.errors.push(message);
   }
 
-  /** Stops the lanes, closes the contender, and answers the report once every attempt is accounted for. */
-  async stop(): Promise<WorkerReport> {
+  /** Stops the lanes, closes the contender, and answers the report once every attempt is accounted for (once, however often asked). */
+  stop(): Promise<WorkerReport> {
+    this.stopped ??= this.finish();
+    return this.stopped;
+  }
+
+  private async finish(): Promise<WorkerReport> {
     this.stopping = true;
     clearInterval(this.progress);
     this.closing = true;
-    await this.contender.close();
+    const closed = this.contender.close().then(
+      () => true,
+      (error: unknown) => (this.keep(`close failed: ${describe(error)}`), true),
+    );
+    if (!(await Promise.race([closed, sleep(CLOSE_MS).then(() => false)]))) this.keep(`close did not finish within ${CLOSE_MS / 1000} s`);
     const drained = Promise.all(this.pending).then(() => true);
     if (!(await Promise.race([drained, sleep(DRAIN_MS).then(() => false)]))) this.report.unanswered += this.pending.size;
     for (const incident of this.contender.incidents) this.keep(incident);
@@ -205,7 +217,9 @@ async function handle(message: ToWorker): Promise<void> {
     }
     case 'setup': {
       const { spec } = message;
-      if (current !== undefined) throw new Error(`setup of round ${spec.round} while round ${current.spec.round} is not stopped`);
+      // A round the parent gave up on (a step timed out) is abandoned, still closing in the background.
+      if (current !== undefined) void current.stop().catch(() => undefined);
+      current = undefined;
       const contender = await system(spec.system).open(await connection(spec.system, spec.route), spec);
       await contender.warm?.();
       current = new Round(spec, contender);
@@ -216,7 +230,7 @@ async function handle(message: ToWorker): Promise<void> {
     case 'stop': {
       const round = roundOf(message.round);
       const report = await round.stop();
-      current = undefined;
+      if (current === round) current = undefined;
       return send({ type: 'done', round: message.round, report });
     }
     case 'readback': {
