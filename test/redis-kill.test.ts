@@ -4,12 +4,13 @@
 // stopped and the Managers are closed (calls in doubt settled, 'local' charges landed), every
 // user's usage in Redis equals exactly what the callers were told was charged: no phantom charge
 // for a call reported failed, no charge missing for a call reported admitted.
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { Manager, RedisStore, type ProfileConfig } from '../src/index.js';
 import type { Counts, FromChild, Policy, Setup, ToChild } from './fixtures/kill-load.js';
+import { forkTs, stopChild } from './support/child.js';
 import { startRedis, type RedisServer } from './support/redis.js';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/kill-load.ts', import.meta.url));
@@ -44,19 +45,13 @@ const profileOf = (i: number): string => (i % 3 === 2 ? 'pooled' : 'solo');
 /** One forked load process and the messages it sent, awaited by type. */
 class Child {
   private readonly process: ChildProcess;
-  private readonly log: string[] = [];
+  private readonly output: () => string;
   private readonly waiters = new Map<string, { resolve(m: FromChild): void; reject(e: Error): void; timer: NodeJS.Timeout }>();
   private failure: Error | undefined;
   private exiting = false;
 
   constructor(readonly index: number) {
-    this.process = fork(FIXTURE, [], { cwd: ROOT, execArgv: ['--import', 'tsx'], stdio: ['ignore', 'pipe', 'pipe', 'ipc'], serialization: 'json' });
-    const keep = (chunk: Buffer): void => {
-      this.log.push(chunk.toString());
-      if (this.log.length > 50) this.log.splice(0, this.log.length - 50);
-    };
-    this.process.stdout?.on('data', keep);
-    this.process.stderr?.on('data', keep);
+    ({ child: this.process, output: this.output } = forkTs(FIXTURE, { cwd: ROOT }));
     this.process.on('message', (message: FromChild) => this.receive(message));
     this.process.on('exit', (code, signal) => {
       if (!this.exiting) this.fail(`exited (${code ?? signal})`);
@@ -64,7 +59,7 @@ class Child {
   }
 
   private fail(why: string): void {
-    this.failure ??= new Error(`load process ${this.index} ${why}\n--- its output ---\n${this.log.join('').slice(-2_000)}`);
+    this.failure ??= new Error(`load process ${this.index} ${why}\n--- its output ---\n${this.output()}`);
     for (const w of this.waiters.values()) {
       clearTimeout(w.timer);
       w.reject(this.failure);
@@ -103,19 +98,7 @@ class Child {
   /** Asks it to leave; SIGKILL by pid if it has not within 5 s. */
   async stop(): Promise<void> {
     this.exiting = true;
-    const child = this.process;
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        if (child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-      }, 5_000);
-      child.once('exit', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      if (child.connected) child.send({ type: 'exit' } satisfies ToChild);
-      else if (child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-    });
+    await stopChild(this.process, { type: 'exit' } satisfies ToChild);
   }
 }
 

@@ -2,10 +2,11 @@
 // own Manager over RedisStore, contend for one bucket / one quota held in a real redis-server
 // (standalone, and a 3-master Redis Cluster). Rounds are driven over IPC with a ready/go barrier,
 // so the 4 x 250 operations of a round really race; the totals across processes must be exact.
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FromChild, Scenario, Target, ToChild } from './fixtures/contender.js';
+import { forkTs, stopChild } from './support/child.js';
 import { startCluster, startRedis, type RedisClusterHandle, type RedisServer } from './support/redis.js';
 
 const CHILDREN = 4;
@@ -32,39 +33,27 @@ interface Waiter {
 /** The 4 forked contenders and the message plumbing to them. */
 class Contenders {
   readonly children: ChildProcess[] = [];
-  private readonly logs: string[][] = [];
+  private readonly outputs: (() => string)[] = [];
   private readonly waiters = new Set<Waiter>();
   private failure: Error | undefined;
 
   constructor(count: number) {
     for (let i = 0; i < count; i++) {
-      const log: string[] = [];
-      const child = fork(FIXTURE, [], {
-        cwd: ROOT,
-        execArgv: ['--import', 'tsx'],
-        stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-        serialization: 'json',
-      });
-      const keep = (chunk: Buffer): void => {
-        log.push(chunk.toString());
-        if (log.length > 50) log.splice(0, log.length - 50);
-      };
-      child.stdout?.on('data', keep);
-      child.stderr?.on('data', keep);
+      const { child, output } = forkTs(FIXTURE, { cwd: ROOT });
       child.on('message', (message: FromChild) => this.receive(i, message));
       child.on('exit', (code, signal) => {
         if (!this.stopping) this.fail(new Error(`contender ${i} exited (${code ?? signal})`));
       });
       child.on('error', (error) => this.fail(new Error(`contender ${i}: ${error.message}`)));
       this.children.push(child);
-      this.logs.push(log);
+      this.outputs.push(output);
     }
   }
 
   stopping = false;
 
   private fail(error: Error): void {
-    const output = this.logs.map((l, i) => `--- contender ${i} output ---\n${l.join('').slice(-2_000)}`).join('\n');
+    const output = this.outputs.map((o, i) => `--- contender ${i} output ---\n${o()}`).join('\n');
     this.failure ??= new Error(`${error.message}\n${output}`);
     for (const w of this.waiters) {
       clearTimeout(w.timer);
@@ -129,27 +118,7 @@ class Contenders {
     this.stopping = true;
     for (const w of this.waiters) clearTimeout(w.timer);
     this.waiters.clear();
-    await Promise.all(
-      this.children.map(
-        (child) =>
-          new Promise<void>((resolve) => {
-            if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            const timer = setTimeout(() => {
-              try {
-                if (child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-              } catch {
-                // already gone
-              }
-            }, timeoutMs);
-            child.once('exit', () => {
-              clearTimeout(timer);
-              resolve();
-            });
-            if (child.connected) child.send({ type: 'stop' } satisfies ToChild);
-            else if (child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-          }),
-      ),
-    );
+    await Promise.all(this.children.map((child) => stopChild(child, { type: 'stop' } satisfies ToChild, timeoutMs)));
   }
 }
 
