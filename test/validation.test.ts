@@ -23,13 +23,16 @@ describe('store options', () => {
       ['RedisStore timeout typo', () => new RedisStore({ client, timeout: 5 } as never), 'timeout'],
       ['RedisStore no remembered users', () => new RedisStore({ client, rememberedUsers: 0 }), 'rememberedUsers'],
       ['RedisStore fractional remembered users', () => new RedisStore({ client, rememberedUsers: 1.5 }), 'rememberedUsers'],
+      ['RedisStore no pending bound', () => new RedisStore({ client, maxPending: 0 }), 'maxPending'],
+      ['RedisStore negative delay bound', () => new RedisStore({ client, maxDelayMs: -1 }), 'maxDelayMs'],
+      ['RedisStore infinite delay bound', () => new RedisStore({ client, maxDelayMs: Infinity }), 'maxDelayMs'],
     ];
     for (const [label, make, name] of cases) {
       const error = thrown(make);
       expect(error.code, label).toBe('INVALID_CONFIG');
       expect(error.message, label).toContain(name);
     }
-    expect(new RedisStore({ client, prefix: 'x', timeoutMs: 5, rememberedUsers: 1 })).toBeInstanceOf(RedisStore);
+    expect(new RedisStore({ client, prefix: 'x', timeoutMs: 5, rememberedUsers: 1, maxPending: 1, maxDelayMs: 1 })).toBeInstanceOf(RedisStore);
     expect(new MemoryStore({ maxDeadLetters: 5 })).toBeInstanceOf(MemoryStore);
   });
 
