@@ -375,9 +375,7 @@ export class Pipeline {
     }
     const reason = error.code.toLowerCase();
     if (!this.lifecycle.move(job, State.CANCELED, reason)) return;
-    if (state === State.WAITING_RATE) this.lines.remove(job);
-    else if (state === State.QUEUED) this.scheduler(job.profile).withdraw(job);
-    else if (state === State.RETRY_WAIT) job.timer?.cancel();
+    this.withdraw(job, state);
     const stats = job.stats;
     if (reason in stats.rejected) stats.rejected[reason as RejectReason]++;
     if (this.report !== undefined && reason === 'shutting_down') this.report.rejected++;
@@ -395,9 +393,15 @@ export class Pipeline {
       this.end(job, failure);
       return;
     }
-    if (state === State.WAITING_RATE) this.lines.remove(job);
-    else job.timer?.cancel();
     this.settler.retryLost(job, failure, this.ctx.clock());
+    this.withdraw(job, state);
+  }
+
+  /** Takes a task that has just left `state` (for a terminal one) out of the stage that held it. */
+  private withdraw(job: Job, state: State): void {
+    if (state === State.WAITING_RATE) this.lines.remove(job);
+    else if (state === State.QUEUED) this.scheduler(job.profile).withdraw(job);
+    else if (state === State.RETRY_WAIT) job.timer?.cancel();
   }
 
   /** Stops a running task now: its caller gets `error`, its slot is freed when the run really ends. */

@@ -19,6 +19,14 @@ const OUTCOMES: Partial<Record<string, Outcome>> = {
   [ErrorCode.WORKER_CRASHED]: 'crashed',
 };
 
+/** A task's failure as its caller gets it, with a note on what became of the task afterwards. */
+function noted(error: TaskvalveError, note: string): TaskvalveError {
+  return new TaskvalveError(error.code, `${error.message} (${note})`, {
+    cause: error.cause,
+    ...(error.retryable === undefined ? {} : { retryable: error.retryable }),
+  });
+}
+
 /** Where settled tasks go. */
 export interface SettleOutputs {
   lifecycle: Lifecycle;
@@ -91,12 +99,7 @@ export class Settler {
    * why it was not retried (STORE_UNAVAILABLE alone would tell its caller it never ran).
    */
   retryLost(job: Job, storeError: TaskvalveError, now: number): void {
-    const last = job.lastError as TaskvalveError;
-    const why = new TaskvalveError(last.code, `${last.message} (not retried: ${storeError.message})`, {
-      cause: last.cause,
-      ...(last.retryable === undefined ? {} : { retryable: last.retryable }),
-    });
-    this.bury(job, why, now);
+    this.bury(job, noted(job.lastError as TaskvalveError, `not retried: ${storeError.message}`), now);
   }
 
   /** FAILED: stores the dead letter, then rejects the caller. A late abort changes nothing now. */
@@ -126,11 +129,7 @@ export class Settler {
     const lost = (storeError: unknown): void => {
       fault(storeError);
       const why = storeError instanceof Error ? storeError.message : String(storeError);
-      const told = new TaskvalveError(error.code, `${error.message} (its dead letter was not stored: ${why})`, {
-        cause: error.cause,
-        ...(error.retryable === undefined ? {} : { retryable: error.retryable }),
-      });
-      this.out.finish(job, false, told, true);
+      this.out.finish(job, false, noted(error, `its dead letter was not stored: ${why}`), true);
     };
     try {
       const added = store.dlqAdd(entry, job.profile.dlq, now);

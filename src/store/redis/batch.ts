@@ -46,8 +46,8 @@ interface Batch {
   settle: { resolve(answers: Answer[]): void; reject(error: unknown): void };
 }
 
-function newBatch(): Batch {
-  const batch = { keys: [], decisions: [], size: 0, profiles: [], index: new Map(), all: false, since: performance.now() } as unknown as Batch;
+function newBatch(since: number): Batch {
+  const batch = { keys: [], decisions: [], size: 0, profiles: [], index: new Map(), all: false, since } as unknown as Batch;
   batch.answers = new Promise<Answer[]>((resolve, reject) => {
     batch.settle = { resolve, reject };
   });
@@ -169,18 +169,20 @@ export class Batches {
     if (group === undefined) {
       group = { inFlight: [], pending: undefined };
       this.groups.set(key, group);
-    } else if (group.inFlight.length > 0) {
-      const waited = performance.now() - (group.inFlight[0] as Batch).since;
-      if (waited >= this.maxDelayMs) {
-        throw this.overloaded(`an admission has waited ${Math.round(waited)} ms for Redis (RedisStore maxDelayMs ${this.maxDelayMs})`);
-      }
     }
-    this.pending++;
     let batch = group.pending;
     if (batch === undefined) {
-      batch = newBatch();
+      // The delay is judged once per batch, not per decision (a clock read is not free): a
+      // batch starts gathering only behind calls in flight, and holds at most MAX_BATCH.
+      const now = performance.now();
+      const oldest = group.inFlight[0];
+      if (oldest !== undefined && now - oldest.since >= this.maxDelayMs) {
+        throw this.overloaded(`an admission has waited ${Math.round(now - oldest.since)} ms for Redis (RedisStore maxDelayMs ${this.maxDelayMs})`);
+      }
+      batch = newBatch(now);
       group.pending = batch;
     }
+    this.pending++;
     let expected = 0;
     if (profile !== undefined) expected = profileIndex(batch, profile);
     else if (!batch.all) {
