@@ -641,6 +641,25 @@ describe('dead letters', () => {
     expect(await manager.dlq.list()).toEqual([]);
   });
 
+  it('many tasks failing at once: every letter stored once, under two profiles, each bounded on its own', async () => {
+    manager.registerProfile('da', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { maxEntries: 5 } });
+    manager.registerProfile('db', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { maxEntries: 100 } });
+    await manager.subscribe('ua', 'da');
+    await manager.subscribe('ub', 'db');
+    const fail = (user: string, message: string): Promise<unknown> =>
+      manager.getLimiter(user).submit(() => Promise.reject(new Error(message)));
+    const calls: Promise<unknown>[] = [];
+    for (let i = 0; i < 40; i++) calls.push(fail(i % 2 === 0 ? 'ua' : 'ub', `m${i}`));
+    expect(new Set(await Promise.all(calls.map(code)))).toEqual(new Set(['TASK_FAILED']));
+    const a = await manager.dlq.list({ profileName: 'da' });
+    const b = await manager.dlq.list({ profileName: 'db' });
+    // 'da' keeps its 5 newest of 20; 'db' all 20; none twice.
+    expect(a).toHaveLength(5);
+    expect(b.map((e) => e.error.message).sort()).toEqual(Array.from({ length: 20 }, (_, k) => `m${2 * k + 1}`).sort());
+    expect(new Set([...a, ...b].map((e) => e.id)).size).toBe(25);
+    expect((await manager.dlq.list()).length).toBe(25);
+  });
+
   it('an entry past its profile retention is never returned by get, list or replay, whatever sits before it', async () => {
     manager.registerProfile('long', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 3_600_000 } });
     manager.registerProfile('short', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 1000 } });

@@ -1,10 +1,23 @@
 /**
  * The dead-letter queue in Redis (dlq.lua: one slot), and the inline task functions of this
- * process's dead letters, kept here for replay since a function cannot travel.
+ * process's dead letters, kept here for replay since a function cannot travel. Letters added
+ * while an add is in flight go together in the next call (gather.ts): one round trip and one
+ * script run for many letters under load.
  */
 import type { DlqQuery, FailedTask } from '../store.js';
+import type { Reply } from './calls.js';
 import type { Context } from './context.js';
+import { Gather } from './gather.js';
 import { scripts } from './scripts.js';
+
+/** A letter on its way to Redis. */
+interface Letter {
+  id: string;
+  json: string;
+  profileName: string;
+  maxEntries: number;
+  retentionMs: number;
+}
 
 /** Inline dead letters whose function this process keeps for replay. */
 const MAX_INLINE = 10_000;
@@ -31,15 +44,37 @@ export class DeadLetters {
   /** Inline task functions of this process's dead letters, by entry id. */
   private readonly inline = new Map<string, FailedTask['task']>();
 
+  /** The queue lives in one slot: one lane. */
+  private readonly adds = new Gather<0, Letter, void>((_, letters) => this.store(letters));
+
   constructor(private readonly ctx: Context) {}
 
-  async add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }): Promise<void> {
+  add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }): Promise<void> {
     if (typeof entry.task === 'function') {
       this.inline.set(entry.id, entry.task);
       if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
     }
     const json = JSON.stringify(serialiseEntry(entry));
-    await this.ctx.ops.write(scripts.dlq, [...this.keys(), this.ctx.keys.dlqProfile(entry.profileName)], ['add', entry.id, json, bounds.maxEntries, bounds.retentionMs], 'undo');
+    return this.adds.add(0, { id: entry.id, json, profileName: entry.profileName, maxEntries: bounds.maxEntries, retentionMs: bounds.retentionMs });
+  }
+
+  /** One call for many letters: applied together, at most once, or not at all. */
+  private async store(letters: Letter[]): Promise<void[]> {
+    const keys = this.keys();
+    const args: (string | number)[] = ['add', letters.length];
+    const places = new Map<string, number>();
+    for (const letter of letters) {
+      let place = places.get(letter.profileName);
+      if (place === undefined) {
+        keys.push(this.ctx.keys.dlqProfile(letter.profileName));
+        place = keys.length;
+        places.set(letter.profileName, place);
+      }
+      args.push(place, letter.id, letter.json, letter.maxEntries, letter.retentionMs);
+    }
+    // The reply names the call's own number: a reply meant for another call is not taken for it (ops.ts).
+    await this.ctx.ops.write(scripts.dlq, keys, args, 'undo', false, (reply: Reply, seq: number) => String(reply) === `added:${seq}`);
+    return new Array<void>(letters.length);
   }
 
   async list(query: DlqQuery): Promise<FailedTask[]> {

@@ -5,12 +5,15 @@
 -- dropped from the oldest expiry, a bounded number per call; an entry past its expiry is
 -- never returned, dropped or not.
 --
--- KEYS[1] e, KEYS[2] o, KEYS[3] x, KEYS[4] sequence counter, KEYS[5] p:<profile> (add; list
---   of one profile), then for an add the operation log (see op.lua).
--- ARGV: 1-4 see op.lua (only an add has a sequence number); 5 op: 'add' (6 id, 7 JSON, 8 max
---   entries, 9 retention ms), 'list' (6 limit, -1: all; 7 user id, '' : any), 'get' (6 id),
+-- KEYS[1] e, KEYS[2] o, KEYS[3] x, KEYS[4] sequence counter, then for an add the p:<profile>
+--   key of each profile it adds to, and the operation log (see op.lua); for a list of one
+--   profile, KEYS[5] that profile's p:<profile>.
+-- ARGV: 1-4 see op.lua (only an add has a sequence number); 5 op: 'add' (6 the number of
+--   letters, then five arguments per letter: the index in KEYS of its profile's key, id, JSON,
+--   max entries, retention ms), 'list' (6 limit, -1: all; 7 user id, '' : any), 'get' (6 id),
 --   'remove' (6 id).
--- Replies: add: nothing; list: entry JSONs, oldest first; get: JSON or nil; remove: 1/0.
+-- Replies: add: 'added:' and the call's sequence number (so that a reply meant for another call
+--   is never taken for this one's); list: entry JSONs, oldest first; get: JSON or nil; remove: 1/0.
 --@include codes
 --@include op
 --@include letters
@@ -38,20 +41,25 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms, 'LIMIT'
 end
 
 if op == 'add' then
-  local id, max = ARGV[6], tonumber(ARGV[8])
-  local seq = redis.call('INCR', KEYS[4])
-  redis.call('HSET', KEYS[1], id, ARGV[7])
-  redis.call('ZADD', KEYS[2], seq, id)
-  redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[9]), id)
-  redis.call('ZADD', KEYS[5], seq, id)
-  local over = redis.call('ZCARD', KEYS[5]) - max
-  if over > 0 then
-    for _, old in ipairs(redis.call('ZRANGE', KEYS[5], 0, over - 1)) do
-      drop(old)
+  local undo = {}
+  for i = 0, tonumber(ARGV[6]) - 1 do
+    local at = 7 + i * 5
+    local profile, id, max = KEYS[tonumber(ARGV[at])], ARGV[at + 1], tonumber(ARGV[at + 3])
+    local seq = redis.call('INCR', KEYS[4])
+    redis.call('HSET', KEYS[1], id, ARGV[at + 2])
+    redis.call('ZADD', KEYS[2], seq, id)
+    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[at + 4]), id)
+    redis.call('ZADD', profile, seq, id)
+    local over = redis.call('ZCARD', profile) - max
+    if over > 0 then
+      for _, old in ipairs(redis.call('ZRANGE', profile, 0, over - 1)) do
+        drop(old)
+      end
     end
+    undo[#undo + 1] = undo_letter(id)
   end
-  op_end(undo_letter(id))
-  return nil
+  op_end(table.concat(undo))
+  return 'added:' .. ARGV[1]
 elseif op == 'list' then
   local limit, user = tonumber(ARGV[6]), ARGV[7]
   local order = KEYS[5] or KEYS[2]
