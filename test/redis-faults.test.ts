@@ -373,6 +373,30 @@ describe('dead letters under faults', () => {
     expect(list.map((e) => e.error.message)).toEqual(['first']);
     expect(letters).toEqual([]);
   });
+
+  it('letters gathered in one call whose reply is lost: each caller told "not stored" has no letter, every other caller has exactly one', async () => {
+    const r = await rig(profiles, 300);
+    const truth = reader(r.prefix, profiles);
+    const user = `dlq-many-${r.prefix}`;
+    await truth.subscribe(user, 'p');
+    await expect(r.manager.getLimiter(user).submit(() => Promise.reject(new Error('warm')))).rejects.toMatchObject({ code: 'TASK_FAILED' });
+    // 30 tasks fail at once: the first letter goes alone, the others gather behind it. The reply
+    // of the call that carries 'm17' (with its companions) is lost.
+    const lost = r.proxy.dropReplies(1, { match: (q) => q.bytes.includes('"m17"') });
+    const outcomes = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => rejection(r.manager.getLimiter(user).submit(() => Promise.reject(new Error(`m${i}`))))),
+    );
+    await lost.done;
+    await settled(r);
+    const notStored = outcomes.flatMap((e, i) => (/dead letter was not stored/.test((e as Error).message) ? [`m${i}`] : []));
+    // More than one letter went in the lost call, and all of them were reported not stored.
+    expect(notStored.length).toBeGreaterThan(1);
+    expect(notStored).toContain('m17');
+    await r.manager.close({ drain: false });
+    const stored = (await truth.dlq.list()).map((e) => e.error.message);
+    const expected = ['warm', ...Array.from({ length: 30 }, (_, i) => `m${i}`).filter((m) => !notStored.includes(m))];
+    expect(stored.sort()).toEqual(expected.sort());
+  });
 });
 
 describe('a retry the store cannot re-admit', () => {
@@ -404,6 +428,48 @@ describe('a retry the store cannot re-admit', () => {
     await r.manager.close({ drain: false });
     // It ran once: its quota stays charged.
     expect(await usageOf(truth, user)).toBe(1);
+  });
+
+  it('retries whose rate turns went together in one call whose reply is lost: each is dead-lettered and its units given back, the others run', async () => {
+    const gathered = { g: { rate: { limit: 5, intervalMs: 86_400_000 }, quota: { limit: 100 }, retry: { attempts: 2, baseMs: 1, maxMs: 1 } } satisfies ProfileConfig };
+    const r = await rig(gathered, 300);
+    const truth = reader(r.prefix, gathered);
+    r.manager.on('error', () => {});
+    const users = Array.from({ length: 12 }, (_, i) => `gt-${r.prefix}-${i}`);
+    let letterless = 0;
+    for (const user of users) await truth.subscribe(user, 'g');
+    // The rate turn of user 7's retry goes in a call with others that retry at the same moment
+    // (the first goes alone, the rest gather behind it): that call's reply is lost.
+    const lost = r.proxy.dropReplies(1, { match: (q) => q.bytes.includes('\r\ntake\r\n') && q.bytes.includes(users[7]!) });
+    const outcomes = await Promise.all(
+      users.map(async (user) => {
+        let runs = 0;
+        try {
+          await r.manager.getLimiter(user).submit(() => {
+            if (++runs === 1) throw new Error('first attempt');
+            return 'second';
+          });
+          return 'retried';
+        } catch (error) {
+          expect((error as Error).message).toMatch(/first attempt \(not retried: Redis is unavailable/);
+          if (/dead letter was not stored/.test((error as Error).message)) letterless++;
+          return 'not retried';
+        }
+      }),
+    );
+    await lost.done;
+    await settled(r);
+    await r.manager.close({ drain: false });
+    expect(outcomes[7]).toBe('not retried');
+    expect(outcomes.filter((o) => o === 'not retried').length).toBeGreaterThan(1);
+    // Each bucket holds what ran on it: 5 units, minus the first attempt, minus the retry if it ran.
+    for (const [i, user] of users.entries()) {
+      let allowed = 0;
+      while (allowed < 10 && (await truth.getLimiter(user).check(1)).allowed) allowed++;
+      expect({ user: i, allowed }).toEqual({ user: i, allowed: outcomes[i] === 'retried' ? 3 : 4 });
+    }
+    // A letter whose caller was told it was not stored is not there; every other one is.
+    expect((await truth.dlq.list()).length).toBe(outcomes.filter((o) => o === 'not retried').length - letterless);
   });
 });
 

@@ -1,6 +1,6 @@
 /**
  * Admissions on Redis: admit (one script call through the batches, or the reserve / take /
- * refund protocol when the bucket lives in another slot), a rate turn (take), the refunds of
+ * refund protocol when the bucket lives in another slot), the refunds of
  * quota and rate units, and peek. A refusal this process remembers is answered without a round
  * trip; a call that fails for want of Redis goes to the outage policy.
  */
@@ -17,6 +17,7 @@ import type { Handles, Ref } from './handles.js';
 import type { Outage } from './outage.js';
 import { scripts } from './scripts.js';
 import type { Subscriptions } from './subscriptions.js';
+import { parseTakes } from './turns.js';
 
 /** The key under which this process counts the units waiting on a user's bucket. */
 function waitKey(userId: string, profile: Profile): string {
@@ -82,28 +83,6 @@ export class Admission {
     throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
   }
 
-  /** A rate turn: 0 when taken, else ms to wait (Infinity: never). */
-  async take(userId: string, cost: number, slot: UserSlot | undefined, receipt: { value: RateReceipt | undefined } | undefined): Promise<number> {
-    const ref = this.handles.ref(userId, slot);
-    const profile = ref.profile ?? (await this.subscriptions.profileOf(userId, ref.user));
-    if (!profile) return 0;
-    ref.profile = profile;
-    const rate = profile.rate;
-    if (cost > rate.burst) return Infinity;
-    const bucket = this.bucketOf(ref, profile);
-    let r: Reply;
-    try {
-      r = await this.ctx.ops.write(scripts.take, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, rate.tau, cost, 0, 'take'], 'undo');
-    } catch (error) {
-      return this.outage.take(error, userId, bucket, bucket === ref.user, profile, cost);
-    }
-    if (this.outage.active) this.outage.answered(bucket);
-    if (Number(r[0]) !== 1) return Math.max(1, Number(r[1]));
-    // The bucket's TAT right after, as whole µs and leftover ticks: what refundRate takes back.
-    if (receipt !== undefined && r[4] !== undefined) receipt.value = { tat: Number(r[4]), epoch: Number(r[5]) };
-    return 0;
-  }
-
   /** Gives back rate units, as far as the bucket still holds them (refund_rate.lua). */
   async refundRate(userId: string, cost: number, receipt: RateReceipt, slot: UserSlot | undefined): Promise<void> {
     // With the user's handle the profile is known and the call goes at once (so that it lands
@@ -158,7 +137,7 @@ export class Admission {
     } else {
       r = await calls.run(scripts.read, [ref.user], [clock.arg()]);
       if (r === null) return this.notFound(out);
-      const t = await calls.run(scripts.take, [bucket], [0, 0, 0, clock.arg(), 's', rate.d, rate.T, rate.tau, 1, 0, 'peek']);
+      const t = await calls.run(scripts.take, [bucket], [0, 0, 0, clock.arg(), 'peek', 's', rate.d, rate.T, rate.tau, 1, 0]);
       tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
     }
     const sub = this.subscriptions.parse(userId, r);
@@ -200,9 +179,10 @@ export class Admission {
     const reserved = await this.batches.add(ref.user, ref.user, profile, cost, ahead, flags | 2);
     if (reserved.reply[0] !== RESERVED) return reserved;
     const [, usage, period, , , , , periodLeft, limit] = reserved.reply as [number, number, number, number, number, number, number, number, number];
-    let taken: Reply;
+    let taken: number[] | undefined;
     try {
-      taken = await this.ctx.ops.write(scripts.take, [bucket], ['s', rate.d, rate.T, rate.tau, cost, ahead, 'take'], 'undo');
+      const fits = (reply: Reply, seq: number): boolean => (taken = parseTakes(reply, 1, seq)?.[0]) !== undefined;
+      await this.ctx.ops.write(scripts.take, [bucket], ['take', 's', rate.d, rate.T, rate.tau, cost, ahead], 'undo', false, fits);
     } catch (error) {
       await this.refundReserved(ref, cost, period);
       throw error;

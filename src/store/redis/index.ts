@@ -233,7 +233,7 @@ export class RedisStore implements Store {
   }
 
   take(userId: string, cost: number, _nowMs: number, slot?: UserSlot, receipt?: { value: RateReceipt | undefined }): Promise<number> {
-    return this.admission.take(userId, cost, slot, receipt);
+    return this.turns.one(userId, cost, slot, receipt);
   }
 
   /** Rate turns for the waiters of one bucket in one script call (take_turns.lua), in their order. */

@@ -1,18 +1,45 @@
 /**
- * Rate turns in batches: the waiters of one bucket, in their line's order, in one script call
- * (take_turns.lua), so that a rate line drains at the bucket's rate rather than at one waiter
- * per round trip.
+ * Rate turns in batches. The waiters of one bucket, in their line's order, go in one script
+ * call (take_turns.lua), so that a rate line drains at the bucket's rate rather than at one
+ * waiter per round trip. A lone turn (a retry's) gathers with the others of its placement unit
+ * that arrive while one is in flight, into one take.lua call (gather.ts).
  */
 import type { Profile } from '../../profile.js';
-import type { TurnRequest, TurnsTaken } from '../store.js';
+import type { RateReceipt, TurnRequest, TurnsTaken, UserSlot } from '../store.js';
 import type { Reply } from './calls.js';
 import type { Context } from './context.js';
+import { Gather } from './gather.js';
 import type { Handles } from './handles.js';
+import { tagOf } from './keys.js';
 import type { Outage } from './outage.js';
 import { scripts } from './scripts.js';
 import type { Subscriptions } from './subscriptions.js';
 
+/** Numbers take.lua answers per turn. */
+const PER_TURN = 6;
+
+/** A lone turn on its way to Redis: its bucket, and its six arguments of take.lua. */
+interface Turn {
+  bucket: string;
+  args: (string | number)[];
+}
+
+/**
+ * take.lua's reply for `n` turns: six numbers per turn (taken, wait ms, remaining, reset ms,
+ * receipt µs or -1, receipt ticks), then the call's sequence number. Undefined when the reply
+ * is not this call's (see ops.ts).
+ */
+export function parseTakes(reply: Reply, n: number, seq: number): number[][] | undefined {
+  if (!Array.isArray(reply) || reply.length !== n * PER_TURN + 1 || Number(reply[n * PER_TURN]) !== seq) return undefined;
+  const out: number[][] = new Array(n);
+  for (let i = 0; i < n; i++) out[i] = (reply.slice(i * PER_TURN, (i + 1) * PER_TURN) as unknown[]).map(Number);
+  return out;
+}
+
 export class Turns {
+  /** Lone turns, per placement unit. */
+  private readonly lone = new Gather<number, Turn, number[]>((_, turns) => this.send(turns));
+
   constructor(
     private readonly ctx: Context,
     private readonly handles: Handles,
@@ -59,6 +86,43 @@ export class Turns {
     for (let i = 0; i < taken && r[2 * i + 2] !== undefined; i++) receipts[i] = { tat: Number(r[2 * i + 2]), epoch: Number(r[2 * i + 3]) };
     const waitMs = taken < costs.length ? Math.max(1, Number(r[1])) : 0;
     return { taken, waitMs, receipts };
+  }
+
+  /** A lone rate turn (a retry's): 0 when taken, else ms to wait (Infinity: never). */
+  async one(userId: string, cost: number, slot: UserSlot | undefined, receipt: { value: RateReceipt | undefined } | undefined): Promise<number> {
+    const ref = this.handles.ref(userId, slot);
+    const profile = ref.profile ?? (await this.subscriptions.profileOf(userId, ref.user));
+    if (!profile) return 0;
+    ref.profile = profile;
+    const rate = profile.rate;
+    if (cost > rate.burst) return Infinity;
+    const shared = profile.shared !== undefined;
+    const bucket = shared ? this.ctx.keys.shared(profile.shared as string) : ref.user;
+    let r: number[];
+    try {
+      r = await this.lone.add(this.ctx.calls.unitOf(tagOf(bucket)), { bucket, args: [shared ? 's' : 'h', rate.d, rate.T, rate.tau, cost, 0] });
+    } catch (error) {
+      return this.outage.take(error, userId, bucket, !shared, profile, cost);
+    }
+    if (this.outage.active) this.outage.answered(bucket);
+    if (r[0] !== 1) return Math.max(1, r[1] as number);
+    // The bucket's TAT right after, as whole µs and leftover ticks: what refundRate takes back.
+    if (receipt !== undefined && (r[4] as number) >= 0) receipt.value = { tat: r[4] as number, epoch: r[5] as number };
+    return 0;
+  }
+
+  /** One take.lua call for the lone turns of one placement unit, applied together at most once. */
+  private async send(turns: Turn[]): Promise<number[][]> {
+    const keys: string[] = [];
+    const args: (string | number)[] = ['take'];
+    for (const t of turns) {
+      keys.push(t.bucket);
+      for (const a of t.args) args.push(a);
+    }
+    let out: number[][] | undefined;
+    const fits = (reply: Reply, seq: number): boolean => (out = parseTakes(reply, turns.length, seq)) !== undefined;
+    await this.ctx.ops.write(scripts.take, keys, args, 'undo', false, fits);
+    return out as number[][];
   }
 
   /** Whether a waiter after the first is known here to take from the same bucket, at a cost that fits. */
