@@ -211,6 +211,58 @@ describe('a reply lost on a connection that stays open, with calls behind it', (
   });
 });
 
+describe('writes other than admissions on a connection out of step', () => {
+  const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 100 } } satisfies ProfileConfig };
+
+  it('a subscription change whose reply is lost: no caller is answered with another call\'s reply (another user\'s subscription)', async () => {
+    const r = await rig(profiles, 400);
+    const users = Array.from({ length: 10 }, (_, i) => `out-of-step-${i}-${r.prefix}`);
+    // Each user's quota tells whose subscription a reply describes.
+    for (const [i, user] of users.entries()) await r.manager.subscribe(user, 'p', { quota: 100 + i });
+    const lost = r.proxy.dropReplies(1, { match: (q) => q.command === 'EVALSHA' && q.bytes.includes(users[0]!) });
+    const answers = await Promise.all(
+      users.map(async (user, i) => {
+        try {
+          const sub = await r.manager.updateSubscriptionQuota(user, 200 + i);
+          return { user: i, quotaLimit: sub.quotaLimit, userId: sub.userId === user };
+        } catch (error) {
+          if (!(error instanceof TaskvalveError)) throw error;
+          return { user: i, code: error.code };
+        }
+      }),
+    );
+    expect(await lost.done).toBe(1);
+    // An answer is this user's new subscription, or STORE_UNAVAILABLE (the change may have applied).
+    for (const [i, answer] of answers.entries()) {
+      expect([{ user: i, quotaLimit: 200 + i, userId: true }, { user: i, code: 'STORE_UNAVAILABLE' }]).toContainEqual(answer);
+    }
+    expect(answers[0]).toEqual({ user: 0, code: 'STORE_UNAVAILABLE' });
+  });
+
+  it('a read whose reply is lost: no caller is answered with another user\'s subscription', async () => {
+    const r = await rig(profiles, 400);
+    const users = Array.from({ length: 10 }, (_, i) => `read-out-of-step-${i}-${r.prefix}`);
+    for (const [i, user] of users.entries()) await r.manager.subscribe(user, 'p', { quota: 100 + i });
+    const lost = r.proxy.dropReplies(1, { match: (q) => q.command === 'EVALSHA' && q.bytes.includes(users[0]!) });
+    const answers = await Promise.all(
+      users.map(async (user, i) => {
+        try {
+          const sub = await r.manager.getSubscription(user);
+          return { user: i, quotaLimit: sub?.quotaLimit, userId: sub?.userId === user };
+        } catch (error) {
+          if (!(error instanceof TaskvalveError)) throw error;
+          return { user: i, code: error.code };
+        }
+      }),
+    );
+    expect(await lost.done).toBe(1);
+    for (const [i, answer] of answers.entries()) {
+      expect([{ user: i, quotaLimit: 100 + i, userId: true }, { user: i, code: 'STORE_UNAVAILABLE' }]).toContainEqual(answer);
+    }
+    expect(answers[0]).toEqual({ user: 0, code: 'STORE_UNAVAILABLE' });
+  });
+});
+
 describe('a hard quota under repeated faults', () => {
   const profiles = { hard: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 3, kind: 'hard' as const }, pool: { perUserConcurrency: 1 } } };
 

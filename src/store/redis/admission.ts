@@ -131,13 +131,15 @@ export class Admission {
     let tail: Reply;
     if (profile.shared === undefined || calls.together(ref.user, bucket)) {
       const keys = profile.shared === undefined ? [ref.user] : [ref.user, bucket];
-      r = await calls.run(scripts.read, keys, [clock.arg(), rate.d, rate.T, rate.tau]);
+      r = await this.subscriptions.read(keys, [clock.arg(), rate.d, rate.T, rate.tau]);
       if (r === null) return this.notFound(out);
       tail = r.slice(10);
     } else {
-      r = await calls.run(scripts.read, [ref.user], [clock.arg()]);
+      r = await this.subscriptions.read([ref.user], [clock.arg()]);
       if (r === null) return this.notFound(out);
-      const t = await calls.run(scripts.take, [bucket], [0, 0, 0, clock.arg(), 'peek', 's', rate.d, rate.T, rate.tau, 1, 0]);
+      // A peek has sequence number 0, which its reply ends with (take.lua).
+      const t = parseTakes(await calls.run(scripts.take, [bucket], [0, 0, 0, clock.arg(), 'peek', 's', rate.d, rate.T, rate.tau, 1, 0]), 1, 0)?.[0];
+      if (t === undefined) throw storeUnavailable(new Error("peek: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)"));
       tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
     }
     const sub = this.subscriptions.parse(userId, r);

@@ -16,7 +16,7 @@
  */
 import { ErrorCode, TaskvalveError } from '../../errors.js';
 import { mayHaveApplied, storeUnavailable, type Calls, type Reply } from './calls.js';
-import { LATE } from './codes.js';
+import { DUP, LATE } from './codes.js';
 import type { Clock } from './clock.js';
 import type { Keys } from './keys.js';
 import { tagOf } from './keys.js';
@@ -31,6 +31,24 @@ export type Mode = 'undo' | 'keep' | 'retry';
 
 /** settle.lua's answers, each followed by ':' and the settled call's number. */
 const SETTLED = new Set(['void', 'undone', 'applied']);
+
+/**
+ * Whether a script's reply is this call's: every script that writes ends its reply with the
+ * call's sequence number (op.lua), taken off here. A client that lost a reply on a connection
+ * that stayed open pairs each later reply with the wrong call; such a reply is not this call's.
+ */
+function ownReply(reply: Reply, seq: number): boolean {
+  if (!Array.isArray(reply) || reply.length === 0 || Number(reply[reply.length - 1]) !== seq) return false;
+  reply.pop();
+  return true;
+}
+
+/** Whether a refusal a script answered (LATE, DUP: they end with '(call <number>)') is this call's; other errors are. */
+function ownRefusal(error: TaskvalveError, seq: number): boolean {
+  const cause = error.cause;
+  if (!(cause instanceof Error) || !(cause.message.startsWith(LATE) || cause.message.startsWith(DUP))) return true;
+  return cause.message.endsWith(`(call ${seq})`);
+}
 
 /** One process's log on one placement unit: its numbers not settled yet, in order. */
 interface Log {
@@ -125,7 +143,7 @@ export class Operations {
     if (mode === 'retry') this.retrying++;
     return sent.then(
       (reply) => {
-        if (fits !== undefined && !fits(reply, seq)) {
+        if (fits === undefined ? !ownReply(reply, seq) : !fits(reply, seq)) {
           // Not this call's reply: a reply was lost on a connection that stayed open, and the
           // client pairs each later one with the wrong call. This call may have applied: it is
           // in doubt, and settled like one that got no answer.
@@ -142,6 +160,12 @@ export class Operations {
       },
       (error: TaskvalveError) => {
         if (mode === 'retry') this.retrying--;
+        if (!ownRefusal(error, seq)) {
+          // Another call's refusal (LATE, DUP), read as this one's on a connection out of step:
+          // this call may have applied.
+          this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
+          throw storeUnavailable(new Error(`${script.name}: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)`));
+        }
         if (error.cause instanceof Error && error.cause.message.startsWith(LATE) && deadline > 0) this.clock.refusedEarly(client);
         // A call to retry that certainly did not apply is settled all the same: settle.lua answers
         // 'void' at once, and the call goes again once the server answers.

@@ -5,7 +5,7 @@
 import { invalidArgument } from '../../errors.js';
 import type { Profile } from '../../profile.js';
 import type { SubscribeInput, Subscription } from '../store.js';
-import type { Reply } from './calls.js';
+import { storeUnavailable, type Reply } from './calls.js';
 import { STATUS } from './codes.js';
 import type { Context, Forget } from './context.js';
 import type { Denials } from './denials.js';
@@ -68,13 +68,27 @@ export class Subscriptions {
   }
 
   async get(userId: string): Promise<Subscription | undefined> {
-    const r = await this.ctx.calls.run(scripts.read, [this.ctx.keys.user(userId)], [this.ctx.clock.arg()]);
+    const r = await this.read([this.ctx.keys.user(userId)], [this.ctx.clock.arg()]);
     return r === null ? undefined : this.parse(userId, r);
+  }
+
+  /**
+   * read.lua on `keys`: its reply without the user's key it ends with, null when there is no
+   * subscription. A reply that does not end with the key is another call's (a reply was lost on
+   * a connection that stayed open): the read fails.
+   */
+  async read(keys: string[], args: (string | number)[]): Promise<Reply | null> {
+    const r = await this.ctx.calls.run(scripts.read, keys, args);
+    if (!Array.isArray(r) || r[r.length - 1] !== keys[0]) {
+      throw storeUnavailable(new Error("read: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)"));
+    }
+    r.pop();
+    return r.length === 0 ? null : r;
   }
 
   /** The profile a user's record names, read once per handle (then kept up to date by admit's replies); null: no record. */
   async profileOf(userId: string, user: string): Promise<Profile | undefined | null> {
-    const r = await this.ctx.calls.run(scripts.read, [user], [this.ctx.clock.arg()]);
+    const r = await this.read([user], [this.ctx.clock.arg()]);
     if (r === null) return null;
     // Read through parse(): the read may record that the subscription ended (the event fires once).
     return this.ctx.profiles.get(this.parse(userId, r).profileName);
@@ -86,15 +100,15 @@ export class Subscriptions {
     this.denials.clear(); // a change of profile, quota or status: refusals are decided anew
     const user = keys.user(userId);
     const r = await ops.write(scripts.mutate, [user, this.ended.of(user)], [op, value, userId], 'keep');
-    return r === null ? undefined : this.parse(userId, r);
+    return r.length === 0 ? undefined : this.parse(userId, r);
   }
 
   /** Deletes a user's record; the deleted subscription's profile name, undefined if there was none. */
   async delete(userId: string): Promise<string | undefined> {
     const { keys, ops } = this.ctx;
     const user = keys.user(userId);
-    const r = (await ops.write(scripts.delete, [user, this.ended.of(user)], [userId], 'keep')) as unknown as string | null;
+    const r = await ops.write(scripts.delete, [user, this.ended.of(user)], [userId], 'keep');
     this.forget(userId, user);
-    return typeof r === 'string' ? r : undefined;
+    return typeof r[0] === 'string' ? r[0] : undefined;
   }
 }

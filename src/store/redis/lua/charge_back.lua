@@ -14,8 +14,8 @@
 --   record), 's' a shared key (the last key before the log); 9 d, 10 T (the rate the units were
 --   taken under); 11 bucket units; 12 age µs.
 -- Reply: { usage charged (1; 0 when the user is gone or the period moved on since), bucket
---   charged (1, or 0 when none) }; past the deadline the LATE error (see codes.ts), nothing
---   written.
+--   charged (1, or 0 when none), the call's sequence number (see op.lua) }; past the deadline
+--   the LATE error (see codes.ts), nothing written.
 --@include codes
 --@include op
 --@include gcra
@@ -113,4 +113,4 @@ if kind == 's' then
   bucket_charged = 1
 end
 op_end(table.concat(undo))
-return { usage_charged, bucket_charged }
+return { usage_charged, bucket_charged, op_number() }

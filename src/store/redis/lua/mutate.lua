@@ -1,12 +1,13 @@
--- One change to an existing subscription; nil when there is none.
+-- One change to an existing subscription.
 --
 -- KEYS[1] the user's record; KEYS[2] the ends index of the user's slot (see ended.lua); KEYS[3]
 --   the operation log (see op.lua).
 -- ARGV: 1-4 see op.lua; 5 op: 'extend' (6: ms), 'cancel', 'change' (6: profile), 'reset',
 --   'quota' (6: limit, '' : back to the profile's), 'charge' (6: units admitted while Redis was
 --   unreachable, added to the usage); 7 the user's id.
--- Reply: the subscription fields (see user_reply); past the deadline the LATE error (see
---   codes.ts), nothing written.
+-- Reply: the subscription fields (see user_reply), none when there is no subscription, then
+--   the call's sequence number (see op.lua); past the deadline the LATE error (see codes.ts),
+--   nothing written.
 --@include codes
 --@include op
 --@include user
@@ -21,7 +22,7 @@ local now_ms = math.floor(now / 1000)
 local key = KEYS[1]
 local u = user_load(key)
 if not u then
-  return nil
+  return { op_number() }
 end
 local op = ARGV[5]
 if op == 'extend' then
@@ -58,4 +59,6 @@ elseif op == 'quota' then
 end
 local expired_now = user_expire(key, u, now_ms)
 op_end('')
-return user_reply(u, now_ms, expired_now)
+local reply = user_reply(u, now_ms, expired_now)
+reply[#reply + 1] = op_number()
+return reply

@@ -3,8 +3,9 @@
 --
 -- KEYS[1] the user's record; KEYS[2] optional shared bucket. ARGV: 1 clock ('+0', see
 --   time.lua); with a rate: 2 d, 3 T, 4 tau.
--- Reply: the subscription fields (see user_reply), then with a rate:
---   { ..., remaining, retry ms for one unit, reset ms }; nil when there is no subscription.
+-- Reply: the subscription fields (see user_reply), then with a rate: remaining, retry ms for one
+--   unit, reset ms; none when there is no subscription; last, KEYS[1] (so that a reply meant for
+--   another call is never read as this one's: see ops.ts).
 --@include time
 --@include gcra
 --@include user
@@ -14,7 +15,7 @@ local now = server_now(ARGV[1], 0)
 local now_ms = math.floor(now / 1000)
 local u = user_load(KEYS[1])
 if not u then
-  return nil
+  return { KEYS[1] }
 end
 local reply = user_reply(u, now_ms, user_expire(KEYS[1], u, now_ms))
 if ARGV[2] then
@@ -34,4 +35,5 @@ if ARGV[2] then
   table.insert(reply, gcra_ms(over, d))
   table.insert(reply, gcra_ms(ahead, d))
 end
+table.insert(reply, KEYS[1])
 return reply

@@ -3,7 +3,7 @@
 --
 -- KEYS[1] the user's record; KEYS[2] the operation log (see op.lua).
 -- ARGV: 1-4 see op.lua; 5 cost, 6 period token, 7 period ms.
--- Reply: 1 when given back, else 0.
+-- Reply: { 1 when given back, else 0; the call's sequence number (see op.lua) }.
 --@include codes
 --@include op
 --@include refunds
@@ -15,6 +15,6 @@ end
 local back = refund_quota(KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), now)
 op_end('')
 if back then
-  return 1
+  return { 1, op_number() }
 end
-return 0
+return { 0, op_number() }

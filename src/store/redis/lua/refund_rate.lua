@@ -5,7 +5,7 @@
 --   operation log (see op.lua).
 -- ARGV: 1-4 see op.lua; 5 kind ('h' a user's record, 's' a shared key), 6 d, 7 T, 8 cost,
 --   9 receipt µs, 10 receipt ticks.
--- Reply: 1 when units came back, else 0.
+-- Reply: { 1 when units came back, else 0; the call's sequence number (see op.lua) }.
 --@include codes
 --@include op
 --@include refunds
@@ -17,6 +17,6 @@ end
 local back = refund_units(ARGV[5] == 's', KEYS[1], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[6] .. ':' .. ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), now)
 op_end('')
 if back then
-  return 1
+  return { 1, op_number() }
 end
-return 0
+return { 0, op_number() }

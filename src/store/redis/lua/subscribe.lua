@@ -6,8 +6,9 @@
 -- ARGV: 1-4 see op.lua; 5 profile; 6 starts ms ('' : now); 7 ends ms ('' : none); 8 duration
 --   ms ('' : none); 9 quota override ('' : none); 10 reset usage (1/0); 11 the user's id (its
 --   member in the index).
--- Reply: the subscription fields (see user_reply), or { 'DATES' } when it would end before it
---   starts; past the deadline the LATE error (see codes.ts), nothing written.
+-- Reply: the subscription fields (see user_reply), or { 'DATES', starts, ends } when it would
+--   end before it starts; then the call's sequence number (see op.lua). Past the deadline the
+--   LATE error (see codes.ts), nothing written.
 --@include codes
 --@include op
 --@include user
@@ -30,7 +31,7 @@ if not ea then
   end
 end
 if ea >= 0 and ea <= sa then
-  return { 'DATES', num(sa), num(ea) }
+  return { 'DATES', num(sa), num(ea), op_number() }
 end
 local q = tonumber(ARGV[9]) or -1
 local u = user_load(KEYS[1])
@@ -44,4 +45,6 @@ u.p, u.s, u.sa, u.ea, u.q = ARGV[5], 0, sa, ea, q
 user_save(KEYS[1], u)
 ended_set(KEYS[2], ARGV[11], u.ea)
 op_end('')
-return user_reply(u, now_ms, 0)
+local reply = user_reply(u, now_ms, 0)
+reply[#reply + 1] = op_number()
+return reply

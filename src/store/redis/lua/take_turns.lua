@@ -9,7 +9,8 @@
 --   one cost per waiter, in turn order (9, 10, ...).
 -- Reply: { taken, wait ms until the first waiter not taken conforms (0 when all were taken),
 --   then for each waiter taken, in order, the bucket's TAT right after its units as whole µs
---   and leftover ticks (its receipt for refund_rate.lua) }. A user's record that no longer
+--   and leftover ticks (its receipt for refund_rate.lua), and last the call's sequence number
+--   (see op.lua) }. A user's record that no longer
 --   exists: every waiter taken, no receipts, nothing written (nothing to limit). Past the
 --   deadline: the LATE error (see codes.ts), nothing written.
 --@include codes
@@ -29,7 +30,7 @@ local ahead, u
 if hash then
   u = user_load(KEYS[1])
   if not u then
-    return { n, 0 }
+    return { n, 0, op_number() }
   end
   ahead = gcra_in_use(u.t, u.f, u.r, now, d, T, sig)
 else
@@ -65,4 +66,5 @@ if taken > 0 then
   end
   op_end(table.concat(undo))
 end
+reply[#reply + 1] = op_number()
 return reply

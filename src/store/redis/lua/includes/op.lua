@@ -39,18 +39,25 @@ local function op_begin()
       known = floor
     end
     if tonumber(seq) < known then
-      return nil, redis.error_reply(LATE)
+      return nil, redis.error_reply(LATE .. ' (call ' .. seq .. ')')
     end
     if op_entry(log, seq) then
-      return nil, redis.error_reply(DUP)
+      return nil, redis.error_reply(DUP .. ' (call ' .. seq .. ')')
     end
     op_log, op_seq = log, seq
   end
   local now = server_now(ARGV[4], tonumber(ARGV[3]))
   if not now then
-    return nil, redis.error_reply(LATE)
+    return nil, redis.error_reply(LATE .. ' (call ' .. seq .. ')')
   end
   return now
+end
+
+-- The call's sequence number, which every reply of a call that writes ends with: a client that
+-- lost a reply on a connection that stayed open pairs each later reply with the wrong call, and
+-- this is how it knows (ops.ts). Error replies (LATE, DUP) end with '(call <number>)'.
+local function op_number()
+  return tonumber(ARGV[1])
 end
 
 -- Call last, once the call has applied: records it with what takes it back ('' : nothing to).
