@@ -129,8 +129,14 @@ export class Calls {
         (reply) => {
           if (call.done) return;
           call.done = true;
-          const [s, us] = reply as [string, string];
-          resolve([sent, performance.now() * 1000, Number(s) * 1e6 + Number(us)]);
+          // TIME answers two integers as text: seconds and microseconds. Anything else is another
+          // call's reply, on a connection out of step (a reply was lost): not a clock reading.
+          const [s, us] = Array.isArray(reply) && reply.length === 2 ? (reply as unknown[]).map((v) => (typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN)) : [NaN, NaN];
+          if (!(s! > 0 && us! >= 0 && us! < 1e6)) {
+            reject(storeUnavailable(new Error("TIME: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)")));
+            return;
+          }
+          resolve([sent, performance.now() * 1000, s! * 1e6 + us!]);
         },
         (error: unknown) => {
           if (call.done) return;
