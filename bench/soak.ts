@@ -22,7 +22,8 @@
  */
 import { constants, monitorEventLoopDelay, PerformanceObserver, type NodeGCPerformanceDetail } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
-import { Manager, RedisStore, TaskvalveError, type Limiter } from '../src/index.js';
+// The package as an application runs it: the build in dist/ (npm run soak builds it first).
+import { Manager, RedisStore, TaskvalveError, type Limiter } from '../dist/index.js';
 import { startRedis, type RedisServer } from '../test/support/redis.js';
 
 const args = process.argv.slice(2);
