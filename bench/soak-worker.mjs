@@ -1,18 +1,28 @@
-// Worker tasks of the soak (bench/soak.ts): each named export is a task.
-export function ok(n) {
-  return n;
+// Worker tasks of the soak (bench/soak.ts): each named export is a task. Each one marks that it
+// started in `started` (an Int32Array on shared memory), so that the soak knows which of its
+// worker tasks ran, and were charged, whatever their callers were told.
+function mark({ started }) {
+  Atomics.store(started, 0, 1);
 }
 
-export function fail() {
+export function ok(payload) {
+  mark(payload);
+  return 1;
+}
+
+export function fail(payload) {
+  mark(payload);
   throw new Error('soak: planned failure');
 }
 
-export function crash() {
+export function crash(payload) {
+  mark(payload);
   process.exit(3);
 }
 
-export function spin({ ms }) {
-  const end = Date.now() + ms;
+export function spin(payload) {
+  mark(payload);
+  const end = Date.now() + payload.ms;
   while (Date.now() < end) {
     // CPU-bound past its timeout: the thread is terminated.
   }
