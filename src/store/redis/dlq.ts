@@ -49,13 +49,13 @@ export class DeadLetters {
 
   constructor(private readonly ctx: Context) {}
 
-  add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }): Promise<void> {
+  async add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }): Promise<void> {
     if (typeof entry.task === 'function') {
       this.inline.set(entry.id, entry.task);
       if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
     }
     const json = JSON.stringify(serialiseEntry(entry));
-    return this.adds.add(0, { id: entry.id, json, profileName: entry.profileName, maxEntries: bounds.maxEntries, retentionMs: bounds.retentionMs });
+    await this.adds.add(0, { id: entry.id, json, profileName: entry.profileName, maxEntries: bounds.maxEntries, retentionMs: bounds.retentionMs });
   }
 
   /** One call for many letters: applied together, at most once, or not at all. */
