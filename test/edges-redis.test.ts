@@ -137,3 +137,16 @@ describe('19. an abort after the end changes nothing (RedisStore)', () => {
     expect(await manager.dlq.list()).toHaveLength(1);
   });
 });
+
+describe('a dead letter Redis cannot hold', () => {
+  it('a worker task whose payload cannot be written as JSON (a BigInt): its caller is told its letter was not stored, and the error is reported', async () => {
+    const manager = await setup({ rate: { limit: 1000, intervalMs: 1000 }, pool: { filename: TASKS }, retry: { attempts: 1 } });
+    const reported: unknown[] = [];
+    manager.on('error', (error) => reported.push(error));
+    const error = await rejection(manager.getLimiter('u').submit({ name: 'throwCoded', payload: { message: 'boom', n: 10n } }));
+    expect(error.code).toBe('TASK_FAILED');
+    expect(error.message).toMatch(/boom \(its dead letter was not stored: .*BigInt/);
+    expect(reported).toHaveLength(1);
+    expect(await manager.dlq.list()).toEqual([]);
+  });
+});
