@@ -119,6 +119,40 @@ describe('the cache of refusals', () => {
     }
   });
 
+  it("a user's subscription change forgets that user's refusals, and only theirs", async () => {
+    const now = T0;
+    const { manager, admissions } = onRedis(() => now);
+    manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 3_600_000 }, quota: { limit: 100 } });
+    manager.registerProfile('fast', { rate: { limit: 1000, intervalMs: 1000 } });
+    try {
+      for (const user of ['a', 'b']) {
+        await manager.subscribe(user, 'slow');
+        expect((await manager.getLimiter(user).check()).allowed).toBe(true);
+        expect((await manager.getLimiter(user).check()).allowed).toBe(false);
+      }
+      const asked = async (user: string): Promise<{ allowed: boolean; quotaLimit: number | null; asked: boolean }> => {
+        const before = admissions();
+        const d = (await manager.getLimiter(user).checkDetailed()) as DetailedDecision;
+        return { allowed: d.allowed, quotaLimit: d.quotaLimit, asked: admissions() > before };
+      };
+      expect(await asked('b')).toEqual({ allowed: false, quotaLimit: 100, asked: false });
+      // 'a' gets a quota of its own: its refusal is asked again, and tells the new quota.
+      await manager.updateSubscriptionQuota('a', 5);
+      expect(await asked('a')).toEqual({ allowed: false, quotaLimit: 5, asked: true });
+      // 'b' is still refused from memory.
+      expect(await asked('b')).toEqual({ allowed: false, quotaLimit: 100, asked: false });
+      // Subscribed again, on the same profile, with another quota: asked again.
+      await manager.subscribe('a', 'slow', { quota: 7 });
+      expect(await asked('a')).toEqual({ allowed: false, quotaLimit: 7, asked: true });
+      // 'a' moves to a fast profile: allowed at once.
+      await manager.subscribe('a', 'fast');
+      expect(await asked('a')).toEqual({ allowed: true, quotaLimit: null, asked: true });
+      expect(await asked('b')).toEqual({ allowed: false, quotaLimit: 100, asked: false });
+    } finally {
+      await manager.close();
+    }
+  });
+
   for (const shared of [false, true]) {
     it(`answers with the user's own quota in force and the time left in its period (${shared ? 'a shared bucket' : 'own buckets'})`, async () => {
       let now = T0;

@@ -110,15 +110,12 @@ export class Denials {
     this.buckets.set(key, { untilUs: sentUs + waitUs, fullUs: sentUs + Math.max(waitUs, fullUs), cost, rate: profile.rate });
   }
 
-  /** A bucket's refusal may no longer hold (units came back, its user was deleted). */
+  /**
+   * A bucket's refusal may no longer hold (units came back), or a user's subscription changed:
+   * `key` a bucket's key, or a user's (whose own bucket has that key too).
+   */
   delete(key: string): void {
     this.buckets.delete(key);
     this.quotas.delete(key);
-  }
-
-  /** A change of profile, quota or status: refusals are decided anew. */
-  clear(): void {
-    this.buckets.clear();
-    this.quotas.clear();
   }
 }

@@ -53,8 +53,10 @@ export class Subscriptions {
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput): Promise<Subscription> {
     const { keys, ops } = this.ctx;
-    this.denials.clear();
     const user = keys.user(userId);
+    // What this process remembers of the user's refusals goes (their quota figures, and their
+    // own bucket's refusal); a shared bucket's refusal stands: a subscription does not change it.
+    this.denials.delete(user);
     const r = await ops.write(
       scripts.subscribe,
       [user, this.ended.of(user)],
@@ -97,8 +99,8 @@ export class Subscriptions {
   /** One change to an existing subscription (see mutate.lua); undefined when there is none. */
   async change(userId: string, op: Change, value: string | number): Promise<Subscription | undefined> {
     const { keys, ops } = this.ctx;
-    this.denials.clear(); // a change of profile, quota or status: refusals are decided anew
     const user = keys.user(userId);
+    this.denials.delete(user); // a change of profile, quota or status: the user's refusals are decided anew
     const r = await ops.write(scripts.mutate, [user, this.ended.of(user)], [op, value, userId], 'keep');
     return r.length === 0 ? undefined : this.parse(userId, r);
   }
