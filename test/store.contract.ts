@@ -1,5 +1,6 @@
 // The Store contract: the same behaviour from every store (MemoryStore, RedisStore on each
 // topology). A harness makes a store and lets the test move its time.
+import { setMaxListeners } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Manager, TaskvalveError, type Store, type SubscriptionEvent } from '../src/index.js';
 import { eventually } from './helpers.js';
@@ -617,6 +618,44 @@ describe('GCRA vectors through check()', () => {
       }
     });
   }
+});
+
+describe('refunds given back together', () => {
+  it('50 tasks of 5 users admitted and queued behind a running one, all aborted at once: every unit of quota and rate comes back', async () => {
+    manager.registerProfile('q', { rate: { limit: 20, intervalMs: 3_600_000 }, quota: { limit: 1000 }, pool: { perUserConcurrency: 1 } });
+    const users = ['r0', 'r1', 'r2', 'r3', 'r4'];
+    for (const user of users) await manager.subscribe(user, 'q');
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // Each user's first task runs and holds the user's one slot.
+    const blockers = users.map((user) => manager.getLimiter(user).submit(() => held));
+    const controller = new AbortController();
+    setMaxListeners(100, controller.signal);
+    let started = 0;
+    const outcomes: Promise<string>[] = [];
+    const queued: Promise<void>[] = [];
+    for (const user of users) {
+      for (let k = 0; k < 10; k++) {
+        const taskId = `${user}-${k}`;
+        queued.push(reached(taskId, 'QUEUED'));
+        outcomes.push(manager.getLimiter(user).submit(() => started++, { signal: controller.signal, taskId }).then(() => 'ran', (e: TaskvalveError) => e.code));
+      }
+    }
+    // Every task was admitted (its quota and rate unit taken) and waits for its user's slot.
+    await Promise.all(queued);
+    controller.abort();
+    expect(new Set(await Promise.all(outcomes))).toEqual(new Set(['ABORTED']));
+    release();
+    await Promise.all(blockers);
+    expect(started).toBe(0);
+    for (const user of users) {
+      // The blocker alone was charged: usage 1, and 19 of the 20 units are left.
+      expect((await manager.getSubscription(user))?.usage).toBe(1);
+      let allowed = 0;
+      while (allowed < 25 && (await manager.getLimiter(user).check()).allowed) allowed++;
+      expect({ user, allowed }).toEqual({ user, allowed: 19 });
+    }
+  });
 });
 
 describe('dead letters', () => {

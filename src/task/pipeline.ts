@@ -263,15 +263,43 @@ export class Pipeline {
     return ms;
   }
 
-  /** Gives back rate units an attempt took and never used. */
+  /** Rate units to give back, gathered in this run of code (see untake). */
+  private untakes: { job: Job; receipt: RateReceipt }[] | undefined = undefined;
+
+  /**
+   * Gives back rate units an attempt took and never used. Those given back in one run of code
+   * (a close, an abort many tasks listen to) go in a microtask, latest charge first: a receipt
+   * is its bucket's TAT right after the charge, and a bucket gives back only what it still
+   * holds above a receipt, so an earlier charge given back first would leave the later ones'
+   * receipts above the bucket, and their units would not come back.
+   */
   private untake(job: Job, receipt: RateReceipt): void {
-    const refund = this.ctx.store.refundRate;
-    if (refund === undefined) return;
-    try {
-      this.settled(refund.call(this.ctx.store, job.userId, job.cost, receipt, this.ctx.clock(), job.slot));
-    } catch (error) {
-      this.ctx.fault(error);
+    if (this.ctx.store.refundRate === undefined) return;
+    if (this.untakes === undefined) {
+      this.untakes = [];
+      this.settled(Promise.resolve().then(() => this.untakeAll()));
     }
+    this.untakes.push({ job, receipt });
+  }
+
+  private async untakeAll(): Promise<void> {
+    const refund = this.ctx.store.refundRate;
+    const untakes = this.untakes ?? [];
+    this.untakes = undefined;
+    if (refund === undefined) return;
+    // Within one bucket, later charges have later receipts (the TAT, then its leftover ticks).
+    untakes.sort((a, b) => b.receipt.tat - a.receipt.tat || b.receipt.epoch - a.receipt.epoch);
+    const now = this.ctx.clock();
+    const calls: Promise<void>[] = [];
+    for (const { job, receipt } of untakes) {
+      try {
+        const result = refund.call(this.ctx.store, job.userId, job.cost, receipt, now, job.slot);
+        if (result instanceof Promise) calls.push(result.catch((error: unknown) => this.ctx.fault(error)));
+      } catch (error) {
+        this.ctx.fault(error);
+      }
+    }
+    await Promise.all(calls);
   }
 
   // ---- scheduler and run -----------------------------------------------------------------
