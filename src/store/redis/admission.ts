@@ -15,6 +15,7 @@ import type { Context } from './context.js';
 import type { Denials } from './denials.js';
 import type { Handles, Ref } from './handles.js';
 import type { Outage } from './outage.js';
+import type { Refunds } from './refunds.js';
 import { scripts } from './scripts.js';
 import type { Subscriptions } from './subscriptions.js';
 import { parseTakes } from './turns.js';
@@ -37,6 +38,7 @@ export class Admission {
     private readonly denials: Denials,
     private readonly outage: Outage,
     private readonly subscriptions: Subscriptions,
+    private readonly refunds: Refunds,
   ) {}
 
   async admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, slot: UserSlot | undefined): Promise<AdmitResult> {
@@ -83,7 +85,7 @@ export class Admission {
     throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
   }
 
-  /** Gives back rate units, as far as the bucket still holds them (refund_rate.lua). */
+  /** Gives back rate units, as far as the bucket still holds them (refunds.ts). */
   async refundRate(userId: string, cost: number, receipt: RateReceipt, slot: UserSlot | undefined): Promise<void> {
     // With the user's handle the profile is known and the call goes at once (so that it lands
     // before any later call on this connection).
@@ -93,7 +95,7 @@ export class Admission {
     const rate = profile.rate;
     const bucket = this.bucketOf(ref, profile);
     // A refund that gets no answer is not lost: it is sent again until it has applied once (ops.ts).
-    await this.ctx.ops.write(scripts.refundRate, [bucket], [profile.shared === undefined ? 'h' : 's', rate.d, rate.T, cost, receipt.tat, receipt.epoch], 'retry').catch(() => {});
+    await this.refunds.rate(bucket, profile.shared === undefined, rate.d, rate.T, cost, receipt.tat, receipt.epoch);
     // A refusal remembered for this bucket may no longer hold.
     this.denials.delete(bucket);
   }
@@ -110,11 +112,11 @@ export class Admission {
       cost = await this.outage.refund(userId, cost, period);
       if (cost === 0) return;
     }
-    // One call, sent at once (so it lands before any later read on this connection): the
-    // generation token alone decides; a refund into a period that has since ended changes
-    // nothing visible, as that usage resets at the next decision.
-    // A refund that gets no answer is not lost: it is sent again until it has applied once (ops.ts).
-    await this.ctx.ops.write(scripts.refund, [this.ctx.keys.user(userId)], [cost, period, 0], 'retry').catch(() => {});
+    // Sent before any later call (refunds.ts): the generation token alone decides; a refund
+    // into a period that has since ended changes nothing visible, as that usage resets at the
+    // next decision. A refund that gets no answer is not lost: it is sent again until it has
+    // applied once (ops.ts).
+    await this.refunds.quota(this.ctx.keys.user(userId), cost, period, 0);
   }
 
   /** What check(1) would decide on the rate now, without charging anything. */
@@ -201,7 +203,7 @@ export class Admission {
 
   /** Gives a reservation back; a refund that fails is sent again until it lands (ops.ts), so its failure is not the caller's. */
   private async refundReserved(ref: Ref, cost: number, period: number): Promise<void> {
-    await this.ctx.ops.write(scripts.refund, [ref.user], [cost, period, ref.profile?.quotaPeriodMs ?? 0], 'retry').catch(() => {});
+    await this.refunds.quota(ref.user, cost, period, ref.profile?.quotaPeriodMs ?? 0);
   }
 
   /** Copies a script's reply into the result object. */

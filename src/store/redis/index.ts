@@ -41,6 +41,7 @@ import { Outage } from './outage.js';
 import { Presence } from './presence.js';
 import type { ScriptClient } from './scripts.js';
 import { Subscriptions } from './subscriptions.js';
+import { Refunds } from './refunds.js';
 import { Turns } from './turns.js';
 
 /** Users whose standing the store remembers by default (see RedisStoreOptions.rememberedUsers). */
@@ -127,7 +128,7 @@ export class RedisStore implements Store {
     this.ended = new Ended(ctx, forget);
     this.outage = new Outage(ctx, this.presence);
     this.subscriptions = new Subscriptions(ctx, this.ended, this.denials, forget);
-    this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending, maxDelayMs), this.denials, this.outage, this.subscriptions);
+    this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending, maxDelayMs), this.denials, this.outage, this.subscriptions, new Refunds(ctx));
     this.turns = new Turns(ctx, this.handles, this.outage, this.subscriptions);
     this.migration = new Migration(ctx, this.ended);
     this.deadLetters = new DeadLetters(ctx);
@@ -243,7 +244,7 @@ export class RedisStore implements Store {
 
   /**
    * Gives back rate units taken for an attempt that never started, as far as the bucket still
-   * holds them (refund_rate.lua). The receipt is the bucket's TAT right after they were taken:
+   * holds them (give_back.lua). The receipt is the bucket's TAT right after they were taken:
    * `tat` whole µs, `epoch` leftover ticks.
    */
   refundRate(userId: string, cost: number, receipt: RateReceipt, _nowMs: number, slot?: UserSlot): Promise<void> {

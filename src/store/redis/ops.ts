@@ -94,6 +94,18 @@ export class Operations {
   /** Refunds and charge-backs ('retry' mode) sent and not answered yet: close waits for them too. */
   private retrying = 0;
 
+  /**
+   * Counts a write about to be sent in 'retry' mode (a refund gathering behind a call in flight)
+   * as unsettled, so that close() waits for it too; the function returned ends that.
+   */
+  hold(): () => void {
+    this.retrying++;
+    return () => {
+      this.retrying--;
+      this.checkIdle();
+    };
+  }
+
   /** Calls in doubt now (settling, or waiting for the server to answer again), and retried writes in flight. */
   get unsettled(): number {
     return this.doubts.size + this.retrying;

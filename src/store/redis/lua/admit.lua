@@ -18,7 +18,7 @@
 --   doubles). Allowed, queued, rate limited or reserved: 11 doubles { verdict, usage, period
 --   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
 --   period), quota limit in force (-1: none), and for an allowed decision the bucket's TAT
---   right after the charge as whole µs and leftover ticks (the receipt refund_rate.lua takes),
+--   right after the charge as whole µs and leftover ticks (the receipt give_back.lua takes),
 --   for a rate-limited one the µs (rounded down) the bucket alone refuses `cost` and until it
 --   is full (what the caller's cache of refusals keeps), -1, 0 otherwise }; anything else: 11 doubles { verdict, usage, quota
 --   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the

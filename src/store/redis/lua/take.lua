@@ -9,7 +9,7 @@
 -- ARGV: 1-4 see op.lua; 5 'take' or 'peek' (decide without writing); then six per turn: kind
 --   ('h' a user's record, 's' a shared key), d, T, tau, cost, units waiting ahead in the caller.
 -- Reply: six numbers per turn: taken (1/0), wait ms, remaining, reset ms, and when taken the
---   bucket's TAT right after as whole µs and leftover ticks (the receipt refund_rate.lua takes;
+--   bucket's TAT right after as whole µs and leftover ticks (the receipt give_back.lua takes;
 --   -1 and 0 when there is none: not taken, a peek, or a user's record that no longer exists,
 --   which has nothing to limit and is taken without a write); then the call's sequence number
 --   (so that a reply meant for another call is never read as this one's). Past the deadline: the

@@ -9,7 +9,7 @@
 --   one cost per waiter, in turn order (9, 10, ...).
 -- Reply: { taken, wait ms until the first waiter not taken conforms (0 when all were taken),
 --   then for each waiter taken, in order, the bucket's TAT right after its units as whole µs
---   and leftover ticks (its receipt for refund_rate.lua), and last the call's sequence number
+--   and leftover ticks (its receipt for give_back.lua), and last the call's sequence number
 --   (see op.lua) }. A user's record that no longer
 --   exists: every waiter taken, no receipts, nothing written (nothing to limit). Past the
 --   deadline: the LATE error (see codes.ts), nothing written.

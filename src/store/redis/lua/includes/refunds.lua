@@ -1,4 +1,4 @@
--- Giving back what a task that never started was charged (refund.lua, refund_rate.lua) or
+-- Giving back what a task that never started was charged (give_back.lua) or
 -- what a call its caller was told had failed applied (settle.lua).
 --@include gcra
 --@include user
