@@ -11,7 +11,7 @@
  *     (ended subscriptions are swept after `endedRetentionMs`);
  *   - inline and worker tasks that succeed, throw, crash their worker, time out, or are aborted.
  *
- * It reports the achieved load and the event-loop p99, the heap slope over the second half
+ * It reports the achieved load, the event-loop p99 and how busy the main thread was, the heap slope over the second half
  * (% of the heap per minute, from a least-squares fit of the heap in use right after each full
  * GC: those V8 makes itself, and one forced every 30 s when run with --expose-gc, so that no
  * forced pause weighs on the event-loop p99), unsettled promises, double runs, dead letters against callers'
@@ -181,6 +181,7 @@ async function main(): Promise<void> {
   gcs.observe({ entryTypes: ['gc'] });
   let lastForcedGc = performance.now();
   t0 = performance.now();
+  const busy0 = performance.eventLoopUtilization();
   let killedAt = -1;
   let restartedAt = -1;
   let lastProgress = t0;
@@ -241,6 +242,8 @@ async function main(): Promise<void> {
   const seconds = (performance.now() - t0) / 1000;
   loop.disable();
   gcs.disconnect();
+  // The share of the run the main thread was busy (not waiting for I/O): 1 means CPU-bound.
+  const busy = performance.eventLoopUtilization(busy0).utilization;
   const report = await manager.close({ drain: true, timeoutMs: 10_000 });
   await new Promise((resolve) => setImmediate(resolve));
 
@@ -300,6 +303,7 @@ async function main(): Promise<void> {
     seconds: Math.round(seconds),
     decisionsPerSecond: Math.round(counts.decisions / seconds),
     eventLoopP99Ms: Number((loop.percentile(99) / 1e6).toFixed(1)),
+    eventLoopBusy: Number(busy.toFixed(3)),
     heapSlopePercentPerMinute: Number(((100 * slope) / my).toFixed(2)),
     heapMeanMB: Number((my / 1e6).toFixed(1)),
     unsettled: counts.issued - counts.settled,
