@@ -183,6 +183,8 @@ async function main(): Promise<void> {
   t0 = performance.now();
   const busy0 = performance.eventLoopUtilization();
   let killedAt = -1;
+  /** Decisions shed for overload before the kill (after it, every call fails while Redis is away). */
+  let shedBeforeKill = 0;
   let restartedAt = -1;
   let lastProgress = t0;
   let i = 0;
@@ -192,6 +194,7 @@ async function main(): Promise<void> {
     const elapsed = performance.now() - t0;
     if (server !== undefined && killedAt < 0 && elapsed >= (SECONDS * 1000) / 2) {
       killedAt = elapsed;
+      shedBeforeKill = counts.shed;
       log(`\nkill -9 of redis-server (pid ${server.pid}) at ${(elapsed / 1000).toFixed(1)} s`);
       await server.kill();
       // Restarted in the background: the load goes on meanwhile.
@@ -282,6 +285,7 @@ async function main(): Promise<void> {
       restartedAtSeconds: Number((restartedAt / 1000).toFixed(1)),
       serviceBackSecondsAfterRestart: back < 0 ? null : Number((back - restartedAt / 1000).toFixed(1)),
       answersPerSecondBeforeKill: Math.round(before),
+      shedForOverloadBeforeKill: shedBeforeKill,
       usersReadBack: retired.length,
       phantomUnits: phantom,
       unchargedUnits: missing,
