@@ -5,10 +5,16 @@
  * script run for many letters under load.
  */
 import type { DlqQuery, FailedTask } from '../store.js';
-import type { Reply } from './calls.js';
+import type { TaskvalveError } from '../../errors.js';
+import { storeUnavailable, type Reply } from './calls.js';
 import type { Context } from './context.js';
 import { Gather } from './gather.js';
 import { scripts } from './scripts.js';
+
+/** The error of a read answered with another call's reply (a reply was lost on a connection that stayed open). */
+function notThisCall(what: string): TaskvalveError {
+  return storeUnavailable(new Error(`dlq ${what}: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)`));
+}
 
 /** A letter on its way to Redis. */
 interface Letter {
@@ -80,20 +86,34 @@ export class DeadLetters {
   async list(query: DlqQuery): Promise<FailedTask[]> {
     const keys = this.keys();
     if (query.profileName !== undefined) keys.push(this.ctx.keys.dlqProfile(query.profileName));
-    const r = (await this.ctx.calls.run(scripts.dlq, keys, [0, 0, 0, this.ctx.clock.arg(), 'list', query.limit ?? -1, query.userId ?? ''])) as string[];
-    return r.map((json) => this.restore(JSON.parse(json) as StoredEntry));
+    const token = this.token();
+    const r = await this.ctx.calls.run(scripts.dlq, keys, [0, 0, 0, this.ctx.clock.arg(), 'list', query.limit ?? -1, query.userId ?? '', token]);
+    if (!Array.isArray(r) || r[r.length - 1] !== token) throw notThisCall('list');
+    r.pop();
+    return (r as string[]).map((json) => this.restore(JSON.parse(json) as StoredEntry));
   }
 
   async get(id: string): Promise<FailedTask | undefined> {
-    const json = (await this.ctx.calls.run(scripts.dlq, this.keys(), [0, 0, 0, this.ctx.clock.arg(), 'get', id])) as unknown as string | null;
-    return json === null ? undefined : this.restore(JSON.parse(json) as StoredEntry);
+    const token = this.token();
+    const r = await this.ctx.calls.run(scripts.dlq, this.keys(), [0, 0, 0, this.ctx.clock.arg(), 'get', id, token]);
+    if (!Array.isArray(r) || r[0] !== token) throw notThisCall('get');
+    return typeof r[1] === 'string' ? this.restore(JSON.parse(r[1]) as StoredEntry) : undefined;
   }
 
   async remove(id: string): Promise<boolean> {
-    const removed = (await this.ctx.calls.run(scripts.dlq, this.keys(), [0, 0, 0, this.ctx.clock.arg(), 'remove', id])) as unknown as number;
+    const token = this.token();
+    const r = await this.ctx.calls.run(scripts.dlq, this.keys(), [0, 0, 0, this.ctx.clock.arg(), 'remove', id, token]);
+    if (!Array.isArray(r) || r[0] !== token) throw notThisCall('remove');
     this.inline.delete(id);
-    return removed === 1;
+    return r[1] === 1;
   }
+
+  /** A read's own token, which its reply names (see dlq.lua). */
+  private token(): string {
+    return `r${++this.reads}`;
+  }
+
+  private reads = 0;
 
   private keys(): string[] {
     const keys = this.ctx.keys;

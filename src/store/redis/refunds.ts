@@ -3,8 +3,10 @@
  * into a bucket. Each is sent until it has applied once (ops.ts, mode 'retry'). Parts given
  * back in one run of this process's code (a close, a burst of cancels) go together, per
  * placement unit, in give_back.lua calls of up to 64 parts; they leave in a microtask queued by
- * the first of them, so that a part always goes before any call its caller makes once told (a
- * read right after an abort sees the usage given back).
+ * the first of them, so before any call their callers make once told (a read right after an
+ * abort sees the usage given back), except where Redis lacks the script (its first use on a
+ * server, or after a restart): it goes again with EVAL after the NOSCRIPT answer, behind later
+ * calls. A refund lands asynchronously.
  */
 import type { Context } from './context.js';
 import { tagOf } from './keys.js';

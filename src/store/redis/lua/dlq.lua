@@ -10,10 +10,11 @@
 --   profile, KEYS[5] that profile's p:<profile>.
 -- ARGV: 1-4 see op.lua (only an add has a sequence number); 5 op: 'add' (6 the number of
 --   letters, then five arguments per letter: the index in KEYS of its profile's key, id, JSON,
---   max entries, retention ms), 'list' (6 limit, -1: all; 7 user id, '' : any), 'get' (6 id),
---   'remove' (6 id).
--- Replies: add: 'added:' and the call's sequence number (so that a reply meant for another call
---   is never taken for this one's); list: entry JSONs, oldest first; get: JSON or nil; remove: 1/0.
+--   max entries, retention ms), 'list' (6 limit, -1: all; 7 user id, '' : any; 8 token), 'get'
+--   (6 id, 7 token), 'remove' (6 id, 7 token).
+-- Replies, each naming its call (so that a reply meant for another call is never taken for this
+--   one's): add: 'added:' and the call's sequence number; list: entry JSONs, oldest first, then
+--   the token; get: { token, JSON } or { token }; remove: { token, 1/0 }.
 --@include codes
 --@include op
 --@include letters
@@ -84,13 +85,14 @@ elseif op == 'list' then
       end
     end
   end
+  out[#out + 1] = ARGV[8]
   return out
 elseif op == 'get' then
   if expired(ARGV[6]) then
-    return nil
+    return { ARGV[7] }
   end
-  return redis.call('HGET', KEYS[1], ARGV[6])
+  return { ARGV[7], redis.call('HGET', KEYS[1], ARGV[6]) }
 elseif op == 'remove' then
-  return drop(ARGV[6])
+  return { ARGV[7], drop(ARGV[6]) }
 end
 return redis.error_reply('unknown dlq op ' .. tostring(op))
