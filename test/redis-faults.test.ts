@@ -263,6 +263,36 @@ describe('writes other than admissions on a connection out of step', () => {
   });
 });
 
+describe('dead-letter reads on a connection out of step', () => {
+  const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 100 }, retry: { attempts: 1 } } satisfies ProfileConfig };
+
+  it('a read whose reply is lost: no dlq.get is answered with another entry', async () => {
+    const r = await rig(profiles, 400);
+    const user = `dlq-read-${r.prefix}`;
+    await r.manager.subscribe(user, 'p');
+    for (let i = 0; i < 5; i++) await rejection(r.manager.getLimiter(user).submit(() => Promise.reject(new Error(`letter ${i}`))));
+    const ids = (await r.manager.dlq.list()).map((e) => e.id);
+    expect(ids).toHaveLength(5);
+    // The reply of a subscription read is lost; the dead-letter reads sent after it get the next call's reply.
+    const lost = r.proxy.dropReplies(1, { match: (q) => q.command === 'EVALSHA' && q.bytes.includes(`{u:${user}}`) });
+    const read = r.manager.getSubscription(user).catch(() => undefined);
+    const answers = await Promise.all(
+      ids.map(async (id) => {
+        try {
+          return (await r.manager.dlq.get(id))?.id === id ? 'own' : 'another';
+        } catch (error) {
+          if (!(error instanceof TaskvalveError)) throw error;
+          return error.code;
+        }
+      }),
+    );
+    await read;
+    expect(await lost.done).toBe(1);
+    expect(answers.filter((a) => a !== 'own' && a !== 'STORE_UNAVAILABLE')).toEqual([]);
+    expect(answers).toContain('STORE_UNAVAILABLE');
+  });
+});
+
 describe('a hard quota under repeated faults', () => {
   const profiles = { hard: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 3, kind: 'hard' as const }, pool: { perUserConcurrency: 1 } } };
 
