@@ -95,8 +95,9 @@ export class Operations {
   private retrying = 0;
 
   /**
-   * Counts a write about to be sent in 'retry' mode (a refund gathering behind a call in flight)
-   * as unsettled, so that close() waits for it too; the function returned ends that.
+   * Counts a write about to be sent in 'retry' mode (a refund waiting for the microtask that
+   * sends it, refunds.ts) as unsettled, so that close() waits for it too; the function returned
+   * ends that.
    */
   hold(): () => void {
     this.retrying++;
