@@ -600,6 +600,30 @@ describe('refunds', () => {
   });
 });
 
+describe('changing profile keeps the units in use', () => {
+  it('4 of 10 units in use move to a bucket of 20 as 4 in use, and to a bucket of 5 as 4 in use (1 left), rounded up, never gaining', async () => {
+    manager.registerProfile('ten', { rate: { limit: 10, intervalMs: 1000 } });
+    manager.registerProfile('twenty', { rate: { limit: 20, intervalMs: 4000 } });
+    manager.registerProfile('five', { rate: { limit: 5, intervalMs: 60_000 } });
+    await manager.subscribe('c', 'ten');
+    const u = manager.getLimiter('c');
+    for (let i = 0; i < 4; i++) expect((await u.check()).allowed).toBe(true);
+    expect((await u.peek()).remaining).toBe(6);
+    await manager.changeProfile('c', 'twenty');
+    expect((await u.peek()).remaining).toBe(16);
+    await manager.changeProfile('c', 'five');
+    expect((await u.peek()).remaining).toBe(1);
+    // Half a unit of the slow bucket later (6 s of its 12 s), still 1: the units in use were rounded up.
+    now += 6000;
+    expect((await u.peek()).remaining).toBe(1);
+    now += 6000;
+    expect((await u.peek()).remaining).toBe(2);
+    // Back to the fast bucket: 3 units in use there.
+    await manager.changeProfile('c', 'ten');
+    expect((await u.peek()).remaining).toBe(7);
+  });
+});
+
 describe('GCRA vectors through check()', () => {
   for (const c of vectors.cases) {
     it(c.name, async () => {

@@ -202,7 +202,7 @@ export class RedisStore implements Store {
 
   async changeProfile(userId: string, profile: Profile): Promise<Subscription | undefined> {
     this.ctx.profiles.set(profile.name, profile);
-    const sub = await this.subscriptions.change(userId, 'change', profile.name);
+    const sub = await this.subscriptions.change(userId, 'change', profile.name, profile);
     // Rate turns take from the bucket of the profile a handle knows: handles read it again.
     this.handles.reprofiled(this.ctx.keys.user(userId));
     return sub;

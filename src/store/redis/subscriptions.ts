@@ -12,6 +12,11 @@ import type { Denials } from './denials.js';
 import type { Ended } from './ended.js';
 import { scripts } from './scripts.js';
 
+/** The rate a user's own bucket is carried over to (d, T), or '' for a profile with a shared bucket (see gcra_carry in gcra.lua). */
+function ownRate(profile: Profile): (string | number)[] {
+  return profile.shared === undefined ? [profile.rate.d, profile.rate.T] : ['', ''];
+}
+
 /** A change mutate.lua makes to an existing subscription. */
 export type Change = 'extend' | 'cancel' | 'change' | 'reset' | 'quota';
 
@@ -60,7 +65,7 @@ export class Subscriptions {
     const r = await ops.write(
       scripts.subscribe,
       [user, this.ended.of(user)],
-      [profile.name, input.startsAt ?? '', input.endsAt === Infinity ? '' : (input.endsAt ?? ''), input.durationMs ?? '', input.quota ?? '', input.resetUsage ? 1 : 0, userId],
+      [profile.name, input.startsAt ?? '', input.endsAt === Infinity ? '' : (input.endsAt ?? ''), input.durationMs ?? '', input.quota ?? '', input.resetUsage ? 1 : 0, userId, ...ownRate(profile)],
       'keep',
     );
     if (r[0] === 'DATES') {
@@ -96,12 +101,12 @@ export class Subscriptions {
     return this.ctx.profiles.get(this.parse(userId, r).profileName);
   }
 
-  /** One change to an existing subscription (see mutate.lua); undefined when there is none. */
-  async change(userId: string, op: Change, value: string | number): Promise<Subscription | undefined> {
+  /** One change to an existing subscription (see mutate.lua); undefined when there is none. `profile`: the one a 'change' moves to. */
+  async change(userId: string, op: Change, value: string | number, profile?: Profile): Promise<Subscription | undefined> {
     const { keys, ops } = this.ctx;
     const user = keys.user(userId);
     this.denials.delete(user); // a change of profile, quota or status: the user's refusals are decided anew
-    const r = await ops.write(scripts.mutate, [user, this.ended.of(user)], [op, value, userId], 'keep');
+    const r = await ops.write(scripts.mutate, [user, this.ended.of(user)], [op, value, userId, ...(profile === undefined ? [] : ownRate(profile))], 'keep');
     return r.length === 0 ? undefined : this.parse(userId, r);
   }
 

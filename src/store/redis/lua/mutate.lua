@@ -2,7 +2,8 @@
 --
 -- KEYS[1] the user's record; KEYS[2] the ends index of the user's slot (see ended.lua); KEYS[3]
 --   the operation log (see op.lua).
--- ARGV: 1-4 see op.lua; 5 op: 'extend' (6: ms), 'cancel', 'change' (6: profile), 'reset',
+-- ARGV: 1-4 see op.lua; 5 op: 'extend' (6: ms), 'cancel', 'change' (6: profile; 8 and 9 its
+--   rate's d and T, '' for a shared bucket: the user's own bucket is carried over), 'reset',
 --   'quota' (6: limit, '' : back to the profile's), 'charge' (6: units admitted while Redis was
 --   unreachable, added to the usage); 7 the user's id.
 -- Reply: the subscription fields (see user_reply), none when there is no subscription, then
@@ -10,6 +11,7 @@
 --   nothing written.
 --@include codes
 --@include op
+--@include gcra
 --@include user
 --@include subscription
 --@include ended
@@ -44,6 +46,7 @@ elseif op == 'cancel' then
   u.s = 1
   user_save(key, u)
 elseif op == 'change' then
+  gcra_carry(u, now, ARGV[8], ARGV[9])
   u.p = ARGV[6]
   user_save(key, u)
 elseif op == 'reset' then

@@ -5,12 +5,14 @@
 --   the operation log (see op.lua).
 -- ARGV: 1-4 see op.lua; 5 profile; 6 starts ms ('' : now); 7 ends ms ('' : none); 8 duration
 --   ms ('' : none); 9 quota override ('' : none); 10 reset usage (1/0); 11 the user's id (its
---   member in the index).
+--   member in the index); 12 and 13 the profile's rate d and T ('' for a shared bucket: a
+--   user's own bucket is carried over to the profile's rate, see gcra_carry).
 -- Reply: the subscription fields (see user_reply), or { 'DATES', starts, ends } when it would
 --   end before it starts; then the call's sequence number (see op.lua). Past the deadline the
 --   LATE error (see codes.ts), nothing written.
 --@include codes
 --@include op
+--@include gcra
 --@include user
 --@include subscription
 --@include ended
@@ -41,6 +43,7 @@ elseif ARGV[10] == '1' then
   u.n = 0
   u.g = u.g + 1
 end
+gcra_carry(u, now, ARGV[12], ARGV[13])
 u.p, u.s, u.sa, u.ea, u.q = ARGV[5], 0, sa, ea, q
 user_save(KEYS[1], u)
 ended_set(KEYS[2], ARGV[11], u.ea)

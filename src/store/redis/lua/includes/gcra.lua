@@ -66,6 +66,29 @@ local function gcra_in_use(t, f, r, now, d, T, sig)
   return math.ceil(a / bT * T) + 1
 end
 
+-- A user's own bucket carried over to the rate (d, T: the texts of its arguments) of the
+-- profile the user moves to, at `now`: its units in use are kept, rounded up, and written under
+-- the new rate at once, so that they drain at the new rate from now on (read later under the
+-- old rate, they would drain at the old one: a downgrade would grant capacity). d '' (a
+-- profile with a shared bucket): left as it is.
+local function gcra_carry(u, now, d, T)
+  if d == '' or not u.t then
+    return
+  end
+  local sig = d .. ':' .. T
+  if u.r == sig then
+    return
+  end
+  local dn = tonumber(d)
+  local ahead = gcra_in_use(u.t, u.f, u.r, now, dn, tonumber(T), sig)
+  if ahead <= 0 then
+    u.t, u.f = nil, nil
+  else
+    u.t, u.f = gcra_split(now, ahead, dn)
+  end
+  u.r = sig
+end
+
 -- A shared bucket is a string key "t:f:d:T" (integers in full) that expires when the bucket is
 -- full again, so an idle bucket costs nothing. (A user's own bucket lives in the user's record:
 -- t, f, r; see user.lua.)
