@@ -600,6 +600,36 @@ describe('refunds', () => {
   });
 });
 
+describe('a retry that never started', () => {
+  it('gives back the rate unit its retry took: a task that failed once, retried, and was aborted while queued behind another', async () => {
+    manager.registerProfile('rq', { rate: { limit: 5, intervalMs: 3_600_000 }, pool: { perUserConcurrency: 1 }, retry: { attempts: 2, baseMs: 1, maxMs: 1 } });
+    await manager.subscribe('rq', 'rq');
+    const u = manager.getLimiter('rq');
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const controller = new AbortController();
+    const waiting = reached('retried', 'RETRY_WAIT');
+    let runs = 0;
+    const task = u.submit(() => {
+      runs++;
+      throw new Error('first attempt');
+    }, { signal: controller.signal, taskId: 'retried' });
+    const outcome = task.then(() => 'ran', (e: TaskvalveError) => e.code);
+    await waiting;
+    // While it waits to retry, another task takes the user's one slot: the retry takes its unit and queues.
+    const queued = reached('retried', 'QUEUED');
+    const blocker = u.submit(() => held);
+    await queued;
+    controller.abort();
+    expect(await outcome).toBe('ABORTED');
+    release();
+    await blocker;
+    expect(runs).toBe(1);
+    // 5 units: the first attempt's and the blocker's are spent; the retry's came back.
+    await eventually(async () => (await u.peek()).remaining === 3, 'the retry\'s unit given back');
+  });
+});
+
 describe('changing profile keeps the units in use', () => {
   it('4 of 10 units in use move to a bucket of 20 as 4 in use, and to a bucket of 5 as 4 in use (1 left), rounded up, never gaining', async () => {
     manager.registerProfile('ten', { rate: { limit: 10, intervalMs: 1000 } });
