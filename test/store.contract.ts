@@ -316,6 +316,25 @@ describe('quota', () => {
     expect(await manager.getSubscription('u')).toMatchObject({ usage: 1, periodStartedAt: new Date(T0 + 86_400_000 * 2) });
   });
 
+  it('the times a refusal and a decision tell: a quota that never resets, a start to come, a period turning exactly on its boundary and after 2.5 periods', async () => {
+    manager.registerProfile('once', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1 } });
+    manager.registerProfile('minute', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 2, periodMs: 60_000 } });
+    await manager.subscribe('a', 'once');
+    await manager.subscribe('b', 'minute');
+    await manager.subscribe('c', 'once', { startsAt: new Date(T0 + 5000) });
+    await manager.getLimiter('a').check();
+    // No period: the quota never comes back, so there is no time to retry after.
+    expect(await manager.getLimiter('a').check().catch((e: TaskvalveError) => e)).toMatchObject({ code: 'QUOTA_EXCEEDED', retryAfterMs: undefined });
+    expect(await manager.getLimiter('c').check().catch((e: TaskvalveError) => e)).toMatchObject({ code: 'SUBSCRIPTION_NOT_STARTED', retryAfterMs: 5000 });
+    await manager.getLimiter('b').check(2);
+    // Exactly on the boundary the new period has begun.
+    now = T0 + 60_000;
+    expect(await manager.getLimiter('b').checkDetailed()).toMatchObject({ allowed: true, usage: 1, quotaResetAfterMs: 60_000 });
+    // 2.5 periods in: the third period, half gone.
+    now = T0 + 150_000;
+    expect(await manager.getLimiter('b').checkDetailed()).toMatchObject({ allowed: true, usage: 1, quotaResetAfterMs: 30_000 });
+  });
+
   it('a per-user override replaces the profile limit; null returns to it', async () => {
     await manager.subscribe('u', 'basic', { quota: 2 });
     const limiter = manager.getLimiter('u');
