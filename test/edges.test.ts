@@ -150,6 +150,21 @@ describe('1. hostile results', () => {
   });
 });
 
+describe('what a task threw, told to its caller and its dead letter', () => {
+  it('a string is the message itself, an object is described, and the value is kept on the cause', async () => {
+    manager.registerProfile('t', { rate: { limit: 100, intervalMs: 1000 }, retry: { attempts: 1 } });
+    await manager.subscribe('t', 't');
+    const u = manager.getLimiter('t');
+    const plain = await rejection(u.submit(() => Promise.reject('a long story, told plainly')));
+    expect(plain.code).toBe('TASK_FAILED');
+    expect(plain.cause).toMatchObject({ message: 'a long story, told plainly', value: 'a long story, told plainly' });
+    const object = await rejection(u.submit(() => Promise.reject({ code: 42 })));
+    expect(object.cause).toMatchObject({ message: '{"code":42}', value: { code: 42 } });
+    const letters = await manager.dlq.list({ userId: 't' });
+    expect(letters.map((e) => e.error.message)).toEqual(['a long story, told plainly', '{"code":42}']);
+  });
+});
+
 describe('3. replay once', () => {
   beforeEach(async () => {
     manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 2 } });
