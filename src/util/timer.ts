@@ -39,11 +39,6 @@ export class Timer {
     if (this.unref) this.handle.unref();
   }
 
-  /** True until it fired or was cancelled. */
-  get pending(): boolean {
-    return this.handle !== undefined;
-  }
-
   /** Stops it; it never fires. */
   cancel(): void {
     if (this.handle !== undefined) clearTimeout(this.handle);
