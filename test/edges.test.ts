@@ -165,6 +165,32 @@ describe('what a task threw, told to its caller and its dead letter', () => {
   });
 });
 
+describe('a signal read late', () => {
+  it('an inline task that first reads ctx.signal after its caller aborted it finds it aborted, with the reason', async () => {
+    manager.registerProfile('late', { rate: { limit: 100, intervalMs: 1000 } });
+    await manager.subscribe('late', 'late');
+    const proceed = gate();
+    const started = gate();
+    const finished = gate<{ aborted: boolean; reason: unknown }>();
+    const controller = new AbortController();
+    const task = manager.getLimiter('late').submit(
+      async (ctx: TaskContext) => {
+        started.open();
+        await proceed.opened;
+        finished.open({ aborted: ctx.signal.aborted, reason: ctx.signal.reason });
+      },
+      { signal: controller.signal },
+    );
+    await started.opened;
+    controller.abort(new Error('changed my mind'));
+    expect((await rejection(task)).code).toBe('ABORTED');
+    proceed.open();
+    const seen = await finished.opened;
+    expect(seen.aborted).toBe(true);
+    expect(seen.reason).toBeDefined();
+  });
+});
+
 describe('3. replay once', () => {
   beforeEach(async () => {
     manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 2 } });
