@@ -8,7 +8,7 @@ import { TaskvalveError, ErrorCode } from '../../errors.js';
 import type { Profile } from '../../profile.js';
 import { AdmitMode, Verdict, blankResult, type AdmitResult, type RateReceipt, type UserSlot } from '../store.js';
 import type { Answer, Batches } from './batch.js';
-import { storeUnavailable, type Reply } from './calls.js';
+import { notThisCall, storeUnavailable, type Reply } from './calls.js';
 import { PROFILE_MISMATCH, RESERVED, STATUS, UNKNOWN_RECORD } from './codes.js';
 import { unknownRecord } from './record.js';
 import type { Context } from './context.js';
@@ -141,7 +141,7 @@ export class Admission {
       if (r === null) return this.notFound(out);
       // A peek has sequence number 0, which its reply ends with (take.lua).
       const t = parseTakes(await calls.run(scripts.take, [bucket], [0, 0, 0, clock.arg(), 'peek', 's', rate.d, rate.T, rate.tau, 1, 0]), 1, 0)?.[0];
-      if (t === undefined) throw storeUnavailable(new Error("peek: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)"));
+      if (t === undefined) throw notThisCall('peek');
       tail = [t[2] ?? 0, t[0] === 1 ? 0 : (t[1] ?? 0), t[3] ?? 0];
     }
     const sub = this.subscriptions.parse(userId, r);

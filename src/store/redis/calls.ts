@@ -20,6 +20,14 @@ export function storeUnavailable(cause: unknown): TaskvalveError {
 }
 
 /**
+ * The error of a call answered with another call's reply: a reply was lost on a connection that
+ * stayed open, and the client pairs each later reply with the wrong call. `what`: the call.
+ */
+export function notThisCall(what: string): TaskvalveError {
+  return storeUnavailable(new Error(`${what}: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)`));
+}
+
+/**
  * What a failed script call rejects with: STORE_UNAVAILABLE, and for a script that reached Redis
  * after its deadline (it wrote nothing, and answered LATE) one that says so.
  */
@@ -133,7 +141,7 @@ export class Calls {
           // call's reply, on a connection out of step (a reply was lost): not a clock reading.
           const [s, us] = Array.isArray(reply) && reply.length === 2 ? (reply as unknown[]).map((v) => (typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN)) : [NaN, NaN];
           if (!(s! > 0 && us! >= 0 && us! < 1e6)) {
-            reject(storeUnavailable(new Error("TIME: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)")));
+            reject(notThisCall('TIME'));
             return;
           }
           resolve([sent, performance.now() * 1000, s! * 1e6 + us!]);

@@ -5,16 +5,10 @@
  * script run for many letters under load.
  */
 import type { DlqQuery, FailedTask } from '../store.js';
-import type { TaskvalveError } from '../../errors.js';
-import { storeUnavailable, type Reply } from './calls.js';
+import { notThisCall, type Reply } from './calls.js';
 import type { Context } from './context.js';
 import { Gather } from './gather.js';
 import { scripts } from './scripts.js';
-
-/** The error of a read answered with another call's reply (a reply was lost on a connection that stayed open). */
-function notThisCall(what: string): TaskvalveError {
-  return storeUnavailable(new Error(`dlq ${what}: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)`));
-}
 
 /** A letter on its way to Redis. */
 interface Letter {
@@ -88,7 +82,7 @@ export class DeadLetters {
     if (query.profileName !== undefined) keys.push(this.ctx.keys.dlqProfile(query.profileName));
     const token = this.token();
     const r = await this.ctx.calls.run(scripts.dlq, keys, [0, 0, 0, this.ctx.clock.arg(), 'list', query.limit ?? -1, query.userId ?? '', token]);
-    if (!Array.isArray(r) || r[r.length - 1] !== token) throw notThisCall('list');
+    if (!Array.isArray(r) || r[r.length - 1] !== token) throw notThisCall('dlq list');
     r.pop();
     return (r as string[]).map((json) => this.restore(JSON.parse(json) as StoredEntry));
   }
@@ -96,14 +90,14 @@ export class DeadLetters {
   async get(id: string): Promise<FailedTask | undefined> {
     const token = this.token();
     const r = await this.ctx.calls.run(scripts.dlq, this.keys(), [0, 0, 0, this.ctx.clock.arg(), 'get', id, token]);
-    if (!Array.isArray(r) || r[0] !== token) throw notThisCall('get');
+    if (!Array.isArray(r) || r[0] !== token) throw notThisCall('dlq get');
     return typeof r[1] === 'string' ? this.restore(JSON.parse(r[1]) as StoredEntry) : undefined;
   }
 
   async remove(id: string): Promise<boolean> {
     const token = this.token();
     const r = await this.ctx.calls.run(scripts.dlq, this.keys(), [0, 0, 0, this.ctx.clock.arg(), 'remove', id, token]);
-    if (!Array.isArray(r) || r[0] !== token) throw notThisCall('remove');
+    if (!Array.isArray(r) || r[0] !== token) throw notThisCall('dlq remove');
     this.inline.delete(id);
     return r[1] === 1;
   }

@@ -15,7 +15,7 @@
  * never applied is sent again, with a new number, until it has applied once.
  */
 import { ErrorCode, TaskvalveError } from '../../errors.js';
-import { mayHaveApplied, storeUnavailable, type Calls, type Reply } from './calls.js';
+import { mayHaveApplied, notThisCall, type Calls, type Reply } from './calls.js';
 import { DUP, LATE } from './codes.js';
 import type { Clock } from './clock.js';
 import type { Keys } from './keys.js';
@@ -162,7 +162,7 @@ export class Operations {
           // in doubt, and settled like one that got no answer.
           if (mode === 'retry') this.retrying--;
           this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
-          throw storeUnavailable(new Error(`${script.name}: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)`));
+          throw notThisCall(script.name);
         }
         this.close(log, seq);
         if (mode === 'retry') {
@@ -177,7 +177,7 @@ export class Operations {
           // Another call's refusal (LATE, DUP), read as this one's on a connection out of step:
           // this call may have applied.
           this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
-          throw storeUnavailable(new Error(`${script.name}: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)`));
+          throw notThisCall(script.name);
         }
         if (error.cause instanceof Error && error.cause.message.startsWith(LATE) && deadline > 0) this.clock.refusedEarly(client);
         // A call to retry that certainly did not apply is settled all the same: settle.lua answers

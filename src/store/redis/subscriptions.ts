@@ -5,7 +5,7 @@
 import { invalidArgument } from '../../errors.js';
 import type { Profile } from '../../profile.js';
 import type { SubscribeInput, Subscription } from '../store.js';
-import { storeUnavailable, type Reply } from './calls.js';
+import { notThisCall, type Reply } from './calls.js';
 import { STATUS } from './codes.js';
 import type { Context, Forget } from './context.js';
 import type { Denials } from './denials.js';
@@ -86,9 +86,7 @@ export class Subscriptions {
    */
   async read(keys: string[], args: (string | number)[]): Promise<Reply | null> {
     const r = await this.ctx.calls.run(scripts.read, keys, args);
-    if (!Array.isArray(r) || r[r.length - 1] !== keys[0]) {
-      throw storeUnavailable(new Error("read: a reply that is not this call's (the connection is out of step with Redis: a reply was lost)"));
-    }
+    if (!Array.isArray(r) || r[r.length - 1] !== keys[0]) throw notThisCall('read');
     r.pop();
     return r.length === 0 ? null : r;
   }
