@@ -5,6 +5,7 @@
 import fc from 'fast-check';
 import { expect, it } from 'vitest';
 import { ModelBucket } from './support/model-bucket.js';
+import { SlotModel } from './support/model-slots.js';
 import { Manager } from '../src/index.js';
 
 type Step = { dt: number; op: 'check' | 'queue' | 'abort'; cost: number; pick: number };
@@ -97,4 +98,118 @@ it('a task queued while the bucket was full, then aborted after its units draine
   release();
   await blocker;
   await manager.close();
+});
+
+// Many tasks queued and aborted in random order, little time between steps: refunds whose
+// slots others' refunds have moved.
+const crowded = fc
+  .record({ limit: fc.integer({ min: 1, max: 50 }), intervalMs: fc.integer({ min: 1, max: 10_000 }), burst: fc.integer({ min: 3, max: 16 }) })
+  .filter((r) => r.limit <= r.intervalMs * 1000)
+  .chain((rate) =>
+    fc.record({
+      rate: fc.constant(rate),
+      steps: fc.array(
+        fc.record({
+          dt: fc.integer({ min: 0, max: Math.max(1, Math.ceil(rate.intervalMs / rate.limit / 2)) }),
+          op: fc.constantFrom<'check' | 'queue' | 'abort'>('check', 'queue', 'queue', 'queue', 'abort', 'abort'),
+          cost: fc.integer({ min: 1, max: Math.min(3, rate.burst) }),
+          pick: fc.nat(),
+        }),
+        { minLength: 1, maxLength: 50 },
+      ),
+    }),
+  );
+
+it('in any order, refunds give back exactly what the charges still hold: every decision after them is the slot model\'s', async () => {
+  await fc.assert(
+    fc.asyncProperty(crowded, async ({ rate, steps }: { rate: { limit: number; intervalMs: number; burst: number }; steps: Step[] }) => {
+      let now = Date.UTC(2026, 0, 1);
+      const start = now;
+      const manager = new Manager({ clock: () => now });
+      manager.registerProfile('p', { rate: { ...rate, onLimit: 'reject' }, pool: { perUserConcurrency: 1 } });
+      await manager.subscribe('u', 'p');
+      const limiter = manager.getLimiter('u');
+      const admitted = new Set<string>();
+      manager.on('task', (e) => e.to === 'QUEUED' && admitted.add(e.id));
+      const model = new SlotModel(BigInt(rate.limit), BigInt(rate.intervalMs) * 1000n, BigInt(rate.burst));
+      let release!: () => void;
+      const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
+      model.take(0, 1);
+      await turn();
+      const pending: { id: string; abort: AbortController; settled: Promise<unknown> }[] = [];
+      let n = 0;
+      for (const step of steps) {
+        now += step.dt;
+        const at = now - start;
+        if (step.op === 'check') {
+          expect({ at, check: step.cost, allowed: (await limiter.check(step.cost)).allowed }).toEqual({ at, check: step.cost, allowed: model.take(at, step.cost) });
+        } else if (step.op === 'queue') {
+          const id = `t${n++}`;
+          const abort = new AbortController();
+          const settled = limiter.submit(() => 0, { cost: step.cost, signal: abort.signal, taskId: id }).catch(() => undefined);
+          await turn();
+          expect({ at, queued: id, admitted: admitted.has(id) }).toEqual({ at, queued: id, admitted: model.take(at, step.cost, id) });
+          if (admitted.has(id)) pending.push({ id, abort, settled });
+        } else if (pending.length > 0) {
+          const [p] = pending.splice(step.pick % pending.length, 1);
+          p!.abort.abort();
+          await p!.settled;
+          await turn();
+          model.giveBack(at, p!.id);
+        }
+        const { remaining, resetAfterMs } = await limiter.peek();
+        expect({ at, remaining, resetAfterMs }).toEqual({ at, ...model.peek(at) });
+      }
+      for (const p of pending) p.abort.abort();
+      release();
+      await blocker;
+      await manager.close();
+    }),
+    { numRuns: 300 },
+  );
+});
+
+it('more refunds than a bucket remembers one by one (its log folds): never more back than the charges held, and exact latest or earliest charge first', async () => {
+  const order = fc.constantFrom<'latest' | 'earliest' | 'random'>('latest', 'earliest', 'random');
+  await fc.assert(
+    fc.asyncProperty(fc.integer({ min: 33, max: 60 }), order, fc.array(fc.nat(), { minLength: 60, maxLength: 60 }), fc.array(fc.integer({ min: 0, max: 400 }), { minLength: 60, maxLength: 60 }), async (count, how, picks, gaps) => {
+      let now = Date.UTC(2026, 0, 1);
+      const start = now;
+      const manager = new Manager({ clock: () => now });
+      // 1 unit per second, room for 100.
+      manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 100, onLimit: 'reject' }, pool: { perUserConcurrency: 1 } });
+      await manager.subscribe('u', 'p');
+      const limiter = manager.getLimiter('u');
+      const model = new SlotModel(1n, 1_000_000n, 100n);
+      let release!: () => void;
+      const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
+      model.take(0, 1);
+      await turn();
+      const tasks: { id: string; abort: AbortController; settled: Promise<unknown> }[] = [];
+      for (let i = 0; i < count; i++) {
+        const abort = new AbortController();
+        const id = `t${i}`;
+        tasks.push({ id, abort, settled: limiter.submit(() => 0, { signal: abort.signal, taskId: id }).catch(() => undefined) });
+        model.take(0, 1, id);
+      }
+      await turn();
+      for (let k = 0; tasks.length > 0; k++) {
+        const at = tasks.length - 1;
+        const [task] = tasks.splice(how === 'latest' ? at : how === 'earliest' ? 0 : (picks[k] as number) % tasks.length, 1);
+        now += gaps[k] as number;
+        task!.abort.abort();
+        await task!.settled;
+        await turn();
+        model.giveBack(now - start, task!.id);
+        const told = (await limiter.peek()).remaining;
+        const right = model.peek(now - start).remaining;
+        if (how === 'random') expect(told).toBeLessThanOrEqual(right);
+        else expect({ how, k, remaining: told }).toEqual({ how, k, remaining: right });
+      }
+      release();
+      await blocker;
+      await manager.close();
+    }),
+    { numRuns: 60 },
+  );
 });

@@ -6,6 +6,7 @@
 import { invalidArgument, invalidConfig, profileNotFound } from '../errors.js';
 import type { Profile } from '../profile.js';
 import { MAX_TICKS, conform, convertTat, remaining, ticksToMs, waitFor, type Rate } from '../rate/gcra.js';
+import { RefundLog, giveBack, voidLog } from '../rate/refund-log.js';
 import {
   AdmitMode,
   Verdict,
@@ -133,6 +134,10 @@ export class MemoryStore implements Store {
   private maxD = 1;
   /** Re-bases so far: a receipt from an earlier time base is not honoured (never over-refunds). */
   private rebases = 0;
+  /** Rate refunds so far, across buckets: a receipt holds the count at its charge (see refund-log.ts). */
+  private refunds = 0;
+  /** What each bucket (a user's record, or a shared bucket) remembers of its refunds, once it has had one. */
+  private readonly logs = new WeakMap<UserRecord | Bucket, RefundLog>();
   private readonly result: AdmitResult = blankResult();
 
   private readonly letters: DeadLetters;
@@ -355,11 +360,15 @@ export class MemoryStore implements Store {
     if (!this.profiles.has(profile.name)) throw profileNotFound(profile.name);
     const from = this.profileOf(rec);
     if (from === profile) return;
+    const us = this.micros(nowMs);
     if (from.shared === undefined && profile.shared === undefined && rec.tat > 0) {
-      rec.tat = convertTat(rec.tat, this.micros(nowMs), from.rate, profile.rate);
+      rec.tat = convertTat(rec.tat, us, from.rate, profile.rate);
     } else {
       rec.tat = 0;
     }
+    // Its ticks mean something else now: receipts from before give nothing back.
+    const log = this.logs.get(rec);
+    if (log !== undefined) voidLog(log, us * profile.rate.d, ++this.refunds);
     rec.state = rec.state - (rec.state % MAX_PROFILES) + this.numberOf(profile);
   }
 
@@ -459,7 +468,8 @@ export class MemoryStore implements Store {
         out.retryAfterMs = 0;
         out.resetAfterMs = ticksToMs(held - now, rate);
         out.receiptTat = next;
-        out.receiptEpoch = this.rebases;
+        out.receiptEpoch = this.epochOf(profile);
+        out.receiptRefunds = this.refunds;
         return out;
       }
     }
@@ -495,31 +505,41 @@ export class MemoryStore implements Store {
     if (next < 0) return ticksToMs(-next, rate);
     if (shared === undefined) rec.tat = next;
     else shared.tat = next;
-    if (receipt !== undefined) receipt.value = { tat: next, epoch: this.rebases };
+    if (receipt !== undefined) receipt.value = { tat: next, epoch: this.epochOf(profile), refunds: this.refunds };
     return 0;
   }
 
   /**
-   * Gives back what an attempt's units still hold of the bucket. With T the emission interval
-   * and `tatA` the bucket's TAT right after they were taken, the bucket becomes
-   * max(tat - cost*T, now + (tat - tatA)), never fuller than if they had never been taken: every
-   * later admission added at least its own cost*T to the TAT, and only the part of these units'
-   * slot that lies ahead of now comes back. Skipped after a re-base or a profile change.
+   * A receipt's time base: the re-bases so far and, for a user's own bucket, the profile whose
+   * ticks it counts in (a receipt of another time base or rate gives nothing back).
+   */
+  private epochOf(profile: Profile): number {
+    return this.rebases * MAX_PROFILES + (profile.shared === undefined ? this.numberOf(profile) : 0);
+  }
+
+  /**
+   * Gives back what an attempt's units still hold of the bucket, in whatever order attempts are
+   * given back: the part of their slot still ahead of now, where the refunds since have moved it
+   * (see refund-log.ts). The bucket is never emptier than if they had never been taken.
    */
   refundRate(userId: string, cost: number, receipt: RateReceipt, nowMs: number): void {
     const rec = this.users.get(userId);
-    if (rec === undefined || receipt.epoch !== this.rebases) return;
+    if (rec === undefined) return;
     const profile = this.profileOf(rec);
     const rate = profile.rate;
+    const now = this.micros(nowMs) * rate.d; // first: it may re-base every TAT
+    if (receipt.epoch !== this.epochOf(profile)) return;
     const shared = profile.shared === undefined ? undefined : this.buckets.get(profile.shared);
-    const now = this.micros(nowMs) * rate.d;
-    if (receipt.epoch !== this.rebases) return; // micros() re-based just now
-    const tat = shared === undefined ? rec.tat : shared.tat;
-    if (tat < receipt.tat) return; // not the bucket these units were taken from (a profile change)
-    const back = Math.max(tat - cost * rate.T, now + (tat - receipt.tat));
-    if (back >= tat) return;
-    if (shared === undefined) rec.tat = back;
-    else shared.tat = back;
+    const bucket = shared ?? rec;
+    let log = this.logs.get(bucket);
+    if (log === undefined) {
+      log = new RefundLog();
+      this.logs.set(bucket, log);
+    }
+    const tat = giveBack(log, bucket.tat, now, receipt.tat, receipt.refunds, cost, rate, this.refunds + 1);
+    if (tat === bucket.tat) return;
+    this.refunds++;
+    bucket.tat = tat;
   }
 
   refund(userId: string, cost: number, period: number, nowMs: number): void {

@@ -88,6 +88,8 @@ export interface AdmitResult {
   receiptTat: number;
   /** ALLOWED: {@link RateReceipt.epoch} of the units taken. */
   receiptEpoch: number;
+  /** ALLOWED: {@link RateReceipt.refunds} of the units taken. */
+  receiptRefunds: number;
 }
 
 /**
@@ -99,6 +101,11 @@ export interface RateReceipt {
   readonly tat: number;
   /** The store's time base when they were taken (store-specific). */
   readonly epoch: number;
+  /**
+   * How many refunds the bucket had had when they were taken (store-specific): a refund reads
+   * those made since, to know how far they moved its units.
+   */
+  readonly refunds: number;
 }
 
 /** One waiter of {@link Store.takeTurns}: a task waiting for its rate turn is one. */
@@ -144,6 +151,7 @@ export function blankResult(): AdmitResult {
     endsAt: 0,
     receiptTat: -1,
     receiptEpoch: 0,
+    receiptRefunds: 0,
   };
 }
 

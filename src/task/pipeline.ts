@@ -192,7 +192,7 @@ export class Pipeline {
     job.quota = s.cost;
     job.period = r.period;
     job.admittedAt = now;
-    if (verdict === Verdict.ALLOWED && r.receiptTat >= 0) job.taken = { tat: r.receiptTat, epoch: r.receiptEpoch };
+    if (verdict === Verdict.ALLOWED && r.receiptTat >= 0) job.taken = { tat: r.receiptTat, epoch: r.receiptEpoch, refunds: r.receiptRefunds };
     const waitMs = r.retryAfterMs;
     const promise = new Promise<unknown>((resolve, reject) => {
       job.resolve = resolve;
