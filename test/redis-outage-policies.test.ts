@@ -251,7 +251,7 @@ describe("'local' charges back what it admitted, once, to usage and to the bucke
     const direct = new Redis({ port: server.port });
     const key = `${p.prefix}:{u:u}`;
     const record = (await direct.getBuffer(key)) as Buffer;
-    record[0] = 2;
+    record[0] = 3;
     await direct.set(key, record);
     direct.disconnect();
     const faults: TaskvalveError[] = [];
@@ -261,7 +261,7 @@ describe("'local' charges back what it admitted, once, to usage and to the bucke
     for (let i = 0; i < 3; i++) expect((await p.manager.getLimiter('v').check(1)).allowed).toBe(true);
     expect(await p.manager.close()).toEqual({ completed: 0, rejected: 0, abandoned: 0 });
     expect(faults.map((e) => e.code)).toEqual(['INVALID_CONFIG']);
-    expect(faults[0]?.message).toContain('has layout version 2');
+    expect(faults[0]?.message).toContain('has layout version 3');
   });
 
   it('close() charges them when Redis comes back before its timeout', async () => {

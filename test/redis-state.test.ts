@@ -209,7 +209,7 @@ describe("a user's record of another layout version", () => {
     await before?.(manager, clock);
     const key = `${prefix}:{u:u}`;
     const written = await client.getBuffer(key);
-    expect(written?.[0]).toBe(1); // the layout's version comes first (docs/redis.md)
+    expect(written?.[0]).toBe(2); // the layout's version comes first (docs/redis.md)
     const record = Buffer.from(written as Buffer);
     record[0] = version;
     await client.set(key, record);
@@ -217,7 +217,7 @@ describe("a user's record of another layout version", () => {
   }
 
   it('fails every call on that user with INVALID_CONFIG naming the version, and is left as it was', async () => {
-    const { manager, key, record } = await tampered(2);
+    const { manager, key, record } = await tampered(3);
     const u = manager.getLimiter('u');
     const calls: Record<string, () => Promise<unknown>> = {
       check: () => u.check(),
@@ -237,9 +237,38 @@ describe("a user's record of another layout version", () => {
       for (const [name, call] of Object.entries(calls)) {
         const error = await rejection(call());
         expect({ name, code: error.code }).toEqual({ name, code: 'INVALID_CONFIG' });
-        expect(error.message).toContain(`the record ${key} in Redis has layout version 2, and this version of taskvalve reads version 1`);
+        expect(error.message).toContain(`the record ${key} in Redis has layout version 3, and this version of taskvalve reads version 2`);
       }
       expect(await client.getBuffer(key)).toEqual(record);
+    } finally {
+      await manager.close();
+    }
+  });
+
+  it('reads a record of the layout before (version 1, without its bucket\'s refund log) as ever, and writes it back as version 2', async () => {
+    const clock = { now: T0 };
+    const prefix = `s${++prefixes}`;
+    const store = new RedisStore({ client, prefix });
+    store.setTestClock(() => clock.now);
+    const manager = new Manager({ clock: () => clock.now, store });
+    manager.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 100 } });
+    await manager.subscribe('u', 'p');
+    const u = manager.getLimiter('u');
+    try {
+      for (let i = 0; i < 3; i++) expect((await u.check()).allowed).toBe(true);
+      const key = `${prefix}:{u:u}`;
+      const written = (await client.getBuffer(key)) as Buffer;
+      // Version 2 ends with the log, a length-prefixed string, empty here: version 1 is the rest.
+      expect(written.readUInt32LE(written.length - 4)).toBe(0);
+      const old = Buffer.from(written.subarray(0, written.length - 4));
+      old[0] = 1;
+      await client.set(key, old);
+      expect(await manager.getSubscription('u')).toMatchObject({ status: 'active', usage: 3 });
+      expect((await u.peek()).remaining).toBe(7);
+      for (let i = 0; i < 7; i++) expect((await u.check()).allowed).toBe(true);
+      expect((await u.check()).allowed).toBe(false);
+      expect((await manager.getSubscription('u'))?.usage).toBe(10);
+      expect((await client.getBuffer(key))?.[0]).toBe(2);
     } finally {
       await manager.close();
     }

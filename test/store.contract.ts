@@ -3,6 +3,7 @@
 import { setMaxListeners } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Manager, TaskvalveError, type Store, type SubscriptionEvent } from '../src/index.js';
+import { SlotModel } from './support/model-slots.js';
 import { eventually } from './helpers.js';
 import vectors from './vectors/gcra.json' with { type: 'json' };
 
@@ -617,6 +618,84 @@ describe('refunds', () => {
       release();
     }
   });
+});
+
+describe('refunds one after another', () => {
+  // 1 unit per 10 s, room for 4. A blocker holds the user's one slot (unit 1, its slot 0-10 s);
+  // a and b are admitted and queue behind it (slots 10-20 s and 20-30 s). Given back at 0 s, a's
+  // slot moves b's down to 10-20 s; given back at 5 s, b returns the 15 s of its slot still
+  // ahead: 10 s of the bucket in use, 3 units free. The other order ends the same way.
+  for (const first of ['a', 'b']) {
+    it(`${first} aborted at 0 s, the other at 5 s: each gives back what it still held, 3 units free`, async () => {
+      manager.registerProfile('slow', { rate: { limit: 4, intervalMs: 40_000 }, pool: { perUserConcurrency: 1 } });
+      await manager.subscribe('u', 'slow');
+      const limiter = manager.getLimiter('u');
+      let release!: () => void;
+      const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
+      const aborts = { a: new AbortController(), b: new AbortController() };
+      const queued = [reached('a', 'QUEUED'), reached('b', 'QUEUED')];
+      const outcomes = { a: code(limiter.submit(() => 1, { signal: aborts.a.signal, taskId: 'a' })), b: code(limiter.submit(() => 1, { signal: aborts.b.signal, taskId: 'b' })) };
+      await Promise.all(queued);
+      const second = first === 'a' ? 'b' : 'a';
+      try {
+        aborts[first as 'a' | 'b'].abort();
+        expect(await outcomes[first as 'a' | 'b']).toBe('ABORTED');
+        await eventually(async () => (await limiter.peek()).remaining === 2, 'the first refund: 2 units free');
+        now += 5000;
+        aborts[second].abort();
+        expect(await outcomes[second]).toBe('ABORTED');
+        await eventually(async () => (await limiter.peek()).remaining === 3, 'the second refund: 3 units free');
+        for (let i = 0; i < 3; i++) expect((await limiter.check()).allowed).toBe(true);
+        expect((await limiter.check()).allowed).toBe(false);
+      } finally {
+        release();
+        await blocker;
+      }
+    });
+  }
+});
+
+describe('more refunds than a bucket remembers', () => {
+  // 40 tasks admitted and queued behind a blocker, given back one at a time a quarter second
+  // apart, in the order of their charges or the reverse: each gives back exactly the part of its
+  // slot still ahead, wherever the earlier refunds moved it (past 32 refunds the bucket's log
+  // folds its oldest entries; these two orders stay exact). The slot model says how much.
+  for (const order of ['earliest', 'latest'] as const) {
+    it(`40 aborted one by one, ${order} charge first: the bucket ends as the slot model says`, async () => {
+      manager.registerProfile('wide', { rate: { limit: 1, intervalMs: 1000, burst: 50 }, pool: { perUserConcurrency: 1 } });
+      await manager.subscribe('u', 'wide');
+      const limiter = manager.getLimiter('u');
+      const start = now;
+      const model = new SlotModel(1n, 1_000_000n, 50n);
+      let release!: () => void;
+      const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
+      model.take(0, 1);
+      const tasks: { id: string; abort: AbortController; outcome: Promise<string> }[] = [];
+      const queued: Promise<void>[] = [];
+      for (let i = 0; i < 40; i++) {
+        const id = `t${i}`;
+        const abort = new AbortController();
+        queued.push(reached(id, 'QUEUED'));
+        tasks.push({ id, abort, outcome: code(limiter.submit(() => 1, { signal: abort.signal, taskId: id })) });
+        model.take(0, 1, id);
+      }
+      await Promise.all(queued);
+      try {
+        while (tasks.length > 0) {
+          const task = (order === 'earliest' ? tasks.shift() : tasks.pop()) as (typeof tasks)[number];
+          now += 250;
+          task.abort.abort();
+          expect(await task.outcome).toBe('ABORTED');
+          model.giveBack(now - start, task.id);
+          const right = model.peek(now - start).remaining;
+          await eventually(async () => (await limiter.peek()).remaining === right, `${task.id}: ${right} units free`);
+        }
+      } finally {
+        release();
+        await blocker;
+      }
+    });
+  }
 });
 
 describe('a retry that never started', () => {

@@ -95,7 +95,7 @@ export class Admission {
     const rate = profile.rate;
     const bucket = this.bucketOf(ref, profile);
     // A refund that gets no answer is not lost: it is sent again until it has applied once (ops.ts).
-    await this.refunds.rate(bucket, profile.shared === undefined, rate.d, rate.T, cost, receipt.tat, receipt.epoch);
+    await this.refunds.rate(bucket, profile.shared === undefined, rate, cost, receipt);
     // A refusal remembered for this bucket may no longer hold.
     this.denials.delete(bucket);
   }
@@ -191,14 +191,14 @@ export class Admission {
       await this.refundReserved(ref, cost, period);
       throw error;
     }
-    const [ok, waitMs, remaining, resetMs, receiptMs, receiptTicks] = taken as [number, number, number, number, number, number];
-    if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs, 0, periodLeft, limit, receiptMs, receiptTicks], profile };
+    const [ok, waitMs, remaining, resetMs, receiptMs, receiptTicks, receiptRefunds] = taken as [number, number, number, number, number, number, number];
+    if (ok === 1) return { reply: [Verdict.ALLOWED, usage, period, remaining, 0, resetMs, 0, periodLeft, limit, receiptMs, receiptTicks, receiptRefunds], profile };
     const queue = flags === 1 && profile.onLimit === 'wait';
     if (queue && (profile.maxWaitMs === Infinity || waitMs <= profile.maxWaitMs)) {
-      return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
+      return { reply: [Verdict.QUEUED, usage, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0, 0], profile };
     }
     await this.refundReserved(ref, cost, period);
-    return { reply: [Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0], profile };
+    return { reply: [Verdict.RATE_LIMITED, usage - cost, period, remaining, waitMs, resetMs, 0, periodLeft, limit, -1, 0, 0], profile };
   }
 
   /** Gives a reservation back; a refund that fails is sent again until it lands (ops.ts), so its failure is not the caller's. */
@@ -217,10 +217,11 @@ export class Admission {
     out.usage = r[1] as number;
     if (verdict <= Verdict.RATE_LIMITED) {
       // Compact: { verdict, usage, period, remaining, retry, reset, profile index, period left,
-      // quota limit, receipt ms, receipt ticks }.
+      // quota limit, receipt ms, receipt ticks, receipt refunds }.
       out.period = r[2] as number;
       out.receiptTat = verdict === Verdict.ALLOWED && r[9] !== undefined ? (r[9] as number) : -1;
       out.receiptEpoch = verdict === Verdict.ALLOWED ? ((r[10] as number | undefined) ?? 0) : 0;
+      out.receiptRefunds = verdict === Verdict.ALLOWED ? ((r[11] as number | undefined) ?? 0) : 0;
       out.remaining = r[3] as number;
       out.retryAfterMs = r[4] as number;
       out.resetAfterMs = r[5] as number;

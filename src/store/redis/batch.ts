@@ -69,7 +69,7 @@ function profileIndex(batch: Batch, profile: Profile): number {
 
 /**
  * The admission script's reply, one binary record per decision (see admit.lua): compact ones of
- * 11 doubles, full ones of 11 doubles and the profile's name, then the call's sequence number.
+ * 12 doubles, full ones of 11 doubles and the profile's name, then the call's sequence number.
  * Undefined when the reply is not this call's (see ops.ts).
  */
 function parseAnswers(reply: Buffer, batch: Batch, seq: number): Answer[] | undefined {
@@ -79,10 +79,11 @@ function parseAnswers(reply: Buffer, batch: Batch, seq: number): Answer[] | unde
   const answers: Answer[] = new Array(batch.size);
   let at = 0;
   for (let i = 0; i < batch.size; i++) {
-    if (at + 88 > end) return undefined;
+    if (at + 8 > end) return undefined;
     const verdict = reply.readDoubleLE(at);
     const compact = verdict <= Verdict.RATE_LIMITED || verdict === RESERVED;
-    const fields = 11;
+    const fields = compact ? 12 : 11;
+    if (at + fields * 8 > end) return undefined;
     const r: Reply = new Array(fields);
     for (let k = 0; k < fields; k++, at += 8) r[k] = reply.readDoubleLE(at);
     if (!compact) {

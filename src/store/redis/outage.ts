@@ -63,6 +63,8 @@ interface OwedBucket {
   /** The rate the units were taken under (the profile's, not this process's share of it). */
   readonly d: number;
   readonly T: number;
+  /** Its burst tolerance in ticks. */
+  readonly tau: number;
   units: number;
   /** Local µs when the earliest local bucket these units came from started (empty). */
   sinceUs: number;
@@ -293,7 +295,7 @@ export class Outage {
     let owed = this.owedBuckets.get(key);
     if (owed === undefined || ((owed.d !== rate.d || owed.T !== rate.T) && !owed.sending)) {
       // (Units owed under a rate that has changed since are charged under the new one.)
-      owed = { key, own, d: rate.d, T: rate.T, units: owed?.units ?? 0, sinceUs: owed?.sinceUs ?? startUs, sending: false };
+      owed = { key, own, d: rate.d, T: rate.T, tau: rate.tau, units: owed?.units ?? 0, sinceUs: owed?.sinceUs ?? startUs, sending: false };
       this.owedBuckets.set(key, owed);
     }
     owed.units += cost;
@@ -424,6 +426,7 @@ export class Outage {
       bucket?.T ?? 0,
       bucketUnits,
       ageUs,
+      bucket?.tau ?? 0,
     ], 'undo');
   }
 }

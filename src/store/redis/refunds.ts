@@ -8,6 +8,8 @@
  * server, or after a restart): it goes again with EVAL after the NOSCRIPT answer, behind later
  * calls. A refund lands asynchronously.
  */
+import type { Rate } from '../../rate/gcra.js';
+import type { RateReceipt } from '../store.js';
 import type { Context } from './context.js';
 import { tagOf } from './keys.js';
 import { scripts } from './scripts.js';
@@ -31,12 +33,15 @@ export class Refunds {
 
   /** `cost` units of usage back into the user's record `user`, charged under period token `period` (unless the period moved on). */
   quota(user: string, cost: number, period: number, periodMs: number): Promise<void> {
-    return this.add(user, ['Q', cost, period, periodMs, 0, 0]);
+    return this.add(user, ['Q', cost, period, periodMs, 0, 0, 0, 0]);
   }
 
-  /** Rate units back into `bucket` (`own`: a user's record) as far as it still holds them (the receipt: the TAT right after they were taken). */
-  rate(bucket: string, own: boolean, d: number, T: number, cost: number, tat: number, epoch: number): Promise<void> {
-    return this.add(bucket, [own ? 'h' : 's', d, T, cost, tat, epoch]);
+  /**
+   * Rate units back into `bucket` (`own`: a user's record) as far as it still holds them (the
+   * receipt: the TAT right after they were taken, and the bucket's refunds so far).
+   */
+  rate(bucket: string, own: boolean, rate: Rate, cost: number, receipt: RateReceipt): Promise<void> {
+    return this.add(bucket, [own ? 'h' : 's', rate.d, rate.T, rate.tau, cost, receipt.tat, receipt.epoch, receipt.refunds]);
   }
 
   /** Resolves once the part has applied, or failed for good (a refund is never its caller's failure). */

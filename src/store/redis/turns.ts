@@ -16,7 +16,7 @@ import { scripts } from './scripts.js';
 import type { Subscriptions } from './subscriptions.js';
 
 /** Numbers take.lua answers per turn. */
-const PER_TURN = 6;
+const PER_TURN = 7;
 
 /** A lone turn on its way to Redis: its bucket, and its six arguments of take.lua. */
 interface Turn {
@@ -83,7 +83,7 @@ export class Turns {
     }
     const taken = Number(r[0]);
     const receipts: TurnsTaken['receipts'] = new Array<undefined>(taken).fill(undefined);
-    for (let i = 0; i < taken && r[2 * i + 2] !== undefined; i++) receipts[i] = { tat: Number(r[2 * i + 2]), epoch: Number(r[2 * i + 3]), refunds: 0 };
+    for (let i = 0; i < taken && r[3 * i + 2] !== undefined; i++) receipts[i] = { tat: Number(r[3 * i + 2]), epoch: Number(r[3 * i + 3]), refunds: Number(r[3 * i + 4]) };
     const waitMs = taken < costs.length ? Math.max(1, Number(r[1])) : 0;
     return { taken, waitMs, receipts };
   }
@@ -106,8 +106,8 @@ export class Turns {
     }
     if (this.outage.active) this.outage.answered(bucket);
     if (r[0] !== 1) return Math.max(1, r[1] as number);
-    // The bucket's TAT right after, as whole µs and leftover ticks: what refundRate takes back.
-    if (receipt !== undefined && (r[4] as number) >= 0) receipt.value = { tat: r[4] as number, epoch: r[5] as number, refunds: 0 };
+    // The bucket's TAT right after, as whole µs and leftover ticks, and its refunds so far: what refundRate takes back.
+    if (receipt !== undefined && (r[4] as number) >= 0) receipt.value = { tat: r[4] as number, epoch: r[5] as number, refunds: r[6] as number };
     return 0;
   }
 

@@ -15,10 +15,11 @@
 -- KEYS: per decision, the user's record, then its bucket's key when it has one; last the
 --   operation log (see op.lua).
 -- Reply: one string, the decisions' records one after the other (struct, little-endian
---   doubles). Allowed, queued, rate limited or reserved: 11 doubles { verdict, usage, period
+--   doubles). Allowed, queued, rate limited or reserved: 12 doubles { verdict, usage, period
 --   token, remaining, retry ms, reset ms, profile index, ms until the usage period ends (-1: no
 --   period), quota limit in force (-1: none), and for an allowed decision the bucket's TAT
---   right after the charge as whole µs and leftover ticks (the receipt give_back.lua takes),
+--   right after the charge as whole µs and leftover ticks and the bucket's refunds so far (the
+--   receipt give_back.lua takes, see refund_log.lua),
 --   for a rate-limited one the µs (rounded down) the bucket alone refuses `cost` and until it
 --   is full (what the caller's cache of refusals keeps), -1, 0 otherwise }; anything else: 11 doubles { verdict, usage, quota
 --   limit, period token, 0, retry ms, 0, starts ms, ends ms, status, expired now (1/0) } and the
@@ -32,7 +33,7 @@
 --@include user
 
 -- Replies are packed binary records (struct), concatenated into one string for the call.
-local COMPACT = '<ddddddddddd'
+local COMPACT = '<dddddddddddd'
 
 -- Written for a call that decides one admission as much as for a batch: everything runs in this
 -- chunk, in one loop, and the few helpers capture almost nothing (in Redis a script's closures
@@ -100,13 +101,12 @@ for i = 1, count do
       out = full(NOT_FOUND, 0, -1, 0, 0, 0, -1, 0, 0, '')
       break
     end
-    local version = string.byte(v)
-    if version ~= USER_VERSION then
+    local s, sa, ea, q, ps, g, n, t, f, r, name, l = user_unpack(v)
+    if not s then
       -- A record of another layout (see user.lua): this decision fails, nothing is written.
-      out = full(UNKNOWN_RECORD, version or -1, USER_VERSION, 0, 0, 0, -1, 0, 0, '')
+      out = full(UNKNOWN_RECORD, string.byte(v) or -1, USER_VERSION, 0, 0, 0, -1, 0, 0, '')
       break
     end
-    local _, s, sa, ea, q, ps, g, n, t, f, r, name = struct.unpack(USER, v)
     local p
     if expected > 0 and profiles[expected].name == name then
       p = profiles[expected]
@@ -166,16 +166,16 @@ for i = 1, count do
     if flags >= 2 then
       -- The quota only: reserve it; the bucket is taken in its own slot.
       n = n + cost
-      redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+      redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name, l))
       undo[#undo + 1] = undo_quota(user_index, cost, g, period)
-      out = struct.pack(COMPACT, RESERVED, n, g, 0, 0, 0, p.i, period_left, limit, -1, 0)
+      out = struct.pack(COMPACT, RESERVED, n, g, 0, 0, 0, p.i, period_left, limit, -1, 0, 0)
       break
     end
 
     local d, T, tau = p.d, p.T, p.tau
-    local ahead = 0
+    local ahead, blob = 0, l
     if p.shared then
-      ahead = shared_in_use(bucket_key, now, d, T, p.sig)
+      ahead, blob = shared_in_use(bucket_key, now, d, T, p.sig)
     elseif t >= 0 then
       ahead = gcra_in_use(t, f, r, now, d, T, p.sig)
     end
@@ -186,16 +186,23 @@ for i = 1, count do
     if held <= tau then
       n = n + cost
       local rt, rf = gcra_split(now, next, d)
+      local rn
       if p.shared then
-        shared_store(bucket_key, now, next, d, p.sig)
+        shared_store(bucket_key, now, next, d, p.sig, blob)
+        rn = log_n(blob)
       else
+        if r ~= p.sig then
+          -- Written under another rate: what its log says is in other ticks.
+          l = log_void(l, now)
+        end
         t, f = rt, rf
         r = p.sig
+        rn = log_n(l)
       end
-      redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+      redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name, l))
       undo[#undo + 1] = undo_quota(user_index, cost, g, period)
-      undo[#undo + 1] = undo_rate(bucket_index, p.shared, d, T, cost, rt, rf)
-      out = struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(held, T, tau), 0, gcra_ms(held, d), p.i, period_left, limit, rt, rf)
+      undo[#undo + 1] = undo_rate(bucket_index, p.shared, d, T, tau, cost, rt, rf, rn)
+      out = struct.pack(COMPACT, ALLOWED, n, g, gcra_remaining(held, T, tau), 0, gcra_ms(held, d), p.i, period_left, limit, rt, rf, rn)
       break
     end
     local wait_ms = gcra_ms(ahead + (waiting + cost) * T - tau, d)
@@ -213,14 +220,14 @@ for i = 1, count do
       if alone > 0 then
         alone_us = math.floor(alone / d)
       end
-      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, alone_us, math.floor(ahead / d))
+      out = struct.pack(COMPACT, RATE_LIMITED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, alone_us, math.floor(ahead / d), 0)
       break
     end
     -- Waits its turn in the caller: its quota is charged now, its bucket when the turn comes.
     n = n + cost
-    redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name))
+    redis.call('SET', user_key, user_pack(s, sa, ea, q, ps, g, n, t, f, r, name, l))
     undo[#undo + 1] = undo_quota(user_index, cost, g, period)
-    out = struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, -1, 0)
+    out = struct.pack(COMPACT, QUEUED, n, g, remaining, wait_ms, gcra_ms(reserved, d), p.i, period_left, limit, -1, 0, 0)
   until true
   replies[i] = out
 end

@@ -12,7 +12,7 @@
 -- ARGV: 1-4 see op.lua; 5 usage units (0: none); 6 the usage period's token they were admitted
 --   under; 7 period ms (0: lifetime); 8 the bucket: '' none, 'h' the user's own (in KEYS[1]'s
 --   record), 's' a shared key (the last key before the log); 9 d, 10 T (the rate the units were
---   taken under); 11 bucket units; 12 age µs.
+--   taken under); 11 bucket units; 12 age µs; 13 tau (the rate's burst tolerance in ticks).
 -- Reply: { usage charged (1; 0 when the user is gone or the period moved on since), bucket
 --   charged (1, or 0 when none), the call's sequence number (see op.lua) }; past the deadline
 --   the LATE error (see codes.ts), nothing written.
@@ -31,7 +31,7 @@ if not now then
 end
 local units, token, period = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local kind = ARGV[8]
-local d, T, taken, age = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local d, T, taken, age, tau = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local sig = ARGV[9] .. ':' .. ARGV[10]
 -- What takes this call back, should its caller be told it failed (see settle.lua).
 local undo = {}
@@ -84,10 +84,13 @@ if units > 0 or kind == 'h' then
     if kind == 'h' then
       local next = pushed(u.t, u.f, u.r)
       if next > 0 then
+        if u.r ~= sig then
+          u.l = log_void(u.l, now)
+        end
         u.t, u.f = gcra_split(now, next, d)
         u.r = sig
         dirty = true
-        undo[#undo + 1] = undo_rate(1, false, d, T, taken, u.t, u.f)
+        undo[#undo + 1] = undo_rate(1, false, d, T, tau, taken, u.t, u.f, log_n(u.l))
       end
       bucket_charged = 1
     end
@@ -99,16 +102,18 @@ end
 if kind == 's' then
   local key = KEYS[#KEYS - 1]
   local v = redis.call('GET', key)
-  local t, f, r
+  local t, f, r, blob
   if v then
-    t, f, r = string.match(v, '^(%d+):(%d+):(.+)$')
-    t, f = tonumber(t), tonumber(f)
+    t, f, r, blob = shared_parse(v)
+    if r ~= sig then
+      blob = log_void(blob, now)
+    end
   end
   local next = pushed(t, f, r)
   if next > 0 then
-    shared_store(key, now, next, d, sig)
+    shared_store(key, now, next, d, sig, blob)
     local rt, rf = gcra_split(now, next, d)
-    undo[#undo + 1] = undo_rate(#KEYS - 1, true, d, T, taken, rt, rf)
+    undo[#undo + 1] = undo_rate(#KEYS - 1, true, d, T, tau, taken, rt, rf, log_n(blob))
   end
   bucket_charged = 1
 end

@@ -56,16 +56,17 @@ elseif ARGV[1] == 'user' then
   user_roll(there, now_ms, q.period)
   here.n = here.n + there.n
   if gcra_in_use(there.t, there.f, there.r, now, p.d, p.T, p.sig) > gcra_in_use(here.t, here.f, here.r, now, p.d, p.T, p.sig) then
-    here.t, here.f, here.r = there.t, there.f, there.r
+    here.t, here.f, here.r, here.l = there.t, there.f, there.r, there.l
   end
   user_save(key, here)
 elseif ARGV[1] == 'shared' then
-  local pattern = '^(%d+):(%d+):((%d+):(%d+))$'
-  local t, f, sig, d, T = string.match(redis.call('GET', key), pattern)
+  local t, f, sig = shared_parse(redis.call('GET', key))
   local value = redis.call('GET', copy)
-  local ct, cf, csig = string.match(value, pattern)
+  local ct, cf, csig = shared_parse(value)
+  local d, T = string.match(sig, '^(%d+):(%d+)$')
   d, T = tonumber(d), tonumber(T)
-  if gcra_in_use(tonumber(ct), tonumber(cf), csig, now, d, T, sig) > gcra_in_use(tonumber(t), tonumber(f), sig, now, d, T, sig) then
+  -- The fuller one, with its log (see refund_log.lua).
+  if gcra_in_use(ct, cf, csig, now, d, T, sig) > gcra_in_use(t, f, sig, now, d, T, sig) then
     local ttl = tonumber(ARGV[3])
     if ttl > 0 then
       redis.call('SET', key, value, 'PX', ttl)

@@ -44,9 +44,9 @@ while at <= #undo do
     _, key, cost, g, period, at = struct.unpack('<c1Hddd', undo, at)
     refund_quota(KEYS[key], cost, g, period, now)
   elseif kind == 'R' then
-    local _, key, shared, d, T, cost, t, f
-    _, key, shared, d, T, cost, t, f, at = struct.unpack('<c1HBddddd', undo, at)
-    refund_units(shared == 1, KEYS[key], d, T, string.format('%.0f:%.0f', d, T), cost, t, f, now)
+    local _, key, shared, d, T, tau, cost, t, f, n
+    _, key, shared, d, T, tau, cost, t, f, n, at = struct.unpack('<c1HBddddddd', undo, at)
+    refund_units(shared == 1, KEYS[key], d, T, tau, string.format('%.0f:%.0f', d, T), cost, t, f, n, now)
   elseif kind == 'D' then
     local _, id
     _, id, at = struct.unpack('<c1I4c0', undo, at)

@@ -8,9 +8,9 @@
 --   writes nothing and has sequence '0').
 -- ARGV: 1-4 see op.lua; 5 'take' or 'peek' (decide without writing); then six per turn: kind
 --   ('h' a user's record, 's' a shared key), d, T, tau, cost, units waiting ahead in the caller.
--- Reply: six numbers per turn: taken (1/0), wait ms, remaining, reset ms, and when taken the
---   bucket's TAT right after as whole µs and leftover ticks (the receipt give_back.lua takes;
---   -1 and 0 when there is none: not taken, a peek, or a user's record that no longer exists,
+-- Reply: seven numbers per turn: taken (1/0), wait ms, remaining, reset ms, and when taken the
+--   bucket's TAT right after as whole µs and leftover ticks and its refunds so far (the receipt
+--   give_back.lua takes; -1, 0 and 0 when there is none: not taken, a peek, or a user's record that no longer exists,
 --   which has nothing to limit and is taken without a write); then the call's sequence number
 --   (so that a reply meant for another call is never read as this one's). Past the deadline: the
 --   LATE error (see codes.ts), nothing written.
@@ -32,7 +32,7 @@ for i = 1, (#ARGV - 5) / 6 do
   local cost, waiting = tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5])
   local sig = ARGV[at + 1] .. ':' .. ARGV[at + 2]
   local key = KEYS[i]
-  local ahead, u, gone
+  local ahead, u, gone, blob
   if hash then
     u = user_load(key)
     gone = not u
@@ -40,37 +40,43 @@ for i = 1, (#ARGV - 5) / 6 do
       ahead = gcra_in_use(u.t, u.f, u.r, now, d, T, sig)
     end
   else
-    ahead = shared_in_use(key, now, d, T, sig)
+    ahead, blob = shared_in_use(key, now, d, T, sig)
   end
   local n = #out
   if gone then
     -- No such user any more: nothing to limit, and nothing to write.
-    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] = 1, 0, 0, 0, -1, 0
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6], out[n + 7] = 1, 0, 0, 0, -1, 0, 0
   else
     local next = ahead + cost * T
     -- Taken when these units and those waiting ahead in the caller conform together (it takes
     -- nothing they need).
     local held = next + waiting * T
     if held <= tau and peek then
-      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] = 1, 0, gcra_remaining(ahead, T, tau), gcra_ms(ahead, d), -1, 0
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6], out[n + 7] = 1, 0, gcra_remaining(ahead, T, tau), gcra_ms(ahead, d), -1, 0, 0
     elseif held <= tau then
       local rt, rf = gcra_split(now, next, d)
+      local rn
       if hash then
+        if u.r ~= sig then
+          u.l = log_void(u.l, now)
+        end
         u.t, u.f = rt, rf
         u.r = sig
         user_save(key, u)
+        rn = log_n(u.l)
       else
-        shared_store(key, now, next, d, sig)
+        shared_store(key, now, next, d, sig, blob)
+        rn = log_n(blob)
       end
-      undo[#undo + 1] = undo_rate(i, not hash, d, T, cost, rt, rf)
+      undo[#undo + 1] = undo_rate(i, not hash, d, T, tau, cost, rt, rf, rn)
       -- Redis turns a Lua number into an integer reply: exact, as both stay below 2^53.
-      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] = 1, 0, gcra_remaining(held, T, tau), gcra_ms(held, d), rt, rf
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6], out[n + 7] = 1, 0, gcra_remaining(held, T, tau), gcra_ms(held, d), rt, rf, rn
     else
       local remaining = 0
       if waiting == 0 then
         remaining = gcra_remaining(ahead, T, tau)
       end
-      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] = 0, gcra_ms(ahead + (waiting + cost) * T - tau, d), remaining, gcra_ms(ahead, d), -1, 0
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6], out[n + 7] = 0, gcra_ms(ahead + (waiting + cost) * T - tau, d), remaining, gcra_ms(ahead, d), -1, 0, 0
     end
   end
 end

@@ -1,4 +1,5 @@
 -- GCRA in exact integers: the twin of src/rate/gcra.ts (both pass test/vectors/gcra.json).
+--@include refund_log
 -- A rate: d ticks per microsecond, T ticks per unit, tau = burst * T ticks; its signature
 -- "d:T" tells which rate wrote a bucket.
 -- A TAT is kept as whole microseconds `t` plus `f` ticks (0 <= f < d). Both are integers below
@@ -89,25 +90,52 @@ local function gcra_carry(u, now, d, T)
   u.r = sig
 end
 
--- A shared bucket is a string key "t:f:d:T" (integers in full) that expires when the bucket is
--- full again, so an idle bucket costs nothing. (A user's own bucket lives in the user's record:
--- t, f, r; see user.lua.)
+-- A shared bucket is a string key "t:f:d:T" (integers in full), followed by ";" and its log when
+-- it has had refunds (see refund_log.lua), that expires when the bucket is full again and its
+-- log is no longer needed, so an idle bucket costs nothing. (A user's own bucket lives in the
+-- user's record: t, f, r, l; see user.lua.)
+
+-- A shared bucket's text: t, f (numbers), the signature of the rate that wrote it, its log ('').
+local function shared_parse(v)
+  local t, f, r = string.match(v, '^(%d+):(%d+):(%d+:%d+)')
+  local head = #t + #f + #r + 2
+  local blob = ''
+  if #v > head then
+    blob = string.sub(v, head + 2)
+  end
+  return tonumber(t), tonumber(f), r, blob
+end
+
+-- Ticks in use of a shared bucket, in the rate (d, T, signature sig), and its log (emptied of
+-- what it says in the ticks of another rate, see log_void).
 local function shared_in_use(key, now, d, T, sig)
   local v = redis.call('GET', key)
   if not v then
-    return 0
+    return 0, ''
   end
-  local t, f, r = string.match(v, '^(%d+):(%d+):(.+)$')
-  return gcra_in_use(tonumber(t), tonumber(f), r, now, d, T, sig)
+  local t, f, r, blob = shared_parse(v)
+  if r ~= sig then
+    blob = log_void(blob, now)
+  end
+  return gcra_in_use(t, f, r, now, d, T, sig), blob
 end
 
-local function shared_store(key, now, ahead, d, sig)
+local function shared_store(key, now, ahead, d, sig, blob)
   local t, f = gcra_split(now, ahead, d)
-  -- Relative expiry: the bucket is full again `ahead` ticks from now. Under a test's fixed
-  -- clock real time does not move the bucket, so keep the key an hour longer.
+  -- Relative expiry: the bucket is full again `ahead` ticks from now, and its log is needed
+  -- until the time it names. Under a test's fixed clock real time does not move the bucket, so
+  -- keep the key an hour longer.
   local ttl = gcra_ms(ahead, d) + 1
+  local text = string.format('%.0f:%.0f:', t, f) .. sig
+  if blob and blob ~= '' then
+    text = text .. ';' .. blob
+    local needed = log_until(blob) - math.floor(now / 1000)
+    if needed > ttl then
+      ttl = needed
+    end
+  end
   if clock_fixed then
     ttl = ttl + 3600000
   end
-  redis.call('SET', key, string.format('%.0f:%.0f:', t, f) .. sig, 'PX', ttl)
+  redis.call('SET', key, text, 'PX', ttl)
 end

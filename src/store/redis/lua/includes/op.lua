@@ -72,12 +72,12 @@ end
 local function undo_quota(key_index, cost, g, period_ms)
   return struct.pack('<c1Hddd', 'Q', key_index, cost, g, period_ms)
 end
-local function undo_rate(key_index, shared, d, T, cost, t, f)
+local function undo_rate(key_index, shared, d, T, tau, cost, t, f, n)
   local kind = 0
   if shared then
     kind = 1
   end
-  return struct.pack('<c1HBddddd', 'R', key_index, kind, d, T, cost, t, f)
+  return struct.pack('<c1HBddddddd', 'R', key_index, kind, d, T, tau, cost, t, f, n)
 end
 local function undo_letter(id)
   return struct.pack('<c1I4c0', 'D', #id, id)

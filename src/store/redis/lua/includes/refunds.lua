@@ -25,43 +25,41 @@ local function refund_quota(key, cost, g, period_ms, now)
   return true
 end
 
--- Rate units: the part of `cost` units taken with receipt (t µs, f ticks), the bucket's TAT
--- right after they were taken, that the bucket still holds, so that it is never fuller than if
--- they had never been taken. With `mine` the receipt's distance from now, the ticks in use go
--- from `ahead` to ahead - min(cost * T, mine): later admissions each added at least their own
--- cost to the TAT, and only the part of these units' slot ahead of now comes back. Nothing is
--- given back if the slot is over, or if the bucket was written since by another rate or holds
--- less than the slot (a profile change, a reset). `shared`: a shared bucket's key, else a
--- user's record. True when units came back.
-local function refund_units(shared, key, d, T, sig, cost, t, f, now)
+-- Rate units: the part of `cost` units taken with receipt (t µs, f ticks: the bucket's TAT
+-- right after they were taken; n: its refunds so far) that the bucket still holds, wherever the
+-- refunds since have moved their slot (see refund_log.lua), so that it is never emptier than if
+-- they had never been taken. Nothing is given back if the slot is over, or if the bucket was
+-- written since by another rate or holds less than the slot (a profile change, a reset).
+-- `shared`: a shared bucket's key, else a user's record; tau the rate's burst tolerance in
+-- ticks. True when units came back.
+local function refund_units(shared, key, d, T, tau, sig, cost, t, f, n, now)
   local mine = gcra_ahead(t, f, now, d)
   if mine <= 0 then
     return false
   end
-  local ahead, u
+  local ahead, u, blob
   if not shared then
     u = user_load(key)
     if not u or not u.t or u.r ~= sig then
       return false
     end
-    ahead = gcra_ahead(u.t, u.f, now, d)
+    ahead, blob = gcra_ahead(u.t, u.f, now, d), u.l
   else
     local v = redis.call('GET', key)
     if not v then
       return false
     end
-    local bt, bf, r = string.match(v, '^(%d+):(%d+):(.+)$')
+    local bt, bf, r
+    bt, bf, r, blob = shared_parse(v)
     if r ~= sig then
       return false
     end
-    ahead = gcra_ahead(tonumber(bt), tonumber(bf), now, d)
+    ahead = gcra_ahead(bt, bf, now, d)
   end
-  if ahead < mine then
+  local back
+  back, blob = log_give_back(blob, ahead, mine, now, d, T, tau, cost, n)
+  if back <= 0 then
     return false
-  end
-  local back = cost * T
-  if mine < back then
-    back = mine
   end
   local next = ahead - back
   if not shared then
@@ -70,11 +68,11 @@ local function refund_units(shared, key, d, T, sig, cost, t, f, now)
     else
       u.t, u.f = gcra_split(now, next, d)
     end
+    u.l = blob
     user_save(key, u)
-  elseif next <= 0 then
-    redis.call('DEL', key)
   else
-    shared_store(key, now, next, d, sig)
+    -- Kept even when empty now: the log outlives the units (see shared_store).
+    shared_store(key, now, next, d, sig, blob)
   end
   return true
 end

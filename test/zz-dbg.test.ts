@@ -1,0 +1,24 @@
+import { it } from 'vitest';
+import { Manager } from '../src/index.js';
+const turn = () => new Promise((r) => setImmediate(r));
+it('dbg', async () => {
+  let now = Date.UTC(2026, 0, 1);
+  const manager = new Manager({ clock: () => now });
+  manager.registerProfile('p', { rate: { limit: 4, intervalMs: 40000, onLimit: 'reject' }, pool: { perUserConcurrency: 1 } });
+  await manager.subscribe('u', 'p');
+  const limiter = manager.getLimiter('u');
+  let release!: () => void;
+  const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
+  await turn();
+  const a = new AbortController(), b = new AbortController();
+  const sa = limiter.submit(() => 0, { taskId: 'a', signal: a.signal }).catch((e) => e.code);
+  const sb = limiter.submit(() => 0, { taskId: 'b', signal: b.signal }).catch((e) => e.code);
+  await turn();
+  console.log('after queue', (await limiter.peek()).remaining);
+  a.abort(); console.log(await sa); await turn();
+  console.log('after a', (await limiter.peek()).remaining);
+  now += 5000;
+  b.abort(); console.log(await sb); await turn();
+  console.log('after b', (await limiter.peek()).remaining);
+  release(); await blocker; await manager.close();
+});
