@@ -625,9 +625,9 @@ describe('refunds one after another', () => {
   // a and b are admitted and queue behind it (slots 10-20 s and 20-30 s). Given back at 0 s, a's
   // slot moves b's down to 10-20 s; given back at 5 s, b returns the 15 s of its slot still
   // ahead: 10 s of the bucket in use, 3 units free. The other order ends the same way.
-  for (const first of ['a', 'b']) {
-    it(`${first} aborted at 0 s, the other at 5 s: each gives back what it still held, 3 units free`, async () => {
-      manager.registerProfile('slow', { rate: { limit: 4, intervalMs: 40_000 }, pool: { perUserConcurrency: 1 } });
+  for (const [first, shared] of [['a', undefined], ['b', undefined], ['a', 'pipe']] as const) {
+    it(`${first} aborted at 0 s, the other at 5 s: each gives back what it still held, 3 units free (${shared === undefined ? "the user's own bucket" : 'a shared bucket'})`, async () => {
+      manager.registerProfile('slow', { rate: { limit: 4, intervalMs: 40_000, ...(shared === undefined ? {} : { shared }) }, pool: { perUserConcurrency: 1 } });
       await manager.subscribe('u', 'slow');
       const limiter = manager.getLimiter('u');
       let release!: () => void;
@@ -655,14 +655,46 @@ describe('refunds one after another', () => {
   }
 });
 
+describe('a profile change between a charge and its refund', () => {
+  // The bucket's ticks changed meaning in between (and back): the queued task's unit was carried
+  // over with the bucket, and giving it back may return it or not, but never more than it held.
+  for (const path of [['fast'], ['fast', 'slow']] as const) {
+    it(`slow -> ${path.join(' -> ')}, then the queued task aborted: its quota comes back, and at most its one unit`, async () => {
+      manager.registerProfile('slow', { rate: { limit: 4, intervalMs: 40_000 }, pool: { perUserConcurrency: 1 } });
+      manager.registerProfile('fast', { rate: { limit: 8, intervalMs: 40_000, burst: 4 }, pool: { perUserConcurrency: 1 } });
+      await manager.subscribe('u', 'slow');
+      const limiter = manager.getLimiter('u');
+      let release!: () => void;
+      const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
+      const abort = new AbortController();
+      const queued = reached('q', 'QUEUED');
+      const outcome = code(limiter.submit(() => 1, { signal: abort.signal, taskId: 'q' }));
+      await queued;
+      try {
+        for (const name of path) await manager.changeProfile('u', name);
+        abort.abort();
+        expect(await outcome).toBe('ABORTED');
+        await eventually(async () => (await manager.getSubscription('u'))?.usage === 1, 'its quota back');
+        // The blocker's unit stays in use: 3 units free at most (2 if the task's unit stayed).
+        const { remaining } = await limiter.peek();
+        expect(remaining).toBeGreaterThanOrEqual(2);
+        expect(remaining).toBeLessThanOrEqual(3);
+      } finally {
+        release();
+        await blocker;
+      }
+    });
+  }
+});
+
 describe('more refunds than a bucket remembers', () => {
   // 40 tasks admitted and queued behind a blocker, given back one at a time a quarter second
   // apart, in the order of their charges or the reverse: each gives back exactly the part of its
   // slot still ahead, wherever the earlier refunds moved it (past 32 refunds the bucket's log
   // folds its oldest entries; these two orders stay exact). The slot model says how much.
-  for (const order of ['earliest', 'latest'] as const) {
-    it(`40 aborted one by one, ${order} charge first: the bucket ends as the slot model says`, async () => {
-      manager.registerProfile('wide', { rate: { limit: 1, intervalMs: 1000, burst: 50 }, pool: { perUserConcurrency: 1 } });
+  for (const [order, shared] of [['earliest', undefined], ['latest', undefined], ['earliest', 'pipe']] as const) {
+    it(`40 aborted one by one, ${order} charge first: the bucket ends as the slot model says (${shared === undefined ? "the user's own bucket" : 'a shared bucket'})`, async () => {
+      manager.registerProfile('wide', { rate: { limit: 1, intervalMs: 1000, burst: 50, ...(shared === undefined ? {} : { shared }) }, pool: { perUserConcurrency: 1 } });
       await manager.subscribe('u', 'wide');
       const limiter = manager.getLimiter('u');
       const start = now;

@@ -268,10 +268,10 @@ export class Pipeline {
 
   /**
    * Gives back rate units an attempt took and never used. Those given back in one run of code
-   * (a close, an abort many tasks listen to) go in a microtask, latest charge first: a receipt
-   * is its bucket's TAT right after the charge, and a bucket gives back only what it still
-   * holds above a receipt, so an earlier charge given back first would leave the later ones'
-   * receipts above the bucket, and their units would not come back.
+   * (a close, an abort many tasks listen to) go in a microtask, latest charge first. A store
+   * gives back exactly in any order (a bucket logs its refunds, see refund-log.ts), but its log
+   * is bounded, and past it this order is the one that stays exact: each refund's slot then
+   * lies before every slot given back before it.
    */
   private untake(job: Job, receipt: RateReceipt): void {
     if (this.ctx.store.refundRate === undefined) return;
