@@ -9,6 +9,7 @@ export default defineConfig({
       'test/validation.test.ts',
       'test/metrics.test.ts',
       'test/gcra.test.ts',
+      'test/refund-property.test.ts',
       'test/store-memory.test.ts',
       'test/lifecycle*.test.ts',
       'test/edges*.test.ts',

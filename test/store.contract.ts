@@ -655,6 +655,65 @@ describe('refunds one after another', () => {
   }
 });
 
+describe('a refund among folded refunds', () => {
+  // 40 tasks queued at 0 s behind a blocker (slots of 1 s each, room for 100). t0 given back
+  // first, then t39 down to t3: past 32 refunds the bucket's log folds its oldest entries (t0's
+  // among them), and from then on a refund whose slot lies between folded ones gives back less
+  // than it held, never more. At 2.5 s, t1's slot, moved down by t0's refund to 1-2 s, is over:
+  // nothing of it comes back (its receipt still says 3 s). A task charged after all this is
+  // given back whole, the summary notwithstanding.
+  it('never emptier than the slots say; a slot an early refund moved into the past gives nothing; one charged after the fold comes back whole', async () => {
+    manager.registerProfile('wide', { rate: { limit: 1, intervalMs: 1000, burst: 100 }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('u', 'wide');
+    const limiter = manager.getLimiter('u');
+    const start = now;
+    const model = new SlotModel(1n, 1_000_000n, 100n);
+    let release!: () => void;
+    const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
+    model.take(0, 1);
+    const tasks = new Map<string, { abort: AbortController; outcome: Promise<string> }>();
+    let usage = 1;
+    const queue = async (id: string): Promise<void> => {
+      const abort = new AbortController();
+      const queued = reached(id, 'QUEUED');
+      tasks.set(id, { abort, outcome: code(limiter.submit(() => 1, { signal: abort.signal, taskId: id })) });
+      model.take(now - start, 1, id);
+      usage++;
+      await queued;
+    };
+    /** Gives `id` back; answers how many ms of the bucket came back. */
+    const giveBack = async (id: string): Promise<number> => {
+      const before = (await limiter.peek()).resetAfterMs;
+      const task = tasks.get(id) as { abort: AbortController; outcome: Promise<string> };
+      task.abort.abort();
+      expect(await task.outcome).toBe('ABORTED');
+      model.giveBack(now - start, id);
+      // Its quota and its rate units go back in one call: the quota says when it has landed.
+      usage--;
+      await eventually(async () => (await manager.getSubscription('u'))?.usage === usage, `${id}'s refund landed`);
+      const after = (await limiter.peek()).resetAfterMs;
+      expect({ id, full: after }).toEqual({ id, full: Math.max(after, model.peek(now - start).resetAfterMs) });
+      return before - after;
+    };
+    try {
+      for (let i = 0; i < 40; i++) await queue(`t${i}`);
+      expect(await giveBack('t0')).toBe(1000);
+      // 34 refunds: the 33rd folds t0's entry, the 34th t39's (the summary then spans 2 s to 40 s).
+      for (let i = 39; i >= 7; i--) await giveBack(`t${i}`);
+      now += 2500;
+      expect(await giveBack('t1')).toBe(0);
+      for (let i = 6; i >= 2; i--) await giveBack(`t${i}`);
+      // Everything charged so far is over: the bucket is empty, its log still holds the summary.
+      now += 10_000;
+      await queue('late');
+      expect(await giveBack('late')).toBe(1000);
+    } finally {
+      release();
+      await blocker;
+    }
+  });
+});
+
 describe('a profile change between a charge and its refund', () => {
   // The bucket's ticks changed meaning in between (and back): the queued task's unit was carried
   // over with the bucket, and giving it back may return it or not, but never more than it held.
@@ -666,15 +725,23 @@ describe('a profile change between a charge and its refund', () => {
       const limiter = manager.getLimiter('u');
       let release!: () => void;
       const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
-      const abort = new AbortController();
-      const queued = reached('q', 'QUEUED');
-      const outcome = code(limiter.submit(() => 1, { signal: abort.signal, taskId: 'q' }));
-      await queued;
+      const faults: unknown[] = [];
+      manager.on('error', (e) => faults.push(e));
+      const aborts = [new AbortController(), new AbortController()];
+      const queued = [reached('p', 'QUEUED'), reached('q', 'QUEUED')];
+      const first = code(limiter.submit(() => 1, { signal: aborts[0]!.signal, taskId: 'p' }));
+      const outcome = code(limiter.submit(() => 1, { signal: aborts[1]!.signal, taskId: 'q' }));
+      await Promise.all(queued);
       try {
+        // A refund before the change: the bucket has a log of refunds when its rate changes.
+        aborts[0]!.abort();
+        expect(await first).toBe('ABORTED');
+        await eventually(async () => (await manager.getSubscription('u'))?.usage === 2 && (await limiter.peek()).remaining === 2, "p's quota and unit back");
         for (const name of path) await manager.changeProfile('u', name);
-        abort.abort();
+        aborts[1]!.abort();
         expect(await outcome).toBe('ABORTED');
         await eventually(async () => (await manager.getSubscription('u'))?.usage === 1, 'its quota back');
+        expect(faults).toEqual([]);
         // The blocker's unit stays in use: 3 units free at most (2 if the task's unit stayed).
         const { remaining } = await limiter.peek();
         expect(remaining).toBeGreaterThanOrEqual(2);

