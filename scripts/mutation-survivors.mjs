@@ -11,10 +11,16 @@ const verdicts = existsSync(VERDICTS) ? JSON.parse(readFileSync(VERDICTS, 'utf8'
 const report = JSON.parse(readFileSync(process.argv[2] ?? 'reports/mutation/mutation.json', 'utf8'));
 const counts = {};
 const rows = [];
+const ignored = [];
 for (const [file, data] of Object.entries(report.files).sort(([a], [b]) => a.localeCompare(b))) {
   const lines = data.source.split('\n');
   for (const m of data.mutants) {
     counts[m.status] = (counts[m.status] ?? 0) + 1;
+    if (m.status === 'Ignored') {
+      // Marked equivalent in the source (`// Stryker disable ...: why`): listed with the reason.
+      ignored.push(`| ${file}:${m.location.start.line} | ${m.mutatorName} | \`${lines[m.location.start.line - 1].trim().replace(/\|/g, '\\|').slice(0, 90)}\` | \`${String(m.replacement ?? '').replace(/\s+/g, ' ').replace(/\|/g, '\\|').slice(0, 60)}\` | ${String(m.statusReason ?? '').replace(/\|/g, '\\|')} |`);
+      continue;
+    }
     if (m.status !== 'Survived' && m.status !== 'NoCoverage') continue;
     const line = m.location.start.line;
     const code = lines[line - 1].trim().replace(/\|/g, '\\|').slice(0, 90);
@@ -32,3 +38,11 @@ console.log('');
 console.log('| where | mutator | code | becomes | verdict |');
 console.log('| :--- | :--- | :--- | :--- | :--- |');
 for (const row of rows) console.log(row);
+console.log('');
+console.log('## Marked equivalent in the source');
+console.log('');
+console.log('Mutants a `// Stryker disable` comment marks equivalent, with its reason (not counted in the score).');
+console.log('');
+console.log('| where | mutator | code | becomes | why |');
+console.log('| :--- | :--- | :--- | :--- | :--- |');
+for (const row of ignored) console.log(row);
