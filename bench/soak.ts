@@ -27,6 +27,11 @@ import { Redis } from 'ioredis';
 import { Manager, RedisStore, TaskvalveError, type Limiter } from '../dist/index.js';
 import { startRedis, type RedisServer } from '../test/support/redis.js';
 
+// tsx (which loads this file) turns on source maps for every stack trace in the process: each
+// Error's stack, which a dead letter keeps, would then cost several times what it costs an
+// application running the build without them. The soak measures the build as one runs it.
+process.setSourceMapsEnabled(false);
+
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number): number => {
   const i = args.indexOf(`--${name}`);
