@@ -54,7 +54,9 @@ export class Admission {
     for (let attempt = 0; attempt < 3; attempt++) {
       let answer: Answer;
       try {
-        answer = await this.decide(userId, ref, profile, cost, mode, waiting);
+        const answers = this.decide(userId, ref, profile, cost, mode, waiting);
+        const at = this.at;
+        answer = (await answers)[at] as Answer;
       } catch (error) {
         return this.outage.admit(error, out, userId, ref, profile, cost, profile === undefined ? ref.user : this.bucketOf(ref, profile));
       }
@@ -170,17 +172,44 @@ export class Admission {
     return out;
   }
 
-  /** One admission: one script call, or the reserve / take / refund protocol across slots. */
-  private async decide(userId: string, ref: Ref, profile: Profile | undefined, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>): Promise<Answer> {
+  /** The place of decide()'s answer among the answers it gave: read it right after the call. */
+  private at = 0;
+
+  /**
+   * One admission: one script call, or the reserve / take / refund protocol across slots. Gives
+   * the answers of the call that carried it, its own at `this.at` (most decisions share their
+   * batch's promise, see Batches.add).
+   */
+  private decide(userId: string, ref: Ref, profile: Profile | undefined, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>): Promise<Answer[]> {
     const flags = mode === AdmitMode.PROFILE ? 1 : 0;
-    if (profile === undefined) return this.batches.add(ref.user, ref.user, undefined, cost, 0, flags);
+    const batches = this.batches;
+    let answers: Promise<Answer[]>;
+    if (profile === undefined) {
+      answers = batches.add(ref.user, ref.user, undefined, cost, 0, flags);
+    } else {
+      const bucket = this.bucketOf(ref, profile);
+      const ahead = waitingAhead(waiting, userId, profile);
+      if (!this.ctx.calls.together(ref.user, bucket)) {
+        this.at = 0;
+        return this.across(ref, profile, bucket, cost, ahead, flags).then((answer) => [answer]);
+      }
+      answers = batches.add(ref.user, bucket, profile, cost, ahead, flags);
+    }
+    this.at = batches.at;
+    return answers;
+  }
+
+  /**
+   * An admission whose bucket lives in another slot than the user's record: reserve the quota,
+   * then take from the bucket, and give the reservation back if the bucket says no
+   * (docs/redis.md).
+   */
+  private async across(ref: Ref, profile: Profile, bucket: string, cost: number, ahead: number, flags: number): Promise<Answer> {
     const rate = profile.rate;
-    const bucket = this.bucketOf(ref, profile);
-    const ahead = waitingAhead(waiting, userId, profile);
-    if (this.ctx.calls.together(ref.user, bucket)) return this.batches.add(ref.user, bucket, profile, cost, ahead, flags);
-    // The bucket lives elsewhere: reserve the quota, then take from the bucket, and give the
-    // reservation back if the bucket says no (docs/redis.md).
-    const reserved = await this.batches.add(ref.user, ref.user, profile, cost, ahead, flags | 2);
+    const batches = this.batches;
+    const reservedAnswers = batches.add(ref.user, ref.user, profile, cost, ahead, flags | 2);
+    const reservedAt = batches.at;
+    const reserved = (await reservedAnswers)[reservedAt] as Answer;
     if (reserved.reply[0] !== RESERVED) return reserved;
     const [, usage, period, , , , , periodLeft, limit] = reserved.reply as [number, number, number, number, number, number, number, number, number];
     let taken: number[] | undefined;

@@ -156,13 +156,13 @@ export class Batches {
 
   /**
    * Queues one decision for the admission script of its node (its slot on a Cluster, whichever
-   * users' keys hash there). Decisions queued in one turn of the event loop go in one call, up
+   * users' keys hash there), and answers its batch's answers (the decision's is at `at`). Decisions queued in one turn of the event loop go in one call, up
    * to MAX_BATCH: the server runs the
    * script once, reads TIME once, each profile's parameters travel once, and the round trip is
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
-  async add(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer> {
-    if (this.pending >= this.maxPending) throw this.overloaded(`${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`);
+  add(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer[]> {
+    if (this.pending >= this.maxPending) return Promise.reject(this.overloaded(`${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`));
     // On a Cluster one call may carry the keys of many users, as long as they share a slot.
     const calls = this.ctx.calls;
     const key = calls.clustered ? slotOf(tagOf(user)) : calls.node(user);
@@ -178,7 +178,7 @@ export class Batches {
       const now = performance.now();
       const oldest = group.inFlight[0];
       if (oldest !== undefined && now - oldest.since >= this.maxDelayMs) {
-        throw this.overloaded(`an admission has waited ${Math.round(now - oldest.since)} ms for Redis (RedisStore maxDelayMs ${this.maxDelayMs})`);
+        return Promise.reject(this.overloaded(`an admission has waited ${Math.round(now - oldest.since)} ms for Redis (RedisStore maxDelayMs ${this.maxDelayMs})`));
       }
       batch = newBatch(now);
       group.pending = batch;
@@ -197,12 +197,20 @@ export class Batches {
       batch.keys.push(user, bucket);
       batch.decisions.push(expected, flags | OWN_KEY, cost, waiting);
     }
-    const at = batch.size++;
+    this.at = batch.size++;
+    const answers = batch.answers;
     // Send at once while the node has room (no added latency when calls are few); otherwise the
     // decision waits in the batch for the next call to return.
     if (group.inFlight.length < MAX_IN_FLIGHT || batch.size >= MAX_BATCH) this.send(key, group);
-    return (await batch.answers)[at] as Answer;
+    return answers;
   }
+
+  /**
+   * The place of the decision add() queued last among its batch's answers: read it right after
+   * the call. (Each decision awaits its batch's one promise and picks its answer, rather than
+   * each having a promise of its own: that is most of what a decision allocates.)
+   */
+  at = 0;
 
   /** Sends a group's pending batch; when a call returns, the next batch (if any) goes. */
   private send(key: unknown, group: Group): void {
