@@ -40,19 +40,13 @@ export class Checks {
     } catch (error) {
       return Promise.reject(error);
     }
-    if (r instanceof Promise) return r.then((res) => this.decided(user.userId, res, cost, detailed, now));
-    // Stryker disable next-line ConditionalExpression,BlockStatement: a fast path: decided() builds the same answers and counts the same refusal
-    if (!detailed) {
-      // The two common answers, built directly.
-      // Stryker disable next-line ConditionalExpression: a fast path: decided() builds the same answer
-      if (r.verdict === Verdict.ALLOWED) return Promise.resolve({ allowed: true, limit: r.limit, remaining: r.remaining, retryAfterMs: 0, resetAfterMs: r.resetAfterMs });
-      // Stryker disable next-line ConditionalExpression,BlockStatement: a fast path: decided() builds the same answer and counts the same refusal
-      if (r.verdict === Verdict.RATE_LIMITED) {
-        this.statsOf(user, r.profile as Profile).rejected.rate_limited++;
-        return Promise.resolve({ allowed: false, limit: r.limit, remaining: r.remaining, retryAfterMs: r.retryAfterMs, resetAfterMs: r.resetAfterMs });
-      }
+    // The answer (or the refusal thrown) is the callback's value: no promise of its own to adopt.
+    if (r instanceof Promise) return r.then((res) => this.answer(user, res, cost, detailed, now));
+    try {
+      return Promise.resolve(this.answer(user, r, cost, detailed, now));
+    } catch (error) {
+      return Promise.reject(error);
     }
-    return this.decided(user.userId, r, cost, detailed, now);
   }
 
   /** The metrics of a user's profile, kept on the handle: refusals repeat. */
@@ -64,11 +58,24 @@ export class Checks {
     return stats;
   }
 
-  private decided(userId: string, r: AdmitResult, cost: number, detailed: boolean, now: number): Promise<Decision> {
+  /** A store's answer as check() tells it; a refusal that is an error is thrown. */
+  private answer(user: UserHandle, r: AdmitResult, cost: number, detailed: boolean, now: number): Decision {
+    // Stryker disable next-line ConditionalExpression,BlockStatement: a fast path: decision() builds the same answers and counts the same refusal
+    if (!detailed) {
+      // The two common answers, built directly.
+      // Stryker disable next-line ConditionalExpression: a fast path: decision() builds the same answer
+      if (r.verdict === Verdict.ALLOWED) return { allowed: true, limit: r.limit, remaining: r.remaining, retryAfterMs: 0, resetAfterMs: r.resetAfterMs };
+      // Stryker disable next-line ConditionalExpression,BlockStatement: a fast path: decision() builds the same answer and counts the same refusal
+      if (r.verdict === Verdict.RATE_LIMITED) {
+        this.statsOf(user, r.profile as Profile).rejected.rate_limited++;
+        return { allowed: false, limit: r.limit, remaining: r.remaining, retryAfterMs: r.retryAfterMs, resetAfterMs: r.resetAfterMs };
+      }
+    }
     // Stryker disable next-line ConditionalExpression: an allowed decision counts nothing, so looking its stats up changes nothing
     const stats = r.verdict === Verdict.ALLOWED || r.profile === undefined ? undefined : this.metrics.profile(r.profile.name);
-    const d = decision(userId, r, cost, detailed, stats, now);
-    return d instanceof TaskvalveError ? Promise.reject(d) : Promise.resolve(d);
+    const d = decision(user.userId, r, cost, detailed, stats, now);
+    if (d instanceof TaskvalveError) throw d;
+    return d;
   }
 
   /** What check(1) would say now, counting the units waiting tasks reserved; changes nothing. */
