@@ -347,9 +347,10 @@ export class Pipeline {
       job.onStart?.();
     }
     this.lifecycle.move(job, State.RUNNING);
-    this.runner.run(job, (ran: Job, result: RunResult, sync: boolean) => {
+    this.runner.run(job, (ran: Job, result: RunResult) => {
       scheduler.finish(ran);
-      this.settler.attempt(ran, result, startedAt, sync ? startedAt : this.ctx.clock());
+      // Read when the answer comes, synchronous or not: a synchronous task ran for as long as it took.
+      this.settler.attempt(ran, result, startedAt, this.ctx.clock());
     });
   }
 

@@ -29,6 +29,7 @@ function failed(thrown: unknown): RunResult {
   return { ok: false, error: taskFailed(cause), refund: false };
 }
 
+// Stryker disable next-line ObjectLiteral,BooleanLiteral: a stopped run's task is already CANCELED: whatever it answers is a late event, counted the same
 const STOPPED: RunResult = { ok: false, error: undefined, refund: false };
 
 /** Runs attempts; owns the worker pools (one per profile, created on first use, never after close). */
@@ -40,20 +41,20 @@ export class Runner {
   constructor(private readonly fault: (error: unknown) => void) {}
 
   /** Starts the job's attempt; `done` is called exactly once with what it came to. */
-  run(job: Job, done: (job: Job, result: RunResult, sync: boolean) => void): void {
+  run(job: Job, done: (job: Job, result: RunResult) => void): void {
     if (job.fn !== undefined) this.inline(job, done);
     else this.worker(job, done);
   }
 
-  private inline(job: Job, done: (job: Job, result: RunResult, sync: boolean) => void): void {
+  private inline(job: Job, done: (job: Job, result: RunResult) => void): void {
     const run = new InlineRun(job, done, job.stats);
     job.stop = run;
     run.start();
   }
 
-  private worker(job: Job, done: (job: Job, result: RunResult, sync: boolean) => void): void {
+  private worker(job: Job, done: (job: Job, result: RunResult) => void): void {
     if (this.closed) {
-      done(job, { ok: false, error: shuttingDown(), refund: true }, true);
+      done(job, { ok: false, error: shuttingDown(), refund: true });
       return;
     }
     const pool = this.pool(job.profile);
@@ -61,7 +62,7 @@ export class Runner {
     if (controller !== undefined) job.stop = { stop: (reason) => controller.abort(reason) };
     pool.run(job.name as string, job.payload, job.timeoutMs, controller, (result) => {
       job.stop = undefined;
-      done(job, result, false);
+      done(job, result);
     });
   }
 
@@ -90,14 +91,12 @@ export class Runner {
  */
 class InlineRun {
   private over = false;
-  /** Inside start(): an answer now is synchronous. */
-  private starting = true;
   private timer: Timer | undefined = undefined;
   private readonly ctx: InlineContext;
 
   constructor(
     private readonly job: Job,
-    private readonly done: (job: Job, result: RunResult, sync: boolean) => void,
+    private readonly done: (job: Job, result: RunResult) => void,
     private readonly stats: ProfileStats,
   ) {
     this.ctx = new InlineContext(job.attempt);
@@ -117,7 +116,6 @@ class InlineRun {
       this.end({ ok: true, value: out });
       return;
     }
-    this.starting = false;
     // Promise.resolve reads `then` and calls it in a microtask; a getter or a `then` that throws
     // becomes a rejection there, never a throw here.
     let settled: Promise<unknown>;
@@ -158,6 +156,6 @@ class InlineRun {
     this.over = true;
     this.timer?.cancel();
     this.job.stop = undefined;
-    this.done(this.job, result, this.starting);
+    this.done(this.job, result);
   }
 }

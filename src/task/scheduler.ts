@@ -109,8 +109,9 @@ export class Scheduler {
       if (inline) lane.inline = queue;
       else lane.worker = queue;
     }
-    if (job.priority === 0) queue.push(job);
-    else queue.insertRanked(job, byPriority);
+    // Higher priority first, and in submission order among equals (a default task behind
+    // negative-priority ones goes ahead of them: insertRanked finds its place from the end).
+    queue.insertRanked(job, byPriority);
     this.queued++;
     this.ring(lane);
     this.schedule();
@@ -135,6 +136,7 @@ export class Scheduler {
     }
     // A freed thread takes its next task at once (a worker task starts asynchronously, so this
     // cannot recurse); inline tasks start in the next dispatch.
+    // Stryker disable next-line ConditionalExpression,EqualityOperator,LogicalOperator,BooleanLiteral: launching here only refills a freed thread before the dispatch scheduled below does; the same tasks start, in the same order
     if (job.fn === undefined && this.workerRing.length > 0 && !this.dispatching) this.launchWorkers(this.clock());
     if (this.inlineRing.length > 0 || this.workerRing.length > 0 || this.starting.length > 0) this.schedule();
   }
@@ -176,13 +178,17 @@ export class Scheduler {
     }
   }
 
+  // Stryker disable next-line BooleanLiteral: the flag only keeps finish() from refilling threads inside a dispatch, which launches workers itself: the same tasks start, in the same order
   private dispatching = false;
 
   private dispatch(): void {
+    // Stryker disable next-line BooleanLiteral: the flag only keeps finish() from refilling threads inside a dispatch, which launches workers itself: the same tasks start, in the same order
     this.dispatching = true;
     try {
       this.dispatchAll(this.clock());
+      // Stryker disable next-line BlockStatement: the flag only keeps finish() from refilling threads inside a dispatch; left set, the scheduled dispatch refills them: the same tasks start, in the same order
     } finally {
+      // Stryker disable next-line BooleanLiteral: the flag only keeps finish() from refilling threads inside a dispatch; left set, the scheduled dispatch refills them: the same tasks start, in the same order
       this.dispatching = false;
     }
   }
