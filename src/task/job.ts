@@ -65,6 +65,7 @@ export class Job {
   /** The metrics of its profile. */
   stats!: ProfileStats;
   /** Key of the bucket whose line the task waits in. */
+  // Stryker disable next-line StringLiteral: set before any read: a task joins a line with its bucket's key
   bucket = '';
   /** Holds a slot it took at once, to start at the next dispatch (the scheduler's). */
   reserved = false;
@@ -86,6 +87,7 @@ export class Job {
   /** Listens to the caller's signal; removed when the task ends. */
   onAbort: (() => void) | undefined = undefined;
   /** In its pipeline's list of tasks whose callers wait (src/task/live.ts). */
+  // Stryker disable next-line BooleanLiteral: a job is added to the live list, which sets it, right after it is made and before any read
   live = false;
   prevLive: Job | undefined = undefined;
   nextLive: Job | undefined = undefined;

@@ -42,8 +42,11 @@ const TABLE: Record<State, readonly State[]> = {
   [QUEUED]: [RUNNING, CANCELED],
   [RUNNING]: [SUCCEEDED, RETRY_WAIT, FAILED, CANCELED],
   [RETRY_WAIT]: [WAITING_RATE, QUEUED, FAILED, CANCELED],
+  // Stryker disable next-line ArrayDeclaration: a terminal state's list only fills ALLOWED: a string entry makes a key that is no index, allowing nothing
   [SUCCEEDED]: [],
+  // Stryker disable next-line ArrayDeclaration: a terminal state's list only fills ALLOWED: a string entry makes a key that is no index, allowing nothing
   [FAILED]: [],
+  // Stryker disable next-line ArrayDeclaration: a terminal state's list only fills ALLOWED: a string entry makes a key that is no index, allowing nothing
   [CANCELED]: [],
 };
 
@@ -102,6 +105,7 @@ export class Lifecycle {
     const stats = job.stats;
     if (ALLOWED[from * 8 + to] !== 1) {
       if (isTerminal(from)) stats.lateEvents++;
+      // Stryker disable next-line StringLiteral: unreachable: every stage asks only for transitions the table has from a live state
       else this.hooks.fault(new Error(`taskvalve: no transition ${STATE_NAMES[from]} -> ${STATE_NAMES[to]} (a bug)`));
       return false;
     }
