@@ -10,6 +10,7 @@ export default defineConfig({
       'test/metrics.test.ts',
       'test/gcra.test.ts',
       'test/refund-property.test.ts',
+      'test/task-edges.test.ts',
       'test/store-memory.test.ts',
       'test/lifecycle*.test.ts',
       'test/edges*.test.ts',
