@@ -11,6 +11,7 @@ export default defineConfig({
       'test/gcra.test.ts',
       'test/refund-property.test.ts',
       'test/task-edges.test.ts',
+      'test/refund-log.test.ts',
       'test/store-memory.test.ts',
       'test/lifecycle*.test.ts',
       'test/edges*.test.ts',

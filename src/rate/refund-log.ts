@@ -62,17 +62,14 @@ function place(log: RefundLog, receiptTat: number, receiptSeq: number): { lo: nu
   if (receiptSeq < log.folded) {
     // Before every folded slot: none of them moved it. Otherwise assume they all did (after a
     // rate change the sum is Infinity and low -Infinity: lo falls to -Infinity).
-    // Stryker disable next-line EqualityOperator: at hi == low, assuming the move gives back less, never more (a tie needs a bound equal to a slot's end)
     if (hi > log.low) lo -= log.sum;
   }
   for (const e of log.entries) {
     if (e.seq <= receiptSeq) continue;
-    // Stryker disable next-line EqualityOperator: at a tie, assuming the move gives back less, never more (a tie needs a bound equal to a slot's end)
     if (e.hi <= lo) {
       // An earlier slot: it moved this one.
       lo -= e.back;
       hi -= e.back;
-      // Stryker disable next-line EqualityOperator: at a tie, assuming the move gives back less, never more (a tie needs a bound equal to a slot's end)
     } else if (e.lo < hi) {
       // Cannot tell: assume it did.
       lo -= e.back;
@@ -132,7 +129,6 @@ export function voidLog(log: RefundLog, now: number, seq: number): void {
   log.entries.length = 0;
   log.folded = seq;
   log.sum = Infinity;
-  // Stryker disable next-line UnaryOperator: a receipt of the rate before reaches here only after a change and back (A -> B -> A), where it still finds its unit, carried over: either way at most what it held
   log.low = -Infinity;
   log.foldedAt = now;
 }
