@@ -620,6 +620,59 @@ describe('refunds', () => {
   });
 });
 
+describe('a new subscription after a deletion', () => {
+  it("a refund of the deleted subscription's charge that lands after the user subscribed again leaves the new subscription's usage alone", async () => {
+    // A store whose quota refunds wait until the test lets them through (a refund on Redis can
+    // land late: after a NOSCRIPT reload, behind later calls).
+    let release!: () => void;
+    const later = new Promise<void>((resolve) => (release = resolve));
+    const landed: Promise<unknown>[] = [];
+    const base = await harness.make(() => now);
+    const held = new Proxy(base, {
+      get(target, key) {
+        const value = Reflect.get(target, key, target) as unknown;
+        if (typeof value !== 'function') return value;
+        if (key === 'refund') {
+          return (...args: unknown[]) => {
+            const done = later.then(() => (value as (...a: unknown[]) => unknown).apply(target, args));
+            landed.push(done);
+            return done;
+          };
+        }
+        return (value as (...a: unknown[]) => unknown).bind(target);
+      },
+    }) as Store;
+    const m = new Manager({ clock: () => now, store: held });
+    try {
+      m.registerProfile('slow', { rate: { limit: 1, intervalMs: 1000 }, quota: { limit: 10 } });
+      await m.subscribe('u', 'slow');
+      const limiter = m.getLimiter('u');
+      await limiter.check(1);
+      // Charged, waiting for its rate turn, then canceled by the deletion: its quota refund is held.
+      const waiting = limiter.submit(() => 1);
+      expect((await m.getSubscription('u'))?.usage).toBe(2);
+      expect(await m.deleteSubscription('u')).toBe(true);
+      expect(await code(waiting)).toBe('SUBSCRIPTION_INACTIVE');
+      expect(landed.length).toBeGreaterThan(0);
+      // (A store may stamp a new record with the time: a real clock has moved on by then.)
+      now += 1;
+      await m.subscribe('u', 'slow');
+      for (let i = 0; i < 3; i++) {
+        now += 1000;
+        expect((await m.getLimiter('u').check(1)).allowed).toBe(true);
+      }
+      expect((await m.getSubscription('u'))?.usage).toBe(3);
+      release();
+      await Promise.all(landed);
+      expect((await m.getSubscription('u'))?.usage).toBe(3);
+    } finally {
+      release();
+      await m.close();
+      await harness.release?.(base);
+    }
+  });
+});
+
 describe('refunds one after another', () => {
   // 1 unit per 10 s, room for 4. A blocker holds the user's one slot (unit 1, its slot 0-10 s);
   // a and b are admitted and queue behind it (slots 10-20 s and 20-30 s). Given back at 0 s, a's

@@ -134,6 +134,8 @@ export class MemoryStore implements Store {
   private maxD = 1;
   /** Re-bases so far: a receipt from an earlier time base is not honoured (never over-refunds). */
   private rebases = 0;
+  /** Records created so far (wrapping): a new record's first usage generation. */
+  private births = 0;
   /** Rate refunds so far, across buckets: a receipt holds the count at its charge (see refund-log.ts). */
   private refunds = 0;
   /** What each bucket (a user's record, or a shared bucket) remembers of its refunds, once it has had one. */
@@ -269,7 +271,10 @@ export class MemoryStore implements Store {
     const end = endsAt === Infinity ? null : this.since(endsAt);
     let rec = this.users.get(userId);
     if (rec === undefined) {
-      rec = new UserRecord(this.numberOf(profile) + (ACTIVE << STATUS_SHIFT), 0, 0, start, start, end, null);
+      // Each new record starts a usage generation of its own: a refund of a charge made before
+      // the user was deleted and subscribed again never lands on the new subscription's usage.
+      this.births = (this.births + 1) % (STATE_WRAP / GENERATION);
+      rec = new UserRecord(this.numberOf(profile) + (ACTIVE << STATUS_SHIFT) + this.births * GENERATION, 0, 0, start, start, end, null);
       this.users.set(userId, rec);
     } else {
       this.switchProfile(rec, profile, nowMs);

@@ -38,7 +38,9 @@ end
 local q = tonumber(ARGV[9]) or -1
 local u = user_load(KEYS[1])
 if not u then
-  u = { n = 0, ps = sa, g = 0 }
+  -- A new record's usage generation is the time it was made: a refund of a charge made before
+  -- the user was deleted and subscribed again never matches it.
+  u = { n = 0, ps = sa, g = now }
 elseif ARGV[10] == '1' then
   u.n = 0
   u.g = u.g + 1
