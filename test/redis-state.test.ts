@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, MemoryStore, RedisStore, type Decision, type ProfileConfig } from '../src/index.js';
-import { rejection } from './helpers.js';
+import { eventually, rejection } from './helpers.js';
 import { ModelBucket } from './support/model-bucket.js';
 import { startRedis, type RedisServer } from './support/redis.js';
 
@@ -303,6 +303,58 @@ describe("a user's record of another layout version", () => {
       expect(error.message).toContain('has layout version 7');
       expect(await manager.getSubscription('v')).toMatchObject({ status: 'canceled' });
     } finally {
+      await manager.close();
+    }
+  });
+});
+
+describe("a bucket's refund log", () => {
+  it('is dropped to its header once no charge can need it: a shared bucket given back 40 charges goes back to a short text', async () => {
+    const clock = { now: T0 };
+    const prefix = `s${++prefixes}`;
+    const store = new RedisStore({ client, prefix });
+    store.setTestClock(() => clock.now);
+    const manager = new Manager({ clock: () => clock.now, store });
+    // 1 unit per second, room for 50 (its burst tolerance: 50 s).
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 50, shared: 'pipe' }, pool: { perUserConcurrency: 1 } });
+    await manager.subscribe('u', 'p');
+    const u = manager.getLimiter('u');
+    const key = `${prefix}:{b:pipe}`;
+    let release!: () => void;
+    const blocker = u.submit(() => new Promise<void>((done) => (release = done)));
+    try {
+      const aborts = Array.from({ length: 40 }, () => new AbortController());
+      const queued = new Promise<void>((resolve) => {
+        let n = 0;
+        manager.on('task', (e) => e.to === 'QUEUED' && ++n === 41 && resolve());
+      });
+      const tasks = aborts.map((a) => u.submit(() => 1, { signal: a.signal }).catch(() => undefined));
+      await queued;
+      // Given back one at a time: 40 refunds, the log folds all but the last 32.
+      for (let i = 0; i < 40; i++) {
+        aborts[i]!.abort();
+        await tasks[i];
+        await eventually(async () => (await u.peek()).remaining === 50 - 40 + i, `refund ${i + 1} landed`);
+      }
+      const long = (await client.getBuffer(key)) as Buffer;
+      expect(long.length).toBeGreaterThan(1000);
+      // Past the burst tolerance no charge from before can need the log: the next write keeps its header only.
+      clock.now += 51_000;
+      expect((await u.check()).allowed).toBe(true);
+      const short = (await client.getBuffer(key)) as Buffer;
+      expect(short.length).toBeLessThan(120);
+      // And refunds go on working: a task charged now and given back returns its unit.
+      const late = new AbortController();
+      const queuedLate = new Promise<void>((resolve) => manager.on('task', (e) => e.id === 'late' && e.to === 'QUEUED' && resolve()));
+      const task = u.submit(() => 1, { signal: late.signal, taskId: 'late' }).catch(() => undefined);
+      await queuedLate;
+      const before = (await u.peek()).remaining;
+      late.abort();
+      await task;
+      await eventually(async () => (await u.peek()).remaining === before + 1, 'the late refund landed');
+    } finally {
+      release();
+      await blocker;
       await manager.close();
     }
   });

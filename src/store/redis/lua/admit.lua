@@ -194,6 +194,8 @@ for i = 1, count do
         if r ~= p.sig then
           -- Written under another rate: what its log says is in other ticks.
           l = log_void(l, now)
+        else
+          l = log_tidy(l, now_ms)
         end
         t, f = rt, rf
         r = p.sig

@@ -127,6 +127,7 @@ local function shared_store(key, now, ahead, d, sig, blob)
   -- keep the key an hour longer.
   local ttl = gcra_ms(ahead, d) + 1
   local text = string.format('%.0f:%.0f:', t, f) .. sig
+  blob = log_tidy(blob, math.floor(now / 1000))
   if blob and blob ~= '' then
     text = text .. ';' .. blob
     local needed = log_until(blob) - math.floor(now / 1000)

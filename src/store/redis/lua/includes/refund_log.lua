@@ -57,6 +57,20 @@ local function log_void(blob, now)
   return log_pack(L)
 end
 
+-- The log without its entries once no receipt can need them (`now_ms` past its until): a bucket
+-- carries only its header (the refund count, which receipts hold) from then on. Cheap when there
+-- is nothing to drop.
+local function log_tidy(blob, now_ms)
+  if not blob or #blob <= 56 then
+    return blob
+  end
+  local _, _, _, _, _, until_ms = struct.unpack(LOG_HEAD, blob)
+  if until_ms > now_ms then
+    return blob
+  end
+  return string.sub(blob, 1, 48) .. struct.pack('<d', 0)
+end
+
 -- The ms until which a shared bucket's key must live for its log (0: no log).
 local function log_until(blob)
   if not blob or blob == '' then
