@@ -1,0 +1,490 @@
+// The embedded store (MemoryStore) at its edges, through the Manager on a fake clock (vitest's
+// fake timers drive both the clock and the timers): the tick epoch re-based after a long
+// uptime, a clock that starts at 0 or steps back, profile changes, units and usage given back,
+// retries of a task whose user changed, the sweep of ended subscriptions.
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { Manager, type Limiter, type ManagerOptions, type SubscriptionEvent, type TaskEvent, type TaskvalveError } from '../src/index.js';
+import { convertTat, makeRate } from '../src/rate/gcra.js';
+import { quiet, rejection } from './helpers.js';
+
+const T0 = Date.UTC(2026, 5, 1);
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+/** 999,983 per second counts in ticks of 1/999,983 µs: the store re-bases its tick epoch every ~37.5 minutes. */
+const FINE = { rate: { limit: 999_983, intervalMs: 1000 } };
+
+let manager: Manager | undefined;
+let errors: Error[];
+
+/** A manager on the fake clock (Date.now under fake timers) unless `options` gives another. */
+function start(options: ManagerOptions = {}): Manager {
+  const m = new Manager({ clock: () => Date.now(), ...options });
+  errors = [];
+  m.on('error', (error) => errors.push(error));
+  manager = m;
+  return m;
+}
+
+/** Moves the clock on without firing a timer (one that has come due fires at the next advance). */
+function jump(ms: number): void {
+  vi.setSystemTime(Date.now() + ms);
+}
+
+/** Resolves at the task's first move to `state` (listen before submitting it). */
+function reaches(m: Manager, id: string, state: TaskEvent['to']): Promise<TaskEvent> {
+  return new Promise((resolve) => m.on('task', (e) => e.id === id && e.to === state && resolve(e)));
+}
+
+/** Holds the user's one slot (perUserConcurrency 1) with a running task until released. */
+function hold(u: Limiter): { release: () => void; ended: Promise<unknown> } {
+  let release!: () => void;
+  const ended = quiet(u.submit(() => new Promise<void>((done) => (release = done))));
+  return { release: () => release(), ended };
+}
+
+/**
+ * Submits task `id`, admitted at once and queued behind the running one (its units taken);
+ * resolves once it is queued, with a way to give it back (abort it, refunds landed).
+ */
+async function queued(m: Manager, u: Limiter, id: string): Promise<{ giveBack: () => Promise<void> }> {
+  const abort = new AbortController();
+  const reached = reaches(m, id, 'QUEUED');
+  const outcome = u.submit(() => id, { signal: abort.signal, taskId: id }).then(
+    () => 'ran',
+    (error: TaskvalveError) => error.code,
+  );
+  await reached;
+  return {
+    async giveBack() {
+      abort.abort();
+      expect(await outcome).toBe('ABORTED');
+      await vi.advanceTimersByTimeAsync(0); // the units go back in a microtask
+    },
+  };
+}
+
+/** The deleted events, in order. */
+function deletions(m: Manager): string[] {
+  const ids: string[] = [];
+  m.on('subscription', (e: SubscriptionEvent) => {
+    if (e.event === 'deleted') ids.push(e.userId);
+  });
+  return ids;
+}
+
+beforeEach(() => {
+  vi.useFakeTimers({ now: T0 });
+});
+
+afterEach(async () => {
+  const closing = manager?.close({ drain: false, timeoutMs: 0 });
+  await vi.runAllTimersAsync();
+  await closing;
+  manager = undefined;
+  vi.useRealTimers();
+});
+
+describe('the tick epoch re-based after a long uptime', () => {
+  it("a user's own bucket keeps exactly what is in use across a re-base", async () => {
+    const m = start();
+    m.registerProfile('fine', FINE);
+    m.registerProfile('daily', { rate: { limit: 1, intervalMs: DAY } });
+    await m.subscribe('u', 'daily');
+    const u = m.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    jump(HOUR); // past a re-base
+    expect(await u.check()).toMatchObject({ allowed: false, retryAfterMs: DAY - HOUR });
+  });
+
+  it('a shared bucket whose ticks are finer than a microsecond keeps exactly what is in use across a re-base', async () => {
+    const m = start();
+    m.registerProfile('fine', FINE);
+    // 7 per day: one unit every 12,342,857.14 ms, counted in ticks of 1/7 µs.
+    m.registerProfile('pooled', { rate: { limit: 7, intervalMs: DAY, burst: 1, shared: 'pool' } });
+    await m.subscribe('u', 'pooled');
+    const u = m.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    jump(HOUR); // past a re-base
+    expect(await u.check()).toMatchObject({ allowed: false, retryAfterMs: Math.ceil(DAY / 7 - HOUR) });
+  });
+});
+
+describe('the clock', () => {
+  it('a rate counted in ticks finer than a microsecond stays exact after a year, whichever profile was defined last', async () => {
+    const m = start();
+    m.registerProfile('fine', FINE);
+    m.registerProfile('seconds', { rate: { limit: 1, intervalMs: 1000 } });
+    await m.subscribe('f', 'fine');
+    await m.subscribe('s', 'seconds');
+    const f = m.getLimiter('f');
+    expect((await f.check()).allowed).toBe(true);
+    jump(365 * DAY);
+    const costs = [1, 2, 3, 4, 5, 7, 11, 13, 1000];
+    const left: number[] = [];
+    for (const cost of costs) {
+      left.push((await f.check(cost)).remaining);
+      jump(2000); // full again
+    }
+    expect(left).toEqual(costs.map((cost) => 999_983 - cost));
+    expect(await f.check(999_983)).toMatchObject({ allowed: true, remaining: 0, resetAfterMs: 1000 });
+  });
+
+  it('a clock that starts at 0 (the epoch) runs on like any other', async () => {
+    let now = 0;
+    const m = start({ clock: () => now });
+    m.registerProfile('seconds', { rate: { limit: 1, intervalMs: 1000 } });
+    await m.subscribe('u', 'seconds');
+    const u = m.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    expect((await u.check()).allowed).toBe(false);
+    now = 1000;
+    expect((await u.check()).allowed).toBe(true);
+  });
+
+  it('a clock stepping back (a time correction) takes no capacity away', async () => {
+    let now = T0;
+    const m = start({ clock: () => now });
+    m.registerProfile('seconds', { rate: { limit: 1, intervalMs: 1000 } });
+    await m.subscribe('a', 'seconds');
+    await m.subscribe('b', 'seconds', { startsAt: T0 - HOUR });
+    expect((await m.getLimiter('a').check()).allowed).toBe(true);
+    now = T0 - 5000;
+    // b has used nothing: its full bucket admits at once.
+    expect(await m.getLimiter('b').check()).toMatchObject({ allowed: true, remaining: 0 });
+  });
+});
+
+describe('units given back around a re-base', () => {
+  it("a unit given back after 2041-05-10 comes back: ticks count from the store's first decision, not from 1970", async () => {
+    vi.setSystemTime(Date.UTC(2041, 4, 10, 10)); // 2 h before 2^51 µs since 1970
+    const m = start();
+    m.registerProfile('daily', { rate: { limit: 1, intervalMs: DAY, burst: 2 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'daily');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a');
+    jump(4 * HOUR);
+    await a.giveBack();
+    expect((await u.peek()).remaining).toBe(1);
+    running.release();
+    await running.ended;
+  });
+
+  it('a unit given back at the very microsecond the tick count reaches 2^51 comes back (the epoch moves only past it)', async () => {
+    let now = T0;
+    const m = start({ clock: () => now });
+    // 524,288 per 999 ms counts in ticks of 1/65,536 µs: 2^51 of them in 2^35 µs (9.5 h).
+    m.registerProfile('binary', { rate: { limit: 524_288, intervalMs: 999 } });
+    m.registerProfile('daily', { rate: { limit: 1, intervalMs: DAY, burst: 2 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'daily');
+    const u = m.getLimiter('u');
+    const running = hold(u); // the store's first decision: its tick epoch
+    const a = await queued(m, u, 'a');
+    now = T0 + 2 ** 35 / 1000;
+    await a.giveBack();
+    expect((await u.peek()).remaining).toBe(1);
+    running.release();
+    await running.ended;
+  });
+});
+
+describe('decisions while a task waits for its turn', () => {
+  it('a check refused while a task waits says to retry after that task has had its turn, even once the bucket has refilled', async () => {
+    const m = start();
+    m.registerProfile('one', { rate: { limit: 1, intervalMs: 1000 } });
+    await m.subscribe('u', 'one');
+    const u = m.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    const waiting = reaches(m, 'w', 'WAITING_RATE');
+    quiet(u.submit(() => 'done', { taskId: 'w' }));
+    await waiting;
+    jump(10_000); // the bucket is full again; the task's turn (a timer) has not come yet
+    // The task takes the one unit at its turn: the next one conforms a second later.
+    expect(await u.check()).toMatchObject({ allowed: false, retryAfterMs: 1000 });
+  });
+});
+
+describe('profile changes', () => {
+  it('the units in use are carried over to a rate counted in ticks finer than a microsecond', async () => {
+    const m = start();
+    m.registerProfile('tens', { rate: { limit: 10, intervalMs: 1000 } });
+    m.registerProfile('thirds', { rate: { limit: 3, intervalMs: 1000 } });
+    await m.subscribe('u', 'tens');
+    const u = m.getLimiter('u');
+    expect((await u.check(10)).allowed).toBe(true);
+    jump(100); // 9 units still in use
+    await m.changeProfile('u', 'thirds');
+    // 9 units in use at 3 per second with room for 3: the next one conforms once 7 have gone, in 2333.3 ms.
+    expect(await u.check()).toMatchObject({ allowed: false, remaining: 0, retryAfterMs: 2334 });
+  });
+
+  it('convertTat keeps the units in use, rounded up to a whole tick of the new rate', () => {
+    const perThree = makeRate(1, 3000, 5);
+    const perOne = makeRate(1, 1000, 5);
+    // 5,999,000 µs of a 1-per-3-s bucket in use at 1 ms: 1,999,666.7 µs of a 1-per-second one, rounded up.
+    expect(convertTat(6_000_000, 1000, perThree, perOne)).toBe(1000 + 1_999_667);
+  });
+
+  it("a user moved to a shared-bucket profile and back finds the own bucket full (it was left when the shared one was joined)", async () => {
+    const m = start();
+    m.registerProfile('solo', { rate: { limit: 1, intervalMs: 60_000, burst: 2 } });
+    m.registerProfile('pooled', { rate: { limit: 1, intervalMs: 60_000, burst: 2, shared: 'pool' } });
+    await m.subscribe('u', 'solo');
+    const u = m.getLimiter('u');
+    expect((await u.check(2)).allowed).toBe(true);
+    await m.changeProfile('u', 'pooled');
+    await m.changeProfile('u', 'solo');
+    expect(await u.check(2)).toMatchObject({ allowed: true, remaining: 0 });
+  });
+});
+
+describe('shared buckets', () => {
+  it('a new subscriber to a shared-bucket profile does not refill the bucket', async () => {
+    const m = start();
+    m.registerProfile('pooled', { rate: { limit: 1, intervalMs: 60_000, shared: 'pool' } });
+    await m.subscribe('a', 'pooled');
+    expect((await m.getLimiter('a').check()).allowed).toBe(true);
+    await m.subscribe('b', 'pooled');
+    expect((await m.getLimiter('a').check()).allowed).toBe(false);
+    expect((await m.getLimiter('b').check()).allowed).toBe(false);
+  });
+});
+
+describe('subscriptions', () => {
+  it('canceling keeps the per-user quota', async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 10 } });
+    await m.subscribe('u', 'p', { quota: 5 });
+    expect(await m.cancelSubscription('u')).toMatchObject({ status: 'canceled', quota: 5, quotaLimit: 5 });
+  });
+
+  it('more than a thousand users subscribe to one profile', async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    for (let i = 0; i < 1100; i++) await m.subscribe(`u${i}`, 'p');
+    expect(await m.getSubscription('u1099')).toMatchObject({ status: 'active', profileName: 'p' });
+  });
+
+  it('a task canceled after a usage reset gives nothing back of the usage counted since', async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 10 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a');
+    expect(await m.resetUsage('u')).toMatchObject({ usage: 0 });
+    expect((await u.check()).allowed).toBe(true);
+    await a.giveBack();
+    expect(await m.getSubscription('u')).toMatchObject({ usage: 1 });
+    running.release();
+    await running.ended;
+  });
+});
+
+describe('the sweep of ended subscriptions', () => {
+  it('passes over a user deleted by hand and deletes the others', async () => {
+    const m = start({ endedRetentionMs: 0 });
+    const deleted = deletions(m);
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    await m.subscribe('a', 'p', { durationMs: 1000 });
+    await m.subscribe('b', 'p', { durationMs: 1000 });
+    await m.deleteSubscription('a');
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(deleted).toEqual(['a', 'b']);
+    expect(errors).toEqual([]);
+  });
+
+  it('a round with more due than one batch (1,000) goes on at once, up to the subscriptions ending exactly at the cutoff', async () => {
+    const m = start({ endedRetentionMs: 0 }); // a round each second
+    const deleted = deletions(m);
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    for (let i = 0; i < 1001; i++) await m.subscribe(`u${i}`, 'p', { durationMs: 1000 });
+    await vi.advanceTimersByTimeAsync(1000); // the round at 1 s: every end is its cutoff
+    await vi.advanceTimersByTimeAsync(1); // its second batch, after a turn of the event loop (the next round is at 2 s)
+    expect(deleted).toHaveLength(1001);
+  });
+
+  it('a subscription is deleted its retention after it was first canceled (canceling again changes nothing)', async () => {
+    const m = start({ endedRetentionMs: 60_000 }); // a round each minute
+    const deleted = deletions(m);
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    await m.subscribe('first', 'p');
+    await vi.advanceTimersByTimeAsync(5000);
+    await m.subscribe('u', 'p');
+    await m.cancelSubscription('u'); // at 5 s: due at 65 s
+    await vi.advanceTimersByTimeAsync(65_000);
+    await m.cancelSubscription('u'); // at 70 s
+    expect(deleted).toEqual([]);
+    await vi.advanceTimersByTimeAsync(50_000); // the round at 120 s
+    expect(deleted).toEqual(['u']);
+  });
+});
+
+describe('refusals and decisions', () => {
+  it('a refused check tells when the bucket is full again, counted from now', async () => {
+    const m = start();
+    m.registerProfile('one', { rate: { limit: 1, intervalMs: 1000 } });
+    await m.subscribe('u', 'one');
+    const u = m.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    jump(400);
+    expect(await u.check()).toMatchObject({ allowed: false, remaining: 0, retryAfterMs: 600, resetAfterMs: 600 });
+  });
+
+  it('a check allowed while a task waits counts the units that task reserved', async () => {
+    const m = start();
+    m.registerProfile('two', { rate: { limit: 1, intervalMs: 1000, burst: 2 } });
+    await m.subscribe('u', 'two');
+    const u = m.getLimiter('u');
+    expect((await u.check(2)).allowed).toBe(true);
+    const waiting = reaches(m, 'w', 'WAITING_RATE');
+    quiet(u.submit(() => 'done', { taskId: 'w' }));
+    await waiting;
+    jump(2000); // both units back; the task's turn (a timer) has not come yet
+    // This unit and the task's fit together: none left, full again in 2 s.
+    expect(await u.check()).toMatchObject({ allowed: true, remaining: 0, resetAfterMs: 2000 });
+  });
+
+  it("peek tells the quota limit in force: the profile's, or the user's own", async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 10 } });
+    await m.subscribe('a', 'p');
+    await m.subscribe('b', 'p', { quota: 5 });
+    expect(await m.getLimiter('a').peek()).toMatchObject({ quotaLimit: 10 });
+    expect(await m.getLimiter('b').peek()).toMatchObject({ quotaLimit: 5 });
+  });
+
+  it('an expired subscription is refused with the time it ended', async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    await m.subscribe('u', 'p', { durationMs: 1000 });
+    jump(5000);
+    const error = await rejection(m.getLimiter('u').check());
+    expect(error.code).toBe('SUBSCRIPTION_EXPIRED');
+    expect(error.message).toContain(new Date(T0 + 1000).toISOString());
+  });
+
+  it('a lifetime quota refusal names no time to retry, even for a subscription moved to start earlier', async () => {
+    const m = start();
+    m.registerProfile('life', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 1 } });
+    await m.subscribe('u', 'life', { startsAt: T0 + HOUR });
+    await m.subscribe('u', 'life', { startsAt: T0 });
+    const u = m.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true);
+    const error = await rejection(u.check());
+    expect(error.code).toBe('QUOTA_EXCEEDED');
+    expect(error.retryAfterMs).toBeUndefined();
+    expect(error.refusal?.quotaResetAfterMs).toBeNull();
+  });
+});
+
+describe('subscribing', () => {
+  it('a subscription that would end as it starts is refused, naming both times', async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    const at = new Date(T0 + HOUR);
+    const error = await rejection(m.subscribe('u', 'p', { startsAt: at, endsAt: at }));
+    expect(error.code).toBe('INVALID_ARGUMENT');
+    expect(error.message).toBe(`endsAt (${at.toISOString()}) must be after startsAt (${at.toISOString()})`);
+    expect(await m.getSubscription('u')).toBeUndefined();
+  });
+
+  it("subscribing again without a quota returns the user to the profile's", async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 10 } });
+    await m.subscribe('u', 'p', { quota: 5 });
+    expect(await m.subscribe('u', 'p')).toMatchObject({ quota: null, quotaLimit: 10 });
+  });
+});
+
+describe('units given back', () => {
+  it('a unit given back after the user changed to the same profile again comes back', async () => {
+    const m = start();
+    m.registerProfile('slow', { rate: { limit: 1, intervalMs: 60_000, burst: 3 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'slow');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a');
+    const b = await queued(m, u, 'b');
+    await b.giveBack();
+    expect((await u.peek()).remaining).toBe(1);
+    await m.changeProfile('u', 'slow'); // no change
+    await a.giveBack();
+    expect((await u.peek()).remaining).toBe(2);
+    running.release();
+    await running.ended;
+  });
+
+  it('a user deleted while tasks wait: they end SUBSCRIPTION_INACTIVE and nothing faults', async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 10 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const queuedTask = reaches(m, 'a', 'QUEUED');
+    const a = rejection(u.submit(() => 'a', { taskId: 'a' }));
+    await queuedTask;
+    await m.deleteSubscription('u');
+    expect((await a).code).toBe('SUBSCRIPTION_INACTIVE');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(errors).toEqual([]);
+    running.release();
+    await running.ended;
+  });
+});
+
+describe('retries of a task whose user changed while it ran', () => {
+  /** Submits task `id` to u: its first attempt runs `during`, then fails; its retry resolves 'retried'. */
+  function flaky(u: Limiter, id: string, during: () => Promise<unknown>, cost = 1): Promise<string> {
+    let attempts = 0;
+    return u
+      .submit(
+        async () => {
+          if (attempts++ > 0) return 'retried';
+          await during();
+          throw new Error('first attempt fails');
+        },
+        { taskId: id, cost },
+      )
+      .then(
+        (value) => value as string,
+        (error: TaskvalveError) => error.code,
+      );
+  }
+
+  it("a retry after the user was deleted and subscribed again takes its unit from the new subscription's bucket", async () => {
+    const m = start();
+    m.registerProfile('slow', { rate: { limit: 1, intervalMs: 60_000 }, retry: { attempts: 2, baseMs: 1000 } });
+    await m.subscribe('u', 'slow');
+    const task = flaky(m.getLimiter('u'), 't', async () => {
+      await m.deleteSubscription('u');
+      await m.subscribe('u', 'slow');
+    });
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(await task).toBe('retried');
+    expect(await m.getLimiter('u').check()).toMatchObject({ allowed: false, retryAfterMs: 60_000 });
+  });
+
+  it('a retry after the user was deleted still runs', async () => {
+    const m = start();
+    m.registerProfile('slow', { rate: { limit: 1, intervalMs: 60_000 }, retry: { attempts: 2, baseMs: 1000 } });
+    await m.subscribe('u', 'slow');
+    const task = flaky(m.getLimiter('u'), 't', () => m.deleteSubscription('u'));
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(await task).toBe('retried');
+    expect(errors).toEqual([]);
+  });
+
+  it('a retry whose cost no longer fits the burst of the profile the user moved to ends INVALID_ARGUMENT, without waiting', async () => {
+    const m = start();
+    m.registerProfile('wide', { rate: { limit: 10, intervalMs: 1000, burst: 5 }, retry: { attempts: 2, baseMs: 1000 } });
+    m.registerProfile('narrow', { rate: { limit: 10, intervalMs: 1000, burst: 2 } });
+    await m.subscribe('u', 'wide');
+    const moves: string[] = [];
+    m.on('task', (e) => e.id === 't' && moves.push(e.to));
+    const task = flaky(m.getLimiter('u'), 't', () => m.changeProfile('u', 'narrow'), 3);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(moves.slice(moves.indexOf('RETRY_WAIT'))).toEqual(['RETRY_WAIT', 'CANCELED']);
+    expect(await task).toBe('INVALID_ARGUMENT');
+  });
+});
