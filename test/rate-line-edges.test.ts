@@ -7,6 +7,31 @@ import { Manager, MemoryStore, RedisStore, type ProfileConfig, type RateReceipt,
 import { rejection, track } from './helpers.js';
 import { startRedis, type RedisServer } from './support/redis.js';
 
+/**
+ * 1 unit per second, room for 3, spent by a check: a task (1 s away), a big one of cost 3 (4 s
+ * away) aborted at 1.5 s, and a small one behind it, which starts at 2 s, when its own unit
+ * conforms (fake timers).
+ */
+async function headAbortedWhileSleeping(manager: Manager, since: () => number): Promise<void> {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    // A check takes its units: the bucket is empty.
+    expect((await limiter.check(3)).allowed).toBe(true);
+    const starts: string[] = [];
+    const controller = new AbortController();
+    const first = limiter.submit(() => starts.push(`first@${since()}`));
+    const big = limiter.submit(() => starts.push('big'), { cost: 3, signal: controller.signal }).catch((e: TaskvalveError) => e.code);
+    const small = limiter.submit(() => starts.push(`small@${since()}`));
+    // At 1 s the first task's turn comes; the big one's would come at 4 s.
+    await vi.advanceTimersByTimeAsync(1500);
+    controller.abort();
+    expect(await big).toBe('ABORTED');
+    await vi.advanceTimersByTimeAsync(500);
+    await Promise.all([first, small]);
+    expect(starts).toEqual(['first@1000', 'small@2000']);
+}
+
 describe('on the MemoryStore (fake timers)', () => {
   let manager: Manager;
   let t0: number;
@@ -72,23 +97,7 @@ describe('on the MemoryStore (fake timers)', () => {
   });
 
   it('when the head is aborted while the line sleeps after a turn, the task behind it starts when its own units conform', async () => {
-    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
-    await manager.subscribe('A', 'p');
-    const limiter = manager.getLimiter('A');
-    // A check takes its units: the bucket is empty.
-    expect((await limiter.check(3)).allowed).toBe(true);
-    const starts: string[] = [];
-    const controller = new AbortController();
-    const first = limiter.submit(() => starts.push(`first@${since()}`));
-    const big = limiter.submit(() => starts.push('big'), { cost: 3, signal: controller.signal }).catch((e: TaskvalveError) => e.code);
-    const small = limiter.submit(() => starts.push(`small@${since()}`));
-    // At 1 s the first task's turn comes; the big one's would come at 4 s.
-    await vi.advanceTimersByTimeAsync(1500);
-    controller.abort();
-    expect(await big).toBe('ABORTED');
-    await vi.advanceTimersByTimeAsync(500);
-    await Promise.all([first, small]);
-    expect(starts).toEqual(['first@1000', 'small@2000']);
+    await headAbortedWhileSleeping(manager, since);
   });
 
   it('a user whose lane emptied and who submits again takes one turn per round, like everyone else', async () => {
@@ -240,23 +249,7 @@ describe('on a store whose takes answer asynchronously, one task per call (fake 
   });
 
   it("when the head is aborted, the next task's turn is asked at once and, not conforming yet, comes when its units do", async () => {
-    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
-    await manager.subscribe('A', 'p');
-    const limiter = manager.getLimiter('A');
-    // A check takes its units: the bucket is empty.
-    expect((await limiter.check(3)).allowed).toBe(true);
-    const starts: string[] = [];
-    const controller = new AbortController();
-    const first = limiter.submit(() => starts.push(`first@${since()}`));
-    const big = limiter.submit(() => starts.push('big'), { cost: 3, signal: controller.signal }).catch((e: TaskvalveError) => e.code);
-    const small = limiter.submit(() => starts.push(`small@${since()}`));
-    // At 1 s the first task's turn comes; the big one's would come at 4 s.
-    await vi.advanceTimersByTimeAsync(1500);
-    controller.abort();
-    expect(await big).toBe('ABORTED');
-    await vi.advanceTimersByTimeAsync(500);
-    await Promise.all([first, small]);
-    expect(starts).toEqual(['first@1000', 'small@2000']);
+    await headAbortedWhileSleeping(manager, since);
   });
 
   it('a task aborted while its turn is in flight does not start, its units come back, and the next task still has its turn', async () => {
