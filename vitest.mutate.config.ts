@@ -13,6 +13,7 @@ export default defineConfig({
       'test/task-edges.test.ts',
       'test/refund-log.test.ts',
       'test/rate-line-edges.test.ts',
+      'test/pipeline-edges.test.ts',
       'test/memory-store-edges.test.ts',
       'test/store-memory.test.ts',
       'test/lifecycle*.test.ts',
