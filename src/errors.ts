@@ -109,6 +109,11 @@ export function show(value: unknown): string {
     if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`;
     if (typeof value === 'bigint') return `${value}n`;
     if (value === null || typeof value !== 'object') return String(value);
+    // An error says what it is in its message (as JSON it is `{}`).
+    if (value instanceof Error) {
+      const text = `${value.name}: ${value.message}`;
+      return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+    }
     const json = JSON.stringify(value);
     if (json === undefined) return Object.prototype.toString.call(value);
     return json.length > 80 ? `${json.slice(0, 77)}...` : json;
