@@ -479,7 +479,7 @@ export class MemoryStore implements Store {
         out.retryAfterMs = 0;
         out.resetAfterMs = ticksToMs(held - now, rate);
         out.receiptTat = next;
-        out.receiptEpoch = this.epochOf(profile);
+        out.receiptEpoch = this.epochOf(rec, profile);
         out.receiptRefunds = this.refunds;
         return out;
       }
@@ -516,7 +516,7 @@ export class MemoryStore implements Store {
     if (next < 0) return ticksToMs(-next, rate);
     if (shared === undefined) rec.tat = next;
     else shared.tat = next;
-    if (receipt !== undefined) receipt.value = { tat: next, epoch: this.epochOf(profile), refunds: this.refunds };
+    if (receipt !== undefined) receipt.value = { tat: next, epoch: this.epochOf(rec, profile), refunds: this.refunds };
     return 0;
   }
 
@@ -524,8 +524,9 @@ export class MemoryStore implements Store {
    * A receipt's time base: the re-bases so far and, for a user's own bucket, the profile whose
    * ticks it counts in (a receipt of another time base or rate gives nothing back).
    */
-  private epochOf(profile: Profile): number {
-    return this.rebases * MAX_PROFILES + (profile.shared === undefined ? this.numberOf(profile) : 0);
+  private epochOf(rec: UserRecord, profile: Profile): number {
+    // The record's state holds its profile's number: no lookup on an admission's path.
+    return this.rebases * MAX_PROFILES + (profile.shared === undefined ? rec.state % MAX_PROFILES : 0);
   }
 
   /**
@@ -539,7 +540,7 @@ export class MemoryStore implements Store {
     const profile = this.profileOf(rec);
     const rate = profile.rate;
     const now = this.micros(nowMs) * rate.d; // first: it may re-base every TAT
-    if (receipt.epoch !== this.epochOf(profile)) return;
+    if (receipt.epoch !== this.epochOf(rec, profile)) return;
     const shared = profile.shared === undefined ? undefined : this.buckets.get(profile.shared);
     const bucket = shared ?? rec;
     let log = this.logs.get(bucket);
