@@ -84,13 +84,9 @@ if units > 0 or kind == 'h' then
     if kind == 'h' then
       local next = pushed(u.t, u.f, u.r)
       if next > 0 then
-        if u.r ~= sig then
-          u.l = log_void(u.l, now)
-        end
-        u.t, u.f = gcra_split(now, next, d)
-        u.r = sig
+        local rn = own_store(u, now, next, d, sig)
         dirty = true
-        undo[#undo + 1] = undo_rate(1, false, d, T, tau, taken, u.t, u.f, log_n(u.l))
+        undo[#undo + 1] = undo_rate(1, false, d, T, tau, taken, u.t, u.f, rn)
       end
       bucket_charged = 1
     end

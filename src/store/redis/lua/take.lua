@@ -57,13 +57,8 @@ for i = 1, (#ARGV - 5) / 6 do
       local rt, rf = gcra_split(now, next, d)
       local rn
       if hash then
-        if u.r ~= sig then
-          u.l = log_void(u.l, now)
-        end
-        u.t, u.f = rt, rf
-        u.r = sig
+        rn = own_store(u, now, next, d, sig)
         user_save(key, u)
-        rn = log_n(u.l)
       else
         shared_store(key, now, next, d, sig, blob)
         rn = log_n(blob)

@@ -90,6 +90,18 @@ local function gcra_carry(u, now, d, T)
   u.r = sig
 end
 
+-- Writes a user's own bucket `ahead` ticks (> 0) after now under the rate (d, signature sig): a
+-- refund log written under another rate is voided (its ticks meant something else). Answers the
+-- bucket's refund count: what a receipt of units taken here holds.
+local function own_store(u, now, ahead, d, sig)
+  if u.r ~= sig then
+    u.l = log_void(u.l, now)
+  end
+  u.t, u.f = gcra_split(now, ahead, d)
+  u.r = sig
+  return log_n(u.l)
+end
+
 -- A shared bucket is a string key "t:f:d:T" (integers in full), followed by ";" and its log when
 -- it has had refunds (see refund_log.lua), that expires when the bucket is full again and its
 -- log is no longer needed, so an idle bucket costs nothing. (A user's own bucket lives in the
