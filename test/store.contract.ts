@@ -2,7 +2,7 @@
 // topology). A harness makes a store and lets the test move its time.
 import { setMaxListeners } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Manager, TaskvalveError, type Store, type SubscriptionEvent } from '../src/index.js';
+import { Manager, TaskvalveError, type Store, type SubscriptionEvent, type TaskEvent } from '../src/index.js';
 import { SlotModel } from './support/model-slots.js';
 import { eventually } from './helpers.js';
 import vectors from './vectors/gcra.json' with { type: 'json' };
@@ -31,9 +31,17 @@ async function code(promise: Promise<unknown>): Promise<string> {
   return 'resolved';
 }
 
-/** Resolves when the task with this taskId reaches `state` (listen before submitting it). */
-function reached(id: string, state: string): Promise<void> {
-  return new Promise((resolve) => manager.on('task', (e) => e.id === id && e.to === state && resolve()));
+/** Resolves when every task with one of these taskIds has reached `state` (listen before submitting them). */
+function reached(ids: string[], state: string): Promise<void> {
+  const left = new Set(ids);
+  return new Promise((resolve) => {
+    const listener = (e: TaskEvent): void => {
+      if (e.to !== state || !left.delete(e.id) || left.size > 0) return;
+      manager.off('task', listener);
+      resolve();
+    };
+    manager.on('task', listener);
+  });
 }
 
 /** Registers the contract's tests against a harness. */
@@ -475,7 +483,7 @@ describe('the rate line', () => {
     await manager.subscribe('u', 'slow');
     const limiter = manager.getLimiter('u');
     expect((await limiter.check(2)).allowed).toBe(true);
-    const queued = reached('w', 'WAITING_RATE');
+    const queued = reached(['w'], 'WAITING_RATE');
     const waiting = limiter.submit(() => 'ran', { taskId: 'w' });
     await queued;
     // 2 units conform again; the line's turn (1 s away) has not come yet.
@@ -496,13 +504,13 @@ describe('the rate line', () => {
     expect((await a.check(1)).allowed).toBe(true);
     // a's two tasks were admitted to wait 100 and 200 ms; round-robin gives b's task the second
     // turn. (Each is admitted before the next is submitted.)
-    let waiting = reached('a1', 'WAITING_RATE');
+    let waiting = reached(['a1'], 'WAITING_RATE');
     const a1 = a.submit(() => 'a1', { taskId: 'a1' });
     await waiting;
-    waiting = reached('a2', 'WAITING_RATE');
+    waiting = reached(['a2'], 'WAITING_RATE');
     const a2 = a.submit(() => 'a2', { taskId: 'a2' }).then(() => undefined, (e: unknown) => e as TaskvalveError);
     await waiting;
-    waiting = reached('b1', 'WAITING_RATE');
+    waiting = reached(['b1'], 'WAITING_RATE');
     const b1 = b.submit(() => 'b1', { taskId: 'b1' });
     await waiting;
     now += 100;
@@ -525,7 +533,7 @@ describe('the rate line', () => {
     // Five tasks wait, in this order (each admitted before the next is submitted).
     const outcomes: Promise<string>[] = [];
     for (let i = 0; i < 5; i++) {
-      const waiting = reached(`t${i}`, 'WAITING_RATE');
+      const waiting = reached([`t${i}`], 'WAITING_RATE');
       outcomes.push(code(limiter.submit(() => (i === 0 ? held : undefined), { taskId: `t${i}` })));
       await waiting;
     }
@@ -551,17 +559,17 @@ describe('the rate line', () => {
     let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));
     // a runs and b is queued behind it (the queue is full); they take the bucket's 2 units.
-    const running = reached('a', 'RUNNING');
+    const running = reached(['a'], 'RUNNING');
     const a = u.submit(() => held, { taskId: 'a' });
     await running;
-    const full = reached('b', 'QUEUED');
+    const full = reached(['b'], 'QUEUED');
     const b = u.submit(() => 'b', { taskId: 'b' });
     await full;
     // c's turn comes at 100 ms, when the queue is still full; y's 2 units wait behind it.
-    const waiting = [reached('c', 'WAITING_RATE'), reached('y', 'WAITING_RATE')];
+    const waiting = reached(['c', 'y'], 'WAITING_RATE');
     const c = code(u.submit(() => 'c', { taskId: 'c' }));
     const y = z.submit(() => 'y', { cost: 2, taskId: 'y' });
-    await Promise.all(waiting);
+    await waiting;
     now += 100;
     expect(await c).toBe('QUEUE_FULL');
     // y's 2 units still wait (until 300 ms): check(1) would wait for them, then for its own unit.
@@ -578,7 +586,7 @@ describe('the rate line', () => {
     await manager.subscribe('u', 'hourly');
     const limiter = manager.getLimiter('u');
     expect((await limiter.check(1)).allowed).toBe(true);
-    const queued = reached('w', 'WAITING_RATE');
+    const queued = reached(['w'], 'WAITING_RATE');
     const waiting = limiter.submit(() => 'ran', { taskId: 'w' });
     await queued;
     await manager.changeProfile('u', 'quick');
@@ -686,9 +694,9 @@ describe('refunds one after another', () => {
       let release!: () => void;
       const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
       const aborts = { a: new AbortController(), b: new AbortController() };
-      const queued = [reached('a', 'QUEUED'), reached('b', 'QUEUED')];
+      const queued = reached(['a', 'b'], 'QUEUED');
       const outcomes = { a: code(limiter.submit(() => 1, { signal: aborts.a.signal, taskId: 'a' })), b: code(limiter.submit(() => 1, { signal: aborts.b.signal, taskId: 'b' })) };
-      await Promise.all(queued);
+      await queued;
       const second = first === 'a' ? 'b' : 'a';
       try {
         aborts[first as 'a' | 'b'].abort();
@@ -728,7 +736,7 @@ describe('a refund among folded refunds', () => {
     let usage = 1;
     const queue = async (id: string): Promise<void> => {
       const abort = new AbortController();
-      const queued = reached(id, 'QUEUED');
+      const queued = reached([id], 'QUEUED');
       tasks.set(id, { abort, outcome: code(limiter.submit(() => 1, { signal: abort.signal, taskId: id })) });
       model.take(now - start, 1, id);
       usage++;
@@ -781,10 +789,10 @@ describe('a profile change between a charge and its refund', () => {
       const faults: unknown[] = [];
       manager.on('error', (e) => faults.push(e));
       const aborts = [new AbortController(), new AbortController()];
-      const queued = [reached('p', 'QUEUED'), reached('q', 'QUEUED')];
+      const queued = reached(['p', 'q'], 'QUEUED');
       const first = code(limiter.submit(() => 1, { signal: aborts[0]!.signal, taskId: 'p' }));
       const outcome = code(limiter.submit(() => 1, { signal: aborts[1]!.signal, taskId: 'q' }));
-      await Promise.all(queued);
+      await queued;
       try {
         // A refund before the change: the bucket has a log of refunds when its rate changes.
         aborts[0]!.abort();
@@ -823,15 +831,14 @@ describe('more refunds than a bucket remembers', () => {
       const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)));
       model.take(0, 1);
       const tasks: { id: string; abort: AbortController; outcome: Promise<string> }[] = [];
-      const queued: Promise<void>[] = [];
+      const queued = reached(Array.from({ length: 40 }, (_, i) => `t${i}`), 'QUEUED');
       for (let i = 0; i < 40; i++) {
         const id = `t${i}`;
         const abort = new AbortController();
-        queued.push(reached(id, 'QUEUED'));
         tasks.push({ id, abort, outcome: code(limiter.submit(() => 1, { signal: abort.signal, taskId: id })) });
         model.take(0, 1, id);
       }
-      await Promise.all(queued);
+      await queued;
       try {
         while (tasks.length > 0) {
           const task = (order === 'earliest' ? tasks.shift() : tasks.pop()) as (typeof tasks)[number];
@@ -858,7 +865,7 @@ describe('a retry that never started', () => {
     let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));
     const controller = new AbortController();
-    const waiting = reached('retried', 'RETRY_WAIT');
+    const waiting = reached(['retried'], 'RETRY_WAIT');
     let runs = 0;
     const task = u.submit(() => {
       runs++;
@@ -867,7 +874,7 @@ describe('a retry that never started', () => {
     const outcome = task.then(() => 'ran', (e: TaskvalveError) => e.code);
     await waiting;
     // While it waits to retry, another task takes the user's one slot: the retry takes its unit and queues.
-    const queued = reached('retried', 'QUEUED');
+    const queued = reached(['retried'], 'QUEUED');
     const blocker = u.submit(() => held);
     await queued;
     controller.abort();
@@ -937,16 +944,15 @@ describe('refunds given back together', () => {
     setMaxListeners(100, controller.signal);
     let started = 0;
     const outcomes: Promise<string>[] = [];
-    const queued: Promise<void>[] = [];
+    const queued = reached(users.flatMap((user) => Array.from({ length: 10 }, (_, k) => `${user}-${k}`)), 'QUEUED');
     for (const user of users) {
       for (let k = 0; k < 10; k++) {
         const taskId = `${user}-${k}`;
-        queued.push(reached(taskId, 'QUEUED'));
         outcomes.push(manager.getLimiter(user).submit(() => started++, { signal: controller.signal, taskId }).then(() => 'ran', (e: TaskvalveError) => e.code));
       }
     }
     // Every task was admitted (its quota and rate unit taken) and waits for its user's slot.
-    await Promise.all(queued);
+    await queued;
     controller.abort();
     expect(new Set(await Promise.all(outcomes))).toEqual(new Set(['ABORTED']));
     release();
