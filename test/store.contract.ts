@@ -550,6 +550,32 @@ describe('the rate line', () => {
     expect((await limiter.check(1)).allowed).toBe(false);
   });
 
+  it('a full queue refuses a waiter at its own turn, not at the turn of the waiter ahead of it', async () => {
+    manager.registerProfile('slow', { rate: { limit: 1, intervalMs: 300 }, pool: { maxQueue: 1, perUserConcurrency: 1 } });
+    await manager.subscribe('u', 'slow');
+    const u = manager.getLimiter('u');
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // a runs; b's turn comes at 300 ms, c's at 600 ms.
+    const running = reached(['a'], 'RUNNING');
+    const a = u.submit(() => held, { taskId: 'a' });
+    await running;
+    const waiting = reached(['b', 'c'], 'WAITING_RATE');
+    const b = u.submit(() => 'b', { taskId: 'b' });
+    const c = code(u.submit(() => 'c', { taskId: 'c' }));
+    await waiting;
+    // b's turn: it fills the queue; c's turn has not come.
+    const queued = reached(['b'], 'QUEUED');
+    now += 300;
+    await queued;
+    // a ends and b runs: the queue has room when c's turn comes.
+    release();
+    expect(await Promise.all([a, b])).toEqual([undefined, 'b']);
+    now += 300;
+    expect(await c).toBe('resolved');
+    expect((await manager.getSubscription('u'))?.usage).toBe(3);
+  });
+
   it('a waiter refused at its turn (queue full) takes its units off the line once: the units still waiting keep counting', async () => {
     manager.registerProfile('q', { rate: { limit: 10, intervalMs: 1000, burst: 2, shared: 'q' }, pool: { maxQueue: 1, perUserConcurrency: 1 } });
     await manager.subscribe('u', 'q');

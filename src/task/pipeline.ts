@@ -107,6 +107,7 @@ export class Pipeline {
     });
     const takeTurns = store.takeTurns;
     this.lines = new RateLines({
+      fits: (job) => this.fits(job),
       ready: (job) => this.ready(job),
       take: (job, receipt) => this.take(job, receipt),
       takeTurns: takeTurns === undefined ? undefined : (jobs) => takeTurns.call(store, jobs, clock()),
@@ -238,27 +239,49 @@ export class Pipeline {
 
   // ---- rate line -------------------------------------------------------------------------
 
-  /** Whether a job may have its rate turn now: throws for a cost over the burst, and for a first attempt the queue has no room for. */
-  private ready(job: Job): void {
+  /** Whether a job's cost still fits its profile's burst: throws when it does not. */
+  private fits(job: Job): void {
     const profile = job.profile;
     // Stryker disable next-line BooleanLiteral: never thrown: admission and profileChanged leave no task whose cost exceeds its profile's burst
     if (job.cost > profile.rate.burst) throw costOverBurst(job.cost, profile.rate.burst, profile.name, true);
+  }
+
+  /**
+   * Whether a job whose units were just taken may go on: throws for a cost over the burst, and
+   * for a first attempt the queue has no room for (judged at its turn, when its units conform,
+   * not before: a waiter behind the head never leaves for a queue that is full before its turn).
+   */
+  private ready(job: Job): void {
+    this.fits(job);
+    const profile = job.profile;
     if (job.attempt === 1 && !this.scheduler(profile).hasRoom(job.userId, job.fn !== undefined, profile.pool.maxQueue)) {
       throw queueFull(profile.name, profile.pool.maxQueue);
     }
   }
 
-  /** A job's rate turn: refuses a job that may not have it (see ready()), else takes its units. */
+  /** A job's rate turn: refuses a job whose cost no longer fits, else takes its units if they conform (see conforming()). */
   private take(job: Job, receipt: { value: RateReceipt | undefined }): number | Promise<number> {
-    this.ready(job);
+    this.fits(job);
     const wait = this.ctx.store.take(job.userId, job.cost, this.ctx.clock(), job.slot, receipt);
-    if (typeof wait === 'number') return this.conforming(job, wait);
-    return wait.then((ms) => this.conforming(job, ms));
+    if (typeof wait === 'number') return this.conforming(job, wait, receipt.value);
+    return wait.then((ms) => this.conforming(job, ms, receipt.value));
   }
 
-  /** A wait the store gave; Infinity: the units can never conform (the profile changed elsewhere). */
-  private conforming(job: Job, ms: number): number {
+  /**
+   * A wait the store gave; Infinity: the units can never conform (the profile changed
+   * elsewhere). Units taken (0) for a job still waiting that may not go on (ready()) are given
+   * back, and it leaves with the reason; for a job that left meanwhile the line gives them back.
+   */
+  private conforming(job: Job, ms: number, receipt: RateReceipt | undefined): number {
     if (ms === Infinity) throw costOverBurst(job.cost, job.profile.rate.burst, job.profile.name, true);
+    if (ms === 0 && job.state === State.WAITING_RATE) {
+      try {
+        this.ready(job);
+      } catch (error) {
+        if (receipt !== undefined) this.untake(job, receipt);
+        throw error;
+      }
+    }
     return ms;
   }
 

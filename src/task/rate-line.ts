@@ -21,12 +21,14 @@ export const MAX_TURNS = 64;
 
 /** What the line needs from the pipeline. */
 export interface RateLineStage {
-  /** Checks that the job may have its turn now; throws the error it leaves with (a cost over the burst, a full queue). */
+  /** Checks that the job's cost still fits (before its units are taken); throws the error it leaves with. */
+  fits(job: Job): void;
+  /** Checks that the job may go on now that its units are taken; throws the error it leaves with (a cost over the burst, a full queue). */
   ready(job: Job): void;
   /**
-   * `ready`, then takes the job's units if they conform: 0 when taken (the receipt filled when
+   * `fits`, then takes the job's units if they conform: 0 when taken (the receipt filled when
    * the store can give them back), else ms until they would. Throws (or rejects) when the job
-   * must leave.
+   * must leave (its units given back: `ready` refused it).
    */
   take(job: Job, receipt: { value: RateReceipt | undefined }): number | Promise<number>;
   /**
@@ -358,7 +360,7 @@ export class RateLines {
         if (job === undefined) break;
         this.takeOut(line);
       }
-      if (!this.here(job, line) || !this.ready(job)) continue;
+      if (!this.here(job, line) || !this.check(job, 'fits')) continue;
       if (batch.length === 0) burst = job.profile.rate.burst;
       else if (units + job.cost > burst) {
         line.front.push(job);
@@ -383,7 +385,7 @@ export class RateLines {
     for (let i = 0; i < taken; i++) {
       const job = batch[i] as Job;
       // The queue may have filled since the batch was collected.
-      if (this.here(job, line) && this.ready(job)) {
+      if (this.here(job, line) && this.check(job, 'ready')) {
         this.release(line, job);
         this.stage.granted(job, answer.receipts[i]);
       } else if (answer.receipts[i] !== undefined) (back ??= []).push(i);
@@ -409,10 +411,10 @@ export class RateLines {
     return this.sleep(key, line, ms, head);
   }
 
-  /** Whether the job may have its turn now; if not, it leaves with the reason. */
-  private ready(job: Job): boolean {
+  /** Whether the job may be asked for (`fits`) or go on with (`ready`) its units; if not, it leaves with the reason. */
+  private check(job: Job, what: 'fits' | 'ready'): boolean {
     try {
-      this.stage.ready(job);
+      this.stage[what](job);
       return true;
     } catch (error) {
       this.stage.failed(job, error);
