@@ -716,6 +716,8 @@ describe('19. an abort after the end changes nothing', () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(run.error?.code).toBe('TASK_FAILED');
     expect(await manager.dlq.list()).toHaveLength(1);
+    // The abort reached a task already ended: counted as a late event.
+    expect(await scrape(manager, 'taskvalve_task_late_events_total', { profile: 'p' })).toBe(1);
   });
 
   it("close's timeout while the dead letter is being stored: the caller gets TASK_FAILED, never SHUTTING_DOWN beside a stored entry", async () => {

@@ -86,8 +86,6 @@ export interface LifecycleHooks {
   refundQuota(job: Job): void;
   /** Gives back the rate units an attempt took (it never started). */
   refundRate(job: Job): void;
-  /** A task reached a terminal state. */
-  ended(job: Job): void;
   /** A transition that the table does not have: a bug, reported, never applied. */
   fault(error: Error): void;
 }
@@ -120,7 +118,6 @@ export class Lifecycle {
       job.quota = 0;
       if (job.taken !== undefined) this.hooks.refundRate(job);
       job.taken = undefined;
-      this.hooks.ended(job);
     }
     const listener = this.hooks.listener();
     if (listener !== undefined) {

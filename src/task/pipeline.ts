@@ -98,11 +98,6 @@ export class Pipeline {
         }
       },
       refundRate: (job) => this.untake(job, job.taken as RateReceipt),
-      ended: (job) => {
-        // Stryker disable next-line OptionalChaining: onAbort is set only for a task with a signal
-        if (job.onAbort !== undefined) job.signal?.removeEventListener('abort', job.onAbort);
-        job.onAbort = undefined;
-      },
       fault,
     });
     const takeTurns = store.takeTurns;
@@ -464,8 +459,15 @@ export class Pipeline {
     this.finish(job, false, error, false);
   }
 
-  /** The caller's signal fired. */
+  /**
+   * The caller's signal fired. Its listener stays until the caller is answered: an abort that
+   * reaches a task already ended (its dead letter being stored) changes nothing and is counted.
+   */
   private abort(job: Job): void {
+    if (isTerminal(job.state)) {
+      job.stats.lateEvents++;
+      return;
+    }
     // Stryker disable next-line OptionalChaining: abort() is called only by the listener on the task's signal
     this.end(job, aborted(job.signal?.reason));
   }
@@ -477,6 +479,11 @@ export class Pipeline {
    */
   private finish(job: Job, ok: boolean, value: unknown, ran: boolean): void {
     if (!this.live.delete(job)) return;
+    if (job.onAbort !== undefined) {
+      // Stryker disable next-line OptionalChaining: onAbort is set only for a task with a signal
+      job.signal?.removeEventListener('abort', job.onAbort);
+      job.onAbort = undefined;
+    }
     // Stryker disable next-line OptionalChaining: an answer that is not what running came to (ran false) is always an error
     if (this.report !== undefined && (ran || (value as TaskvalveError | undefined)?.code !== ErrorCode.SHUTTING_DOWN)) this.report.completed++;
     if (ok) job.resolve(value);
