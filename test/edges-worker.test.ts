@@ -87,3 +87,19 @@ describe('5. long delays on worker threads', () => {
     expect(await m.getLimiter('u').submit({ name: 'pause', payload: { ms: 50 } })).toBe(50);
   });
 });
+
+describe('the refund rule for worker attempts that never ran', () => {
+  it('a missing export or a payload that cannot be sent gives back the quota and the rate units', async () => {
+    const m = new Manager();
+    managers.push(m);
+    m.registerProfile('slow', { rate: { limit: 4, intervalMs: 400_000 }, quota: { limit: 100 }, pool: { filename: TASKS, maxThreads: 1 } });
+    await m.subscribe('u', 'slow');
+    const u = m.getLimiter('u');
+    expect((await rejection(u.submit({ name: 'no-such-export' }, { cost: 2 }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejection(u.submit({ name: 'echo', payload: () => 1 }, { cost: 3 }))).code).toBe('INVALID_ARGUMENT');
+    expect((await m.getSubscription('u'))?.usage).toBe(0);
+    // Every unit is back: the whole burst conforms, and not one more.
+    expect((await u.check(4)).allowed).toBe(true);
+    expect((await u.check(1)).allowed).toBe(false);
+  });
+});

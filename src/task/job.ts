@@ -60,6 +60,8 @@ export class Job {
   period = 0;
   /** Rate units taken for the attempt about to run, until it starts (given back if it never does). */
   taken: RateReceipt | undefined = undefined;
+  /** The running attempt's rate units, until it is known to have begun (a worker attempt that never ran gives them back). */
+  spent: RateReceipt | undefined = undefined;
   /** The profile in force: a profile change reaches a task that waits for its turn or a retry. */
   profile!: Profile;
   /** The metrics of its profile. */

@@ -111,13 +111,16 @@ export class Lifecycle {
     stats.transitions[from * 8 + to]!++;
     if (to === RUNNING) {
       job.started = true;
-      job.taken = undefined; // the attempt began: its rate units are spent
+      // The attempt began: its rate units are spent, unless it never really ran (see unstart).
+      job.spent = job.taken;
+      job.taken = undefined;
     } else if (to >= SUCCEEDED) {
       // The one refund rule: what was charged for work that never started goes back, once.
       if (!job.started && job.quota > 0) this.hooks.refundQuota(job);
       job.quota = 0;
       if (job.taken !== undefined) this.hooks.refundRate(job);
       job.taken = undefined;
+      job.spent = undefined;
     }
     const listener = this.hooks.listener();
     if (listener !== undefined) {
@@ -136,8 +139,13 @@ export class Lifecycle {
     return true;
   }
 
-  /** An attempt that never really ran (no such export, a payload that cannot be sent): quota not spent. */
+  /**
+   * An attempt that never really ran (no such export, a payload that cannot be sent): its rate
+   * units are not spent, nor, when it was the first, the quota. Given back when it ends.
+   */
   unstart(job: Job): void {
-    job.started = false;
+    if (job.attempt === 1) job.started = false;
+    job.taken = job.spent;
+    job.spent = undefined;
   }
 }

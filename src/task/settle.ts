@@ -72,7 +72,7 @@ export class Settler {
     const reason = error.code.toLowerCase();
     if (result.refund) {
       // It never really ran (no such export, a payload that cannot be cloned, no module).
-      if (job.attempt === 1) lifecycle.unstart(job);
+      lifecycle.unstart(job);
       lifecycle.move(job, State.CANCELED, reason);
       this.out.finish(job, false, error, false);
       return;
