@@ -1036,6 +1036,24 @@ describe('dead letters', () => {
     expect((await manager.dlq.list()).length).toBe(25);
   });
 
+  it('an entry put back after a refused replay keeps its retention, counted from its failure', async () => {
+    manager.registerProfile('short', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 1000 } });
+    await manager.subscribe('u', 'short');
+    const failing = manager.getLimiter('u').submit(() => {
+      throw new Error('planned');
+    });
+    expect(await code(failing)).toBe('TASK_FAILED');
+    const [entry] = await manager.dlq.list();
+    now += 700;
+    await manager.cancelSubscription('u');
+    // Refused: the subscription is canceled. The entry is put back, with 300 ms left.
+    expect(await code(manager.dlq.replay(entry!.id))).toBe('SUBSCRIPTION_INACTIVE');
+    expect((await manager.dlq.get(entry!.id))?.id).toBe(entry!.id);
+    now += 301;
+    expect(await manager.dlq.get(entry!.id)).toBeUndefined();
+    expect(await manager.dlq.list()).toEqual([]);
+  });
+
   it('an entry past its profile retention is never returned by get, list or replay, whatever sits before it', async () => {
     manager.registerProfile('long', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 3_600_000 } });
     manager.registerProfile('short', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 1000 } });

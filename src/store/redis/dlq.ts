@@ -49,13 +49,20 @@ export class DeadLetters {
 
   constructor(private readonly ctx: Context) {}
 
-  async add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }): Promise<void> {
+  /**
+   * Stores a letter until `bounds.retentionMs` after its last failure, as the server's clock
+   * counts it from now: a letter put back (a replay that was refused) keeps the time it had left.
+   * `nowMs`: the manager's clock, on which `lastFailedAt` was read.
+   */
+  async add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): Promise<void> {
     if (typeof entry.task === 'function') {
       this.inline.set(entry.id, entry.task);
       if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
     }
     const json = JSON.stringify(serialiseEntry(entry));
-    await this.adds.add(0, { id: entry.id, json, profileName: entry.profileName, maxEntries: bounds.maxEntries, retentionMs: bounds.retentionMs });
+    const age = Math.max(0, nowMs - entry.lastFailedAt.getTime());
+    const retentionMs = Math.max(0, bounds.retentionMs - age);
+    await this.adds.add(0, { id: entry.id, json, profileName: entry.profileName, maxEntries: bounds.maxEntries, retentionMs });
   }
 
   /** One call for many letters: applied together, at most once, or not at all. */

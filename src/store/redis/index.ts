@@ -273,8 +273,8 @@ export class RedisStore implements Store {
     return this.migration.run(previous);
   }
 
-  dlqAdd(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, _nowMs: number): Promise<void> {
-    return this.deadLetters.add(entry, bounds);
+  dlqAdd(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): Promise<void> {
+    return this.deadLetters.add(entry, bounds, nowMs);
   }
 
   dlqList(query: DlqQuery, _nowMs: number): Promise<FailedTask[]> {
