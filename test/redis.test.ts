@@ -464,6 +464,28 @@ describe('dead letters at scale', () => {
     expect(await store.dlqGet(deadLetter(349, 's', T).id, T)).toBeUndefined();
     expect(await store.dlqList({ profileName: 's' }, T)).toEqual([]);
   });
+  it('a list walks past expired entries once: it drops them, and the next list costs what it would with none', async () => {
+    async function listCommands(expired: number): Promise<number[]> {
+      const { store, admin } = storeAtT();
+      now = T - 2000;
+      for (let i = 0; i < expired; i += 500) {
+        await Promise.all(Array.from({ length: Math.min(500, expired - i) }, (_, k) => store.dlqAdd(deadLetter(i + k, 's', now), { maxEntries: 100_000, retentionMs: 1000 }, now)));
+      }
+      now = T;
+      await store.dlqAdd(deadLetter(expired, 'l', T), { maxEntries: 1000, retentionMs: 3_600_000 }, T);
+      const costs: number[] = [];
+      for (let round = 0; round < 2; round++) {
+        const before = await commands(admin);
+        expect((await store.dlqList({ limit: 10 }, T)).map((e) => e.profileName)).toEqual(['l']);
+        costs.push((await commands(admin)) - before);
+      }
+      return costs;
+    }
+    const [first, second] = await listCommands(1000);
+    const [, none] = await listCommands(0);
+    expect(first).toBeGreaterThan(1000);
+    expect(second).toBe(none);
+  });
 });
 
 describe('sharding', () => {

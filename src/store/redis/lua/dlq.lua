@@ -2,8 +2,9 @@
 -- arrival), x (ids by expiry), and per profile p:<name> (ids by arrival, for its bound).
 -- No call's work grows with the number of entries: an add touches its own profile's oldest
 -- entries, a list reads at most `limit` entries (plus those it skips), and expired entries are
--- dropped from the oldest expiry, a bounded number per call; an entry past its expiry is
--- never returned, dropped or not.
+-- dropped from the oldest expiry, a bounded number per call, and by a list as it walks past
+-- them (so that no later list walks past them again); an entry past its expiry is never
+-- returned, dropped or not.
 --
 -- KEYS[1] e, KEYS[2] o, KEYS[3] x, KEYS[4] sequence counter, then for an add the p:<profile>
 --   key of each profile it adds to, and the operation log (see op.lua); for a list of one
@@ -77,7 +78,11 @@ elseif op == 'list' then
     local jsons = redis.call('HMGET', KEYS[1], unpack(ids))
     for i, id in ipairs(ids) do
       local json = jsons[i]
-      if json and not expired(id) and (user == '' or cjson.decode(json).userId == user) then
+      if json and expired(id) then
+        -- Dropped as the list walks past it: no later call walks past it again.
+        drop(id)
+        from = from - 1
+      elseif json and (user == '' or cjson.decode(json).userId == user) then
         table.insert(out, json)
         if #out == limit then
           break
