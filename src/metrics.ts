@@ -30,7 +30,6 @@ export class Buckets {
 /** Why a submission or check was turned away. */
 export type RejectReason =
   | 'invalid_argument'
-  | 'subscription_not_found'
   | 'subscription_inactive'
   | 'subscription_expired'
   | 'subscription_not_started'
@@ -50,7 +49,6 @@ export class ProfileStats {
   /** Rejections by reason (the error code in lower case). */
   readonly rejected: Record<RejectReason, number> = {
     invalid_argument: 0,
-    subscription_not_found: 0,
     subscription_inactive: 0,
     subscription_expired: 0,
     subscription_not_started: 0,

@@ -298,6 +298,8 @@ describe('metrics', () => {
     expect(rejected('q', 'rate_limited')).toBe(1);
     const all = s.filter((x) => x.name === 'taskvalve_tasks_rejected_total');
     expect(all.reduce((sum, x) => sum + x.value, 0)).toBe(9);
+    // An unknown user has no profile to label: no series says it is counted.
+    expect(all.filter((x) => x.labels.reason === 'subscription_not_found')).toEqual([]);
   });
 
   it('lists every series, with HELP and TYPE, before any task ran', async () => {
