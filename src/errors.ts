@@ -123,6 +123,20 @@ export function show(value: unknown): string {
   }
 }
 
+/**
+ * A property of something a task threw, as text, read without trusting it: a getter that
+ * throws, a Symbol or any other non-string gives `fallback` (a non-string described).
+ */
+export function textOf(read: () => unknown, fallback: string): string {
+  try {
+    const value = read();
+    if (typeof value === 'string') return value;
+    return value === undefined ? fallback : show(value);
+  } catch {
+    return fallback;
+  }
+}
+
 /** Why a worker module cannot be TypeScript, in the words errors use. */
 export const JAVASCRIPT_ONLY = 'a worker module must be JavaScript that Node runs as it is (compile TypeScript first)';
 
@@ -198,7 +212,7 @@ export function taskTimeout(timeoutMs: number): TaskvalveError {
 export function taskFailed(cause: Error, retryable?: boolean): TaskvalveError {
   return new TaskvalveError(
     ErrorCode.TASK_FAILED,
-    `task failed: ${cause.message}`,
+    `task failed: ${textOf(() => cause.message, 'an error whose message cannot be read')}`,
     retryable === undefined ? { cause } : { cause, retryable },
   );
 }

@@ -273,6 +273,38 @@ describe('events, dead letters and close', () => {
     expect(events.filter((e) => e.id === 'bad').at(-1)).toEqual({ id: 'bad', userId: 'u', profileName: 'p', from: 'RUNNING', to: 'FAILED', attempt: 1, reason: 'task_failed' });
   });
 
+  it('an error whose message, name or stack cannot be read (a Symbol, a getter that throws) fails its caller TASK_FAILED and is dead-lettered, described', async () => {
+    const m = await setup();
+    const letters: FailedTask[] = [];
+    m.on('dead-letter', (entry) => letters.push(entry));
+    const hostile = (field: 'message' | 'name' | 'stack', how: 'symbol' | 'getter'): Error => {
+      const error = new Error('readable');
+      Object.defineProperty(error, field, how === 'symbol' ? { value: Symbol('s') } : { get: () => { throw new Error(`${field} getter`); } });
+      return error;
+    };
+    const cases = [['message', 'symbol'], ['message', 'getter'], ['name', 'symbol'], ['name', 'getter'], ['stack', 'getter']] as const;
+    for (const [field, how] of cases) {
+      // Thrown at once, and as a rejection.
+      for (const fn of [() => { throw hostile(field, how); }, () => Promise.reject(hostile(field, how))]) {
+        const error = await rejection(m.getLimiter('u').submit(fn));
+        expect(error.code, `${field} ${how}`).toBe('TASK_FAILED');
+        expect(typeof error.message).toBe('string');
+      }
+    }
+    await Promise.resolve();
+    expect(letters).toHaveLength(10);
+    const described = letters.map((l) => [l.error.name, l.error.message]);
+    expect(described.filter((_, i) => i % 2 === 0)).toEqual([
+      ['Error', 'Symbol(s)'],
+      ['Error', 'an error whose message cannot be read'],
+      ['Symbol(s)', 'readable'],
+      ['Error', 'readable'],
+      ['Error', 'readable'],
+    ]);
+    expect(letters[8]?.error.stack).toBeUndefined();
+    expect(await scrape(m, 'taskvalve_tasks_running', { profile: 'p' })).toBe(0);
+  });
+
   it('a dead letter of an error without a stack has no stack field', async () => {
     const m = await setup();
     const letters: FailedTask[] = [];

@@ -89,6 +89,17 @@ describe('worker tasks: results and errors', () => {
     expect(cause.detail).toEqual({ amount: 5, currency: 'EUR' });
   });
 
+  it('an Error whose message, name, stack, code or cause cannot be read is TASK_FAILED (the thread did not die), described', async () => {
+    const m = await setup();
+    for (const field of ['message', 'name', 'stack', 'code', 'cause']) {
+      const err = await rejection(m.getLimiter('u').submit({ name: 'throwUnreadable', payload: { field } }));
+      expect(err.code, field).toBe('TASK_FAILED');
+      const cause = err.cause as Rebuilt;
+      expect(cause.message, field).toBe(field === 'message' ? 'an error whose message cannot be read' : 'readable');
+      expect(cause.name, field).toBe('Error');
+    }
+  });
+
   it('a thrown non-Error (a string) is TASK_FAILED with an Error wrapping it as its cause', async () => {
     const m = await setup();
     const err = await rejection(m.getLimiter('u').submit({ name: 'throwString' }));

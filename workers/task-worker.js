@@ -20,8 +20,33 @@ function cloneable(value) {
   }
 }
 
-/** Turns anything thrown into a plain, cloneable object that describes it. */
+/** `get()`, or undefined when it throws. */
+function read(get) {
+  try {
+    return get();
+  } catch {
+    return undefined;
+  }
+}
+
+/** `get()` as text: a string as it is, anything else but undefined converted, else `fallback`. */
+function text(get, fallback) {
+  const value = read(get);
+  if (typeof value === 'string') return value;
+  if (value === undefined) return fallback;
+  return read(() => String(value)) ?? fallback;
+}
+
+/** Turns anything thrown into a plain, cloneable object that describes it. Never throws. */
 function serialise(err, depth = 0) {
+  try {
+    return describeThrown(err, depth);
+  } catch {
+    return { name: 'Error', message: 'the task failed with a value that cannot be described', nonError: true };
+  }
+}
+
+function describeThrown(err, depth) {
   if (!(err instanceof Error)) {
     let message;
     try {
@@ -33,10 +58,15 @@ function serialise(err, depth = 0) {
     if (cloneable(err)) out.value = err;
     return out;
   }
-  const out = { name: String(err.name), message: String(err.message), stack: err.stack };
-  if (err.code !== undefined && cloneable(err.code)) out.code = err.code;
+  // Every read may throw (a getter, a Proxy): what cannot be read is described or left out.
+  const out = { name: text(() => err.name, 'Error'), message: text(() => err.message, 'an error whose message cannot be read') };
+  const stack = read(() => err.stack);
+  if (typeof stack === 'string') out.stack = stack;
+  const code = read(() => err.code);
+  if (code !== undefined && cloneable(code)) out.code = code;
   // `cause` is non-enumerable when set via `new Error(msg, { cause })`: keep a few levels of it.
-  if (err.cause !== undefined && depth < 3) out.cause = serialise(err.cause, depth + 1);
+  const cause = read(() => err.cause);
+  if (cause !== undefined && depth < 3) out.cause = serialise(cause, depth + 1);
   for (const key of Object.keys(err)) {
     if (key in out) continue;
     try {

@@ -4,7 +4,7 @@
  * dead-lettered, and the caller's rejection waits until the dead letter is stored.
  */
 import { randomUUID } from 'node:crypto';
-import { ErrorCode, TaskvalveError } from '../errors.js';
+import { ErrorCode, TaskvalveError, show, textOf } from '../errors.js';
 import type { RunResult } from '../exec/pool.js';
 import { backoffMs, isRetryable } from '../exec/retry.js';
 import type { Metrics, Outcome } from '../metrics.js';
@@ -25,6 +25,25 @@ function noted(error: TaskvalveError, note: string): TaskvalveError {
     cause: error.cause,
     ...(error.retryable === undefined ? {} : { retryable: error.retryable }),
   });
+}
+
+/**
+ * A failure as its dead letter keeps it: the code, and the name, message and stack of what the
+ * task threw, read without trusting it (a getter that throws, a Symbol: described, never thrown).
+ */
+function describe(code: ErrorCode, cause: Error): FailedTask['error'] {
+  const out: FailedTask['error'] = {
+    code,
+    name: textOf(() => cause.name, 'Error'),
+    message: textOf(() => cause.message, 'an error whose message cannot be read'),
+  };
+  try {
+    const stack: unknown = cause.stack;
+    if (typeof stack === 'string') out.stack = stack;
+  } catch {
+    // A stack that cannot be read is left out.
+  }
+  return out;
 }
 
 /** Where settled tasks go. */
@@ -112,7 +131,7 @@ export class Settler {
       profileName: job.profile.name,
       task: job.task,
       cost: job.cost,
-      error: { code: error.code, name: cause.name, message: cause.message, ...(cause.stack === undefined ? {} : { stack: cause.stack }) },
+      error: describe(error.code, cause),
       attempts: job.attempt,
       firstFailedAt: new Date(job.firstFailedAt),
       lastFailedAt: new Date(now),
@@ -126,7 +145,7 @@ export class Settler {
     // never keeps it later: the RedisStore takes back a letter whose call was in doubt).
     const lost = (storeError: unknown): void => {
       fault(storeError);
-      const why = storeError instanceof Error ? storeError.message : String(storeError);
+      const why = storeError instanceof Error ? textOf(() => storeError.message, 'an error whose message cannot be read') : show(storeError);
       this.out.finish(job, false, noted(error, `its dead letter was not stored: ${why}`), true);
     };
     try {
