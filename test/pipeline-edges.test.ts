@@ -395,6 +395,25 @@ describe('close()', () => {
     expect(closing.value).toEqual({ completed: 2, rejected: 0, abandoned: 0 });
   });
 
+  it('with drain, an admission still in flight at the timeout never runs: SHUTTING_DOWN when the store answers, its charge returned', async () => {
+    const { store, door, hold } = heldAdmissions();
+    const m = make(store);
+    m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 10 } });
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    hold(true);
+    let ran = 0;
+    const late = track(u.submit(() => ran++));
+    const closing = track(m.close({ drain: true, timeoutMs: 50 }));
+    await vi.advanceTimersByTimeAsync(50);
+    expect(closing.value).toEqual({ completed: 0, rejected: 0, abandoned: 0 });
+    door.open();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(ran).toBe(0);
+    expect(late.error?.code).toBe('SHUTTING_DOWN');
+    expect((await store.getSubscription('u', Date.now()))?.usage).toBe(0);
+  });
+
   it('after an asynchronous admission that failed, resolves at once: nothing is in flight', async () => {
     const { store, fail } = heldAdmissions();
     const m = make(store);

@@ -567,6 +567,9 @@ export class Pipeline {
       timer?.cancel();
       this.drained = undefined;
     }
+    // Past the drain (or its timeout) nothing new starts: an admission the store answers from
+    // now on is SHUTTING_DOWN, and its charge goes back.
+    this.draining = false;
     for (const job of this.live.snapshot()) {
       if (job.state === State.RUNNING) {
         report.abandoned++;
@@ -585,6 +588,8 @@ export class Pipeline {
       // Stryker disable next-line OptionalChaining: the promise's executor runs at once, so the timer is set
       timer?.cancel();
     }
+    // The report is what close() saw: an admission the store answers later (SHUTTING_DOWN) is not in it.
+    this.report = undefined;
     return report;
   }
 
