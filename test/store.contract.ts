@@ -1036,6 +1036,22 @@ describe('dead letters', () => {
     expect((await manager.dlq.list()).length).toBe(25);
   });
 
+  it('an entry put back after a refused replay is listed once, and one remove takes it away', async () => {
+    manager.registerProfile('one', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1 } });
+    await manager.subscribe('u', 'one');
+    const failing = manager.getLimiter('u').submit(() => {
+      throw new Error('planned');
+    });
+    expect(await code(failing)).toBe('TASK_FAILED');
+    const [entry] = await manager.dlq.list();
+    // The quota is spent: the replay is refused and the entry put back.
+    expect(await code(manager.dlq.replay(entry!.id))).toBe('QUOTA_EXCEEDED');
+    expect((await manager.dlq.list()).map((e) => e.id)).toEqual([entry!.id]);
+    expect((await manager.dlq.list({ profileName: 'one' })).map((e) => e.id)).toEqual([entry!.id]);
+    expect(await manager.dlq.remove(entry!.id)).toBe(true);
+    expect(await manager.dlq.list()).toEqual([]);
+  });
+
   it('an entry put back after a refused replay keeps its retention, counted from its failure', async () => {
     manager.registerProfile('short', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 1000 } });
     await manager.subscribe('u', 'short');

@@ -3,9 +3,10 @@
  * with 100,000 entries as with 100: entries sit in a Map by id, their ids in arrival order
  * globally and per profile (queues that only grow at the back and shrink at the front), with a
  * count per profile. Bounds and retention remove from the oldest end of the entry's profile; an
- * entry past its retention is never returned (each read checks it). Ids of removed entries
- * stay in the queues until they reach the front, and the queues are rebuilt when such ids
- * outnumber the live ones.
+ * entry past its retention is never returned (each read checks it). The queues hold the letters
+ * themselves: a removed letter stays in them until it reaches the front (the queues are rebuilt
+ * when such letters outnumber the live ones), and a letter put back (a refused replay) is a new
+ * one, so the place of the old one is never taken for it.
  */
 import { Deque } from '../util/deque.js';
 import type { DlqQuery, FailedTask } from './store.js';
@@ -16,34 +17,37 @@ interface Letter {
   expiresAt: number;
 }
 
-/** One profile's entries: ids oldest first (some possibly removed), and how many are live. */
+/** One profile's entries: its letters oldest first (some possibly removed), and how many are live. */
 interface ProfileLetters {
-  ids: Deque<string>;
+  ids: Deque<Letter>;
   count: number;
 }
 
-/** Ids of removed entries a queue may hold beyond its live ones before it is rebuilt. */
+/** Removed letters a queue may hold beyond its live ones before it is rebuilt. */
 const SLACK = 1024;
 
 /** The MemoryStore's dead letters, bounded per profile, by retention and by a cap on them all. */
 export class DeadLetters {
   private readonly letters = new Map<string, Letter>();
-  private order = new Deque<string>();
+  private order = new Deque<Letter>();
   private readonly profiles = new Map<string, ProfileLetters>();
 
   /** @param cap Entries kept at most across all profiles (the oldest go first). */
   constructor(private readonly cap: number) {}
 
   add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): void {
+    // An entry added again (put back after a refused replay) replaces its earlier letter.
+    this.delete(entry.id);
     const profile = this.profileOf(entry.profileName);
-    this.letters.set(entry.id, { entry, expiresAt: entry.lastFailedAt.getTime() + bounds.retentionMs });
-    this.order.push(entry.id);
-    profile.ids.push(entry.id);
+    const letter: Letter = { entry, expiresAt: entry.lastFailedAt.getTime() + bounds.retentionMs };
+    this.letters.set(entry.id, letter);
+    this.order.push(letter);
+    profile.ids.push(letter);
     profile.count++;
     // Retention, then the profile's bound, then the store's: always from the oldest end.
-    for (let id = this.front(profile.ids); id !== undefined && (this.letters.get(id) as Letter).expiresAt <= nowMs; id = this.front(profile.ids)) this.delete(id);
-    while (profile.count > bounds.maxEntries) this.delete(this.front(profile.ids) as string);
-    while (this.letters.size > this.cap) this.delete(this.front(this.order) as string);
+    for (let l = this.front(profile.ids); l !== undefined && l.expiresAt <= nowMs; l = this.front(profile.ids)) this.delete(l.entry.id);
+    while (profile.count > bounds.maxEntries) this.delete((this.front(profile.ids) as Letter).entry.id);
+    while (this.letters.size > this.cap) this.delete((this.front(this.order) as Letter).entry.id);
     this.compact(profile);
   }
 
@@ -55,11 +59,10 @@ export class DeadLetters {
     const ids = query.profileName === undefined ? this.order : this.profiles.get(query.profileName)?.ids;
     if (ids === undefined) return out;
     const expired: string[] = [];
-    for (const id of ids) {
-      const letter = this.letters.get(id);
-      if (letter === undefined) continue;
+    for (const letter of ids) {
+      if (!this.live(letter)) continue;
       if (letter.expiresAt <= nowMs) {
-        expired.push(id);
+        expired.push(letter.entry.id);
         continue;
       }
       if (query.userId !== undefined && letter.entry.userId !== query.userId) continue;
@@ -89,20 +92,25 @@ export class DeadLetters {
   private profileOf(name: string): ProfileLetters {
     let profile = this.profiles.get(name);
     if (profile === undefined) {
-      profile = { ids: new Deque<string>(), count: 0 };
+      profile = { ids: new Deque<Letter>(), count: 0 };
       this.profiles.set(name, profile);
     }
     return profile;
   }
 
-  /** The oldest live id of a queue, dropping removed ones from its front. */
-  private front(ids: Deque<string>): string | undefined {
-    let id = ids.peek();
-    while (id !== undefined && !this.letters.has(id)) {
+  /** Whether a letter of a queue is the one stored now under its id (not removed, not replaced). */
+  private live(letter: Letter): boolean {
+    return this.letters.get(letter.entry.id) === letter;
+  }
+
+  /** The oldest live letter of a queue, dropping removed ones from its front. */
+  private front(ids: Deque<Letter>): Letter | undefined {
+    let letter = ids.peek();
+    while (letter !== undefined && !this.live(letter)) {
       ids.shift();
-      id = ids.peek();
+      letter = ids.peek();
     }
-    return id;
+    return letter;
   }
 
   private delete(id: string): void {
@@ -116,9 +124,9 @@ export class DeadLetters {
 
   /** Rebuilds queues whose removed ids outnumber their live ones (amortised O(1) per add). */
   private compact(profile: ProfileLetters): void {
-    const live = (ids: Deque<string>): Deque<string> => {
-      const kept = new Deque<string>();
-      for (const id of ids) if (this.letters.has(id)) kept.push(id);
+    const live = (ids: Deque<Letter>): Deque<Letter> => {
+      const kept = new Deque<Letter>();
+      for (const letter of ids) if (this.live(letter)) kept.push(letter);
       return kept;
     };
     if (this.order.length > 2 * this.letters.size + SLACK) this.order = live(this.order);
