@@ -227,13 +227,17 @@ export class Manager extends EventEmitter {
     if (typeof prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) {
       throw invalidConfig('Manager', 'metricsPrefix', prefix, 'a valid Prometheus metric name prefix');
     }
-    const endedRetentionMs = options.endedRetentionMs ?? DEFAULT_ENDED_RETENTION_MS;
+    const endedRetentionMs = options.endedRetentionMs === undefined ? DEFAULT_ENDED_RETENTION_MS : options.endedRetentionMs;
     if (!Number.isSafeInteger(endedRetentionMs) || endedRetentionMs < 0) {
       throw invalidConfig('Manager', 'endedRetentionMs', endedRetentionMs, 'a non-negative integer (ms)');
     }
     this.store = options.store ?? new MemoryStore();
     this.clock = options.clock ?? Date.now;
-    this.logger = options.logger ?? SILENT;
+    const logger = options.logger === undefined ? SILENT : options.logger;
+    if (logger === null || typeof logger !== 'object' || !(['info', 'warn', 'error'] as const).every((level) => typeof logger[level] === 'function')) {
+      throw invalidConfig('Manager', 'logger', logger, 'an object with info, warn and error functions (pino-compatible)');
+    }
+    this.logger = logger;
     this.registry = options.registry ?? new Registry();
     this.metrics = new Metrics(this.registry, prefix);
     this.store.attach({
@@ -241,7 +245,7 @@ export class Manager extends EventEmitter {
       expired: (userId, profileName) => this.tell(userId, profileName, 'expired', undefined, true),
       fault: (error) => this.fault(error),
       warn: (message, error) => {
-        this.logger.warn({ err: error }, message);
+        this.log('warn', error, message);
         this.fault(error);
       },
       onUnavailable: policy,
@@ -302,7 +306,7 @@ export class Manager extends EventEmitter {
       try {
         listener.call(this, payload);
       } catch (error) {
-        if (event === 'error') this.logger.error({ err: error }, 'taskvalve: an error listener threw');
+        if (event === 'error') this.log('error', error, 'taskvalve: an error listener threw');
         else this.fault(error);
       }
     }
@@ -519,7 +523,16 @@ export class Manager extends EventEmitter {
   /** A fault with no caller: the 'error' event if someone listens, else the logger. */
   private fault(error: unknown): void {
     if (this.listenerCount('error') > 0) this.notify('error', error instanceof Error ? error : new Error(show(error), { cause: error }));
-    else this.logger.error({ err: error }, 'taskvalve: fault with no caller');
+    else this.log('error', error, 'taskvalve: fault with no caller');
+  }
+
+  /** Writes to the logger; a logger that throws has nowhere to report to, and is never let crash the process. */
+  private log(level: 'warn' | 'error', error: unknown, message: string): void {
+    try {
+      this.logger[level]({ err: error }, message);
+    } catch {
+      // The logger failed: nothing more can be told.
+    }
   }
 
   /**

@@ -115,6 +115,34 @@ describe('registerProfile', () => {
     expect(thrown(() => new Manager({ store: {} as never })).code).toBe('INVALID_CONFIG');
     expect(thrown(() => new Manager({ metricsPrefix: '9bad' })).code).toBe('INVALID_CONFIG');
     expect(thrown(() => new Manager({ clock: 5 as never })).code).toBe('INVALID_CONFIG');
+    expect(thrown(() => new Manager({ endedRetentionMs: null as never })).code).toBe('INVALID_CONFIG');
+    for (const logger of [{}, 5, null, { info() {}, warn() {} }]) {
+      const err = thrown(() => new Manager({ logger: logger as never }));
+      expect(err.code).toBe('INVALID_CONFIG');
+      expect(err.message).toContain('logger');
+    }
+  });
+
+  it('a logger that throws never crashes the process: the fault it was told of is dropped', async () => {
+    const told: string[] = [];
+    const logger = {
+      info() {},
+      warn() {},
+      error(_: unknown, message?: string) {
+        told.push(message ?? '');
+        throw new Error('the logger is broken');
+      },
+    };
+    const m = new Manager({ logger });
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    await m.subscribe('u', 'p');
+    // A task listener that throws is a fault with no caller: with no 'error' listener it goes to the logger.
+    m.on('task', () => {
+      throw new Error('listener broke');
+    });
+    expect(await m.getLimiter('u').submit(() => 'ran')).toBe('ran');
+    expect(told.length).toBeGreaterThan(0);
+    await m.close();
   });
 });
 
