@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Manager, TaskvalveError, type Store, type SubscriptionEvent, type TaskEvent } from '../src/index.js';
 import { SlotModel } from './support/model-slots.js';
 import { eventually } from './helpers.js';
+import { deadLetter } from './support/dead-letters.js';
 import vectors from './vectors/gcra.json' with { type: 'json' };
 
 /** How the contract gets a store. */
@@ -1034,6 +1035,15 @@ describe('dead letters', () => {
     expect(b.map((e) => e.error.message).sort()).toEqual(Array.from({ length: 20 }, (_, k) => `m${2 * k + 1}`).sort());
     expect(new Set([...a, ...b].map((e) => e.id)).size).toBe(25);
     expect((await manager.dlq.list()).length).toBe(25);
+  });
+
+  it("a worker task's dead letter keeps its payload as the worker received it (structured clone: Dates, Maps, typed arrays, BigInts, NaN)", async () => {
+    const payload = { at: new Date(5), map: new Map([['a', 1]]), set: new Set(['x']), bytes: new Uint8Array([1, 2, 3]), big: 10n, nan: Number.NaN, low: -Infinity, nested: { list: [1, 'two'] } };
+    const entry = { ...deadLetter(1, 'basic', now), task: { name: 'job', payload } };
+    await store.dlqAdd(entry, { maxEntries: 10, retentionMs: 60_000 }, now);
+    const [listed] = await manager.dlq.list();
+    expect(listed?.task).toEqual({ name: 'job', payload });
+    expect((await manager.dlq.get(entry.id))?.task).toEqual({ name: 'job', payload });
   });
 
   it('an entry put back after a refused replay is listed once, and one remove takes it away', async () => {

@@ -4,6 +4,7 @@
  * while an add is in flight go together in the next call (gather.ts): one round trip and one
  * script run for many letters under load.
  */
+import { deserialize, serialize } from 'node:v8';
 import type { DlqQuery, FailedTask } from '../store.js';
 import { notThisCall, type Reply } from './calls.js';
 import type { Context } from './context.js';
@@ -22,11 +23,33 @@ interface Letter {
 /** Inline dead letters whose function this process keeps for replay. */
 const MAX_INLINE = 10_000;
 
-/** A dead letter as JSON. */
+/**
+ * A dead letter as JSON. A named task's payload is kept as V8 serializes it (`v8`, base64: what
+ * structured cloning keeps, as a worker thread received it: Dates, Maps, typed arrays, BigInts),
+ * else, for a payload V8 cannot serialize (a SharedArrayBuffer), as JSON (`payload`).
+ */
 interface StoredEntry extends Omit<FailedTask, 'task' | 'firstFailedAt' | 'lastFailedAt'> {
-  task: { inline?: boolean; description?: string; name?: string; payload?: unknown };
+  task: { inline?: boolean; description?: string; name?: string; payload?: unknown; v8?: string };
   firstFailedAt: number;
   lastFailedAt: number;
+}
+
+/** A named task's payload as a letter keeps it (see StoredEntry). */
+function storedPayload(payload: unknown): { v8: string } | { payload: unknown } {
+  try {
+    return { v8: serialize(payload).toString('base64') };
+  } catch {
+    return { payload };
+  }
+}
+
+/** A payload kept by V8; undefined when this Node cannot read it (written by a newer one, or damaged). */
+function restorePayload(v8: string): unknown {
+  try {
+    return deserialize(Buffer.from(v8, 'base64'));
+  } catch {
+    return undefined;
+  }
 }
 
 function serialiseEntry(entry: FailedTask): StoredEntry {
@@ -36,7 +59,7 @@ function serialiseEntry(entry: FailedTask): StoredEntry {
       ? { inline: true, description: t.name ? `function ${t.name}` : 'an anonymous function' }
       : 'inline' in t
         ? { inline: true, description: t.description }
-        : { name: t.name, payload: t.payload };
+        : { name: t.name, ...storedPayload(t.payload) };
   return { ...entry, task, firstFailedAt: entry.firstFailedAt.getTime(), lastFailedAt: entry.lastFailedAt.getTime() };
 }
 
@@ -126,7 +149,7 @@ export class DeadLetters {
     const fn = this.inline.get(stored.id);
     return {
       ...rest,
-      task: fn ?? (task.inline ? { inline: true, description: task.description ?? 'a function' } : { name: task.name as string, payload: task.payload }),
+      task: fn ?? (task.inline ? { inline: true, description: task.description ?? 'a function' } : { name: task.name as string, payload: task.v8 === undefined ? task.payload : restorePayload(task.v8) }),
       firstFailedAt: new Date(firstFailedAt),
       lastFailedAt: new Date(lastFailedAt),
     };
