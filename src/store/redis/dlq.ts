@@ -26,7 +26,7 @@ const MAX_INLINE = 10_000;
 /**
  * A dead letter as JSON. A named task's payload is kept as V8 serializes it (`v8`, base64: what
  * structured cloning keeps, as a worker thread received it: Dates, Maps, typed arrays, BigInts),
- * else, for a payload V8 cannot serialize (a SharedArrayBuffer), as JSON (`payload`).
+ * else, for a payload V8 cannot serialize (none that a worker thread accepts), as JSON (`payload`).
  */
 interface StoredEntry extends Omit<FailedTask, 'task' | 'firstFailedAt' | 'lastFailedAt'> {
   task: { inline?: boolean; description?: string; name?: string; payload?: unknown; v8?: string };
