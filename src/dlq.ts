@@ -1,6 +1,6 @@
 /** The dead-letter queue as users see it: list, get, remove, and replay exactly once. */
 import { invalidArgument, show, unknownOptions } from './errors.js';
-import { unknownKeys } from './util/options.js';
+import { readOptions } from './util/options.js';
 import type { DlqQuery, FailedTask, Store } from './store/store.js';
 
 const LIST_OPTIONS = ['limit', 'userId', 'profileName'] as const;
@@ -38,8 +38,9 @@ export class DeadLetterQueue {
   list(query: DlqQuery = {}): Promise<FailedTask[]> {
     return attempt(() => {
       if (query === null || typeof query !== 'object') throw invalidArgument(`dlq.list options must be an object, got ${show(query)}`);
-      const unknown = unknownKeys(query, LIST_OPTIONS);
-      if (unknown.length > 0) throw unknownOptions('dlq.list', unknown, LIST_OPTIONS);
+      const read = readOptions(query, LIST_OPTIONS, (error) => invalidArgument(`dlq.list options could not be read: ${show(error)}`, error));
+      if (read.unknown.length > 0) throw unknownOptions('dlq.list', read.unknown, LIST_OPTIONS);
+      query = read.values;
       if (query.limit !== undefined && (typeof query.limit !== 'number' || !Number.isSafeInteger(query.limit) || query.limit < 0)) {
         throw invalidArgument(`limit must be an integer >= 0, got ${show(query.limit)}`);
       }

@@ -109,6 +109,7 @@ export function show(value: unknown): string {
     if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`;
     if (typeof value === 'bigint') return `${value}n`;
     if (value === null || typeof value !== 'object') return String(value);
+    if (value instanceof Date) return Number.isNaN(value.getTime()) ? 'an invalid Date' : value.toISOString();
     // An error says what it is in its message (as JSON it is `{}`).
     if (value instanceof Error) {
       const text = `${value.name}: ${value.message}`;

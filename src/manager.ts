@@ -2,6 +2,8 @@
 import { EventEmitter } from 'node:events';
 import { Registry } from 'prom-client';
 import {
+  ErrorCode,
+  TaskvalveError,
   invalidArgument,
   invalidConfig,
   profileExists,
@@ -12,7 +14,7 @@ import {
   subscriptionNotFound,
   unknownOptions,
 } from './errors.js';
-import { rejectUnknownOptions, unknownKeys } from './util/options.js';
+import { readOptions, rejectUnknownOptions, unknownKeys } from './util/options.js';
 import { DeadLetterQueue } from './dlq.js';
 import { Limiter } from './limiter.js';
 import { Metrics } from './metrics.js';
@@ -151,7 +153,12 @@ function checkInt(name: string, value: unknown, min: number): number {
 const MAX_DATE_MS = 8.64e15;
 
 function time(name: string, value: unknown): number {
-  const ms = value instanceof Date ? value.getTime() : value;
+  let ms: unknown;
+  try {
+    ms = value instanceof Date ? value.getTime() : value;
+  } catch (error) {
+    throw invalidArgument(`${name} could not be read: ${show(error)}`, error);
+  }
   if (typeof ms !== 'number' || !Number.isFinite(ms) || Math.abs(ms) > MAX_DATE_MS) {
     throw invalidArgument(`${name} must be a valid Date or a number of ms within what a Date holds (±${MAX_DATE_MS}), got ${show(value)}`);
   }
@@ -171,8 +178,8 @@ function closeOptions(options: CloseOptions): { drain: boolean; timeoutMs: numbe
   let unknown: string[];
   try {
     unknown = unknownKeys(options, CLOSE_OPTIONS);
-    drain = options.drain ?? true;
-    timeoutMs = options.timeoutMs ?? 30_000;
+    drain = options.drain === undefined ? true : options.drain;
+    timeoutMs = options.timeoutMs === undefined ? 30_000 : options.timeoutMs;
   } catch (error) {
     throw invalidArgument(`close options could not be read: ${show(error)}`, error);
   }
@@ -211,7 +218,9 @@ export class Manager extends EventEmitter {
   constructor(options: ManagerOptions = {}) {
     super();
     if (options === null || typeof options !== 'object') throw invalidConfig('Manager', 'options', options, 'an object');
+    const read = readOptions(options, MANAGER_OPTIONS, (error) => new TaskvalveError(ErrorCode.INVALID_CONFIG, `Manager options could not be read: ${show(error)}`, { cause: error }));
     rejectUnknownOptions('Manager', options, MANAGER_OPTIONS);
+    options = read.values;
     const policy = options.onStoreUnavailable ?? 'fail-closed';
     if (!['fail-closed', 'fail-open', 'local'].includes(policy)) {
       throw invalidConfig('Manager', 'onStoreUnavailable', policy, "'fail-closed', 'fail-open' or 'local'");
@@ -331,7 +340,13 @@ export class Manager extends EventEmitter {
   registerProfile(name: string, config: ProfileConfig): void {
     if (typeof name !== 'string' || name.length === 0) throw invalidConfig('registerProfile', 'name', name, 'a non-empty string');
     if (this.profiles.has(name)) throw profileExists(name);
-    const profile = resolveProfile(name, config);
+    let profile: Profile;
+    try {
+      profile = resolveProfile(name, config);
+    } catch (error) {
+      if (error instanceof TaskvalveError) throw error;
+      throw new TaskvalveError(ErrorCode.INVALID_CONFIG, `profile ${show(name)}: its config could not be read: ${show(error)}`, { cause: error });
+    }
     if (profile.shared !== undefined) {
       for (const other of this.profiles.values()) {
         if (other.shared === profile.shared && !sameBucket(other, profile)) {
@@ -376,8 +391,9 @@ export class Manager extends EventEmitter {
       checkUserId(userId);
       const profile = this.profile(profileName);
       if (options === null || typeof options !== 'object') throw invalidArgument(`subscribe options must be an object, got ${show(options)}`);
-      const unknown = unknownKeys(options, SUBSCRIBE_OPTIONS);
-      if (unknown.length > 0) throw unknownOptions('subscribe', unknown, SUBSCRIBE_OPTIONS);
+      const read = readOptions(options, SUBSCRIBE_OPTIONS, (error) => invalidArgument(`subscribe options could not be read: ${show(error)}`, error));
+      if (read.unknown.length > 0) throw unknownOptions('subscribe', read.unknown, SUBSCRIBE_OPTIONS);
+      options = read.values;
       const startsAt = options.startsAt === undefined ? undefined : time('startsAt', options.startsAt);
       if (options.durationMs !== undefined && options.endsAt !== undefined) throw invalidArgument('give durationMs or endsAt, not both');
       const durationMs = options.durationMs === undefined ? undefined : checkInt('durationMs', options.durationMs, 1);

@@ -123,6 +123,28 @@ describe('registerProfile', () => {
     }
   });
 
+  it('options whose getters throw are a TaskvalveError with a code, never the getter\'s own error', async () => {
+    const hostile = <T extends object>(key: string, base: T = {} as T): T =>
+      Object.defineProperty({ ...base }, key, {
+        enumerable: true,
+        get() {
+          throw new Error(`${key} getter`);
+        },
+      });
+    expect(thrown(() => new Manager(hostile('store'))).code).toBe('INVALID_CONFIG');
+    const m = new Manager();
+    expect(thrown(() => m.registerProfile('p', hostile('rate'))).code).toBe('INVALID_CONFIG');
+    m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+    expect((await rejected(m.subscribe('u', 'p', hostile('quota')))).code).toBe('INVALID_ARGUMENT');
+    const date = new Date(0);
+    date.getTime = () => {
+      throw new Error('getTime');
+    };
+    expect((await rejected(m.subscribe('u', 'p', { startsAt: date }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(m.dlq.list(hostile('limit')))).code).toBe('INVALID_ARGUMENT');
+    await m.close();
+  });
+
   it('a logger that throws never crashes the process: the fault it was told of is dropped', async () => {
     const told: string[] = [];
     const logger = {
@@ -244,7 +266,19 @@ describe('call arguments', () => {
   it('close arguments are checked', async () => {
     const other = new Manager();
     expect((await rejected(other.close({ timeoutMs: -1 }))).code).toBe('INVALID_ARGUMENT');
+    // null is a value, not "not given": it is refused, not taken for the default.
+    expect((await rejected(other.close({ timeoutMs: null as never }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(other.close({ drain: null as never }))).code).toBe('INVALID_ARGUMENT');
     await other.close();
+  });
+
+  it('null for a submit option is refused, not taken for the default; an invalid Date is named as such', async () => {
+    const limiter = manager.getLimiter('u');
+    expect((await rejected(limiter.submit(() => 1, { cost: null as never }))).code).toBe('INVALID_ARGUMENT');
+    expect((await rejected(limiter.submit(() => 1, { priority: null as never }))).code).toBe('INVALID_ARGUMENT');
+    const err = await rejected(manager.subscribe('v', 'p', { startsAt: new Date(Number.NaN) }));
+    expect(err.code).toBe('INVALID_ARGUMENT');
+    expect(err.message).toContain('got an invalid Date');
   });
 });
 

@@ -142,13 +142,13 @@ export function parseSubmit(task: unknown, options: unknown): Submission | Taskv
   const o = options as SubmitOptions;
   const unknown = unknownKeys(o, SUBMIT_OPTIONS);
   if (unknown.length > 0) return unknownOptions('submit', unknown, SUBMIT_OPTIONS);
-  const cost = o.cost ?? 1;
+  const cost = o.cost === undefined ? 1 : o.cost;
   if (!isCount(cost)) return invalidArgument(`cost must be a positive integer, got ${show(cost)}`);
   const signal = o.signal;
   if (signal !== undefined && !(signal instanceof AbortSignal)) return invalidArgument(`signal must be an AbortSignal, got ${show(signal)}`);
   if (o.timeoutMs !== undefined && !isCount(o.timeoutMs)) return invalidArgument(`timeoutMs must be a positive integer, got ${show(o.timeoutMs)}`);
   if (o.wait !== undefined && typeof o.wait !== 'boolean') return invalidArgument(`wait must be a boolean, got ${show(o.wait)}`);
-  const priority = o.priority ?? 0;
+  const priority = o.priority === undefined ? 0 : o.priority;
   // Stryker disable next-line ConditionalExpression: Number.isFinite is false for every non-number, so the typeof test alone never decides
   if (typeof priority !== 'number' || !Number.isFinite(priority)) return invalidArgument(`priority must be a finite number, got ${show(priority)}`);
   const taskId = o.taskId;
