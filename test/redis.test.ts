@@ -453,6 +453,22 @@ describe('dead letters at scale', () => {
     expect(await work(10_000)).toEqual(await work(100));
   });
 
+  it("a list of one user's entries runs as many commands with 10,000 entries of others as with 100", async () => {
+    const bounds = { maxEntries: 1_000_000, retentionMs: 3_600_000 };
+    async function work(held: number): Promise<number> {
+      const { store, admin } = storeAtT();
+      for (let i = 0; i < held; i += 500) {
+        await Promise.all(Array.from({ length: Math.min(500, held - i) }, (_, k) => store.dlqAdd(deadLetter(i + k, 'a', T), bounds, T)));
+      }
+      for (let k = 1; k <= 3; k++) await store.dlqAdd({ ...deadLetter(held + k, k === 2 ? 'b' : 'a', T), userId: 'few' }, bounds, T);
+      const before = await commands(admin);
+      expect((await store.dlqList({ userId: 'few', limit: 10 }, T)).map((e) => e.profileName)).toEqual(['a', 'b', 'a']);
+      expect((await store.dlqList({ userId: 'few', profileName: 'a' }, T)).map((e) => e.userId)).toEqual(['few', 'few']);
+      return (await commands(admin)) - before;
+    }
+    expect(await work(10_000)).toBe(await work(100));
+  });
+
   it('entries past their retention are not returned even when more expired than one call drops', async () => {
     const { store } = storeAtT();
     now = T - 2000;

@@ -10,8 +10,11 @@ describe('MemoryStore dead letters at scale', () => {
   const T = Date.UTC(2026, 5, 1);
   const bounds = { maxEntries: 1_000_000, retentionMs: 3_600_000 };
 
-  /** Reads of stored entries' fields made by one add and by one list of 10, with `held` entries stored. */
-  function work(held: number): { add: number; list: number } {
+  /**
+   * Reads of stored entries' fields made by one add, by one list of 10, and by one list of a
+   * user's entries (one user with 3 among `held` entries of others), with `held` entries stored.
+   */
+  function work(held: number): { add: number; list: number; user: number } {
     let reads = 0;
     const counted = (entry: FailedTask): FailedTask =>
       new Proxy(entry, {
@@ -27,11 +30,15 @@ describe('MemoryStore dead letters at scale', () => {
     const add = reads;
     reads = 0;
     expect(store.dlqList({ limit: 10 }, T + held)).toHaveLength(10);
-    return { add, list: reads };
+    const list = reads;
+    for (let k = 1; k <= 3; k++) store.dlqAdd({ ...deadLetter(held + k, 'a', T + held), userId: 'few' }, bounds, T + held);
+    reads = 0;
+    expect(store.dlqList({ userId: 'few', limit: 10 }, T + held).map((e) => e.userId)).toEqual(['few', 'few', 'few']);
+    return { add, list, user: reads };
   }
 
-  it('an add and a list({ limit }) read as many entry fields with 10,000 entries as with 100', () => {
-    // 5 field reads per add (of the added entry), none per list.
+  it("an add, a list({ limit }) and a list of one user's entries read as many entry fields with 10,000 entries as with 100", () => {
+    // 5 field reads per add (of the added entry), none per list, and one user's list reads only theirs.
     expect(work(10_000)).toEqual(work(100));
   });
 });

@@ -1046,6 +1046,25 @@ describe('dead letters', () => {
     expect((await manager.dlq.get(entry.id))?.task).toEqual({ name: 'job', payload });
   });
 
+  it("a list of one user's entries: theirs only, oldest first, by profile too; a removed or expired one is gone from it", async () => {
+    manager.registerProfile('short', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 1000 } });
+    for (const [user, profile] of [['a', 'basic'], ['b', 'basic'], ['a', 'short'], ['a', 'basic']] as const) {
+      await manager.subscribe(user, profile);
+      expect(await code(manager.getLimiter(user).submit(() => Promise.reject(new Error(`${user}-${profile}`))))).toBe('TASK_FAILED');
+      now += 1;
+    }
+    const messages = async (query: { userId: string; profileName?: string; limit?: number }): Promise<string[]> => (await manager.dlq.list(query)).map((e) => e.error.message);
+    expect(await messages({ userId: 'a' })).toEqual(['a-basic', 'a-short', 'a-basic']);
+    expect(await messages({ userId: 'a', limit: 2 })).toEqual(['a-basic', 'a-short']);
+    expect(await messages({ userId: 'a', profileName: 'short' })).toEqual(['a-short']);
+    expect(await messages({ userId: 'b' })).toEqual(['b-basic']);
+    const [first] = await manager.dlq.list({ userId: 'a' });
+    expect(await manager.dlq.remove(first!.id)).toBe(true);
+    now += 1000; // a-short is past its retention
+    expect(await messages({ userId: 'a' })).toEqual(['a-basic']);
+    expect(await messages({ userId: 'nobody' })).toEqual([]);
+  });
+
   it('an entry put back after a refused replay is listed once, and one remove takes it away', async () => {
     manager.registerProfile('one', { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1 } });
     await manager.subscribe('u', 'one');

@@ -1,8 +1,8 @@
 /**
  * The MemoryStore's dead-letter queue. Adding an entry and listing with a limit cost the same
- * with 100,000 entries as with 100: entries sit in a Map by id, their ids in arrival order
- * globally and per profile (queues that only grow at the back and shrink at the front), with a
- * count per profile. Bounds and retention remove from the oldest end of the entry's profile; an
+ * with 100,000 entries as with 100: entries sit in a Map by id, in arrival order globally and
+ * per profile (queues that only grow at the back and shrink at the front), with a count per
+ * profile, and per user (a set of ids, so that one user's list reads only theirs). Bounds and retention remove from the oldest end of the entry's profile; an
  * entry past its retention is never returned (each read checks it). The queues hold the letters
  * themselves: a removed letter stays in them until it reaches the front (the queues are rebuilt
  * when such letters outnumber the live ones), and a letter put back (a refused replay) is a new
@@ -31,6 +31,8 @@ export class DeadLetters {
   private readonly letters = new Map<string, Letter>();
   private order = new Deque<Letter>();
   private readonly profiles = new Map<string, ProfileLetters>();
+  /** Each user's entry ids, oldest first (a Set keeps insertion order): one user's list walks only theirs. */
+  private readonly users = new Map<string, Set<string>>();
 
   /** @param cap Entries kept at most across all profiles (the oldest go first). */
   constructor(private readonly cap: number) {}
@@ -41,6 +43,12 @@ export class DeadLetters {
     const profile = this.profileOf(entry.profileName);
     const letter: Letter = { entry, expiresAt: entry.lastFailedAt.getTime() + bounds.retentionMs };
     this.letters.set(entry.id, letter);
+    let mine = this.users.get(entry.userId);
+    if (mine === undefined) {
+      mine = new Set();
+      this.users.set(entry.userId, mine);
+    }
+    mine.add(entry.id);
     this.order.push(letter);
     profile.ids.push(letter);
     profile.count++;
@@ -56,16 +64,14 @@ export class DeadLetters {
     const out: FailedTask[] = [];
     const limit = query.limit ?? Infinity;
     if (limit <= 0) return out;
-    const ids = query.profileName === undefined ? this.order : this.profiles.get(query.profileName)?.ids;
-    if (ids === undefined) return out;
     const expired: string[] = [];
-    for (const letter of ids) {
-      if (!this.live(letter)) continue;
+    for (const letter of this.walk(query)) {
+      if (letter === undefined || !this.live(letter)) continue;
       if (letter.expiresAt <= nowMs) {
         expired.push(letter.entry.id);
         continue;
       }
-      if (query.userId !== undefined && letter.entry.userId !== query.userId) continue;
+      if (query.profileName !== undefined && letter.entry.profileName !== query.profileName) continue;
       out.push(letter.entry);
       if (out.length >= limit) break;
     }
@@ -87,6 +93,20 @@ export class DeadLetters {
     if (!this.letters.has(id)) return false;
     this.delete(id);
     return true;
+  }
+
+  /** The letters a list reads, oldest first: one user's, else one profile's, else all. */
+  private walk(query: DlqQuery): Iterable<Letter | undefined> {
+    if (query.userId !== undefined) {
+      const ids = this.users.get(query.userId);
+      if (ids === undefined) return [];
+      const letters = this.letters;
+      return (function* () {
+        for (const id of ids) yield letters.get(id);
+      })();
+    }
+    if (query.profileName !== undefined) return this.profiles.get(query.profileName)?.ids ?? [];
+    return this.order;
   }
 
   private profileOf(name: string): ProfileLetters {
@@ -117,6 +137,9 @@ export class DeadLetters {
     const letter = this.letters.get(id);
     if (letter === undefined) return;
     this.letters.delete(id);
+    const mine = this.users.get(letter.entry.userId) as Set<string>;
+    mine.delete(id);
+    if (mine.size === 0) this.users.delete(letter.entry.userId);
     const profile = this.profiles.get(letter.entry.profileName) as ProfileLetters;
     profile.count--;
     if (profile.count === 0 && this.front(profile.ids) === undefined) this.profiles.delete(letter.entry.profileName);

@@ -16,6 +16,7 @@ interface Letter {
   id: string;
   json: string;
   profileName: string;
+  userId: string;
   maxEntries: number;
   retentionMs: number;
 }
@@ -85,22 +86,26 @@ export class DeadLetters {
     const json = JSON.stringify(serialiseEntry(entry));
     const age = Math.max(0, nowMs - entry.lastFailedAt.getTime());
     const retentionMs = Math.max(0, bounds.retentionMs - age);
-    await this.adds.add(0, { id: entry.id, json, profileName: entry.profileName, maxEntries: bounds.maxEntries, retentionMs });
+    await this.adds.add(0, { id: entry.id, json, profileName: entry.profileName, userId: entry.userId, maxEntries: bounds.maxEntries, retentionMs });
   }
 
   /** One call for many letters: applied together, at most once, or not at all. */
   private async store(letters: Letter[]): Promise<void[]> {
     const keys = this.keys();
     const args: (string | number)[] = ['add', letters.length];
+    // Each index key once, by its 1-based place in KEYS.
     const places = new Map<string, number>();
-    for (const letter of letters) {
-      let place = places.get(letter.profileName);
-      if (place === undefined) {
-        keys.push(this.ctx.keys.dlqProfile(letter.profileName));
-        place = keys.length;
-        places.set(letter.profileName, place);
+    const place = (key: string): number => {
+      let at = places.get(key);
+      if (at === undefined) {
+        keys.push(key);
+        at = keys.length;
+        places.set(key, at);
       }
-      args.push(place, letter.id, letter.json, letter.maxEntries, letter.retentionMs);
+      return at;
+    };
+    for (const letter of letters) {
+      args.push(place(this.ctx.keys.dlqProfile(letter.profileName)), place(this.ctx.keys.dlqUser(letter.userId)), letter.id, letter.json, letter.maxEntries, letter.retentionMs);
     }
     // The reply names the call's own number: a reply meant for another call is not taken for it (ops.ts).
     await this.ctx.ops.write(scripts.dlq, keys, args, 'undo', false, (reply: Reply, seq: number) => String(reply) === `added:${seq}`);
@@ -109,9 +114,13 @@ export class DeadLetters {
 
   async list(query: DlqQuery): Promise<FailedTask[]> {
     const keys = this.keys();
-    if (query.profileName !== undefined) keys.push(this.ctx.keys.dlqProfile(query.profileName));
+    // One user's entries walk that user's index (filtered by profile from their JSON when both
+    // are given); one profile's walk the profile's; else all.
+    if (query.userId !== undefined) keys.push(this.ctx.keys.dlqUser(query.userId));
+    else if (query.profileName !== undefined) keys.push(this.ctx.keys.dlqProfile(query.profileName));
+    const profile = query.userId !== undefined ? (query.profileName ?? '') : '';
     const token = this.token();
-    const r = await this.ctx.calls.run(scripts.dlq, keys, [0, 0, 0, this.ctx.clock.arg(), 'list', query.limit ?? -1, query.userId ?? '', token]);
+    const r = await this.ctx.calls.run(scripts.dlq, keys, [0, 0, 0, this.ctx.clock.arg(), 'list', query.limit ?? -1, profile, token]);
     if (!Array.isArray(r) || r[r.length - 1] !== token) throw notThisCall('dlq list');
     r.pop();
     return (r as string[]).map((json) => this.restore(JSON.parse(json) as StoredEntry));

@@ -52,6 +52,11 @@ export class Keys {
     return `${this.prefix}:{dlq}:p:${profile}`;
   }
 
+  /** The index of one user's dead letters (the id as it is: the hash tag before it fixes the slot). */
+  dlqUser(userId: string): string {
+    return `${this.prefix}:{dlq}:u:${userId}`;
+  }
+
   /**
    * An index of subscription ends (a sorted set: user id -> end ms). There is one per placement
    * unit (the server, a shard, a Cluster slot), named by a tag placed on that unit, so that the

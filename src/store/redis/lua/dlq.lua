@@ -1,5 +1,6 @@
 -- The dead-letter queue of one store, in one slot: e (hash id -> entry JSON), o (ids by
--- arrival), x (ids by expiry), and per profile p:<name> (ids by arrival, for its bound).
+-- arrival), x (ids by expiry), per profile p:<name> (ids by arrival, for its bound) and per
+-- user u:<id> (ids by arrival, for a list of one user's entries).
 -- No call's work grows with the number of entries: an add touches its own profile's oldest
 -- entries, a list reads at most `limit` entries (plus those it skips), and expired entries are
 -- dropped from the oldest expiry, a bounded number per call, and by a list as it walks past
@@ -7,12 +8,13 @@
 -- returned, dropped or not.
 --
 -- KEYS[1] e, KEYS[2] o, KEYS[3] x, KEYS[4] sequence counter, then for an add the p:<profile>
---   key of each profile it adds to, and the operation log (see op.lua); for a list of one
---   profile, KEYS[5] that profile's p:<profile>.
+--   and u:<user> keys of the letters it adds, and the operation log (see op.lua); for a list of
+--   one user's or one profile's entries, KEYS[5] its u:<user> or p:<profile>.
 -- ARGV: 1-4 see op.lua (only an add has a sequence number); 5 op: 'add' (6 the number of
---   letters, then five arguments per letter: the index in KEYS of its profile's key, id, JSON,
---   max entries, retention ms), 'list' (6 limit, -1: all; 7 user id, '' : any; 8 token), 'get'
---   (6 id, 7 token), 'remove' (6 id, 7 token).
+--   letters, then six arguments per letter: the indexes in KEYS of its profile's and its user's
+--   keys, id, JSON, max entries, retention ms), 'list' (6 limit, -1: all; 7 a profile name the
+--   entries must have, read from their JSON ('' : any; given only when KEYS[5] is a user's);
+--   8 token), 'get' (6 id, 7 token), 'remove' (6 id, 7 token).
 -- Replies, each naming its call (so that a reply meant for another call is never taken for this
 --   one's): add: 'added:' and the call's sequence number; list: entry JSONs, oldest first, then
 --   the token; get: { token, JSON } or { token }; remove: { token, 1/0 }.
@@ -45,13 +47,14 @@ end
 if op == 'add' then
   local undo = {}
   for i = 0, tonumber(ARGV[6]) - 1 do
-    local at = 7 + i * 5
-    local profile, id, max = KEYS[tonumber(ARGV[at])], ARGV[at + 1], tonumber(ARGV[at + 3])
+    local at = 7 + i * 6
+    local profile, user, id, max = KEYS[tonumber(ARGV[at])], KEYS[tonumber(ARGV[at + 1])], ARGV[at + 2], tonumber(ARGV[at + 4])
     local seq = redis.call('INCR', KEYS[4])
-    redis.call('HSET', KEYS[1], id, ARGV[at + 2])
+    redis.call('HSET', KEYS[1], id, ARGV[at + 3])
     redis.call('ZADD', KEYS[2], seq, id)
-    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[at + 4]), id)
+    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[at + 5]), id)
     redis.call('ZADD', profile, seq, id)
+    redis.call('ZADD', user, seq, id)
     local over = redis.call('ZCARD', profile) - max
     if over > 0 then
       for _, old in ipairs(redis.call('ZRANGE', profile, 0, over - 1)) do
@@ -63,7 +66,7 @@ if op == 'add' then
   op_end(table.concat(undo))
   return 'added:' .. ARGV[1]
 elseif op == 'list' then
-  local limit, user = tonumber(ARGV[6]), ARGV[7]
+  local limit, profile = tonumber(ARGV[6]), ARGV[7]
   local order = KEYS[5] or KEYS[2]
   local out, from, chunk = {}, 0, 64
   if limit >= 0 and limit < chunk then
@@ -82,7 +85,7 @@ elseif op == 'list' then
         -- Dropped as the list walks past it: no later call walks past it again.
         drop(id)
         from = from - 1
-      elseif json and (user == '' or cjson.decode(json).userId == user) then
+      elseif json and (profile == '' or cjson.decode(json).profileName == profile) then
         table.insert(out, json)
         if #out == limit then
           break
