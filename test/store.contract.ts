@@ -197,6 +197,21 @@ describe('delete', () => {
     expect(await limiter.checkDetailed(1)).toMatchObject({ allowed: true, usage: 2, remaining: 0 });
   });
 
+  it("deleteSubscription removes the user's dead letters too, and only theirs (also when the subscription was already gone)", async () => {
+    manager.registerProfile('keep', { rate: { limit: 1000, intervalMs: 1000 }, dlq: { retentionMs: 3_600_000 } });
+    for (const user of ['u', 'v']) {
+      await manager.subscribe(user, 'keep');
+      expect(await code(manager.getLimiter(user).submit(() => Promise.reject(new Error(user))))).toBe('TASK_FAILED');
+    }
+    expect(await manager.deleteSubscription('u')).toBe(true);
+    expect((await manager.dlq.list()).map((e) => e.userId)).toEqual(['v']);
+    expect(await manager.dlq.list({ userId: 'u' })).toEqual([]);
+    // A letter stored under a user with no subscription any more goes with the next delete.
+    await store.dlqAdd({ ...deadLetter(1, 'keep', now), userId: 'u' }, { maxEntries: 10, retentionMs: 3_600_000 }, now);
+    expect(await manager.deleteSubscription('u')).toBe(false);
+    expect((await manager.dlq.list()).map((e) => e.userId)).toEqual(['v']);
+  });
+
   it('a handle on a shared bucket with a remembered refusal finds nothing after the delete; other users keep the bucket', async () => {
     manager.registerProfile('pooled', { rate: { limit: 1, intervalMs: 3_600_000, shared: 'pool' } });
     await manager.subscribe('a', 'pooled');
@@ -265,7 +280,11 @@ describe('sweep of ended subscriptions', () => {
     now = T0 + 1000 + R - 1;
     expect(await sweep()).toEqual(['canceled:basic']);
     now = T0 + 1000 + R;
+    await store.dlqAdd({ ...deadLetter(1, 'basic', now), userId: 'expires' }, { maxEntries: 10, retentionMs: 100 * R }, now);
+    await store.dlqAdd({ ...deadLetter(2, 'basic', now), userId: 'forever' }, { maxEntries: 10, retentionMs: 100 * R }, now);
     expect(await sweep()).toEqual(['expires:basic']);
+    // The swept user's dead letters went with the subscription.
+    expect((await manager.dlq.list()).map((e) => e.userId)).toEqual(['forever']);
     expect(await manager.getSubscription('canceled')).toBeUndefined();
     expect(await manager.getSubscription('expires')).toBeUndefined();
     expect(await code(held.check())).toBe('SUBSCRIPTION_NOT_FOUND');

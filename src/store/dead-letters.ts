@@ -109,6 +109,13 @@ export class DeadLetters {
     return this.order;
   }
 
+  /** Removes every entry of a user (their subscription was deleted). */
+  forget(userId: string): void {
+    const ids = this.users.get(userId);
+    if (ids === undefined) return;
+    for (const id of [...ids]) this.delete(id);
+  }
+
   private profileOf(name: string): ProfileLetters {
     let profile = this.profiles.get(name);
     if (profile === undefined) {

@@ -323,12 +323,20 @@ export class MemoryStore implements Store {
 
   deleteSubscription(userId: string, _nowMs: number): string | undefined {
     const rec = this.users.get(userId);
-    return rec === undefined ? undefined : this.remove(userId, rec);
+    if (rec === undefined) {
+      this.letters.forget(userId);
+      return undefined;
+    }
+    return this.remove(userId, rec);
   }
 
-  /** Deletes a record; its index entries go stale and are dropped when reached. Returns its profile's name. */
+  /**
+   * Deletes a record and the user's dead letters; its index entries go stale and are dropped
+   * when reached. Returns its profile's name.
+   */
   private remove(userId: string, rec: UserRecord): string {
     this.users.delete(userId);
+    this.letters.forget(userId);
     setStatus(rec, DELETED);
     return this.profileOf(rec).name;
   }

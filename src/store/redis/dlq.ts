@@ -141,6 +141,17 @@ export class DeadLetters {
     return r[1] === 1;
   }
 
+  /** Drops every entry of these users (their subscriptions were deleted): what the store held for them. */
+  async forget(userIds: readonly string[]): Promise<void> {
+    if (userIds.length === 0) return;
+    const token = this.token();
+    const keys = [...this.keys(), ...userIds.map((id) => this.ctx.keys.dlqUser(id))];
+    const r = await this.ctx.calls.run(scripts.dlq, keys, [0, 0, 0, this.ctx.clock.arg(), 'forget', token]);
+    if (!Array.isArray(r) || r[r.length - 1] !== token) throw notThisCall('dlq forget');
+    r.pop();
+    for (const id of r as string[]) this.inline.delete(id);
+  }
+
   /** A read's own token, which its reply names (see dlq.lua). */
   private token(): string {
     return `r${++this.reads}`;

@@ -216,8 +216,11 @@ export class RedisStore implements Store {
     return this.subscriptions.change(userId, 'quota', quota ?? '');
   }
 
-  deleteSubscription(userId: string): Promise<string | undefined> {
-    return this.subscriptions.delete(userId);
+  /** Deletes the user's record, then the user's dead letters (also when there was no record: a retry completes a delete). */
+  async deleteSubscription(userId: string): Promise<string | undefined> {
+    const profileName = await this.subscriptions.delete(userId);
+    await this.deadLetters.forget([userId]);
+    return profileName;
   }
 
   /**
@@ -225,8 +228,10 @@ export class RedisStore implements Store {
    * slot): reads each one's due ids, then deletes those still ended, up to `max`. `more` until
    * the round has visited every index.
    */
-  sweepEnded(_nowMs: number, retentionMs: number, max: number): Promise<SweepResult> {
-    return this.ended.sweep(retentionMs, max);
+  async sweepEnded(_nowMs: number, retentionMs: number, max: number): Promise<SweepResult> {
+    const result = await this.ended.sweep(retentionMs, max);
+    await this.deadLetters.forget(result.deleted.map((d) => d.userId));
+    return result;
   }
 
   admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, _nowMs: number, slot?: UserSlot): Promise<AdmitResult> {

@@ -14,7 +14,8 @@
 --   letters, then six arguments per letter: the indexes in KEYS of its profile's and its user's
 --   keys, id, JSON, max entries, retention ms), 'list' (6 limit, -1: all; 7 a profile name the
 --   entries must have, read from their JSON ('' : any; given only when KEYS[5] is a user's);
---   8 token), 'get' (6 id, 7 token), 'remove' (6 id, 7 token).
+--   8 token), 'get' (6 id, 7 token), 'remove' (6 id, 7 token), 'forget' (6 token; KEYS[5...]
+--   the u:<user> keys of the users whose entries go).
 -- Replies, each naming its call (so that a reply meant for another call is never taken for this
 --   one's): add: 'added:' and the call's sequence number; list: entry JSONs, oldest first, then
 --   the token; get: { token, JSON } or { token }; remove: { token, 1/0 }.
@@ -102,5 +103,19 @@ elseif op == 'get' then
   return { ARGV[7], redis.call('HGET', KEYS[1], ARGV[6]) }
 elseif op == 'remove' then
   return { ARGV[7], drop(ARGV[6]) }
+elseif op == 'forget' then
+  -- Every entry of the users whose u:<id> keys follow the first four (their subscriptions were
+  -- deleted): the ids dropped, then the token.
+  local out = {}
+  for k = 5, #KEYS do
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[k], 0, -1)) do
+      if drop(id) == 1 then
+        out[#out + 1] = id
+      end
+    end
+    redis.call('DEL', KEYS[k])
+  end
+  out[#out + 1] = ARGV[6]
+  return out
 end
 return redis.error_reply('unknown dlq op ' .. tostring(op))
