@@ -209,6 +209,29 @@ describe('a reply lost on a connection that stays open, with calls behind it', (
     await r.manager.close({ drain: false });
     for (const user of users) expect(await usageOf(truth, user), user).toBe(told.get(user));
   });
+
+  it('the same when the server has lost its scripts (a restart, a failover, SCRIPT FLUSH): a call that read another call\'s NOSCRIPT after its own EVAL applied is taken back', async () => {
+    const r = await rig(profiles, 400);
+    const truth = reader(r.prefix, profiles);
+    const user = `noscript-${r.prefix}`;
+    await r.manager.subscribe(user, 'p');
+    const limiter = r.manager.getLimiter(user);
+    expect(await outcome(limiter.check(1))).toBe('allowed');
+    let told = 1;
+    const admin = new Redis({ port: server.port });
+    cleanups.push(() => admin.disconnect());
+    await admin.script('FLUSH');
+    // Every call's EVALSHA is answered NOSCRIPT, and each is sent again as EVAL; the first
+    // reply is lost, so each call reads the answer meant for the call before it.
+    const lost = r.proxy.dropReplies(1, { match: (q) => q.command === 'EVALSHA' });
+    const answers = await Promise.all(Array.from({ length: 10 }, () => outcome(limiter.check(1))));
+    told += answers.filter((a) => a === 'allowed').length;
+    expect(await lost.done).toBe(1);
+    expect(answers).toContain('STORE_UNAVAILABLE');
+    await settled(r);
+    await r.manager.close({ drain: false });
+    expect(await usageOf(truth, user)).toBe(told);
+  });
 });
 
 describe('writes other than admissions on a connection out of step', () => {

@@ -45,19 +45,6 @@ function failure(error: unknown): TaskvalveError {
 /** The message of a call failed for want of an answer within the timeout. */
 const NO_ANSWER = 'no answer within';
 
-/**
- * Whether a failed call may have been applied: false when Redis answered it with an error (it
- * ran and refused, or never ran: LATE, a record of another version, NOSCRIPT, LOADING...), true
- * when no answer came (a timeout, a connection lost) or Redis said it had run before (DUP).
- */
-export function mayHaveApplied(error: TaskvalveError): boolean {
-  if (error.code !== ErrorCode.STORE_UNAVAILABLE) return false;
-  const cause = error.cause;
-  if (!(cause instanceof Error)) return true;
-  if (cause.message.startsWith(DUP)) return true;
-  return cause.name !== 'ReplyError';
-}
-
 /** A Redis call in flight: when it times out, and how to fail it then. */
 interface Call {
   at: number;

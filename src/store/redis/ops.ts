@@ -9,13 +9,13 @@
  * it does not know yet). It also carries a deadline in server time (clock.ts).
  *
  * A call whose outcome is unknown (no answer within the timeout, a connection lost, a DUP
- * refusal) is in doubt: its caller was told it failed, and settle.lua resolves it as soon as
+ * refusal, an error answer that does not name it) is in doubt: its caller was told it failed, and settle.lua resolves it as soon as
  * the server answers again: it takes the call back if it applied (mode 'undo'), or records that
  * it never will (a tombstone a late copy runs into). A call in 'retry' mode (a refund) that
  * never applied is sent again, with a new number, until it has applied once.
  */
 import { ErrorCode, TaskvalveError } from '../../errors.js';
-import { mayHaveApplied, notThisCall, type Calls, type Reply } from './calls.js';
+import { notThisCall, type Calls, type Reply } from './calls.js';
 import { DUP, LATE } from './codes.js';
 import type { Clock } from './clock.js';
 import type { Keys } from './keys.js';
@@ -48,6 +48,18 @@ function ownRefusal(error: TaskvalveError, seq: number): boolean {
   const cause = error.cause;
   if (!(cause instanceof Error) || !(cause.message.startsWith(LATE) || cause.message.startsWith(DUP))) return true;
   return cause.message.endsWith(`(call ${seq})`);
+}
+
+/**
+ * Whether a failed call certainly did not apply: only a LATE refusal that names it (ownRefusal
+ * checked the name). Any other answer may be another call's on a connection out of step (a
+ * reply was lost and the connection stayed open), however it reads: a NOSCRIPT read for this
+ * call, after which it was sent again as EVAL and applied, or another call's error. Such a call
+ * is in doubt, and settle.lua finds out, as for a call that got no answer at all.
+ */
+function certainlyNotApplied(error: TaskvalveError): boolean {
+  const cause = error.cause;
+  return cause instanceof Error && cause.message.startsWith(LATE);
 }
 
 /** One process's log on one placement unit: its numbers not settled yet, in order. */
@@ -182,7 +194,7 @@ export class Operations {
         if (error.cause instanceof Error && error.cause.message.startsWith(LATE) && deadline > 0) this.clock.refusedEarly(client);
         // A call to retry that certainly did not apply is settled all the same: settle.lua answers
         // 'void' at once, and the call goes again once the server answers.
-        if (mode === 'retry' || mayHaveApplied(error)) this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
+        if (mode === 'retry' || !certainlyNotApplied(error)) this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
         else this.close(log, seq);
         throw error;
       },
