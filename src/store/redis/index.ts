@@ -119,7 +119,10 @@ export class RedisStore implements Store {
     const calls = new Calls(clients, clustered, timeoutMs);
     const clock = new Clock(calls, timeoutMs);
     const fault = (error: unknown): void => this.ctx.listener.fault?.(error);
-    const ops = new Operations(calls, clock, keys, randomUUID(), fault);
+    // A call taken back gave units back: refusals remembered for its keys may no longer hold.
+    const ops = new Operations(calls, clock, keys, randomUUID(), fault, (undoneKeys) => {
+      for (const key of undoneKeys) this.denials.delete(key);
+    });
     const ctx: Context = { keys, calls, clock, ops, profiles: new Map(), listener: { expired() {} } };
     const forget = (userId: string, user: string): void => this.forget(userId, user);
     this.ctx = ctx;

@@ -94,13 +94,18 @@ export class Operations {
   /** Resolved when nothing is in doubt (for close). */
   private idle: { promise: Promise<void>; resolve(): void } | undefined = undefined;
 
-  /** `id`: this process's id (its logs are named after it). `fault`: where failures to settle are reported. */
+  /**
+   * `id`: this process's id (its logs are named after it). `fault`: where failures to settle are
+   * reported. `undone`: a call in doubt was taken back; its keys' state moved (a refusal this
+   * process remembers for them may no longer hold).
+   */
   constructor(
     private readonly calls: Calls,
     private readonly clock: Clock,
     private readonly keys: Keys,
     private readonly id: string,
     private readonly fault: (error: unknown) => void,
+    private readonly undone: (keys: readonly string[]) => void = () => {},
   ) {}
 
   /** Refunds and charge-backs ('retry' mode) sent and not answered yet: close waits for them too. */
@@ -237,6 +242,7 @@ export class Operations {
         }
         this.close(log, seq);
         this.doubts.delete(doubt);
+        if (outcome === 'undone') this.undone(doubt.keys);
         if (doubt.mode === 'retry' && outcome === 'void') {
           this.write(doubt.script, doubt.keys, doubt.args, 'retry', doubt.binary).catch(() => {});
         }
