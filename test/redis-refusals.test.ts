@@ -95,6 +95,39 @@ describe('the cache of refusals', () => {
     expect(fromCache).toBeGreaterThan(100);
   }, 120_000);
 
+  it('a larger cost refused from the cache is told when that cost conforms, as Redis tells it', async () => {
+    const clock = (): number => T0;
+    const prefix = `c${++prefixes}`;
+    const counted = counting(client);
+    const store = new RedisStore({ client: counted.client, prefix });
+    store.setTestClock(clock);
+    const manager = new Manager({ clock, store });
+    // Redis's own answer: a second store on the same keys, whose cache has seen nothing.
+    const oracleStore = new RedisStore({ client, prefix });
+    oracleStore.setTestClock(clock);
+    const oracle = new Manager({ clock, store: oracleStore });
+    try {
+      for (const m of [manager, oracle]) m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000, onLimit: 'reject' } });
+      await manager.subscribe('u', 'p');
+      const u = manager.getLimiter('u');
+      expect((await u.check(10)).allowed).toBe(true);
+      const one = await u.check(1);
+      expect(one.allowed).toBe(false);
+      const before = counted.admissions();
+      const ten = await u.check(10);
+      expect(counted.admissions()).toBe(before); // answered from the cache
+      const told = await oracle.getLimiter('u').check(10);
+      expect(told.allowed).toBe(false);
+      expect(told.retryAfterMs).toBeGreaterThan(one.retryAfterMs);
+      // Never later than Redis (the cache is measured from when the refused call was sent), at most 1 ms earlier.
+      expect(ten.retryAfterMs).toBeLessThanOrEqual(told.retryAfterMs);
+      expect(ten.retryAfterMs).toBeGreaterThanOrEqual(told.retryAfterMs - 1);
+    } finally {
+      await manager.close();
+      await oracle.close();
+    }
+  });
+
   it('a refusal that counted tasks waiting for their turn does not outlive them', async () => {
     let now = T0;
     const { manager } = onRedis(() => now);

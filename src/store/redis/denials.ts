@@ -80,7 +80,9 @@ export class Denials {
     out.usage = usage;
     out.quotaLimit = quota.limit;
     out.quotaResetAfterMs = quota.periodEndUs === Infinity ? -1 : Math.ceil((quota.periodEndUs - nowUs) / 1000);
-    out.retryAfterMs = Math.ceil((denial.untilUs - nowUs) / 1000);
+    // A larger cost than the one refused conforms (cost - refused) emission intervals later.
+    const extraUs = ((cost - denial.cost) * rate.T) / rate.d;
+    out.retryAfterMs = Math.ceil((denial.untilUs + extraUs - nowUs) / 1000);
     out.resetAfterMs = Math.max(out.retryAfterMs, Math.ceil((denial.fullUs - nowUs) / 1000));
     // At most what refill alone gives back since the refusal (other callers may have taken more).
     out.remaining = Math.max(0, gcraRemaining(Math.round((denial.fullUs - nowUs) * rate.d), 0, rate));
