@@ -188,6 +188,24 @@ describe('units given back around a re-base', () => {
   });
 });
 
+describe('a receipt from before a re-base', () => {
+  it('gives nothing back from units charged after it: a task queued before the re-base, aborted after, leaves the later charges alone', async () => {
+    const m = start();
+    m.registerProfile('fine', FINE);
+    m.registerProfile('hourly', { rate: { limit: 1, intervalMs: HOUR, burst: 2 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'hourly');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a'); // its slot ends 2 h from now
+    jump(3 * HOUR); // past several re-bases; the bucket refilled
+    expect((await u.check(2)).allowed).toBe(true); // both units in use again, by new charges
+    await a.giveBack();
+    expect((await u.check(1)).allowed).toBe(false);
+    running.release();
+    await running.ended;
+  });
+});
+
 describe('decisions while a task waits for its turn', () => {
   it('a check refused while a task waits says to retry after that task has had its turn, even once the bucket has refilled', async () => {
     const m = start();
