@@ -138,6 +138,11 @@ export function textOf(read: () => unknown, fallback: string): string {
   }
 }
 
+/** An error's message, read without trusting it (see textOf). */
+export function messageOf(error: Error): string {
+  return textOf(() => error.message, 'an error whose message cannot be read');
+}
+
 /** Why a worker module cannot be TypeScript, in the words errors use. */
 export const JAVASCRIPT_ONLY = 'a worker module must be JavaScript that Node runs as it is (compile TypeScript first)';
 
@@ -213,7 +218,7 @@ export function taskTimeout(timeoutMs: number): TaskvalveError {
 export function taskFailed(cause: Error, retryable?: boolean): TaskvalveError {
   return new TaskvalveError(
     ErrorCode.TASK_FAILED,
-    `task failed: ${textOf(() => cause.message, 'an error whose message cannot be read')}`,
+    `task failed: ${messageOf(cause)}`,
     retryable === undefined ? { cause } : { cause, retryable },
   );
 }

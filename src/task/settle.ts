@@ -4,7 +4,7 @@
  * dead-lettered, and the caller's rejection waits until the dead letter is stored.
  */
 import { randomUUID } from 'node:crypto';
-import { ErrorCode, TaskvalveError, show, textOf } from '../errors.js';
+import { ErrorCode, TaskvalveError, messageOf, show, textOf } from '../errors.js';
 import type { RunResult } from '../exec/pool.js';
 import { backoffMs, isRetryable } from '../exec/retry.js';
 import type { Metrics, Outcome } from '../metrics.js';
@@ -35,7 +35,7 @@ function describe(code: ErrorCode, cause: Error): FailedTask['error'] {
   const out: FailedTask['error'] = {
     code,
     name: textOf(() => cause.name, 'Error'),
-    message: textOf(() => cause.message, 'an error whose message cannot be read'),
+    message: messageOf(cause),
   };
   try {
     const stack: unknown = cause.stack;
@@ -145,7 +145,7 @@ export class Settler {
     // never keeps it later: the RedisStore takes back a letter whose call was in doubt).
     const lost = (storeError: unknown): void => {
       fault(storeError);
-      const why = storeError instanceof Error ? textOf(() => storeError.message, 'an error whose message cannot be read') : show(storeError);
+      const why = storeError instanceof Error ? messageOf(storeError) : show(storeError);
       this.out.finish(job, false, noted(error, `its dead letter was not stored: ${why}`), true);
     };
     try {

@@ -196,10 +196,12 @@ export class Operations {
           this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
           throw notThisCall(script.name);
         }
-        if (error.cause instanceof Error && error.cause.message.startsWith(LATE) && deadline > 0) this.clock.refusedEarly(client);
+        // This call's own LATE refusal: it never applied.
+        const late = certainlyNotApplied(error);
+        if (late && deadline > 0) this.clock.refusedEarly(client);
         // A call to retry that certainly did not apply is settled all the same: settle.lua answers
         // 'void' at once, and the call goes again once the server answers.
-        if (mode === 'retry' || !certainlyNotApplied(error)) this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
+        if (mode === 'retry' || !late) this.doubt({ log, seq, mode, script, keys, args, binary, attempts: 0 });
         else this.close(log, seq);
         throw error;
       },
