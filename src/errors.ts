@@ -81,6 +81,31 @@ export interface TaskvalveErrorDetails {
   refusal?: Refusal;
 }
 
+/**
+ * The codes that answer a call rather than report a mistake in it: a refusal (rate, quota,
+ * subscription, queue, shutdown, store), an abort, or what running the task came to. Their errors
+ * carry no stack frames: where they were raised is always inside taskvalve (the task's own error,
+ * with its stack, is the `cause` of TASK_FAILED), they are routine under load, and capturing a
+ * stack costs more than the decision itself (6 µs against 0.5). Errors that report a mistake
+ * (INVALID_CONFIG, INVALID_ARGUMENT, PROFILE_EXISTS, PROFILE_NOT_FOUND) keep their stack, which
+ * points at the call that made it.
+ */
+const ANSWERS: ReadonlySet<string> = new Set<ErrorCode>([
+  ErrorCode.SUBSCRIPTION_NOT_FOUND,
+  ErrorCode.SUBSCRIPTION_INACTIVE,
+  ErrorCode.SUBSCRIPTION_EXPIRED,
+  ErrorCode.SUBSCRIPTION_NOT_STARTED,
+  ErrorCode.QUOTA_EXCEEDED,
+  ErrorCode.RATE_LIMITED,
+  ErrorCode.QUEUE_FULL,
+  ErrorCode.ABORTED,
+  ErrorCode.TASK_TIMEOUT,
+  ErrorCode.TASK_FAILED,
+  ErrorCode.WORKER_CRASHED,
+  ErrorCode.SHUTTING_DOWN,
+  ErrorCode.STORE_UNAVAILABLE,
+]);
+
 /** The one error class of taskvalve: `instanceof Error`, with a stable `code`. */
 export class TaskvalveError extends Error {
   /** Stable, switchable code. */
@@ -93,7 +118,18 @@ export class TaskvalveError extends Error {
   readonly refusal?: Refusal;
 
   constructor(code: ErrorCode, message: string, details?: TaskvalveErrorDetails) {
-    super(message, details?.cause === undefined ? undefined : { cause: details.cause });
+    const options = details?.cause === undefined ? undefined : { cause: details.cause };
+    if (ANSWERS.has(code)) {
+      const limit = Error.stackTraceLimit;
+      Error.stackTraceLimit = 0;
+      try {
+        super(message, options);
+      } finally {
+        Error.stackTraceLimit = limit;
+      }
+    } else {
+      super(message, options);
+    }
     this.name = 'TaskvalveError';
     this.code = code;
     if (details?.retryAfterMs !== undefined) this.retryAfterMs = details.retryAfterMs;

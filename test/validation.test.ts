@@ -295,3 +295,29 @@ describe('bounded memory', () => {
 
 
 });
+
+describe('error stacks', () => {
+  it("a refusal carries no stack frames, a mistake's stack points at the call, and a failed task keeps its own", async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 60_000, onLimit: 'reject' } });
+    await manager.subscribe('u', 'p');
+    await manager.getLimiter('u').check(1);
+    const limited = await rejected(manager.getLimiter('u').submit(() => 1));
+    expect(limited.code).toBe('RATE_LIMITED');
+    expect(limited.stack).toBe(`TaskvalveError: ${limited.message}`);
+    const missing = await rejected(manager.getLimiter('nobody').check(1));
+    expect(missing.code).toBe('SUBSCRIPTION_NOT_FOUND');
+    expect(missing.stack).not.toContain('\n    at ');
+    const mistake = await rejected(manager.getLimiter('u').check(-1));
+    expect(mistake.code).toBe('INVALID_ARGUMENT');
+    expect(mistake.stack).toContain('validation.test.ts');
+    manager.registerProfile('f', { rate: { limit: 10, intervalMs: 1000 }, retry: { attempts: 1 } });
+    await manager.subscribe('v', 'f');
+    const failed = await rejected(manager.getLimiter('v').submit(() => {
+      throw new Error('own');
+    }));
+    expect(failed.code).toBe('TASK_FAILED');
+    expect((failed.cause as Error).stack).toContain('validation.test.ts');
+    // The limit is the process's own again afterwards.
+    expect(new Error('x').stack).toContain('\n    at ');
+  });
+});
