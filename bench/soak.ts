@@ -181,6 +181,10 @@ async function main(): Promise<void> {
 
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
+  // The same, second by second: where in the run the loop fell behind (the kill, a cold start).
+  const secondLoop = monitorEventLoopDelay({ resolution: 10 });
+  secondLoop.enable();
+  const lagBySecond: number[] = [];
   const heap: Array<[number, number]> = [];
   // The heap in use right after each full GC: what is live, not garbage waiting.
   const gcs = new PerformanceObserver((list) => {
@@ -246,16 +250,19 @@ async function main(): Promise<void> {
     }
     if (performance.now() - lastProgress >= 1000) {
       lastProgress = performance.now();
+      lagBySecond.push(secondLoop.percentile(99) / 1e6);
+      secondLoop.reset();
       if (performance.now() - lastForcedGc >= 30_000) {
         lastForcedGc = performance.now();
         globalThis.gc?.();
       }
-      process.stderr.write(`\r${((performance.now() - t0) / 1000).toFixed(0)} s  ${(counts.decisions / ((performance.now() - t0) / 1000) / 1000).toFixed(1)} k/s  heap ${(process.memoryUsage().heapUsed / 1e6).toFixed(0)} MB  in flight ${counts.issued - counts.settled}   `);
+      process.stderr.write(`\r${((performance.now() - t0) / 1000).toFixed(0)} s  ${(counts.decisions / ((performance.now() - t0) / 1000) / 1000).toFixed(1)} k/s  heap ${(process.memoryUsage().heapUsed / 1e6).toFixed(0)} MB  loop p99 ${lagBySecond.at(-1)?.toFixed(0)} ms  in flight ${counts.issued - counts.settled}   `);
     }
     await new Promise((resolve) => setTimeout(resolve, TICK_MS));
   }
   const seconds = (performance.now() - t0) / 1000;
   loop.disable();
+  secondLoop.disable();
   gcs.disconnect();
   // The share of the run the main thread was busy (not waiting for I/O): 1 means CPU-bound.
   const busy = performance.eventLoopUtilization(busy0).utilization;
@@ -319,6 +326,14 @@ async function main(): Promise<void> {
     seconds: Math.round(seconds),
     decisionsPerSecond: Math.round(counts.decisions / seconds),
     eventLoopP99Ms: Number((loop.percentile(99) / 1e6).toFixed(1)),
+    /** Seconds of the run whose own event-loop p99 passed 50 ms, and the five worst (second: ms). */
+    secondsOver50Ms: lagBySecond.filter((ms) => ms > 50).length,
+    worstSeconds: Object.fromEntries(
+      lagBySecond
+        .map((ms, k) => [k + 1, Math.round(ms)] as const)
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 5),
+    ),
     eventLoopBusy: Number(busy.toFixed(3)),
     heapSlopePercentPerMinute: Number(((100 * slope) / my).toFixed(2)),
     heapMeanMB: Number((my / 1e6).toFixed(1)),
@@ -331,7 +346,7 @@ async function main(): Promise<void> {
     quotaMismatches: counts.quotaMismatch,
     usersRotated: counts.rotated,
     errorsByCode: errors,
-    /** Of the STORE_UNAVAILABLE answers, those shed for overload (RedisStore maxPending, maxDelayMs). */
+    /** Of the STORE_UNAVAILABLE answers, those shed for overload (RedisStore maxPending, maxDelayMs, maxLagMs). */
     shedForOverload: counts.shed,
     rotationErrorsByCode: rotationErrors,
     close: report,
