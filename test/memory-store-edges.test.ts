@@ -1,9 +1,12 @@
 // The embedded store (MemoryStore) at its edges, through the Manager on a fake clock (vitest's
 // fake timers drive both the clock and the timers): the tick epoch re-based after a long
 // uptime, a clock that starts at 0 or steps back, profile changes, units and usage given back,
-// retries of a task whose user changed, the sweep of ended subscriptions.
+// retries of a task whose user changed, the sweep of ended subscriptions; and the store on its
+// own (no manager), through its Store interface.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Manager, type Limiter, type ManagerOptions, type SubscriptionEvent, type TaskEvent, type TaskvalveError } from '../src/index.js';
+import { Manager, MemoryStore, type Limiter, type ManagerOptions, type SubscriptionEvent, type TaskEvent, type TaskvalveError } from '../src/index.js';
+import { resolveProfile } from '../src/profile.js';
+import type { RateReceipt, SubscribeInput } from '../src/store/store.js';
 import { convertTat, makeRate } from '../src/rate/gcra.js';
 import { quiet, rejection } from './helpers.js';
 
@@ -70,6 +73,11 @@ function deletions(m: Manager): string[] {
     if (e.event === 'deleted') ids.push(e.userId);
   });
   return ids;
+}
+
+/** A store's subscribe input: no dates, no quota, unless `input` gives them. */
+function input(fields: Partial<SubscribeInput> = {}): SubscribeInput {
+  return { startsAt: undefined, endsAt: undefined, durationMs: undefined, quota: undefined, resetUsage: false, ...fields };
 }
 
 beforeEach(() => {
@@ -234,6 +242,20 @@ describe('profile changes', () => {
     await m.changeProfile('u', 'thirds');
     // 9 units in use at 3 per second with room for 3: the next one conforms once 7 have gone, in 2333.3 ms.
     expect(await u.check()).toMatchObject({ allowed: false, remaining: 0, retryAfterMs: 2334 });
+  });
+
+  it('the units in use are carried over from a rate counted in ticks finer than a microsecond', async () => {
+    const m = start();
+    m.registerProfile('thirds', { rate: { limit: 3, intervalMs: 1000 } });
+    m.registerProfile('tens', { rate: { limit: 10, intervalMs: 1000 } });
+    await m.subscribe('u', 'thirds');
+    const u = m.getLimiter('u');
+    expect((await u.check(3)).allowed).toBe(true);
+    jump(100); // 2.7 units still in use
+    await m.changeProfile('u', 'tens');
+    // 2.7 units in use at 10 per second with room for 10: 7 more fit, and the next conforms once 0.7 has gone, in 70 ms.
+    expect(await u.check(7)).toMatchObject({ allowed: true, remaining: 0 });
+    expect(await u.check()).toMatchObject({ allowed: false, retryAfterMs: 70 });
   });
 
   it('convertTat keeps the units in use, rounded up to a whole tick of the new rate', () => {
@@ -504,5 +526,163 @@ describe('retries of a task whose user changed while it ran', () => {
     await vi.advanceTimersByTimeAsync(1000);
     expect(moves.slice(moves.indexOf('RETRY_WAIT'))).toEqual(['RETRY_WAIT', 'CANCELED']);
     expect(await task).toBe('INVALID_ARGUMENT');
+  });
+});
+
+describe('the tick epoch, late', () => {
+  it('a charge of all units but one leaves exactly one, 160 hours after the first decision, on a rate counted in ticks of 1/15,621 µs', async () => {
+    const m = start();
+    // 999,744 per second (64 x 15,621) counts in ticks of 1/15,621 µs, 15,625 ticks a unit: an odd
+    // charge's ticks are odd, and past 2^53 (160 h of ticks) a double rounds them to even.
+    m.registerProfile('fine', { rate: { limit: 999_744, intervalMs: 1000 } });
+    await m.subscribe('u', 'fine');
+    const u = m.getLimiter('u');
+    expect((await u.check()).allowed).toBe(true); // the store's first decision: its tick epoch
+    jump(576_608_364); // 160.2 h: just short of 2^53 ticks since the first decision
+    expect(await u.check(999_743)).toMatchObject({ allowed: true, remaining: 1 });
+  });
+});
+
+describe('quota periods', () => {
+  it('a user moved from a lifetime quota to a daily one has the usage reset a day after the subscription started', async () => {
+    const m = start();
+    m.registerProfile('life', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 5 } });
+    m.registerProfile('daily', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 5, periodMs: DAY } });
+    await m.subscribe('u', 'life');
+    expect((await m.getLimiter('u').check(2)).allowed).toBe(true);
+    jump(HOUR);
+    expect(await m.changeProfile('u', 'daily')).toMatchObject({ usage: 2, periodStartedAt: new Date(T0) });
+    jump(DAY - HOUR);
+    expect(await m.getSubscription('u')).toMatchObject({ usage: 0, periodStartedAt: new Date(T0 + DAY) });
+  });
+});
+
+describe('units given back after a profile change', () => {
+  it('a unit charged before the user changed profile and back gives nothing back, once the bucket has had a unit given back', async () => {
+    const m = start();
+    m.registerProfile('thirds', { rate: { limit: 3, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    m.registerProfile('tens', { rate: { limit: 10, intervalMs: 1000 } });
+    await m.subscribe('first', 'thirds');
+    expect((await m.getLimiter('first').check()).allowed).toBe(true); // the store's first decision: its tick epoch
+    jump(HOUR);
+    await m.subscribe('u', 'thirds');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a');
+    await a.giveBack(); // the bucket's first unit given back
+    const b = await queued(m, u, 'b');
+    await m.changeProfile('u', 'tens');
+    await m.changeProfile('u', 'thirds');
+    await b.giveBack();
+    expect((await u.peek()).remaining).toBe(1);
+    running.release();
+    await running.ended;
+  });
+});
+
+describe('the MemoryStore on its own', () => {
+  const T = T0;
+  const plain = resolveProfile('plain', { rate: { limit: 10, intervalMs: 1000 } });
+  const other = resolveProfile('other', { rate: { limit: 10, intervalMs: 1000 } });
+
+  it('marks a subscription past its end expired before any manager is attached', () => {
+    const store = new MemoryStore();
+    store.subscribe('u', plain, input({ durationMs: 1000 }), T);
+    expect(store.getSubscription('u', T + 2000)).toMatchObject({ status: 'expired' });
+  });
+
+  it('peek without the reservations of waiting tasks tells the bucket as it is', () => {
+    const store = new MemoryStore();
+    store.subscribe('u', plain, input(), T);
+    expect(store.peek('u', T)).toMatchObject({ remaining: 10, retryAfterMs: 0 });
+  });
+
+  it('a sweep of one subscription at most takes the one that ended, however many never end', () => {
+    const store = new MemoryStore();
+    for (let i = 0; i < 3; i++) store.subscribe(`forever${i}`, plain, input(), T);
+    store.subscribe('ended', plain, input({ durationMs: 1000 }), T);
+    expect(store.sweepEnded(T + 2000, 0, 1)).toEqual({ deleted: [{ userId: 'ended', profileName: 'plain' }], more: false });
+  });
+
+  it('a user subscribed and deleted 2^19 times (every new record a usage generation of its own) is then canceled like any other', () => {
+    const store = new MemoryStore();
+    store.defineProfile(plain);
+    store.defineProfile(other);
+    for (let i = 0; i < 2 ** 19; i++) {
+      store.subscribe('u', other, input(), T);
+      store.deleteSubscription('u', T);
+    }
+    store.subscribe('u', other, input(), T);
+    expect(store.cancelSubscription('u', T)).toMatchObject({ status: 'canceled', profileName: 'other' });
+  });
+});
+
+describe('receipts across profile changes and usage resets', () => {
+  it('a unit charged before a change to another profile gives nothing back to the new profile\'s bucket', async () => {
+    const m = start();
+    m.registerProfile('tens', { rate: { limit: 10, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    m.registerProfile('slow', { rate: { limit: 1, intervalMs: 60_000, burst: 3 } });
+    await m.subscribe('u', 'tens');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a');
+    await m.changeProfile('u', 'slow'); // 2 units in use: full again in 2 minutes
+    await a.giveBack();
+    expect(await u.peek()).toMatchObject({ remaining: 1, resetAfterMs: 120_000 });
+    running.release();
+    await running.ended;
+  });
+
+  it('a unit given back after the user moved to another profile on the same shared bucket comes back to that bucket', async () => {
+    const m = start();
+    const rate = { limit: 1, intervalMs: 60_000, burst: 3, shared: 'pool' };
+    m.registerProfile('basic', { rate, pool: { perUserConcurrency: 1 } });
+    m.registerProfile('plus', { rate, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'basic');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a');
+    await m.changeProfile('u', 'plus');
+    await a.giveBack();
+    expect(await u.peek()).toMatchObject({ remaining: 2, resetAfterMs: 60_000 });
+    running.release();
+    await running.ended;
+  });
+
+  it('a unit given back after a usage reset still comes back to the bucket', async () => {
+    const m = start();
+    m.registerProfile('slow', { rate: { limit: 1, intervalMs: 60_000, burst: 3 }, quota: { limit: 10 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'slow');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a');
+    await m.resetUsage('u');
+    await a.giveBack();
+    expect(await u.peek()).toMatchObject({ remaining: 2, resetAfterMs: 60_000 });
+    running.release();
+    await running.ended;
+  });
+});
+
+describe('the MemoryStore on its own, over many re-bases', () => {
+  it('a receipt taken under another profile 1,024 re-bases ago gives nothing back', () => {
+    const store = new MemoryStore();
+    const glacial = resolveProfile('glacial', { rate: { limit: 1, intervalMs: 60 * DAY, burst: 2 } });
+    const monthly = resolveProfile('monthly', { rate: { limit: 1, intervalMs: 30 * DAY, burst: 2 } });
+    const fine = resolveProfile('fine', FINE);
+    for (const profile of [glacial, monthly, fine]) store.defineProfile(profile);
+    let now = T0;
+    store.subscribe('u', monthly, input(), now);
+    store.subscribe('f', fine, input(), now);
+    const receipt: { value: RateReceipt | undefined } = { value: undefined };
+    expect(store.take('u', 1, now, undefined, receipt)).toBe(0);
+    store.changeProfile('u', glacial, now); // the unit in use: 60 days of the new rate
+    const step = 38 * 60_000; // past a re-base for the fine rate's ticks
+    for (let i = 0; i < 1024; i++) {
+      now += step;
+      expect(store.take('f', 1, now)).toBe(0);
+    }
+    store.refundRate('u', 1, receipt.value as RateReceipt, now);
+    expect(store.peek('u', now)).toMatchObject({ remaining: 1, resetAfterMs: 60 * DAY - 1024 * step });
   });
 });

@@ -14,12 +14,10 @@ export class Timer {
   /**
    * @param ms Delay in milliseconds.
    * @param fire Called once when the delay has passed (never if cancelled first).
-   * @param unref Whether the timer lets the process exit.
    */
   constructor(
     ms: number,
     private readonly fire: () => void,
-    private readonly unref = false,
   ) {
     this.left = ms > 0 ? ms : 0;
     this.arm();
@@ -36,7 +34,6 @@ export class Timer {
       this.handle = undefined;
       this.fire();
     }, step);
-    if (this.unref) this.handle.unref();
   }
 
   /** Stops it; it never fires. */
