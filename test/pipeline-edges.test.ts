@@ -477,6 +477,13 @@ class FailingRefunds extends MemoryStore {
   }
 }
 
+/** A store whose rate refunds answer asynchronously, failing (as a remote store's call that is lost). */
+class LostRateRefunds extends MemoryStore {
+  override refundRate(): Promise<void> {
+    return Promise.reject(new Error('rate refund lost'));
+  }
+}
+
 /** A store whose admissions fail at once. */
 class FailingAdmissions extends MemoryStore {
   override admit(): never {
@@ -514,6 +521,25 @@ describe('admission at its edges', () => {
     await expect(p).rejects.toThrow('store down');
   });
 
+  it('a signal already aborted: ABORTED at once, the store never asked (a store that would fail is never reached)', async () => {
+    const m = make(new FailingAdmissions());
+    m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await m.subscribe('u', 'p');
+    const controller = new AbortController();
+    controller.abort();
+    let ran = false;
+    const err = await rejection(
+      m.getLimiter('u').submit(
+        () => {
+          ran = true;
+        },
+        { signal: controller.signal },
+      ),
+    );
+    expect(err.code).toBe('ABORTED');
+    expect(ran).toBe(false);
+  });
+
   it('a task aborted while its admission is in flight never runs: ABORTED, refunded', async () => {
     const { store, door, hold } = heldAdmissions();
     const m = make(store);
@@ -538,24 +564,30 @@ describe('admission at its edges', () => {
     expect(await usage(m, 'u')).toBe(0);
   });
 
-  it('refunds the store fails at once are reported to error listeners; the caller still gets its answer', async () => {
-    const m = make(new FailingRefunds());
-    m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
-    await m.subscribe('u', 'p');
-    const errors = faults(m);
-    const u = m.getLimiter('u');
-    const door = gate();
-    const running = u.submit(() => door.opened);
-    const controller = new AbortController();
-    const queued = track(u.submit(() => 'queued', { signal: controller.signal })); // its units are taken: it waits for the slot
-    await vi.advanceTimersByTimeAsync(0);
-    controller.abort();
-    await vi.advanceTimersByTimeAsync(0);
-    expect(queued.error?.code).toBe('ABORTED');
-    expect(errors.map((e) => e.message).sort()).toEqual(['quota refund lost', 'rate refund lost']);
-    door.open();
-    await running;
-  });
+  const failing = [
+    { how: 'at once', store: () => new FailingRefunds(), lost: ['quota refund lost', 'rate refund lost'] },
+    { how: 'asynchronously', store: () => new LostRateRefunds(), lost: ['rate refund lost'] },
+  ];
+  for (const { how, store, lost } of failing) {
+    it(`refunds the store fails ${how} are reported to error listeners; the caller still gets its answer`, async () => {
+      const m = make(store());
+      m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+      await m.subscribe('u', 'p');
+      const errors = faults(m);
+      const u = m.getLimiter('u');
+      const door = gate();
+      const running = u.submit(() => door.opened);
+      const controller = new AbortController();
+      const queued = track(u.submit(() => 'queued', { signal: controller.signal })); // its units are taken: it waits for the slot
+      await vi.advanceTimersByTimeAsync(0);
+      controller.abort();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(queued.error?.code).toBe('ABORTED');
+      expect(errors.map((e) => e.message).sort()).toEqual(lost);
+      door.open();
+      await running;
+    });
+  }
 });
 
 describe('a user moved to another profile while tasks wait', () => {
@@ -759,6 +791,100 @@ describe('rate units a task never used', () => {
   });
 });
 
+describe('a running task stopped', () => {
+  it("by its caller's abort: its RUNNING>CANCELED event gives the reason aborted", async () => {
+    const m = make();
+    m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await m.subscribe('u', 'p');
+    const events = record(m);
+    const door = gate();
+    const controller = new AbortController();
+    const run = track(m.getLimiter('u').submit(() => door.opened, { signal: controller.signal, taskId: 'T' }));
+    await vi.advanceTimersByTimeAsync(0);
+    controller.abort();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(run.error?.code).toBe('ABORTED');
+    expect(events.filter((e) => e.id === 'T' && e.to === 'CANCELED').map((e) => `${e.from}>${e.to} ${e.reason}`)).toEqual(['RUNNING>CANCELED aborted']);
+    door.open();
+  });
+});
+
+describe('rate units given back', () => {
+  it('all come back when many tasks holding them are aborted in one go, in any order, more of them than a bucket keeps a log of', async () => {
+    const m = make();
+    m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    const door = gate();
+    const running = u.submit(() => door.opened);
+    const controllers = Array.from({ length: 60 }, () => new AbortController());
+    const queued = controllers.map((c) => rejection(u.submit(() => 'never', { signal: c.signal }))); // their units are taken: they wait for the slot
+    await vi.advanceTimersByTimeAsync(0);
+    expect((await u.peek()).remaining).toBe(39);
+    // From both ends inwards (first, last, second, second to last...), all in one run of code.
+    for (let i = 0; i < 30; i++) {
+      controllers[i]?.abort();
+      controllers[59 - i]?.abort();
+    }
+    expect((await Promise.all(queued)).every((e) => e.code === 'ABORTED')).toBe(true);
+    await vi.advanceTimersByTimeAsync(0);
+    expect((await u.peek()).remaining).toBe(99); // only the running task's unit is spent
+    door.open();
+    await running;
+  });
+});
+
+describe('close() and what running a task came to', () => {
+  it('with drain, a task that returns the SHUTTING_DOWN error of a submit it made during the close ran to its end: completed', async () => {
+    const m = make();
+    m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 } });
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    const door = gate();
+    const run = u.submit(async () => {
+      await door.opened;
+      return u.submit(() => 'never').catch((error: unknown) => error);
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    const closing = m.close({ drain: true, timeoutMs: 60_000 });
+    door.open();
+    expect(((await run) as TaskvalveError).code).toBe('SHUTTING_DOWN');
+    expect(await closing).toEqual({ completed: 1, rejected: 0, abandoned: 0 });
+  });
+});
+
+/** A store that says the user's usage period ends at the very moment of each decision (0 ms left). */
+function periodEndsNow(): Store {
+  const inner = new MemoryStore();
+  return storeWith(inner, {
+    admit(...args: Parameters<MemoryStore['admit']>) {
+      return { ...inner.admit(...args), quotaResetAfterMs: 0 };
+    },
+  });
+}
+
+describe('quota figures of a usage period that ends at the decision', () => {
+  const profile = { rate: { limit: 1, intervalMs: 1000 }, quota: { limit: 10, periodMs: 60_000 } };
+
+  it('checkDetailed() gives 0 ms until the period ends, not null (which says there is no period)', async () => {
+    const m = make(periodEndsNow());
+    m.registerProfile('p', profile);
+    await m.subscribe('u', 'p');
+    expect(await m.getLimiter('u').checkDetailed()).toMatchObject({ allowed: true, quotaLimit: 10, quotaResetAfterMs: 0 });
+  });
+
+  it('a RATE_LIMITED refusal gives 0 ms until the period ends, not null', async () => {
+    const m = make(periodEndsNow());
+    m.registerProfile('p', profile);
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    expect(await u.submit(() => 'first')).toBe('first');
+    const err = await rejection(u.submit(() => 'never', { wait: false }));
+    expect(err.code).toBe('RATE_LIMITED');
+    expect(err.refusal).toMatchObject({ quotaLimit: 10, quotaResetAfterMs: 0 });
+  });
+});
+
 describe('worker tasks and inline tasks side by side', () => {
   const TASKS = new URL('./fixtures/tasks.mjs', import.meta.url);
 
@@ -781,4 +907,41 @@ describe('worker tasks and inline tasks side by side', () => {
     expect(await busy).toMatchObject({ label: 'busy' });
   });
 
+  it('a worker task abandoned by close(): its thread is terminated, its end is a late event, and it is not dead-lettered', async () => {
+    vi.useRealTimers(); // real threads
+    // The store's own close waits for the test: the metrics are still registered until it ends.
+    const storeClosing = gate();
+    const storeClosed = gate();
+    const store = storeWith(new MemoryStore(), {
+      close() {
+        storeClosing.open();
+        return storeClosed.opened.then(() => ({ owed: 0 }));
+      },
+    });
+    const m = new Manager({ store });
+    managers.push(m);
+    m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, pool: { filename: TASKS, maxThreads: 1 } });
+    await m.subscribe('u', 'p');
+    const dead = letters(m);
+    const running = new Promise<void>((resolve) =>
+      m.on('task', (e) => {
+        if (e.id === 'T' && e.to === 'RUNNING') resolve();
+      }),
+    );
+    // Holds its thread (at most 5 s) on a gate nobody opens; it has no signal, so only terminating its thread stops it.
+    const payload = { state: new Int32Array(new SharedArrayBuffer(8)), gate: new Int32Array(new SharedArrayBuffer(4)), label: 'held' };
+    const held = rejection(m.getLimiter('u').submit({ name: 'concurrent', payload }, { taskId: 'T' }));
+    await running;
+    const closing = m.close({ drain: false, timeoutMs: 0 });
+    expect((await held).code).toBe('SHUTTING_DOWN');
+    await storeClosing.opened; // the pools are destroyed: the terminated run's end has come back
+    try {
+      expect(await scrape(m, 'taskvalve_task_late_events_total', { profile: 'p' })).toBe(1);
+      expect(await scrape(m, 'taskvalve_tasks_completed_total', { profile: 'p', outcome: 'crashed' })).toBe(0);
+      expect(dead).toEqual([]);
+    } finally {
+      storeClosed.open();
+    }
+    expect(await closing).toEqual({ completed: 0, rejected: 0, abandoned: 1 });
+  });
 });
