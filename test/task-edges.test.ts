@@ -97,6 +97,25 @@ describe('what an inline task that fails becomes', () => {
   });
 });
 
+describe('what an inline task that returns becomes', () => {
+  for (const value of ['done', null] as const) {
+    it(`a task that returns ${String(value)} has succeeded when it returns: an abort it queues on its way out changes nothing`, async () => {
+      const m = await setup();
+      const controller = new AbortController();
+      const result = await m.getLimiter('u').submit(
+        () => {
+          queueMicrotask(() => controller.abort());
+          return value;
+        },
+        { signal: controller.signal },
+      );
+      expect(result).toBe(value);
+      expect(await scrape(m, 'taskvalve_tasks_completed_total', { profile: 'p', outcome: 'success' })).toBe(1);
+      expect(await scrape(m, 'taskvalve_tasks_abandoned_total', { profile: 'p' })).toBe(0);
+    });
+  }
+});
+
 const TASKS = new URL('./fixtures/tasks.mjs', import.meta.url);
 
 /** A gate worker tasks wait on (`concurrent`), opened from this thread. */
@@ -235,6 +254,81 @@ describe('fair scheduling and slots', () => {
     expect(await scrape(m, 'taskvalve_tasks_running', { profile: 'p' })).toBe(1);
     second.open();
     expect(await Promise.all([b, c])).toEqual([undefined, 'c']);
+  });
+
+  it("a user's task submitted in the turn their slot frees starts after their task already waiting for it", async () => {
+    const m = await setup({ pool: { perUserConcurrency: 1 } });
+    const order = starts(m);
+    const u = m.getLimiter('u');
+    const hold = gate();
+    const aStarted = started(m, 'A');
+    const a = u.submit(() => hold.opened, { taskId: 'A' });
+    await aStarted;
+    const b = u.submit(() => 'b', { taskId: 'B' });
+    // Called in the turn A ends (after A's own end, which frees the slot), before B's dispatch.
+    let c: Promise<unknown> | undefined;
+    void hold.opened.then(() => {
+      c = u.submit(() => 'c', { taskId: 'C' });
+    });
+    hold.open();
+    await a;
+    expect(await Promise.all([b, c])).toEqual(['b', 'c']);
+    expect(order).toEqual(['A', 'B', 'C']);
+  });
+
+  it("a worker task submitted in the turn a user's slot frees does not take the free thread ahead of that user's worker task waiting for it", async () => {
+    const m = await setup({ pool: { filename: TASKS, maxThreads: 1, perUserConcurrency: 1 } });
+    await m.subscribe('v', 'p');
+    const order = starts(m);
+    const u = m.getLimiter('u');
+    const hold = gate();
+    const iStarted = started(m, 'I');
+    const i = u.submit(() => hold.opened, { taskId: 'I' });
+    await iStarted;
+    // The thread is free, but W waits for u's slot, which I holds.
+    const w = u.submit({ name: 'echo', payload: 'w' }, { taskId: 'W' });
+    // Called in the turn I ends (after I's own end, which frees u's slot), before W's dispatch.
+    let v: Promise<unknown> | undefined;
+    void hold.opened.then(() => {
+      v = m.getLimiter('v').submit({ name: 'echo', payload: 'v' }, { taskId: 'V' });
+    });
+    hold.open();
+    await i;
+    expect(await Promise.all([w, v])).toEqual(['w', 'v']);
+    expect(order).toEqual(['I', 'W', 'V']);
+  });
+
+  it("a user's worker task waiting for a thread does not move their inline tasks ahead of another user's in the turn order", async () => {
+    const m = await setup({ pool: { filename: TASKS, maxThreads: 1, perUserConcurrency: 3 } });
+    await m.subscribe('v', 'p');
+    await m.subscribe('x', 'p');
+    const order = starts(m);
+    const u = m.getLimiter('u');
+    const v = m.getLimiter('v');
+    // x's worker task holds the one thread.
+    const thread = threadGate();
+    const xStarted = started(m, 'X');
+    const x = m.getLimiter('x').submit({ name: 'concurrent', payload: { state: thread.state, gate: thread.gate, label: 'x' } }, { taskId: 'X' });
+    await xStarted;
+    // v runs three tasks (its cap) with a fourth waiting; u runs two. One gate ends them, v's first.
+    const first = gate();
+    const running = ['V1', 'V2', 'V3'].map((id) => v.submit(() => first.opened, { taskId: id }));
+    const waiting = v.submit(() => 'vq', { taskId: 'VQ' });
+    const uStarted = started(m, 'U2');
+    running.push(...['U1', 'U2'].map((id) => u.submit(() => first.opened, { taskId: id })));
+    await uStarted;
+    first.open();
+    // Before those ends are seen: u queues a worker task (it waits for the thread), takes its
+    // last slot with I1, and queues I2. v's slot frees first, so VQ goes before I2.
+    const worker = u.submit({ name: 'echo', payload: 'wu' }, { taskId: 'WU' });
+    const second = gate();
+    const i1 = u.submit(() => second.opened.then(() => 'i1'), { taskId: 'I1' });
+    const i2 = u.submit(() => 'i2', { taskId: 'I2' });
+    await Promise.all([...running, waiting, i2]);
+    expect(order).toEqual(['X', 'V1', 'V2', 'V3', 'U1', 'U2', 'I1', 'VQ', 'I2']);
+    second.open();
+    thread.open();
+    expect(await Promise.all([i1, worker, x])).toEqual(['i1', 'wu', { label: 'x', gate: expect.any(String) }]);
   });
 
   it("a user's capped tasks that wait, inline or worker, each start once the slot before them is free", async () => {
@@ -539,7 +633,48 @@ describe('failures the store could not keep', () => {
   });
 });
 
+/** A MemoryStore that notes how many tasks still count as running when close() reaches it. */
+class ClosingStore extends MemoryStore {
+  manager: Manager | undefined;
+  runningAtClose: number | undefined;
+  lateAtClose: number | undefined;
+  async close(): Promise<void> {
+    this.runningAtClose = await scrape(this.manager as Manager, 'taskvalve_tasks_running', { profile: 'p' });
+    this.lateAtClose = await scrape(this.manager as Manager, 'taskvalve_task_late_events_total', { profile: 'p' });
+  }
+}
+
 describe('worker runs', () => {
+  it("close() ends the run of a worker task still running at its timeout (its thread destroyed) before it closes the store", async () => {
+    const store = new ClosingStore();
+    const m = await setup({ pool: { filename: TASKS, maxThreads: 1 } }, store);
+    store.manager = m;
+    const thread = threadGate();
+    const holdStarted = started(m, 'hold');
+    const holding = rejection(m.getLimiter('u').submit({ name: 'concurrent', payload: { state: thread.state, gate: thread.gate, label: 'hold' } }, { taskId: 'hold' }));
+    await holdStarted;
+    expect(await m.close({ drain: false, timeoutMs: 0 })).toEqual({ completed: 0, rejected: 0, abandoned: 1 });
+    expect((await holding).code).toBe('SHUTTING_DOWN');
+    expect(store.runningAtClose).toBe(0);
+    thread.open(); // a thread left running would end its task now
+  });
+
+  it('a worker task abandoned by close() is no late event, with a signal or without: its thread ends because close() ends it', async () => {
+    for (const signal of [undefined, new AbortController().signal]) {
+      const store = new ClosingStore();
+      const m = await setup({ pool: { filename: TASKS, maxThreads: 1 } }, store);
+      store.manager = m;
+      const thread = threadGate();
+      const holdStarted = started(m, 'hold');
+      const holding = rejection(m.getLimiter('u').submit({ name: 'concurrent', payload: { state: thread.state, gate: thread.gate, label: 'hold' } }, { taskId: 'hold', ...(signal === undefined ? {} : { signal }) }));
+      await holdStarted;
+      expect(await m.close({ drain: false, timeoutMs: 0 })).toEqual({ completed: 0, rejected: 0, abandoned: 1 });
+      expect((await holding).code).toBe('SHUTTING_DOWN');
+      expect(store.lateAtClose, signal === undefined ? 'without a signal' : 'with a signal').toBe(0);
+      thread.open();
+    }
+  });
+
   it('a worker error marked not retryable stays so when its dead letter cannot be stored', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'taskvalve-'));
     const file = join(dir, 'refuse.mjs');

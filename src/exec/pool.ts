@@ -55,6 +55,8 @@ export class WorkerPool {
   /** Per-run "execution began" flags, written by the worker; one slot per thread at most in flight. */
   private readonly flags: Int32Array;
   private readonly freeSlots: number[] = [];
+  /** Its threads are being terminated (close): runs in flight end without an answer. */
+  private destroyed = false;
 
   /**
    * @param profile The profile whose pool this is (its `pool.filename` must be set).
@@ -155,7 +157,9 @@ export class WorkerPool {
   /** What Piscina's rejection means: our timeout, an abort, a payload it could not send, or a dead thread. */
   private failure(name: string, error: unknown, timedOut: boolean, timeoutMs: number, controller: AbortController | undefined): RunResult {
     if (timedOut) return { ok: false, error: taskTimeout(timeoutMs), refund: false };
-    if (controller?.signal.aborted) return { ok: false, error: undefined, refund: false };
+    // Stopped by its caller, or its thread terminated by close(): the task was settled first, and
+    // this end is not the task's answer (no late event).
+    if (controller?.signal.aborted || this.destroyed) return { ok: false, error: undefined, refund: false };
     if ((error as { name?: unknown }).name === 'DataCloneError') {
       return { ok: false, error: invalidArgument(`payload of task ${JSON.stringify(name)} cannot be cloned to a worker thread: ${(error as Error).message}`, error), refund: true };
     }
@@ -164,6 +168,7 @@ export class WorkerPool {
 
   /** Terminates every thread; runs in flight reject. */
   async destroy(): Promise<void> {
+    this.destroyed = true;
     this.channel.close();
     await this.piscina.destroy();
   }
