@@ -131,6 +131,40 @@ describe('on the MemoryStore (fake timers)', () => {
     expect(starts).toEqual(['D@0', 'A1@1000', 'B1@2000', 'B2@3000']);
   });
 
+  it('when the head leaves RATE_LIMITED at its deadline, a task behind it whose units conform starts at once', async () => {
+    // Two managers on one store, as two processes on one shared bucket.
+    const store = new MemoryStore();
+    await manager.close();
+    manager = new Manager({ store });
+    const other = new Manager({ store });
+    const rate = { limit: 1, intervalMs: 1000, burst: 3, shared: 'pool' };
+    for (const m of [manager, other]) {
+      m.registerProfile('calm', { rate });
+      m.registerProfile('hasty', { rate: { ...rate, maxWaitMs: 3500 } });
+    }
+    await manager.subscribe('X', 'calm');
+    await manager.subscribe('Y', 'hasty');
+    await other.subscribe('Z', 'calm');
+    // A check takes the bucket's units: one conforms per second from 0.
+    expect((await manager.getLimiter('X').check(3)).allowed).toBe(true);
+    const starts: string[] = [];
+    // Y's task of cost 3 would conform at 3 s, within its wait (3.5 s); X's task waits behind it.
+    const big = manager.getLimiter('Y').submit(() => starts.push('big'), { cost: 3 }).catch((e: TaskvalveError) => e.code);
+    const small = manager.getLimiter('X').submit(() => starts.push(`small@${since()}`));
+    // At 2 s the other process takes a unit: the big task's units conform at 4 s, past its deadline.
+    try {
+      await vi.advanceTimersByTimeAsync(2000);
+      expect((await other.getLimiter('Z').check(1)).allowed).toBe(true);
+      await vi.advanceTimersByTimeAsync(1500);
+      expect(await big).toBe('RATE_LIMITED');
+      // The small task's unit conforms at 3.5 s.
+      expect(starts).toEqual(['small@3500']);
+      await small;
+    } finally {
+      await other.close();
+    }
+  });
+
   it('while tasks still wait after a turn, a check counts their units: it is not allowed ahead of them', async () => {
     manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 1 } });
     await manager.subscribe('A', 'p');
@@ -177,11 +211,12 @@ describe('on the MemoryStore (fake timers)', () => {
 /**
  * A MemoryStore behind a store whose `take` answers with a promise and that has no
  * `takeTurns` (a store is free to answer either way): each waiting task's turn is one call.
- * Its answers can be held until the test lets them go, and the next call can be made to fail.
+ * Its answers can be held until the test lets them go, and the next call can be made to fail;
+ * `receipts: false` answers with no receipts (a store that cannot say how to give units back).
  */
 function asyncTakes(inner: MemoryStore) {
   const held: { resolve: () => void; reject: (error: Error) => void }[] = [];
-  const state = { hold: false, failNext: undefined as Error | undefined, calls: 0 };
+  const state = { hold: false, failNext: undefined as Error | undefined, calls: 0, receipts: true };
   const store = new Proxy(inner, {
     get(target, prop) {
       if (prop === 'takeTurns') return undefined;
@@ -194,7 +229,9 @@ function asyncTakes(inner: MemoryStore) {
             return Promise.reject(error);
           }
           // The units are taken now (as a store's script runs when the call arrives); the answer comes later.
-          const ms = target.take(...args);
+          // Without receipts, the store does not say how to give them back.
+          const [userId, cost, nowMs, slot, receipt] = args;
+          const ms = target.take(userId, cost, nowMs, slot, state.receipts ? receipt : undefined);
           if (!state.hold) return Promise.resolve(ms);
           return new Promise<number>((resolve, reject) => held.push({ resolve: () => resolve(ms), reject }));
         };
@@ -252,6 +289,29 @@ describe('on a store whose takes answer asynchronously, one task per call (fake 
     await headAbortedWhileSleeping(manager, since);
   });
 
+  it('a task behind the head aborted while the line sleeps for the head does not have the line ask the store again: the head starts when its units conform', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    // A check takes its units: the bucket is empty.
+    expect((await limiter.check(3)).allowed).toBe(true);
+    const starts: string[] = [];
+    const controller = new AbortController();
+    const head = limiter.submit(() => starts.push(`head@${since()}`), { cost: 3 });
+    const behind = limiter.submit(() => starts.push('behind'), { signal: controller.signal }).catch((e: TaskvalveError) => e.code);
+    const last = limiter.submit(() => starts.push(`last@${since()}`));
+    // The head's units conform at 3 s: the line sleeps until then.
+    await vi.advanceTimersByTimeAsync(500);
+    const calls = takes.state.calls;
+    controller.abort();
+    expect(await behind).toBe('ABORTED');
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(takes.state.calls).toBe(calls);
+    await vi.advanceTimersByTimeAsync(2000);
+    await Promise.all([head, last]);
+    expect(starts).toEqual(['head@3000', 'last@4000']);
+  });
+
   it('a task aborted while its turn is in flight does not start, its units come back, and the next task still has its turn', async () => {
     manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
     await manager.subscribe('A', 'p');
@@ -280,6 +340,31 @@ describe('on a store whose takes answer asynchronously, one task per call (fake 
     expect(starts[0]).toMatch(/^second@/);
   });
 
+  it('a task aborted while its turn is in flight is given nothing back when the store gave no receipt for its units, and the next task still has its turn', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
+    await manager.subscribe('A', 'p');
+    const errors: Error[] = [];
+    manager.on('error', (e) => errors.push(e));
+    const limiter = manager.getLimiter('A');
+    expect((await limiter.check(3)).allowed).toBe(true);
+    const controller = new AbortController();
+    const first = limiter.submit(() => 'first', { cost: 2, signal: controller.signal }).catch((e: TaskvalveError) => e.code);
+    const second = limiter.submit(() => 'second');
+    // The first task's turn is asked for at 2 s (its two units taken, with no receipt); the answer is held.
+    takes.state.receipts = false;
+    takes.state.hold = true;
+    const calls = takes.state.calls;
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(takes.state.calls).toBe(calls + 1);
+    controller.abort();
+    expect(await first).toBe('ABORTED');
+    takes.state.hold = false;
+    takes.release();
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(await second).toBe('second');
+    expect(errors).toEqual([]);
+  });
+
   it('a task aborted while its turn is in flight, its units not conforming yet: the next task has its turn when its own units conform', async () => {
     manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
     await manager.subscribe('A', 'p');
@@ -304,6 +389,59 @@ describe('on a store whose takes answer asynchronously, one task per call (fake 
     await vi.advanceTimersByTimeAsync(2000);
     await small;
     expect(starts).toEqual(['small@1000']);
+  });
+
+  it('the deadline of a task that has left the line does not wake it: the line sleeps until its head conforms', async () => {
+    const rate = { limit: 1, intervalMs: 1000, burst: 3, shared: 'pool' };
+    manager.registerProfile('calm', { rate });
+    manager.registerProfile('hasty', { rate: { ...rate, maxWaitMs: 3000 } });
+    await manager.subscribe('X', 'calm');
+    await manager.subscribe('Y', 'hasty');
+    const x = manager.getLimiter('X');
+    // A check takes the bucket's units: one conforms per second from 0.
+    expect((await x.check(3)).allowed).toBe(true);
+    const starts: string[] = [];
+    const controller = new AbortController();
+    const first = x.submit(() => starts.push(`first@${since()}`));
+    // Y's task may wait until 3 s; it is aborted at 0.5 s.
+    const hasty = manager.getLimiter('Y').submit(() => starts.push('hasty'), { signal: controller.signal }).catch((e: TaskvalveError) => e.code);
+    const big = x.submit(() => starts.push(`big@${since()}`), { cost: 3 });
+    await vi.advanceTimersByTimeAsync(500);
+    controller.abort();
+    expect(await hasty).toBe('ABORTED');
+    // At 1 s the first task has its turn; the big one's three units conform at 4 s.
+    await vi.advanceTimersByTimeAsync(500);
+    expect(starts).toEqual(['first@1000']);
+    const calls = takes.state.calls;
+    await vi.advanceTimersByTimeAsync(2500);
+    expect(takes.state.calls).toBe(calls);
+    await vi.advanceTimersByTimeAsync(500);
+    await big;
+    expect(starts).toEqual(['first@1000', 'big@4000']);
+  });
+
+  it("while a bucket's take is in flight the line asks the store for no other take on it, even once every task of that take has left: a newcomer's turn is asked when the answer is in", async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 1 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    await limiter.submit(() => 'spend');
+    const controller = new AbortController();
+    const gone = limiter.submit(() => 'gone', { signal: controller.signal }).catch((e: TaskvalveError) => e.code);
+    // Its turn is asked at 1 s (its unit taken); the answer is held. Then it is aborted.
+    takes.state.hold = true;
+    await vi.advanceTimersByTimeAsync(1000);
+    takes.state.hold = false;
+    const calls = takes.state.calls;
+    controller.abort();
+    expect(await gone).toBe('ABORTED');
+    // A newcomer waits (its unit conforms at 2 s); the answer is still held at 3 s.
+    const newcomer = limiter.submit(() => `newcomer@${since()}`);
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(takes.state.calls).toBe(calls);
+    takes.release();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(takes.state.calls).toBe(calls + 1);
+    expect(await newcomer).toBe('newcomer@3000');
   });
 
   it('a task moved to another bucket by a profile change while its turn on the old one is in flight waits on, and runs, on its new bucket when that old turn fails', async () => {
@@ -402,6 +540,28 @@ describe('on a store that takes turns in batches and answers at once (fake timer
     expect(starts).toEqual(['0@2000', '1@4000', '2@6000']);
   });
 
+  it('a task left behind a turn that took every task it asked for leaves RATE_LIMITED once past its deadline, told when a new request could run', async () => {
+    const rate = { limit: 1, intervalMs: 1000, burst: 2, shared: 'pool' };
+    manager.registerProfile('calm', { rate });
+    manager.registerProfile('hasty', { rate: { ...rate, maxWaitMs: 3000 } });
+    await manager.subscribe('X', 'calm');
+    await manager.subscribe('Y', 'hasty');
+    // A check takes the bucket's units: one conforms per second from 0.
+    expect((await manager.getLimiter('X').check(2)).allowed).toBe(true);
+    const starts: string[] = [];
+    const submit = (user: string, name: string, cost: number) =>
+      manager.getLimiter(user).submit(() => starts.push(`${name}@${since()}`), { cost }).catch((e: TaskvalveError) => e);
+    // Y's two tasks may wait until 3 s. Round-robin: Y1 at 1 s, X's task of cost 2 at 3 s; Y2's
+    // turn would come at 4 s. The turn at 3 s takes X's task alone (Y2 would pass the burst).
+    const runs = [submit('Y', 'Y1', 1), submit('Y', 'Y2', 1), submit('X', 'X1', 2)];
+    await vi.advanceTimersByTimeAsync(3000);
+    const [y1, y2, x1] = await Promise.all(runs);
+    expect([y1, x1]).toEqual([1, 2]);
+    expect(starts).toEqual(['Y1@1000', 'X1@3000']);
+    // The bucket is empty at 3 s: a new request's unit conforms at 4 s.
+    expect(y2).toMatchObject({ code: 'RATE_LIMITED', retryAfterMs: 1000 });
+  });
+
   it('a turn the store fails ends the tasks of it STORE_UNAVAILABLE, their quota refunded, and the task behind them still has its turn', async () => {
     manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 1 }, quota: { limit: 100 } });
     await manager.subscribe('A', 'p');
@@ -435,6 +595,44 @@ describe('on a store that takes turns in batches and answers at once (fake timer
     expect(await waiting[0]).toBe('ran 0');
   });
 
+  it('a task refused at its turn for a full queue gets its unit back, and never starts', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 2 }, pool: { perUserConcurrency: 1, maxQueue: 1 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    let release!: () => void;
+    // The user's one slot is busy until the test releases it; the bucket is then empty.
+    const blocker = limiter.submit(() => new Promise<void>((done) => (release = done)), { cost: 2 });
+    await vi.advanceTimersByTimeAsync(0);
+    const starts: string[] = [];
+    const waiting = [0, 1].map((i) => limiter.submit(() => starts.push(`${i}`)).catch((e: TaskvalveError) => e.code));
+    // At 2 s both units conform: the first task fills the queue, the second finds it full and its unit goes back.
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(await waiting[1]).toBe('QUEUE_FULL');
+    expect((await limiter.check(1)).allowed).toBe(true);
+    release();
+    await blocker;
+    expect(await waiting[0]).toBe(1);
+    expect(starts).toEqual(['0']);
+  });
+
+  it('after a profile change lowers the burst, every task of a turn the store did not take still has its turn, in order', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 4 } });
+    manager.registerProfile('q', { rate: { limit: 1, intervalMs: 1000, burst: 1 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    expect((await limiter.check(4)).allowed).toBe(true);
+    const starts: string[] = [];
+    const runs = [1, 2, 3, 4].map((i) => limiter.submit(() => starts.push(`${i}`)));
+    // The turn at 1 s asks for all four (together within the burst): the store takes the first.
+    await vi.advanceTimersByTimeAsync(1500);
+    expect(starts).toEqual(['1']);
+    // A burst of 1: the next turn asks for one task at a time.
+    await manager.changeProfile('A', 'q');
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(starts).toEqual(['1', '2', '3', '4']);
+    await Promise.all(runs);
+  });
+
   it('when the head is aborted, the task behind it starts when its own units conform', async () => {
     manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
     await manager.subscribe('A', 'p');
@@ -450,6 +648,221 @@ describe('on a store that takes turns in batches and answers at once (fake timer
     await vi.advanceTimersByTimeAsync(500);
     await small;
     expect(starts).toEqual(['small@1000']);
+  });
+});
+
+/**
+ * The batch store above, its answers given as promises, which can be held until the test lets
+ * them go (the units are taken when the call is made, as a store's script runs when the call
+ * arrives). It can also answer as a store may for its own reasons: taking at most `perCall`
+ * waiters per call (then 0: ask again now), stopping before the first waiter (`stalls` calls
+ * answered "0 taken, ask again now"), finding that the first waiter's units can never conform
+ * (`never`: the next call), or giving no receipts (a store that cannot say how to give units back).
+ */
+function heldBatchTurns(inner: MemoryStore) {
+  const batch = batchTurns(inner);
+  const held: { answer: TurnsTaken; resolve: (answer: TurnsTaken) => void; reject: (error: Error) => void }[] = [];
+  const state = { hold: false, calls: 0, sizes: [] as number[], perCall: Infinity, stalls: 0, never: false, receipts: true };
+  const store = new Proxy(batch, {
+    get(target, prop) {
+      if (prop === 'takeTurns') {
+        return (waiters: readonly TurnRequest[], nowMs: number): Promise<TurnsTaken> => {
+          state.calls++;
+          state.sizes.push(waiters.length);
+          let answer: TurnsTaken;
+          if (state.stalls > 0) {
+            state.stalls--;
+            answer = { taken: 0, waitMs: 0, receipts: [] };
+          } else if (state.never) {
+            state.never = false;
+            answer = { taken: 0, waitMs: Infinity, receipts: [] };
+          } else {
+            const asked = waiters.slice(0, state.perCall);
+            answer = (target.takeTurns as (w: readonly TurnRequest[], now: number) => TurnsTaken)(asked, nowMs);
+            if (!state.receipts) answer.receipts = answer.receipts.map(() => undefined);
+          }
+          if (!state.hold) return Promise.resolve(answer);
+          return new Promise((resolve, reject) => held.push({ answer, resolve, reject }));
+        };
+      }
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  }) as unknown as Store;
+  /** The held answers reach the line. */
+  const release = (): void => {
+    for (const call of held.splice(0)) call.resolve(call.answer);
+  };
+  /** The held calls fail instead (their units stay taken, as when a reply is lost). */
+  const fail = (error: Error): void => {
+    for (const call of held.splice(0)) call.reject(error);
+  };
+  return { store, state, release, fail };
+}
+
+describe('on a store that takes turns in batches and answers later (fake timers)', () => {
+  let manager: Manager;
+  let turns: ReturnType<typeof heldBatchTurns>;
+  let t0: number;
+  const since = () => Date.now() - t0;
+
+  beforeEach(() => {
+    vi.useFakeTimers();
+    t0 = Date.now();
+    turns = heldBatchTurns(new MemoryStore());
+    manager = new Manager({ store: turns.store });
+  });
+
+  afterEach(async () => {
+    turns.state.hold = false;
+    turns.release();
+    const closing = manager.close({ drain: false, timeoutMs: 0 });
+    await vi.runAllTimersAsync();
+    await closing;
+    vi.useRealTimers();
+  });
+
+  it('one call asks for at most 64 waiting tasks; the others follow in later calls', async () => {
+    manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000, burst: 100 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    // A check takes the bucket's units: one conforms every 10 ms from 0.
+    expect((await limiter.check(100)).allowed).toBe(true);
+    let ran = 0;
+    const runs = Array.from({ length: 70 }, () => limiter.submit(() => ++ran));
+    await vi.advanceTimersByTimeAsync(700);
+    await Promise.all(runs);
+    expect(ran).toBe(70);
+    expect(turns.state.sizes[0]).toBe(64);
+    expect(Math.max(...turns.state.sizes)).toBe(64);
+  });
+
+  it('a task left behind a turn whose answer came past its deadline leaves RATE_LIMITED, though its units conform by then', async () => {
+    const rate = { limit: 1, intervalMs: 1000, burst: 3, shared: 'pool' };
+    manager.registerProfile('calm', { rate });
+    manager.registerProfile('hasty', { rate: { ...rate, maxWaitMs: 4000 } });
+    await manager.subscribe('X', 'calm');
+    await manager.subscribe('Y', 'hasty');
+    // A check takes the bucket's units: one conforms per second from 0.
+    expect((await manager.getLimiter('X').check(3)).allowed).toBe(true);
+    const starts: string[] = [];
+    const small = manager.getLimiter('X').submit(() => starts.push('small'));
+    // Y's task of cost 3 may wait until 4 s (its units would conform then).
+    const big = manager.getLimiter('Y').submit(() => starts.push('big'), { cost: 3 }).catch((e: TaskvalveError) => e.code);
+    // The turn at 1 s asks for the small task alone (the big one would pass the burst); its answer is held until 5 s.
+    turns.state.hold = true;
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(turns.state.sizes).toEqual([1]);
+    turns.state.hold = false;
+    await vi.advanceTimersByTimeAsync(4000);
+    turns.release();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(await big).toBe('RATE_LIMITED');
+    await small;
+    expect(starts).toEqual(['small']);
+  });
+
+  it('when the store takes fewer of a turn\'s tasks than asked and says to ask again now, the others are asked for at once', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    expect((await limiter.check(3)).allowed).toBe(true);
+    const starts: string[] = [];
+    const controller = new AbortController();
+    // A task of cost 3 heads the line (3 s away); two of cost 1 wait behind it.
+    const big = limiter.submit(() => starts.push('big'), { cost: 3, signal: controller.signal }).catch((e: TaskvalveError) => e.code);
+    const small = [1, 2].map((i) => limiter.submit(() => starts.push(`${i}@${since()}`)));
+    // The store takes one task per call. At 2.5 s the head is aborted: both units behind it conform.
+    turns.state.perCall = 1;
+    await vi.advanceTimersByTimeAsync(2500);
+    controller.abort();
+    expect(await big).toBe('ABORTED');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(starts).toEqual(['1@2500', '2@2500']);
+    await Promise.all(small);
+  });
+
+  it('when the store stops before the first task of a turn and says to ask again now, it is asked again a moment later, not in a loop', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 1 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    expect((await limiter.check(1)).allowed).toBe(true);
+    const task = limiter.submit(() => 'ran');
+    turns.state.stalls = 3;
+    const calls = turns.state.calls;
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(turns.state.calls).toBe(calls + 1);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(await task).toBe('ran');
+    expect(turns.state.calls).toBe(calls + 4);
+  });
+
+  it('when the store says the first task\'s units can never conform (its profile changed elsewhere), it leaves and the task behind it still has its turn', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 2 } });
+    await manager.subscribe('A', 'p');
+    const limiter = manager.getLimiter('A');
+    expect((await limiter.check(2)).allowed).toBe(true);
+    const starts: string[] = [];
+    const first = limiter.submit(() => 'first').catch((e: TaskvalveError) => e.code);
+    const second = limiter.submit(() => starts.push(`second@${since()}`));
+    turns.state.never = true;
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(await first).toBe('INVALID_ARGUMENT');
+    expect(starts).toEqual(['second@1000']);
+    await second;
+  });
+
+  it.each(['says its units can never conform', 'fails'] as const)(
+    'a task moved to another bucket by a profile change while a turn on the old one is in flight waits on, and runs, on its new bucket when the store %s',
+    async (answer) => {
+      manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 1 } });
+      manager.registerProfile('q', { rate: { limit: 1, intervalMs: 1000, burst: 1, shared: 'pool' } });
+      await manager.subscribe('A', 'p');
+      const limiter = manager.getLimiter('A');
+      await limiter.submit(() => 'spend');
+      const moved = limiter.submit(() => `ran@${since()}`).catch((e: TaskvalveError) => e.code);
+      // Its turn on its own bucket is asked for at 1 s and held; it moves to the shared bucket.
+      turns.state.hold = true;
+      turns.state.never = answer === 'says its units can never conform';
+      await vi.advanceTimersByTimeAsync(1000);
+      turns.state.hold = false;
+      await manager.changeProfile('A', 'q');
+      if (answer === 'fails') turns.fail(new Error('reply lost'));
+      else turns.release();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(await moved).toBe('ran@1000');
+    },
+  );
+
+  it('units taken for a task that left while the turn was in flight are not given back when the store gave no receipt for them', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 3 } });
+    await manager.subscribe('A', 'p');
+    const errors: Error[] = [];
+    manager.on('error', (e) => errors.push(e));
+    const limiter = manager.getLimiter('A');
+    expect((await limiter.check(3)).allowed).toBe(true);
+    const controllers = [1, 2].map(() => new AbortController());
+    // A task of cost 3 heads the line (3 s away); two of cost 1 wait behind it.
+    const big = limiter.submit(() => 'big', { cost: 3, signal: controllers[0]?.signal }).catch((e: TaskvalveError) => e.code);
+    const first = limiter.submit(() => 'first');
+    const second = limiter.submit(() => 'second', { signal: controllers[1]?.signal }).catch((e: TaskvalveError) => e.code);
+    await vi.advanceTimersByTimeAsync(2000);
+    // At 2 s the head is aborted: one call takes both units behind it, with no receipts. Its
+    // answer is held, and the second task is aborted meanwhile.
+    turns.state.receipts = false;
+    turns.state.hold = true;
+    const calls = turns.state.calls;
+    controllers[0]?.abort();
+    expect(await big).toBe('ABORTED');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(turns.state.calls).toBe(calls + 1);
+    expect(turns.state.sizes.at(-1)).toBe(2);
+    controllers[1]?.abort();
+    expect(await second).toBe('ABORTED');
+    turns.release();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(await first).toBe('first');
+    expect(errors).toEqual([]);
   });
 });
 
