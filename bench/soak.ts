@@ -40,6 +40,8 @@ const flag = (name: string, fallback: number): number => {
 const SECONDS = flag('seconds', 180);
 const REDIS = args.includes('--redis');
 const RATE = flag('rate', 50_000);
+/** RedisStore's overload bounds (defaults when absent). */
+const STORE_BOUNDS = Object.fromEntries(['maxPending', 'maxDelayMs', 'maxLagMs'].flatMap((name) => (args.some((a) => a.startsWith(`--${name}`)) ? [[name, flag(name, 0)]] : [])));
 const POPULATION = 100_000;
 /** Users active at once; the rest of the population rotates through. */
 const ACTIVE = 10_000;
@@ -65,7 +67,7 @@ async function main(): Promise<void> {
   const client = server === undefined ? undefined : new Redis({ port: server.port });
   // The kill resets the connection: the store reports what it means; the client's own event is expected.
   client?.on('error', () => {});
-  const store = client === undefined ? undefined : new RedisStore({ client });
+  const store = client === undefined ? undefined : new RedisStore({ client, ...STORE_BOUNDS });
   const manager = new Manager({ endedRetentionMs: 2000, ...(store === undefined ? {} : { store, onStoreUnavailable: 'fail-closed' as const }) });
   manager.registerProfile('soak', {
     rate: { limit: 1_000_000, intervalMs: 1000 },
@@ -80,6 +82,8 @@ async function main(): Promise<void> {
 
   const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, lettersNotStored: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0, shed: 0 };
   const errors: Record<string, number> = {};
+  /** Decisions shed for overload, by the bound that shed them (RedisStore maxPending, maxDelayMs, maxLagMs). */
+  const shedBy: Record<string, number> = {};
   /** Subscribes of the rotation that failed, by code (the user they would have replaced stays). */
   const rotationErrors: Record<string, number> = {};
   /** Answers that were not errors, per second of the run (to see service come back). */
@@ -128,7 +132,11 @@ async function main(): Promise<void> {
       (error: unknown) => {
         const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
         errors[code] = (errors[code] ?? 0) + 1;
-        if (code === 'STORE_UNAVAILABLE' && (error as Error).message.includes('overloaded')) counts.shed++;
+        if (code === 'STORE_UNAVAILABLE' && (error as Error).message.includes('overloaded')) {
+          counts.shed++;
+          const bound = /RedisStore (\w+)/.exec((error as Error).message)?.[1] ?? 'unknown';
+          shedBy[bound] = (shedBy[bound] ?? 0) + 1;
+        }
         if (code === 'TASK_FAILED' || code === 'TASK_TIMEOUT' || code === 'WORKER_CRASHED') {
           counts.failedFinal++;
           // Its caller was told the letter could not be stored (Redis away): no 'dead-letter' event.
@@ -348,6 +356,7 @@ async function main(): Promise<void> {
     errorsByCode: errors,
     /** Of the STORE_UNAVAILABLE answers, those shed for overload (RedisStore maxPending, maxDelayMs, maxLagMs). */
     shedForOverload: counts.shed,
+    shedByBound: shedBy,
     rotationErrorsByCode: rotationErrors,
     close: report,
     ...(redis === undefined ? {} : { redis }),
