@@ -208,6 +208,34 @@ describe('on the MemoryStore (fake timers)', () => {
   });
 });
 
+/** `target` as a Store, with `overrides` in place of its own members (the rest bound to it). */
+function overriding<T extends object>(target: T, overrides: Record<string, unknown>): Store {
+  return new Proxy(target, {
+    get(t, prop) {
+      if (typeof prop === 'string' && Object.hasOwn(overrides, prop)) return overrides[prop];
+      const value: unknown = Reflect.get(t, prop, t);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(t) : value;
+    },
+  }) as unknown as Store;
+}
+
+/** Answers a store's calls give, held while `state.hold` until the test releases them or fails them. */
+function holder<T>(state: { hold: boolean }) {
+  const held: { answer: T; resolve: (answer: T) => void; reject: (error: Error) => void }[] = [];
+  return {
+    /** The answer now, or later if answers are held. */
+    answer: (answer: T): Promise<T> => (state.hold ? new Promise<T>((resolve, reject) => held.push({ answer, resolve, reject })) : Promise.resolve(answer)),
+    /** The held answers reach the line. */
+    release: (): void => {
+      for (const call of held.splice(0)) call.resolve(call.answer);
+    },
+    /** The held calls fail instead (their units stay taken, as when a reply is lost). */
+    fail: (error: Error): void => {
+      for (const call of held.splice(0)) call.reject(error);
+    },
+  };
+}
+
 /**
  * A MemoryStore behind a store whose `take` answers with a promise and that has no
  * `takeTurns` (a store is free to answer either way): each waiting task's turn is one call.
@@ -215,40 +243,24 @@ describe('on the MemoryStore (fake timers)', () => {
  * `receipts: false` answers with no receipts (a store that cannot say how to give units back).
  */
 function asyncTakes(inner: MemoryStore) {
-  const held: { resolve: () => void; reject: (error: Error) => void }[] = [];
   const state = { hold: false, failNext: undefined as Error | undefined, calls: 0, receipts: true };
-  const store = new Proxy(inner, {
-    get(target, prop) {
-      if (prop === 'takeTurns') return undefined;
-      if (prop === 'take') {
-        return (...args: Parameters<MemoryStore['take']>): Promise<number> => {
-          state.calls++;
-          const error = state.failNext;
-          if (error !== undefined) {
-            state.failNext = undefined;
-            return Promise.reject(error);
-          }
-          // The units are taken now (as a store's script runs when the call arrives); the answer comes later.
-          // Without receipts, the store does not say how to give them back.
-          const [userId, cost, nowMs, slot, receipt] = args;
-          const ms = target.take(userId, cost, nowMs, slot, state.receipts ? receipt : undefined);
-          if (!state.hold) return Promise.resolve(ms);
-          return new Promise<number>((resolve, reject) => held.push({ resolve: () => resolve(ms), reject }));
-        };
+  const answers = holder<number>(state);
+  const store = overriding(inner, {
+    takeTurns: undefined,
+    take: (...args: Parameters<MemoryStore['take']>): Promise<number> => {
+      state.calls++;
+      const error = state.failNext;
+      if (error !== undefined) {
+        state.failNext = undefined;
+        return Promise.reject(error);
       }
-      const value: unknown = Reflect.get(target, prop, target);
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      // The units are taken now (as a store's script runs when the call arrives); the answer comes later.
+      // Without receipts, the store does not say how to give them back.
+      const [userId, cost, nowMs, slot, receipt] = args;
+      return answers.answer(inner.take(userId, cost, nowMs, slot, state.receipts ? receipt : undefined));
     },
-  }) as unknown as Store;
-  /** The held answers reach the line. */
-  const release = (): void => {
-    for (const answer of held.splice(0)) answer.resolve();
-  };
-  /** The held calls fail instead (their units stay taken, as when a reply is lost). */
-  const fail = (error: Error): void => {
-    for (const answer of held.splice(0)) answer.reject(error);
-  };
-  return { store, state, release, fail };
+  });
+  return { store, state, release: answers.release, fail: answers.fail };
 }
 
 describe('on a store whose takes answer asynchronously, one task per call (fake timers)', () => {
@@ -497,13 +509,7 @@ function batchTurns(inner: MemoryStore, faults: { failNext: boolean } = { failNe
     }
     return { taken: receipts.length, waitMs: 0, receipts };
   };
-  return new Proxy(inner, {
-    get(target, prop) {
-      if (prop === 'takeTurns') return takeTurns;
-      const value: unknown = Reflect.get(target, prop, target);
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-    },
-  }) as unknown as Store;
+  return overriding(inner, { takeTurns });
 }
 
 describe('on a store that takes turns in batches and answers at once (fake timers)', () => {
@@ -661,43 +667,27 @@ describe('on a store that takes turns in batches and answers at once (fake timer
  */
 function heldBatchTurns(inner: MemoryStore) {
   const batch = batchTurns(inner);
-  const held: { answer: TurnsTaken; resolve: (answer: TurnsTaken) => void; reject: (error: Error) => void }[] = [];
   const state = { hold: false, calls: 0, sizes: [] as number[], perCall: Infinity, stalls: 0, never: false, receipts: true };
-  const store = new Proxy(batch, {
-    get(target, prop) {
-      if (prop === 'takeTurns') {
-        return (waiters: readonly TurnRequest[], nowMs: number): Promise<TurnsTaken> => {
-          state.calls++;
-          state.sizes.push(waiters.length);
-          let answer: TurnsTaken;
-          if (state.stalls > 0) {
-            state.stalls--;
-            answer = { taken: 0, waitMs: 0, receipts: [] };
-          } else if (state.never) {
-            state.never = false;
-            answer = { taken: 0, waitMs: Infinity, receipts: [] };
-          } else {
-            const asked = waiters.slice(0, state.perCall);
-            answer = (target.takeTurns as (w: readonly TurnRequest[], now: number) => TurnsTaken)(asked, nowMs);
-            if (!state.receipts) answer.receipts = answer.receipts.map(() => undefined);
-          }
-          if (!state.hold) return Promise.resolve(answer);
-          return new Promise((resolve, reject) => held.push({ answer, resolve, reject }));
-        };
+  const answers = holder<TurnsTaken>(state);
+  const store = overriding(batch, {
+    takeTurns: (waiters: readonly TurnRequest[], nowMs: number): Promise<TurnsTaken> => {
+      state.calls++;
+      state.sizes.push(waiters.length);
+      let answer: TurnsTaken;
+      if (state.stalls > 0) {
+        state.stalls--;
+        answer = { taken: 0, waitMs: 0, receipts: [] };
+      } else if (state.never) {
+        state.never = false;
+        answer = { taken: 0, waitMs: Infinity, receipts: [] };
+      } else {
+        answer = (batch.takeTurns as (w: readonly TurnRequest[], now: number) => TurnsTaken)(waiters.slice(0, state.perCall), nowMs);
+        if (!state.receipts) answer.receipts = answer.receipts.map(() => undefined);
       }
-      const value: unknown = Reflect.get(target, prop, target);
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      return answers.answer(answer);
     },
-  }) as unknown as Store;
-  /** The held answers reach the line. */
-  const release = (): void => {
-    for (const call of held.splice(0)) call.resolve(call.answer);
-  };
-  /** The held calls fail instead (their units stay taken, as when a reply is lost). */
-  const fail = (error: Error): void => {
-    for (const call of held.splice(0)) call.reject(error);
-  };
-  return { store, state, release, fail };
+  });
+  return { store, state, release: answers.release, fail: answers.fail };
 }
 
 describe('on a store that takes turns in batches and answers later (fake timers)', () => {
@@ -878,30 +868,24 @@ function heldTurns(inner: RedisStore) {
   /** Per call, in order: settles when the server has answered it. */
   const answers: Promise<void>[] = [];
   const waiters = new Map<number, (answer: Promise<void>) => void>();
-  const store = new Proxy(inner, {
-    get(target, prop) {
-      if (prop === 'takeTurns') {
-        return (...args: Parameters<RedisStore['takeTurns']>) => {
-          state.calls++;
-          const answer = target.takeTurns(...args);
-          called?.();
-          const onAnswer = answered;
-          answered = undefined;
-          if (onAnswer !== undefined) void answer.finally(onAnswer).catch(() => {});
-          const settled = answer.then(
-            () => {},
-            () => {},
-          );
-          answers.push(settled);
-          waiters.get(answers.length)?.(settled);
-          if (!state.hold) return answer;
-          return new Promise((resolve) => held.push({ answer, resolve }));
-        };
-      }
-      const value: unknown = Reflect.get(target, prop, target);
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+  const store = overriding(inner, {
+    takeTurns: (...args: Parameters<RedisStore['takeTurns']>) => {
+      state.calls++;
+      const answer = inner.takeTurns(...args);
+      called?.();
+      const onAnswer = answered;
+      answered = undefined;
+      if (onAnswer !== undefined) void answer.finally(onAnswer).catch(() => {});
+      const settled = answer.then(
+        () => {},
+        () => {},
+      );
+      answers.push(settled);
+      waiters.get(answers.length)?.(settled);
+      if (!state.hold) return answer;
+      return new Promise((resolve) => held.push({ answer, resolve }));
     },
-  }) as unknown as Store;
+  });
   /** Resolves at the next takeTurns call. */
   const nextCall = (): Promise<void> => new Promise((resolve) => (called = resolve));
   /** Resolves when the server has answered the `n`th takeTurns call (counting from 1), made or to be made. */
