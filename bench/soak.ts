@@ -41,7 +41,7 @@ const SECONDS = flag('seconds', 180);
 const REDIS = args.includes('--redis');
 const RATE = flag('rate', 50_000);
 /** RedisStore's overload bounds (defaults when absent). */
-const STORE_BOUNDS = Object.fromEntries(['maxPending', 'maxDelayMs', 'maxLagMs'].flatMap((name) => (args.some((a) => a.startsWith(`--${name}`)) ? [[name, flag(name, 0)]] : [])));
+const STORE_BOUNDS = Object.fromEntries(['maxPending', 'maxDelayMs'].flatMap((name) => (args.some((a) => a.startsWith(`--${name}`)) ? [[name, flag(name, 0)]] : [])));
 const POPULATION = 100_000;
 /** Users active at once; the rest of the population rotates through. */
 const ACTIVE = 10_000;
@@ -82,7 +82,7 @@ async function main(): Promise<void> {
 
   const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, lettersNotStored: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0, shed: 0 };
   const errors: Record<string, number> = {};
-  /** Decisions shed for overload, by the bound that shed them (RedisStore maxPending, maxDelayMs, maxLagMs). */
+  /** Decisions shed for overload, by the bound that shed them (RedisStore maxPending, maxDelayMs). */
   const shedBy: Record<string, number> = {};
   /** Subscribes of the rotation that failed, by code (the user they would have replaced stays). */
   const rotationErrors: Record<string, number> = {};
@@ -354,7 +354,7 @@ async function main(): Promise<void> {
     quotaMismatches: counts.quotaMismatch,
     usersRotated: counts.rotated,
     errorsByCode: errors,
-    /** Of the STORE_UNAVAILABLE answers, those shed for overload (RedisStore maxPending, maxDelayMs, maxLagMs). */
+    /** Of the STORE_UNAVAILABLE answers, those shed for overload (RedisStore maxPending, maxDelayMs). */
     shedForOverload: counts.shed,
     shedByBound: shedBy,
     rotationErrorsByCode: rotationErrors,

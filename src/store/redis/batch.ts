@@ -10,7 +10,6 @@ import { storeUnavailable, type Reply } from './calls.js';
 import { RESERVED } from './codes.js';
 import type { Context } from './context.js';
 import { slotOf, tagOf } from './keys.js';
-import type { LoopLag } from './lag.js';
 import { scripts } from './scripts.js';
 
 /** Admission calls in flight per node (per slot on a Cluster) before decisions gather into batches. */
@@ -130,17 +129,14 @@ export class Batches {
 
   /**
    * Overload is shed, not queued: past `maxPending` decisions waiting for Redis in this process
-   * (a bound on memory), once a node's oldest admission call has waited `maxDelayMs` (a
-   * bound on latency: the node answers slower than decisions arrive), or while this process's
-   * event loop runs more than `maxLagMs` late (its own CPU cannot keep up), an admission fails
-   * at once. A burst the node can absorb within `maxDelayMs` is not shed.
+   * (a bound on memory), or once a node's oldest admission call has waited `maxDelayMs` (a
+   * bound on latency: the node answers slower than decisions arrive), an admission fails at once.
+   * A burst the node can absorb within `maxDelayMs` is not shed.
    */
   constructor(
     private readonly ctx: Context,
     private readonly maxPending: number,
     private readonly maxDelayMs: number,
-    private readonly maxLagMs: number,
-    private readonly lag: LoopLag,
   ) {}
 
   /**
@@ -167,8 +163,6 @@ export class Batches {
    */
   add(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer[]> {
     if (this.pending >= this.maxPending) return Promise.reject(this.overloaded(`${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`));
-    const late = this.lag.behind();
-    if (late > 0) return Promise.reject(this.overloaded(`this process's event loop is ${Math.round(late)} ms behind (RedisStore maxLagMs ${this.maxLagMs})`));
     // On a Cluster one call may carry the keys of many users, as long as they share a slot.
     const calls = this.ctx.calls;
     const key = calls.clustered ? slotOf(tagOf(user)) : calls.node(user);

@@ -36,7 +36,6 @@ import { DeadLetters } from './dlq.js';
 import { Ended } from './ended.js';
 import { Handles } from './handles.js';
 import { Keys } from './keys.js';
-import { LoopLag } from './lag.js';
 import { Migration } from './migrate.js';
 import { Outage } from './outage.js';
 import { Presence } from './presence.js';
@@ -73,14 +72,6 @@ export interface RedisStoreOptions {
    */
   maxDelayMs?: number;
   /**
-   * How late this process's event loop may run before new admissions are shed
-   * (STORE_UNAVAILABLE "overloaded", under the outage policy): a process offered more than its
-   * own CPU can decide, run and answer sheds the excess instead of falling behind, so that its
-   * timers, replies and callers stay on time; default 40 ms. The loop is sampled every 10 ms
-   * by one unref'd timer, only while admissions arrive.
-   */
-  maxLagMs?: number;
-  /**
    * How many users' standing (profile, usage, quota, whether the subscription was usable) this
    * process remembers for the outage policies, beyond the users whose limiter handles the
    * manager holds: the most recently answered ones. Default 100,000 (about 20 MB; see
@@ -103,11 +94,10 @@ export class RedisStore implements Store {
   private readonly turns: Turns;
   private readonly migration: Migration;
   private readonly deadLetters: DeadLetters;
-  private readonly lag: LoopLag;
 
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== 'object') throw invalidConfig('RedisStore', 'options', options, 'an object');
-    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs', 'maxPending', 'maxDelayMs', 'maxLagMs', 'rememberedUsers']);
+    rejectUnknownOptions('RedisStore', options, ['client', 'prefix', 'timeoutMs', 'maxPending', 'maxDelayMs', 'rememberedUsers']);
     const prefix = options.prefix ?? 'taskvalve';
     if (typeof prefix !== 'string' || prefix.length === 0 || /[{}]/.test(prefix)) {
       throw invalidConfig('RedisStore', 'prefix', prefix, 'a non-empty string without braces');
@@ -118,8 +108,6 @@ export class RedisStore implements Store {
     if (!Number.isSafeInteger(maxPending) || maxPending <= 0) throw invalidConfig('RedisStore', 'maxPending', maxPending, 'a positive integer');
     const maxDelayMs = options.maxDelayMs ?? 250;
     if (!Number.isSafeInteger(maxDelayMs) || maxDelayMs <= 0) throw invalidConfig('RedisStore', 'maxDelayMs', maxDelayMs, 'a positive integer');
-    const maxLagMs = options.maxLagMs ?? 40;
-    if (!Number.isSafeInteger(maxLagMs) || maxLagMs <= 0) throw invalidConfig('RedisStore', 'maxLagMs', maxLagMs, 'a positive integer');
     const remembered = options.rememberedUsers ?? REMEMBERED_USERS;
     if (!Number.isSafeInteger(remembered) || remembered <= 0) throw invalidConfig('RedisStore', 'rememberedUsers', remembered, 'a positive integer');
     const clients = Array.isArray(options.client) ? options.client : [options.client];
@@ -139,12 +127,11 @@ export class RedisStore implements Store {
     const forget = (userId: string, user: string): void => this.forget(userId, user);
     this.ctx = ctx;
     this.handles = new Handles(keys, remembered);
-    this.lag = new LoopLag(maxLagMs);
     this.presence = new Presence(ctx);
     this.ended = new Ended(ctx, forget);
     this.outage = new Outage(ctx, this.presence);
     this.subscriptions = new Subscriptions(ctx, this.ended, this.denials, forget);
-    this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending, maxDelayMs, maxLagMs, this.lag), this.denials, this.outage, this.subscriptions, new Refunds(ctx));
+    this.admission = new Admission(ctx, this.handles, new Batches(ctx, maxPending, maxDelayMs), this.denials, this.outage, this.subscriptions, new Refunds(ctx));
     this.turns = new Turns(ctx, this.handles, this.outage, this.subscriptions);
     this.migration = new Migration(ctx, this.ended);
     this.deadLetters = new DeadLetters(ctx);
@@ -188,7 +175,6 @@ export class RedisStore implements Store {
     owed: number;
   }> {
     this.presence.stop();
-    this.lag.stop();
     const until = performance.now() + timeoutMs;
     const owed = await this.outage.close(timeoutMs);
     // Calls in doubt are settled, and refunds land, while Redis answers, within what is left of
