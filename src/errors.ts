@@ -106,6 +106,30 @@ const ANSWERS: ReadonlySet<string> = new Set<ErrorCode>([
   ErrorCode.STORE_UNAVAILABLE,
 ]);
 
+/**
+ * Sets `Error.stackTraceLimit`; false where it cannot be set (frozen intrinsics, as under
+ * `node --frozen-intrinsics`): errors are then made with their stacks, as any other.
+ */
+function setStackLimit(limit: number): boolean {
+  try {
+    Error.stackTraceLimit = limit;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** What `make` returns, the errors it makes carrying no stack frames (where the limit can be set). */
+export function stackless<T>(make: () => T): T {
+  const limit = Error.stackTraceLimit;
+  const bare = setStackLimit(0);
+  try {
+    return make();
+  } finally {
+    if (bare) setStackLimit(limit);
+  }
+}
+
 /** The one error class of taskvalve: `instanceof Error`, with a stable `code`. */
 export class TaskvalveError extends Error {
   /** Stable, switchable code. */
@@ -121,11 +145,11 @@ export class TaskvalveError extends Error {
     const options = details?.cause === undefined ? undefined : { cause: details.cause };
     if (ANSWERS.has(code)) {
       const limit = Error.stackTraceLimit;
-      Error.stackTraceLimit = 0;
+      const bare = setStackLimit(0);
       try {
         super(message, options);
       } finally {
-        Error.stackTraceLimit = limit;
+        if (bare) setStackLimit(limit);
       }
     } else {
       super(message, options);

@@ -320,4 +320,29 @@ describe('error stacks', () => {
     // The limit is the process's own again afterwards.
     expect(new Error('x').stack).toContain('\n    at ');
   });
+
+  it('where the stack limit cannot be set (frozen intrinsics), every caller is still answered, its errors with their stacks', async () => {
+    manager.registerProfile('p', { rate: { limit: 1, intervalMs: 60_000, onLimit: 'reject' } });
+    manager.registerProfile('q', { rate: { limit: 100, intervalMs: 1000 }, retry: { attempts: 1 } });
+    await manager.subscribe('u', 'p');
+    await manager.subscribe('v', 'q');
+    await manager.getLimiter('u').check(1);
+    const own = Object.getOwnPropertyDescriptor(Error, 'stackTraceLimit') as PropertyDescriptor;
+    Object.defineProperty(Error, 'stackTraceLimit', { ...own, writable: false });
+    try {
+      const limited = await rejected(manager.getLimiter('u').submit(() => 1));
+      expect(limited.code).toBe('RATE_LIMITED');
+      expect(limited.stack).toContain('\n    at ');
+      const failed = await rejected(manager.getLimiter('v').submit(() => {
+        throw new Error('own');
+      }));
+      expect(failed.code).toBe('TASK_FAILED');
+      const late = await rejected(manager.getLimiter('v').submit(() => new Promise(() => {}), { timeoutMs: 5 }));
+      expect(late.code).toBe('TASK_TIMEOUT');
+      const aborted = await rejected(manager.getLimiter('v').submit(() => new Promise(() => {}), { signal: AbortSignal.abort() }));
+      expect(aborted.code).toBe('ABORTED');
+    } finally {
+      Object.defineProperty(Error, 'stackTraceLimit', own);
+    }
+  });
 });

@@ -3,7 +3,7 @@
  * loop go to their node (their slot, on a Cluster) in one script call, each profile's parameters
  * travel once, decisions go as packed records and answers come back as packed records.
  */
-import type { TaskvalveError } from '../../errors.js';
+import { stackless, type TaskvalveError } from '../../errors.js';
 import type { Profile } from '../../profile.js';
 import { Verdict } from '../store.js';
 import { storeUnavailable, type Reply } from './calls.js';
@@ -145,13 +145,7 @@ export class Batches {
    * always here.
    */
   private overloaded(why: string): TaskvalveError {
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    try {
-      return storeUnavailable(new Error(`overloaded: ${why}`));
-    } finally {
-      Error.stackTraceLimit = limit;
-    }
+    return stackless(() => storeUnavailable(new Error(`overloaded: ${why}`)));
   }
 
   /**
