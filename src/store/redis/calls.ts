@@ -152,7 +152,6 @@ export class Calls {
     return new Promise<Reply>((resolve, reject) => {
       const call: Call = { at: performance.now() + this.timeoutMs, done: false, fail: reject };
       this.track(call);
-      this.cork(client);
       script.run(client, keys, args, binary).then(
         (reply) => {
           if (call.done) return;
@@ -166,18 +165,6 @@ export class Calls {
         },
       );
     });
-  }
-
-  /**
-   * Calls made in one turn of the event loop leave in one write: the client's socket is corked
-   * until the turn's end (a write per call costs a system call each). A Cluster's client has no
-   * socket of its own and writes as it does.
-   */
-  private cork(client: ScriptClient): void {
-    const stream = (client as { stream?: { cork?(): void; uncork(): void; writableCorked?: number } }).stream;
-    if (stream?.cork === undefined || stream.writableCorked !== 0) return;
-    stream.cork();
-    process.nextTick(() => stream.uncork());
   }
 
   private track(call: Call): void {
