@@ -107,26 +107,32 @@ const ANSWERS: ReadonlySet<string> = new Set<ErrorCode>([
 ]);
 
 /**
- * Sets `Error.stackTraceLimit`; false where it cannot be set (frozen intrinsics, as under
- * `node --frozen-intrinsics`): errors are then made with their stacks, as any other.
+ * Sets `Error.stackTraceLimit` to 0, so that errors made until {@link restoreStacks} capture no
+ * frames; returns the limit to restore, or -1 where it cannot be set (frozen intrinsics, as
+ * under `node --frozen-intrinsics`: errors are then made with their stacks, as any other).
  */
-function setStackLimit(limit: number): boolean {
+function dropStacks(): number {
+  const limit = Error.stackTraceLimit;
   try {
-    Error.stackTraceLimit = limit;
-    return true;
+    Error.stackTraceLimit = 0;
+    return limit;
   } catch {
-    return false;
+    return -1;
   }
+}
+
+/** Puts back the limit {@link dropStacks} replaced. */
+function restoreStacks(limit: number): void {
+  if (limit !== -1) Error.stackTraceLimit = limit;
 }
 
 /** What `make` returns, the errors it makes carrying no stack frames (where the limit can be set). */
 export function stackless<T>(make: () => T): T {
-  const limit = Error.stackTraceLimit;
-  const bare = setStackLimit(0);
+  const limit = dropStacks();
   try {
     return make();
   } finally {
-    if (bare) setStackLimit(limit);
+    restoreStacks(limit);
   }
 }
 
@@ -144,12 +150,12 @@ export class TaskvalveError extends Error {
   constructor(code: ErrorCode, message: string, details?: TaskvalveErrorDetails) {
     const options = details?.cause === undefined ? undefined : { cause: details.cause };
     if (ANSWERS.has(code)) {
-      const limit = Error.stackTraceLimit;
-      const bare = setStackLimit(0);
+      // stackless() cannot wrap a super() call: the same two steps, inline.
+      const limit = dropStacks();
       try {
         super(message, options);
       } finally {
-        if (bare) setStackLimit(limit);
+        restoreStacks(limit);
       }
     } else {
       super(message, options);

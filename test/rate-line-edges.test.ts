@@ -263,27 +263,40 @@ function asyncTakes(inner: MemoryStore) {
   return { store, state, release: answers.release, fail: answers.fail };
 }
 
-describe('on a store whose takes answer asynchronously, one task per call (fake timers)', () => {
+/**
+ * The hooks of a suite on a store whose answers can be held (fake timers): before each test a
+ * fresh store from `make` and a manager on it, handed to `use`; after it, the held answers let go
+ * and the manager closed. Returns the ms since the test began, on the fake clock.
+ */
+function onHeldStore<S extends { store: Store; state: { hold: boolean }; release(): void }>(make: () => S, use: (manager: Manager, held: S) => void): () => number {
   let manager: Manager;
-  let takes: ReturnType<typeof asyncTakes>;
-  let t0: number;
-  const since = () => Date.now() - t0;
-
+  let held: S;
+  let t0 = 0;
   beforeEach(() => {
     vi.useFakeTimers();
     t0 = Date.now();
-    takes = asyncTakes(new MemoryStore());
-    manager = new Manager({ store: takes.store });
+    held = make();
+    manager = new Manager({ store: held.store });
+    use(manager, held);
   });
-
   afterEach(async () => {
-    takes.state.hold = false;
-    takes.release();
+    held.state.hold = false;
+    held.release();
     const closing = manager.close({ drain: false, timeoutMs: 0 });
     await vi.runAllTimersAsync();
     await closing;
     vi.useRealTimers();
   });
+  return () => Date.now() - t0;
+}
+
+describe('on a store whose takes answer asynchronously, one task per call (fake timers)', () => {
+  let manager: Manager;
+  let takes: ReturnType<typeof asyncTakes>;
+  const since = onHeldStore(
+    () => asyncTakes(new MemoryStore()),
+    (m, held) => ((manager = m), (takes = held)),
+  );
 
   it('waiting tasks start one per turn, in order, each when its units conform', async () => {
     manager.registerProfile('p', { rate: { limit: 1, intervalMs: 1000, burst: 1 } });
@@ -693,24 +706,10 @@ function heldBatchTurns(inner: MemoryStore) {
 describe('on a store that takes turns in batches and answers later (fake timers)', () => {
   let manager: Manager;
   let turns: ReturnType<typeof heldBatchTurns>;
-  let t0: number;
-  const since = () => Date.now() - t0;
-
-  beforeEach(() => {
-    vi.useFakeTimers();
-    t0 = Date.now();
-    turns = heldBatchTurns(new MemoryStore());
-    manager = new Manager({ store: turns.store });
-  });
-
-  afterEach(async () => {
-    turns.state.hold = false;
-    turns.release();
-    const closing = manager.close({ drain: false, timeoutMs: 0 });
-    await vi.runAllTimersAsync();
-    await closing;
-    vi.useRealTimers();
-  });
+  const since = onHeldStore(
+    () => heldBatchTurns(new MemoryStore()),
+    (m, held) => ((manager = m), (turns = held)),
+  );
 
   it('one call asks for at most 64 waiting tasks; the others follow in later calls', async () => {
     manager.registerProfile('p', { rate: { limit: 100, intervalMs: 1000, burst: 100 } });
