@@ -611,9 +611,12 @@ describe('the rate line', () => {
     const full = reached(['b'], 'QUEUED');
     const b = u.submit(() => 'b', { taskId: 'b' });
     await full;
-    // c's turn comes at 100 ms, when the queue is still full; y's 2 units wait behind it.
-    const waiting = reached(['c', 'y'], 'WAITING_RATE');
+    // c's turn comes at 100 ms, when the queue is still full; y's 2 units wait behind it. (y is
+    // submitted once c waits: two users' admissions may answer in either order on a Cluster.)
+    let waiting = reached(['c'], 'WAITING_RATE');
     const c = code(u.submit(() => 'c', { taskId: 'c' }));
+    await waiting;
+    waiting = reached(['y'], 'WAITING_RATE');
     const y = z.submit(() => 'y', { cost: 2, taskId: 'y' });
     await waiting;
     now += 100;
