@@ -24,6 +24,7 @@ import {
   type UserSlot,
 } from './store.js';
 import { rejectUnknownOptions } from '../util/options.js';
+import { small } from '../util/small.js';
 import { DeadLetters } from './dead-letters.js';
 import { EndedIndex } from './ended-index.js';
 
@@ -82,16 +83,6 @@ class More {
   quota: number | null = null;
   /** When the subscription was canceled, since the origin; NaN while it is not. */
   canceledAt = Number.NaN;
-}
-
-/**
- * `x` as a small integer when it is one: computed from heap numbers (the origin, a division),
- * an integer is a heap number too, and one stored in a record's field makes every record keep
- * that field in a heap number of its own.
- */
-function small(x: number): number {
-  const i = x | 0;
-  return i === x ? i : x;
 }
 
 function statusOf(rec: UserRecord): number {

@@ -17,6 +17,7 @@ import type { Handles, Ref } from './handles.js';
 import type { Outage } from './outage.js';
 import type { Refunds } from './refunds.js';
 import { scripts } from './scripts.js';
+import { small } from '../../util/small.js';
 import type { Subscriptions } from './subscriptions.js';
 import { parseTakes } from './turns.js';
 
@@ -30,6 +31,20 @@ function waitingAhead(waiting: ReadonlyMap<string, number>, userId: string, prof
   return waiting.size === 0 ? 0 : (waiting.get(waitKey(userId, profile)) ?? 0);
 }
 
+/** One admission's question, as its script calls (up to three, while the profile changes under it) see it. */
+class Asking {
+  constructor(
+    readonly userId: string,
+    readonly ref: Ref,
+    readonly cost: number,
+    readonly mode: AdmitMode,
+    readonly waiting: ReadonlyMap<string, number>,
+    readonly out: AdmitResult,
+    /** When it was asked (this process's µs): a refusal learned from it dates from then. */
+    readonly sentUs: number,
+  ) {}
+}
+
 export class Admission {
   constructor(
     private readonly ctx: Context,
@@ -41,50 +56,73 @@ export class Admission {
     private readonly refunds: Refunds,
   ) {}
 
-  async admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, slot: UserSlot | undefined): Promise<AdmitResult> {
+  admit(userId: string, cost: number, mode: AdmitMode, waiting: ReadonlyMap<string, number>, slot: UserSlot | undefined): Promise<AdmitResult> {
     const ref = this.handles.ref(userId, slot);
     const out = blankResult();
     // The profile this handle saw last; unknown at first: the script resolves it by name.
-    let profile = ref.profile;
+    const profile = ref.profile;
     const sentUs = this.ctx.clock.localUs();
     if (profile !== undefined && cost <= profile.rate.burst && !(mode === AdmitMode.PROFILE && profile.onLimit === 'wait')) {
       const refused = this.denials.refusal(out, this.bucketOf(ref, profile), ref.user, profile, cost, sentUs, ref.usage);
-      if (refused !== undefined) return refused;
+      if (refused !== undefined) return Promise.resolve(refused);
     }
-    for (let attempt = 0; attempt < 3; attempt++) {
-      let answer: Answer;
+    return this.attempt(new Asking(userId, ref, cost, mode, waiting, out, sentUs), profile, 0);
+  }
+
+  /**
+   * One script call for an admission (a callback on its batch's answers, not an async function:
+   * a decision allocates less without an async frame of its own and its await).
+   */
+  private attempt(a: Asking, profile: Profile | undefined, tries: number): Promise<AdmitResult> {
+    let answers: Promise<Answer[]>;
+    try {
+      answers = this.decide(a.userId, a.ref, profile, a.cost, a.mode, a.waiting);
+    } catch (error) {
       try {
-        const answers = this.decide(userId, ref, profile, cost, mode, waiting);
-        const at = this.at;
-        answer = (await answers)[at] as Answer;
-      } catch (error) {
-        return this.outage.admit(error, out, userId, ref, profile, cost, profile === undefined ? ref.user : this.bucketOf(ref, profile));
+        return Promise.resolve(this.unanswered(a, profile, error));
+      } catch (thrown) {
+        return Promise.reject(thrown);
       }
-      if (this.outage.active) this.outage.answered(ref.user);
-      const r = answer.reply;
-      if (r[0] === Verdict.NOT_FOUND) {
-        ref.usable = false;
-        return this.notFound(out);
-      }
-      if (r[0] === UNKNOWN_RECORD) throw unknownRecord(ref.user, r[1] as number, r[2] as number);
-      if (r[0] === PROFILE_MISMATCH) {
-        profile = this.ctx.profiles.get(String(r[11]));
-        if (profile === undefined) throw this.unknownProfile(userId);
-        continue;
-      }
-      profile = answer.profile ?? this.ctx.profiles.get(String(r[11]));
-      if (profile === undefined) throw this.unknownProfile(userId);
-      ref.profile = profile;
-      this.fill(out, userId, ref, profile, r);
-      if (profile.shared !== undefined && this.outage.active) this.outage.answered(this.bucketOf(ref, profile));
-      if (out.verdict === Verdict.RATE_LIMITED) {
-        // admit.lua tells the exact µs (-1 from the protocol across slots: whole ms only).
-        const held = waitingAhead(waiting, userId, profile);
-        this.denials.learn(this.bucketOf(ref, profile), ref.user, profile, cost, sentUs, out, { waitUs: r[9] as number, fullUs: r[10] as number, waiting: held });
-      }
-      return out;
     }
-    throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
+    const at = this.at;
+    return answers.then(
+      (all) => this.answered(a, all[at] as Answer, tries),
+      (error: unknown) => this.unanswered(a, profile, error),
+    );
+  }
+
+  /** A call that failed: the outage policy decides (or the error is the caller's). */
+  private unanswered(a: Asking, profile: Profile | undefined, error: unknown): AdmitResult {
+    return this.outage.admit(error, a.out, a.userId, a.ref, profile, a.cost, profile === undefined ? a.ref.user : this.bucketOf(a.ref, profile));
+  }
+
+  /** The script's answer to an admission. */
+  private answered(a: Asking, answer: Answer, tries: number): AdmitResult | Promise<AdmitResult> {
+    const { ref, out, userId } = a;
+    if (this.outage.active) this.outage.answered(ref.user);
+    const r = answer.reply;
+    if (r[0] === Verdict.NOT_FOUND) {
+      ref.usable = false;
+      return this.notFound(out);
+    }
+    if (r[0] === UNKNOWN_RECORD) throw unknownRecord(ref.user, r[1] as number, r[2] as number);
+    if (r[0] === PROFILE_MISMATCH) {
+      const current = this.ctx.profiles.get(String(r[11]));
+      if (current === undefined) throw this.unknownProfile(userId);
+      if (tries >= 2) throw storeUnavailable(new Error(`the profile of user ${userId} keeps changing`));
+      return this.attempt(a, current, tries + 1);
+    }
+    const profile = answer.profile ?? this.ctx.profiles.get(String(r[11]));
+    if (profile === undefined) throw this.unknownProfile(userId);
+    ref.profile = profile;
+    this.fill(out, userId, ref, profile, r);
+    if (profile.shared !== undefined && this.outage.active) this.outage.answered(this.bucketOf(ref, profile));
+    if (out.verdict === Verdict.RATE_LIMITED) {
+      // admit.lua tells the exact µs (-1 from the protocol across slots: whole ms only).
+      const held = waitingAhead(a.waiting, userId, profile);
+      this.denials.learn(this.bucketOf(ref, profile), ref.user, profile, a.cost, a.sentUs, out, { waitUs: r[9] as number, fullUs: r[10] as number, waiting: held });
+    }
+    return out;
   }
 
   /** Gives back rate units, as far as the bucket still holds them (refunds.ts). */
@@ -237,34 +275,35 @@ export class Admission {
 
   /** Copies a script's reply into the result object. */
   private fill(out: AdmitResult, userId: string, ref: Ref, profile: Profile, reply: Reply): AdmitResult {
-    // Every field of an admission's answer is a number (the name, at 11, is read elsewhere).
+    // Every field of an admission's answer is a number (the name, at 11, is read elsewhere), a
+    // heap number as read from the reply: those that are integers are made small (util/small.ts).
     const r = reply as number[];
-    const verdict = r[0] as number;
+    const verdict = small(r[0] as number);
     out.verdict = verdict as Verdict;
     out.profile = profile;
     out.limit = profile.rate.burst;
-    out.usage = r[1] as number;
+    out.usage = small(r[1] as number);
     if (verdict <= Verdict.RATE_LIMITED) {
       // Compact: { verdict, usage, period, remaining, retry, reset, profile index, period left,
       // quota limit, receipt ms, receipt ticks, receipt refunds }.
       out.period = r[2] as number;
       out.receiptTat = verdict === Verdict.ALLOWED && r[9] !== undefined ? (r[9] as number) : -1;
-      out.receiptEpoch = verdict === Verdict.ALLOWED ? ((r[10] as number | undefined) ?? 0) : 0;
-      out.receiptRefunds = verdict === Verdict.ALLOWED ? ((r[11] as number | undefined) ?? 0) : 0;
-      out.remaining = r[3] as number;
-      out.retryAfterMs = r[4] as number;
-      out.resetAfterMs = r[5] as number;
-      out.quotaResetAfterMs = r[7] as number;
-      out.quotaLimit = (r[8] as number) >= 0 ? (r[8] as number) : null;
+      out.receiptEpoch = verdict === Verdict.ALLOWED ? small((r[10] as number | undefined) ?? 0) : 0;
+      out.receiptRefunds = verdict === Verdict.ALLOWED ? small((r[11] as number | undefined) ?? 0) : 0;
+      out.remaining = small(r[3] as number);
+      out.retryAfterMs = small(r[4] as number);
+      out.resetAfterMs = small(r[5] as number);
+      out.quotaResetAfterMs = small(r[7] as number);
+      out.quotaLimit = (r[8] as number) >= 0 ? small(r[8] as number) : null;
       out.status = 'active';
       out.startsAt = 0;
       out.endsAt = Infinity;
     } else {
-      out.quotaLimit = (r[2] as number) >= 0 ? (r[2] as number) : null;
+      out.quotaLimit = (r[2] as number) >= 0 ? small(r[2] as number) : null;
       out.period = r[3] as number;
-      out.remaining = r[4] as number;
-      out.retryAfterMs = r[5] as number;
-      out.resetAfterMs = r[6] as number;
+      out.remaining = small(r[4] as number);
+      out.retryAfterMs = small(r[5] as number);
+      out.resetAfterMs = small(r[6] as number);
       out.startsAt = r[7] as number;
       out.endsAt = (r[8] as number) >= 0 ? (r[8] as number) : Infinity;
       out.status = STATUS[r[9] as number] ?? 'active';
