@@ -319,6 +319,26 @@ describe('subscriptions', () => {
     running.release();
     await running.ended;
   });
+
+  it('a task queued while its quota period rolls over 2^18 times gives nothing back to the period it is aborted in (the usage token wraps after 2^19)', async () => {
+    const m = start();
+    m.registerProfile('p', { rate: { limit: 1_000_000, intervalMs: 1000 }, quota: { limit: 1_000_000_000, periodMs: 1000 }, pool: { perUserConcurrency: 1 } });
+    await m.subscribe('u', 'p');
+    const u = m.getLimiter('u');
+    const running = hold(u);
+    const a = await queued(m, u, 'a');
+    // Each check after a period's end starts a new period (a new usage generation).
+    for (let i = 0; i < 2 ** 18; i++) {
+      jump(1000);
+      await u.check();
+    }
+    await u.check();
+    expect(await m.getSubscription('u')).toMatchObject({ usage: 2 });
+    await a.giveBack();
+    expect(await m.getSubscription('u')).toMatchObject({ usage: 2 });
+    running.release();
+    await running.ended;
+  });
 });
 
 describe('the sweep of ended subscriptions', () => {

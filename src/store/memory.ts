@@ -35,22 +35,27 @@ const EXPIRED = 2;
 const DELETED = 3;
 const STATUS = ['active', 'canceled', 'expired'] as const;
 /**
- * A record's state packs three small numbers into one integer below 2^30, which V8 keeps in
- * the field itself (a small integer; from 2^30 on, or once any record's state is a heap
- * number, every record of the shape holds its state in a heap number of its own: 16 bytes
- * more per user and a check about 18% slower): bits 0-9 its profile's number in the store's
- * table, bits 10-11 the status, bits 12-29 the usage generation (the refund token, bumped at
- * every usage reset; it wraps after 2^18 resets, and a token only has to differ from recent
- * ones). It is only ever computed with integer and bitwise operations, never from a division
- * or a constant that is a heap number.
+ * A record's state packs three small numbers into 31 bits, which V8 keeps in the field itself
+ * as a small integer (31 bits, signed: bit 30 is repeated as the sign). Once any record's
+ * state is a heap number, every record of the shape holds its state in a heap number of its
+ * own: 16 bytes more per user and a check about 18% slower. Bits 0-9 are its profile's number
+ * in the store's table, bits 10-11 the status, bits 12-30 the usage generation (the refund
+ * token, bumped at every usage reset; it wraps after 2^19 resets, and a token only has to
+ * differ from recent ones). It is only ever computed with integer and bitwise operations,
+ * never from a division or a constant that is a heap number.
  */
 const MAX_PROFILES = 1024;
+const PROFILE_BITS = MAX_PROFILES - 1;
 const STATUS_SHIFT = 10;
-const GENERATION = 4096;
-/** Usage generations before the token wraps (2^18). */
-const GENERATIONS = 1 << 18;
-/** The state's bits (2^30 - 1). */
-const STATE_MASK = (1 << 30) - 1;
+const GENERATION_SHIFT = 12;
+const GENERATION = 1 << GENERATION_SHIFT;
+/** Usage generations before the token wraps (2^19). */
+const GENERATIONS = 1 << 19;
+
+/** The low 31 bits of `x`, as a small integer (bit 30 repeated as the sign). */
+function fold(x: number): number {
+  return (x << 1) >> 1;
+}
 
 /**
  * One user: subscription, usage and dedicated bucket. Kept small, since every subscribed user
@@ -95,12 +100,12 @@ function setStatus(rec: UserRecord, status: number): void {
 
 /** The refund token of the record's current usage. */
 function generationOf(rec: UserRecord): number {
-  return Math.floor(rec.state / GENERATION);
+  return (rec.state >>> GENERATION_SHIFT) & (GENERATIONS - 1);
 }
 
 /** Starts a new usage generation: refunds of charges made before it change nothing. */
 function bumpGeneration(rec: UserRecord): void {
-  rec.state = (rec.state + GENERATION) & STATE_MASK;
+  rec.state = fold(rec.state + GENERATION);
 }
 
 /** The record's `more`, created when one of its fields is first set. */
@@ -170,7 +175,7 @@ export class MemoryStore implements Store {
   private readonly numbers = new Map<Profile, number>();
 
   private profileOf(rec: UserRecord): Profile {
-    return this.table[rec.state % MAX_PROFILES] as Profile;
+    return this.table[rec.state & PROFILE_BITS] as Profile;
   }
 
   private numberOf(profile: Profile): number {
@@ -284,7 +289,7 @@ export class MemoryStore implements Store {
       // Each new record starts a usage generation of its own: a refund of a charge made before
       // the user was deleted and subscribed again never lands on the new subscription's usage.
       this.births = (this.births + 1) & (GENERATIONS - 1);
-      rec = new UserRecord(this.numberOf(profile) + (ACTIVE << STATUS_SHIFT) + this.births * GENERATION, 0, 0, start, start, end, null);
+      rec = new UserRecord(fold(this.numberOf(profile) + (ACTIVE << STATUS_SHIFT) + this.births * GENERATION), 0, 0, start, start, end, null);
       this.users.set(userId, rec);
     } else {
       this.switchProfile(rec, profile, nowMs);
@@ -393,7 +398,7 @@ export class MemoryStore implements Store {
     // Its ticks mean something else now: receipts from before give nothing back.
     const log = this.logs.get(rec);
     if (log !== undefined) voidLog(log, us * profile.rate.d, ++this.refunds);
-    rec.state = rec.state - (rec.state % MAX_PROFILES) + this.numberOf(profile);
+    rec.state = (rec.state & ~PROFILE_BITS) | this.numberOf(profile);
   }
 
   private reset(rec: UserRecord, nowMs: number): void {
@@ -542,7 +547,7 @@ export class MemoryStore implements Store {
    */
   private epochOf(rec: UserRecord, profile: Profile): number {
     // The record's state holds its profile's number: no lookup on an admission's path.
-    return this.rebases * MAX_PROFILES + (profile.shared === undefined ? rec.state % MAX_PROFILES : 0);
+    return this.rebases * MAX_PROFILES + (profile.shared === undefined ? rec.state & PROFILE_BITS : 0);
   }
 
   /**
