@@ -85,10 +85,11 @@ export class Admission {
       }
     }
     const at = this.at;
-    return answers.then(
-      (all) => this.answered(a, all[at] as Answer, tries),
-      (error: unknown) => this.unanswered(a, profile, error),
-    );
+    const answer = (all: Answer[]): AdmitResult | Promise<AdmitResult> => this.answered(a, all[at] as Answer, tries);
+    // Under 'fail-closed' a failed call's error is the caller's as it is (outage.admit would
+    // rethrow it): it passes through, without a handler that throws it again.
+    if (this.outage.policy === 'fail-closed') return answers.then(answer);
+    return answers.then(answer, (error: unknown) => this.unanswered(a, profile, error));
   }
 
   /** A call that failed: the outage policy decides (or the error is the caller's). */

@@ -137,7 +137,12 @@ export class Batches {
     private readonly ctx: Context,
     private readonly maxPending: number,
     private readonly maxDelayMs: number,
-  ) {}
+  ) {
+    this.full = `${maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`;
+  }
+
+  /** Why a decision is shed past maxPending (made once: a shed must cost little). */
+  private readonly full: string;
 
   /**
    * The error of a decision shed for overload. Shedding must cost far less than deciding, so it
@@ -156,7 +161,7 @@ export class Batches {
    * shared. `profile` undefined: the script picks the user's profile by name.
    */
   add(user: string, bucket: string, profile: Profile | undefined, cost: number, waiting: number, flags: number): Promise<Answer[]> {
-    if (this.pending >= this.maxPending) return Promise.reject(this.overloaded(`${this.maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`));
+    if (this.pending >= this.maxPending) return Promise.reject(this.overloaded(this.full));
     // On a Cluster one call may carry the keys of many users, as long as they share a slot.
     const calls = this.ctx.calls;
     const key = calls.clustered ? slotOf(tagOf(user)) : calls.node(user);
