@@ -78,17 +78,14 @@ export class Admission {
     try {
       answers = this.decide(a.userId, a.ref, profile, a.cost, a.mode, a.waiting);
     } catch (error) {
-      try {
-        return Promise.resolve(this.unanswered(a, profile, error));
-      } catch (thrown) {
-        return Promise.reject(thrown);
-      }
+      // Failed before any call: the same way as a call that failed.
+      answers = Promise.reject(error);
     }
     const at = this.at;
     const answer = (all: Answer[]): AdmitResult | Promise<AdmitResult> => this.answered(a, all[at] as Answer, tries);
-    // Under 'fail-closed' a failed call's error is the caller's as it is (outage.admit would
-    // rethrow it): it passes through, without a handler that throws it again.
-    if (this.outage.policy === 'fail-closed') return answers.then(answer);
+    // A failed call's error passes to the caller as it is, without a handler that would only
+    // throw it again, unless the outage policy decides.
+    if (!this.outage.decides) return answers.then(answer);
     return answers.then(answer, (error: unknown) => this.unanswered(a, profile, error));
   }
 

@@ -138,7 +138,7 @@ export class Batches {
     private readonly maxPending: number,
     private readonly maxDelayMs: number,
   ) {
-    this.full = `${maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`;
+    this.full = `overloaded: ${maxPending} decisions already wait for Redis in this process (RedisStore maxPending)`;
   }
 
   /** Why a decision is shed past maxPending (made once: a shed must cost little). */
@@ -147,10 +147,10 @@ export class Batches {
   /**
    * The error of a decision shed for overload. Shedding must cost far less than deciding, so it
    * carries no stack trace (capturing one is most of an error's cost): where it was thrown is
-   * always here.
+   * always here. `why` starts "overloaded: ".
    */
   private overloaded(why: string): TaskvalveError {
-    return stackless(() => storeUnavailable(new Error(`overloaded: ${why}`)));
+    return stackless(() => storeUnavailable(new Error(why)));
   }
 
   /**
@@ -177,7 +177,7 @@ export class Batches {
       const now = performance.now();
       const oldest = group.inFlight[0];
       if (oldest !== undefined && now - oldest.since >= this.maxDelayMs) {
-        return Promise.reject(this.overloaded(`an admission has waited ${Math.round(now - oldest.since)} ms for Redis (RedisStore maxDelayMs ${this.maxDelayMs})`));
+        return Promise.reject(this.overloaded(`overloaded: an admission has waited ${Math.round(now - oldest.since)} ms for Redis (RedisStore maxDelayMs ${this.maxDelayMs})`));
       }
       batch = newBatch(now);
       group.pending = batch;

@@ -119,12 +119,20 @@ export class Outage {
   }
 
   /**
+   * Whether a failed admission is the policy's to decide: never under 'fail-closed', where the
+   * error is the caller's as it is (admission then lets it pass without a handler).
+   */
+  get decides(): boolean {
+    return this.policy !== 'fail-closed';
+  }
+
+  /**
    * An admission of `ref`'s user failed with `error`: rethrow it (it is no outage, or the policy
-   * is 'fail-closed'), or decide by the policy on the standing last seen (`profile`, bucket key
+   * does not decide), or decide by the policy on the standing last seen (`profile`, bucket key
    * `bucket`). A user not seen in good standing fails closed under every policy.
    */
   admit(error: unknown, out: AdmitResult, userId: string, ref: Ref, profile: Profile | undefined, cost: number, bucket: string): AdmitResult {
-    if (!unreachable(error) || this.policy === 'fail-closed') throw error;
+    if (!this.decides || !unreachable(error)) throw error;
     if (profile === undefined || !ref.usable) throw undecided(userId, 'this process has not seen its subscription in good standing', error);
     const rate = profile.rate;
     out.profile = profile;
@@ -175,7 +183,7 @@ export class Outage {
    * else ms to wait) by the policy; under 'local' the units taken are owed to the bucket.
    */
   take(error: unknown, userId: string, bucket: string, own: boolean, profile: Profile, cost: number): number {
-    if (this.policy === 'fail-closed' || !unreachable(error)) throw error;
+    if (!this.decides || !unreachable(error)) throw error;
     if (this.policy === 'fail-open') return 0;
     const taken = this.localTake(userId, bucket, profile.rate, cost, error);
     if (taken < 0) return -taken;
