@@ -6,7 +6,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Manager, MemoryStore, type Limiter, type ManagerOptions, type SubscriptionEvent, type TaskEvent, type TaskvalveError } from '../src/index.js';
 import { resolveProfile } from '../src/profile.js';
-import type { RateReceipt, SubscribeInput } from '../src/store/store.js';
+import { AdmitMode, Verdict, type RateReceipt, type SubscribeInput } from '../src/store/store.js';
 import { convertTat, makeRate } from '../src/rate/gcra.js';
 import { quiet, rejection } from './helpers.js';
 
@@ -305,14 +305,14 @@ describe('subscriptions', () => {
     expect(await m.getSubscription('u1099')).toMatchObject({ status: 'active', profileName: 'p' });
   });
 
-  it('a task canceled after a usage reset gives nothing back of the usage counted since', async () => {
+  it.each([1, 2])('a task canceled after %i usage resets gives nothing back of the usage counted since', async (resets) => {
     const m = start();
     m.registerProfile('p', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 10 }, pool: { perUserConcurrency: 1 } });
     await m.subscribe('u', 'p');
     const u = m.getLimiter('u');
     const running = hold(u);
     const a = await queued(m, u, 'a');
-    expect(await m.resetUsage('u')).toMatchObject({ usage: 0 });
+    for (let i = 0; i < resets; i++) expect(await m.resetUsage('u')).toMatchObject({ usage: 0 });
     expect((await u.check()).allowed).toBe(true);
     await a.giveBack();
     expect(await m.getSubscription('u')).toMatchObject({ usage: 1 });
@@ -622,6 +622,22 @@ describe('the MemoryStore on its own', () => {
     for (let i = 0; i < 3; i++) store.subscribe(`forever${i}`, plain, input(), T);
     store.subscribe('ended', plain, input({ durationMs: 1000 }), T);
     expect(store.sweepEnded(T + 2000, 0, 1)).toEqual({ deleted: [{ userId: 'ended', profileName: 'plain' }], more: false });
+  });
+
+  it("a refund of a deleted subscription's charge changes nothing on the user's next subscription, however many others subscribed in between", () => {
+    const store = new MemoryStore();
+    store.defineProfile(plain);
+    for (const between of [0, 1, 2, 3]) {
+      const user = `u${between}`;
+      store.subscribe(user, plain, input(), T);
+      const { period } = store.admit(user, 1, AdmitMode.NOW, new Map(), T);
+      store.deleteSubscription(user, T);
+      for (let i = 0; i < between; i++) store.subscribe(`x${between}-${i}`, plain, input(), T);
+      store.subscribe(user, plain, input(), T);
+      expect(store.admit(user, 1, AdmitMode.NOW, new Map(), T).verdict).toBe(Verdict.ALLOWED);
+      store.refund(user, 1, period, T);
+      expect(store.getSubscription(user, T)).toMatchObject({ usage: 1 });
+    }
   });
 
   it('a user subscribed and deleted 2^19 times (every new record a usage generation of its own) is then canceled like any other', () => {
