@@ -27,9 +27,9 @@ import { Redis } from 'ioredis';
 import { Manager, RedisStore, TaskvalveError, type Limiter } from '../dist/index.js';
 import { startRedis, type RedisServer } from '../test/support/redis.js';
 
-// tsx (which loads this file) turns on source maps for every stack trace in the process: each
-// Error's stack, which a dead letter keeps, would then cost several times what it costs an
-// application running the build without them. The soak measures the build as one runs it.
+// Source maps stay off, as for an application running the build: with them, each Error's
+// stack, which a dead letter keeps, costs several times as much (a TypeScript loader such as
+// tsx turns them on; npm run soak runs this file bundled, as plain JavaScript: soak-run.mjs).
 process.setSourceMapsEnabled(false);
 
 const args = process.argv.slice(2);
