@@ -175,6 +175,32 @@ describe('an admission whose reply is lost: charged at most once, and not at all
   }
 });
 
+describe('an admission whose reply is lost and whose caller saw a failure gives its rate units back, not only its quota', () => {
+  // A long interval: nothing refills during the test, so the bucket shows exactly what was taken.
+  const buckets = {
+    'its own bucket': { rate: { limit: 2, intervalMs: 3_600_000 }, quota: { limit: 1000 } },
+    'a shared bucket (a key of its own, in the same call)': { rate: { limit: 2, intervalMs: 3_600_000, shared: 'faults-shared' }, quota: { limit: 1000 } },
+  };
+  for (const [bucketName, profile] of Object.entries(buckets)) {
+    it(`${bucketName}: one unit of two is left after the warm-up, and still one after the failed check`, async () => {
+      const profiles = { p: profile };
+      const r = await rig(profiles, 400);
+      const truth = reader(r.prefix, profiles);
+      const user = `units-${r.prefix}`;
+      await r.manager.subscribe(user, 'p');
+      expect(await outcome(r.manager.getLimiter(user).check(1))).toBe('allowed');
+      const lost = r.proxy.dropReplies(1, { match: about(user) });
+      expect(await outcome(r.manager.getLimiter(user).check(1))).toBe('STORE_UNAVAILABLE');
+      expect(await lost.done).toBe(1); // the admission ran on Redis and took a unit; its reply was lost
+      await settled(r);
+      await r.manager.close({ drain: false });
+      const after = await truth.getLimiter(user).peek();
+      expect(after.usage).toBe(1);
+      expect(after.remaining).toBe(1);
+    });
+  }
+});
+
 describe('a reply lost on a connection that stays open, with calls behind it', () => {
   const profiles = { p: { rate: { limit: 1000, intervalMs: 1000 }, quota: { limit: 1000 } } };
 

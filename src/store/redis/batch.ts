@@ -100,16 +100,22 @@ function parseAnswers(reply: Buffer, batch: Batch, seq: number): Answer[] | unde
   return at === end ? answers : undefined;
 }
 
-const fieldsOf = new WeakMap<Profile, string[]>();
+const fieldsOf = new WeakMap<Profile, (string | Buffer)[]>();
 
-/** A profile's parameters as the admission script reads them (computed once per profile, as text). */
-function profileFields(p: Profile): string[] {
+/**
+ * A profile's parameters as the admission script reads them (computed once per profile): its
+ * name, its rate's signature "d:T", and 8 little-endian doubles (the script unpacks them in one
+ * step, where parsing text cost it several microseconds a call).
+ */
+function profileFields(p: Profile): (string | Buffer)[] {
   let fields = fieldsOf.get(p);
   if (fields === undefined) {
     const r = p.rate;
     const bits = (p.quotaHard ? 1 : 0) + (p.onLimit === 'wait' ? 2 : 0) + (p.shared === undefined ? 0 : 4);
     const maxWait = p.maxWaitMs === Infinity ? -1 : p.maxWaitMs;
-    fields = [p.name, [r.d, r.T, r.tau, r.burst, p.quotaLimit ?? -1, p.quotaPeriodMs, bits, maxWait].join(':')];
+    const packed = Buffer.alloc(64);
+    [r.d, r.T, r.tau, r.burst, p.quotaLimit ?? -1, p.quotaPeriodMs, bits, maxWait].forEach((x, i) => packed.writeDoubleLE(x, i * 8));
+    fields = [p.name, `${r.d}:${r.T}`, packed];
     fieldsOf.set(p, fields);
   }
   return fields;

@@ -47,6 +47,47 @@ while at <= #undo do
     local _, key, shared, d, T, tau, cost, t, f, n
     _, key, shared, d, T, tau, cost, t, f, n, at = struct.unpack('<c1HBddddddd', undo, at)
     refund_units(shared == 1, KEYS[key], d, T, tau, string.format('%.0f:%.0f', d, T), cost, t, f, n, now)
+  elseif kind == 'A' then
+    -- An admission call (see undo_admit in op.lua): each decision's reply says what it charged.
+    local _, P, count
+    _, P, count, at = struct.unpack('<c1HI4', undo, at)
+    local profiles = {}
+    for i = 1, P do
+      local d, T, tau, period, bits
+      d, T, tau, _, _, period, bits, _, at = struct.unpack('<dddddddd', undo, at)
+      profiles[i] = { d = d, T = T, tau = tau, period = period, shared = bits >= 4, sig = string.format('%.0f:%.0f', d, T) }
+    end
+    local codes, costs = {}, {}
+    for i = 1, count do
+      _, codes[i], costs[i], _, at = struct.unpack('<HBdd', undo, at)
+    end
+    -- Keys as admit.lua reads them: the user's, then its bucket's when it has a key of its own.
+    local k = 1
+    for i = 1, count do
+      local user_index, bucket_index = k, k
+      if codes[i] >= 4 then
+        bucket_index = k + 1
+        k = k + 2
+      else
+        k = k + 1
+      end
+      local verdict = struct.unpack('<d', undo, at)
+      if verdict <= RATE_LIMITED or verdict == RESERVED then
+        local g, pi, t, f, n
+        _, _, g, _, _, _, pi, _, _, t, f, n, at = struct.unpack('<dddddddddddd', undo, at)
+        if verdict ~= RATE_LIMITED then
+          local p = profiles[pi]
+          refund_quota(KEYS[user_index], costs[i], g, p.period, now)
+          if verdict == ALLOWED then
+            refund_units(p.shared, KEYS[bucket_index], p.d, p.T, p.tau, p.sig, costs[i], t, f, n, now)
+          end
+        end
+      else
+        -- Nothing charged: 11 doubles and the profile's name.
+        local length = struct.unpack('<I4', undo, at + 88)
+        at = at + 92 + length
+      end
+    end
   elseif kind == 'D' then
     local _, id
     _, id, at = struct.unpack('<c1I4c0', undo, at)

@@ -79,6 +79,13 @@ local function undo_rate(key_index, shared, d, T, tau, cost, t, f, n)
   end
   return struct.pack('<c1HBddddddd', 'R', key_index, kind, d, T, tau, cost, t, f, n)
 end
+-- An admission call's undo (see admit.lua): its P profiles' parameters (8 doubles each, as its
+-- ARGV carries them), its decisions' records ('<HBdd' each) and its replies, one after the other;
+-- settle.lua takes back the quota of each decision its reply says was charged (allowed, queued,
+-- reserved) and the rate units of each allowed one.
+local function undo_admit(P, count, profiles, records, replies)
+  return struct.pack('<c1HI4', 'A', P, count) .. profiles .. records .. replies
+end
 local function undo_letter(id)
   return struct.pack('<c1I4c0', 'D', #id, id)
 end
