@@ -1,5 +1,5 @@
 /**
- * `npm run soak [-- --seconds N] [-- --redis]`: a steady load held for a set time (3 minutes by
+ * `npm run soak [-- --seconds N] [-- --redis] [-- --rate R] [-- --workers W]`: a steady load held for a set time (3 minutes by
  * default) on the embedded store, or with `--redis` on a RedisStore over an append-only
  * redis-server that the soak starts, kills with SIGKILL halfway through and restarts (under
  * 'fail-closed'), to find what only time shows: leaks, lost promises, double runs, and quota
@@ -40,6 +40,8 @@ const flag = (name: string, fallback: number): number => {
 const SECONDS = flag('seconds', 180);
 const REDIS = args.includes('--redis');
 const RATE = flag('rate', 50_000);
+/** Worker submits per 10,000 decisions (the rest of the submits run inline). */
+const WORKERS = flag('workers', 1);
 /** RedisStore's overload bounds (defaults when absent). */
 const STORE_BOUNDS = Object.fromEntries(['maxPending', 'maxDelayMs'].flatMap((name) => (args.some((a) => a.startsWith(`--${name}`)) ? [[name, flag(name, 0)]] : [])));
 const POPULATION = 100_000;
@@ -156,7 +158,7 @@ async function main(): Promise<void> {
       track(u, u.limiter.check(1), () => false, () => u.told++);
       return;
     }
-    if (kind < 9999) {
+    if (kind < 10_000 - WORKERS) {
       // Inline: succeed, throw, time out (ignoring its signal), or be aborted while it runs.
       let runs = 0;
       let answered = false;
