@@ -227,7 +227,8 @@ export class Batches {
     for (const p of batch.profiles) for (const field of profileFields(p)) args.push(field);
     const d = batch.decisions;
     if (batch.size === 1) {
-      // One decision travels as text: a Buffer argument costs ioredis more than it saves here.
+      // One decision travels as text (as cheap for ioredis as a record, now that the profile's
+      // packed parameters make every call carry a Buffer; measured equal).
       args.push(d[0]! * 8 + d[1]!, d[2]!, d[3]!);
     } else {
       const records = Buffer.allocUnsafe(batch.size * 19);
