@@ -3,10 +3,9 @@
 -- end). One call carries a micro-batch of decisions, decided in order.
 --
 -- ARGV: 1-4 see op.lua; 5 P, the number of profiles;
---   then per profile 3 fields: its name, its rate's signature "d:T" (integers in full), and
---   its parameters as 8 little-endian doubles (struct '<dddddddd'): d, T, tau, burst, quota
---   limit (-1: none), period ms (0: lifetime), bits (1 hard quota, 2 waits for its turn, 4
---   shared bucket), max wait ms (-1: none);
+--   then per profile 2 fields: its name, and "d:T:tau:burst:quota:period:bits:max wait" (quota
+--   limit -1: none; period ms 0: lifetime; bits: 1 hard quota, 2 waits for its turn, 4 shared
+--   bucket; max wait ms -1: none; "d:T" is the rate's signature);
 --   then the decisions as one string of 19-byte records (struct '<HBdd'): profile index the
 --   caller expects (1-based; 0: any), a code (flags: 1 may wait as its profile says, 2 reserve
 --   the quota only, its bucket lives in another slot, see docs/redis.md; plus 4 when its bucket
@@ -35,8 +34,6 @@
 
 -- Replies are packed binary records (struct), concatenated into one string for the call.
 local COMPACT = '<dddddddddddd'
--- A profile's parameters (see ARGV above): read with one struct.unpack, no text to parse.
-local PROFILE = '<dddddddd'
 
 -- Written for a call that decides one admission as much as for a batch: everything runs in this
 -- chunk, in one loop, and the few helpers capture almost nothing (in Redis a script's closures
@@ -55,16 +52,17 @@ local now_ms = math.floor(now / 1000)
 local profiles, by_name = {}, nil
 local P = tonumber(ARGV[5])
 for i = 1, P do
-  local a = 3 + 3 * i
-  local d, T, tau, burst, quota, period, bits, max_wait = struct.unpack(PROFILE, ARGV[a + 2])
+  local a = 4 + 2 * i
+  local sig, d, T, tau, burst, quota, period, bits, max_wait = string.match(ARGV[a + 1], '^((%d+):(%d+)):(%d+):(%d+):(%-?%d+):(%d+):(%d+):(%-?%d+)$')
+  bits = tonumber(bits)
   profiles[i] = {
-    name = ARGV[a], d = d, T = T, tau = tau, burst = burst, quota = quota, period = period,
-    hard = bits % 2 == 1, waits = bits % 4 >= 2, shared = bits >= 4, max_wait = max_wait,
-    sig = ARGV[a + 1], i = i,
+    name = ARGV[a], d = tonumber(d), T = tonumber(T), tau = tonumber(tau), burst = tonumber(burst),
+    quota = tonumber(quota), period = tonumber(period), hard = bits % 2 == 1, waits = bits % 4 >= 2,
+    shared = bits >= 4, max_wait = tonumber(max_wait), sig = sig, i = i,
   }
 end
 
-local b = 6 + P * 3
+local b = 6 + P * 2
 local D, count = nil, 1
 if not ARGV[b + 1] then
   D = ARGV[b]
@@ -230,19 +228,15 @@ for i = 1, count do
   replies[i] = out
 end
 local body = D and table.concat(replies) or replies[1]
+-- What takes this call back, should its caller be told it failed (see settle.lua): the call's
+-- profiles and decisions, and its replies, from which settle.lua reads every charge made. Nothing
+-- is packed per decision for it.
 if op_seq then
-  -- What takes this call back, should its caller be told it failed (see settle.lua): the call's
-  -- profiles and decisions, and its replies, from which settle.lua reads every charge made
-  -- (undo_admit in op.lua). Nothing is packed per decision for it.
-  local profile_blob = {}
-  for i = 1, P do
-    profile_blob[i] = ARGV[5 + 3 * i]
-  end
   local records = D
   if not records then
     records = struct.pack('<HBdd', 0, tonumber(ARGV[b]) % 8, tonumber(ARGV[b + 1]), 0)
   end
-  op_end(undo_admit(P, count, table.concat(profile_blob), records, body))
+  op_end(undo_admit(P, count, records, body))
 end
 -- The call's own sequence number closes the reply: a client whose connection lost a reply pairs
 -- later replies with the wrong calls, and this is how it knows (see ops.ts).

@@ -113,5 +113,5 @@ if kind == 's' then
   end
   bucket_charged = 1
 end
-op_end(table.concat(undo))
+op_end(undo)
 return { usage_charged, bucket_charged, op_number() }

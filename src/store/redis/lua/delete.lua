@@ -19,5 +19,5 @@ if not u then
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[5])
-op_end('')
+op_end()
 return { u.p, op_number() }

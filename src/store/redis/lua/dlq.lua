@@ -64,7 +64,7 @@ if op == 'add' then
     end
     undo[#undo + 1] = undo_letter(id)
   end
-  op_end(table.concat(undo))
+  op_end(undo)
   return 'added:' .. ARGV[1]
 elseif op == 'list' then
   local limit, profile = tonumber(ARGV[6]), ARGV[7]

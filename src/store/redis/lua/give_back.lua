@@ -33,6 +33,6 @@ for i = 1, (#ARGV - 4) / 8 do
     out[i] = 0
   end
 end
-op_end('')
+op_end()
 out[#out + 1] = op_number()
 return out

@@ -61,7 +61,7 @@ elseif op == 'quota' then
   user_save(key, u)
 end
 local expired_now = user_expire(key, u, now_ms)
-op_end('')
+op_end()
 local reply = user_reply(u, now_ms, expired_now)
 reply[#reply + 1] = op_number()
 return reply

@@ -53,9 +53,11 @@ while at <= #undo do
     _, P, count, at = struct.unpack('<c1HI4', undo, at)
     local profiles = {}
     for i = 1, P do
-      local d, T, tau, period, bits
-      d, T, tau, _, _, period, bits, _, at = struct.unpack('<dddddddd', undo, at)
-      profiles[i] = { d = d, T = T, tau = tau, period = period, shared = bits >= 4, sig = string.format('%.0f:%.0f', d, T) }
+      local fields
+      fields, at = struct.unpack('<I4c0', undo, at)
+      -- As admit.lua reads them: "d:T:tau:burst:quota:period:bits:max wait", "d:T" the signature.
+      local sig, d, T, tau, _, _, period, bits = string.match(fields, '^((%d+):(%d+)):(%d+):(%d+):(%-?%d+):(%d+):(%d+):')
+      profiles[i] = { d = tonumber(d), T = tonumber(T), tau = tonumber(tau), period = tonumber(period), shared = tonumber(bits) >= 4, sig = sig }
     end
     local codes, costs = {}, {}
     for i = 1, count do

@@ -49,7 +49,7 @@ gcra_carry(u, now, ARGV[12], ARGV[13])
 u.p, u.s, u.sa, u.ea, u.q = ARGV[5], 0, sa, ea, q
 user_save(KEYS[1], u)
 ended_set(KEYS[2], ARGV[11], u.ea)
-op_end('')
+op_end()
 local reply = user_reply(u, now_ms, 0)
 reply[#reply + 1] = op_number()
 return reply

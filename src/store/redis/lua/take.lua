@@ -76,7 +76,7 @@ for i = 1, (#ARGV - 5) / 6 do
   end
 end
 if not peek then
-  op_end(table.concat(undo))
+  op_end(undo)
 end
 out[#out + 1] = tonumber(ARGV[1])
 return out

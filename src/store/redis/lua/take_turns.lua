@@ -72,7 +72,7 @@ if taken > 0 then
   for i = taken, 1, -1 do
     undo[#undo + 1] = undo_rate(1, not hash, d, T, tau, tonumber(ARGV[8 + i]), reply[3 * i], reply[3 * i + 1], rn)
   end
-  op_end(table.concat(undo))
+  op_end(undo)
 end
 reply[#reply + 1] = op_number()
 return reply

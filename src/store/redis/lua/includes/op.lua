@@ -60,10 +60,16 @@ local function op_number()
   return tonumber(ARGV[1])
 end
 
--- Call last, once the call has applied: records it with what takes it back ('' : nothing to).
-local function op_end(undo)
+-- Call last, once the call has applied: records it with what takes it back, `parts` (a list of
+-- undo records, concatenated here into the entry in one step; none or empty: nothing to).
+local function op_end(parts)
   if op_seq then
-    redis.call('ZADD', op_log, op_seq, op_seq .. ':' .. undo)
+    local entry = op_seq .. ':'
+    if parts and #parts > 0 then
+      table.insert(parts, 1, entry)
+      entry = table.concat(parts)
+    end
+    redis.call('ZADD', op_log, op_seq, entry)
     redis.call('PEXPIRE', op_log, OP_LOG_TTL_MS)
   end
 end
@@ -79,12 +85,20 @@ local function undo_rate(key_index, shared, d, T, tau, cost, t, f, n)
   end
   return struct.pack('<c1HBddddddd', 'R', key_index, kind, d, T, tau, cost, t, f, n)
 end
--- An admission call's undo (see admit.lua): its P profiles' parameters (8 doubles each, as its
--- ARGV carries them), its decisions' records ('<HBdd' each) and its replies, one after the other;
--- settle.lua takes back the quota of each decision its reply says was charged (allowed, queued,
--- reserved) and the rate units of each allowed one.
-local function undo_admit(P, count, profiles, records, replies)
-  return struct.pack('<c1HI4', 'A', P, count) .. profiles .. records .. replies
+-- An admission call's undo (see admit.lua), as parts for op_end: a header, its P profiles'
+-- parameters (the text ARGV[7], ARGV[9], ... carry, each after its length), its decisions'
+-- records ('<HBdd' each) and its replies, one after the other; settle.lua takes back the quota of
+-- each decision its reply says was charged (allowed, queued, reserved) and the rate units of
+-- each allowed one.
+local function undo_admit(P, count, records, replies)
+  local parts = { struct.pack('<c1HI4', 'A', P, count) }
+  for i = 1, P do
+    local fields = ARGV[5 + 2 * i]
+    parts[i + 1] = struct.pack('<I4c0', #fields, fields)
+  end
+  parts[P + 2] = records
+  parts[P + 3] = replies
+  return parts
 end
 local function undo_letter(id)
   return struct.pack('<c1I4c0', 'D', #id, id)
