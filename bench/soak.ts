@@ -62,6 +62,9 @@ interface UserState {
   inFlight: number;
   /** Subscribed with an end: it expires (and is swept) instead of being deleted. */
   ends: boolean;
+  /** The handlers of this user's checks, made once (a check is most of the load: its bookkeeping allocates nothing of its own). */
+  checked: () => void;
+  checkFailed: (error: unknown) => void;
 }
 
 async function main(): Promise<void> {
@@ -99,7 +102,13 @@ async function main(): Promise<void> {
     // On Redis every user is kept to be read back at the end, so none ends (and is swept).
     const ends = !REDIS && next % 2 === 0;
     await manager.subscribe(id, 'soak', ends ? { durationMs: 4000 } : {});
-    return { id, limiter: manager.getLimiter(id), told: 0, inFlight: 0, ends };
+    const u: UserState = { id, limiter: manager.getLimiter(id), told: 0, inFlight: 0, ends, checked: () => {}, checkFailed: () => {} };
+    u.checked = () => {
+      u.told++;
+      succeeded(u);
+    };
+    u.checkFailed = (error) => failed(u, error, false);
+    return u;
   };
   for (let i = 0; i < ACTIVE; i += 500) users.push(...(await Promise.all(Array.from({ length: Math.min(500, ACTIVE - i) }, subscribe))));
   let t0 = performance.now();
@@ -120,42 +129,53 @@ async function main(): Promise<void> {
     counts.rotated++;
   };
 
-  const track = (u: UserState, call: Promise<unknown>, started: () => boolean, onOk: () => void): void => {
+  /** An answer that is not an error. */
+  const succeeded = (u: UserState): void => {
+    counts.settled++;
+    u.inFlight--;
+    const second = Math.floor((performance.now() - t0) / 1000);
+    served[second] = (served[second] ?? 0) + 1;
+  };
+  /** An error answer; `started`: the call's task started, so it was charged. */
+  const failed = (u: UserState, error: unknown, started: boolean): void => {
+    const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
+    errors[code] = (errors[code] ?? 0) + 1;
+    if (code === 'STORE_UNAVAILABLE' && (error as Error).message.includes('overloaded')) {
+      counts.shed++;
+      const bound = /RedisStore (\w+)/.exec((error as Error).message)?.[1] ?? 'unknown';
+      shedBy[bound] = (shedBy[bound] ?? 0) + 1;
+    }
+    if (code === 'TASK_FAILED' || code === 'TASK_TIMEOUT' || code === 'WORKER_CRASHED') {
+      counts.failedFinal++;
+      // Its caller was told the letter could not be stored (Redis away): no 'dead-letter' event.
+      if ((error as Error).message.includes('its dead letter was not stored')) counts.lettersNotStored++;
+    }
+    if (started) u.told++;
+    counts.settled++;
+    u.inFlight--;
+  };
+
+  const track = (u: UserState, call: Promise<unknown>, started: () => boolean): void => {
     counts.issued++;
     u.inFlight++;
     call.then(
       () => {
-        onOk();
-        counts.settled++;
-        u.inFlight--;
-        const second = Math.floor((performance.now() - t0) / 1000);
-        served[second] = (served[second] ?? 0) + 1;
+        u.told++;
+        succeeded(u);
       },
-      (error: unknown) => {
-        const code = error instanceof TaskvalveError ? error.code : 'UNKNOWN';
-        errors[code] = (errors[code] ?? 0) + 1;
-        if (code === 'STORE_UNAVAILABLE' && (error as Error).message.includes('overloaded')) {
-          counts.shed++;
-          const bound = /RedisStore (\w+)/.exec((error as Error).message)?.[1] ?? 'unknown';
-          shedBy[bound] = (shedBy[bound] ?? 0) + 1;
-        }
-        if (code === 'TASK_FAILED' || code === 'TASK_TIMEOUT' || code === 'WORKER_CRASHED') {
-          counts.failedFinal++;
-          // Its caller was told the letter could not be stored (Redis away): no 'dead-letter' event.
-          if ((error as Error).message.includes('its dead letter was not stored')) counts.lettersNotStored++;
-        }
-        if (started()) u.told++;
-        counts.settled++;
-        u.inFlight--;
-      },
+      (error: unknown) => failed(u, error, started()),
     );
   };
 
+  const WORKER_TASKS = ['ok', 'fail', 'crash', 'spin'] as const;
+  let workerSubmits = 0;
   const issue = (u: UserState, i: number): void => {
     const kind = i % 10_000;
     counts.decisions++;
     if (kind < 9000) {
-      track(u, u.limiter.check(1), () => false, () => u.told++);
+      counts.issued++;
+      u.inFlight++;
+      u.limiter.check(1).then(u.checked, u.checkFailed);
       return;
     }
     if (kind < 10_000 - WORKERS) {
@@ -177,16 +197,16 @@ async function main(): Promise<void> {
       );
       if (aborter !== undefined) setTimeout(() => aborter.abort(), 10);
       void call.then(() => (answered = true), () => (answered = true));
-      track(u, call, () => runs > 0, () => u.told++);
+      track(u, call, () => runs > 0);
       return;
     }
-    const names = ['ok', 'fail', 'crash', 'spin'] as const;
-    const name = names[i % 4]!;
+    // The kinds in turn (i itself is the same modulo 4 for every worker submit when W is 1).
+    const name = WORKER_TASKS[workerSubmits++ % WORKER_TASKS.length]!;
     // The worker marks here that it started (shared memory): a task that started is charged,
     // whatever its caller is told (a task abandoned at close is told SHUTTING_DOWN).
     const started = new Int32Array(new SharedArrayBuffer(4));
     const call = u.limiter.submit({ name, payload: { ms: 200, started } });
-    track(u, call, () => Atomics.load(started, 0) === 1, () => u.told++);
+    track(u, call, () => Atomics.load(started, 0) === 1);
   };
 
   const loop = monitorEventLoopDelay({ resolution: 10 });
