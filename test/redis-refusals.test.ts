@@ -186,6 +186,34 @@ describe('the cache of refusals', () => {
     }
   });
 
+  it("a user subscribed again to another profile is not refused from the shared bucket it left (the handle reads the profile again)", async () => {
+    const now = T0;
+    const { manager, admissions } = onRedis(() => now);
+    manager.registerProfile('crowd', { rate: { limit: 1, intervalMs: 3_600_000, shared: 'crowd' } });
+    manager.registerProfile('fast', { rate: { limit: 1000, intervalMs: 1000 } });
+    try {
+      await manager.subscribe('a', 'crowd');
+      const a = manager.getLimiter('a');
+      expect((await a.check()).allowed).toBe(true);
+      expect((await a.check()).allowed).toBe(false);
+      // The shared bucket's refusal is remembered: asked from memory.
+      let before = admissions();
+      expect((await a.check()).allowed).toBe(false);
+      expect(admissions()).toBe(before);
+      // Subscribed again, to a profile with a bucket of its own: the same handle asks Redis, and is allowed.
+      await manager.subscribe('a', 'fast');
+      before = admissions();
+      expect((await a.check()).allowed).toBe(true);
+      expect(admissions()).toBe(before + 1);
+      // Subscribing a new user, or the same user to the same profile again, leaves the handle as it was.
+      await manager.subscribe('new-user', 'crowd');
+      await manager.subscribe('a', 'fast');
+      expect((await a.check()).allowed).toBe(true);
+    } finally {
+      await manager.close();
+    }
+  });
+
   for (const shared of [false, true]) {
     it(`answers with the user's own quota in force and the time left in its period (${shared ? 'a shared bucket' : 'own buckets'})`, async () => {
       let now = T0;

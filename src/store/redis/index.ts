@@ -185,9 +185,11 @@ export class RedisStore implements Store {
 
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
     this.ctx.profiles.set(profile.name, profile);
-    const sub = await this.subscriptions.subscribe(userId, profile, input);
-    // A re-subscription may name another profile: handles read it again.
-    this.handles.reprofiled(this.ctx.keys.user(userId));
+    const { sub, replaced } = await this.subscriptions.subscribe(userId, profile, input);
+    // A re-subscription to another profile: handles read it again. A new subscription or one to
+    // the same profile changes no profile a handle knows (one whose user this process deleted
+    // forgot it then): marking it would make every handle catch up on its next call.
+    if (replaced !== '' && replaced !== profile.name) this.handles.reprofiled(this.ctx.keys.user(userId));
     return sub;
   }
 

@@ -56,7 +56,11 @@ export class Subscriptions {
     return sub;
   }
 
-  async subscribe(userId: string, profile: Profile, input: SubscribeInput): Promise<Subscription> {
+  /**
+   * Creates or replaces the user's subscription. `replaced`: the profile of the subscription it
+   * replaced ('' when there was none).
+   */
+  async subscribe(userId: string, profile: Profile, input: SubscribeInput): Promise<{ sub: Subscription; replaced: string }> {
     const { keys, ops } = this.ctx;
     const user = keys.user(userId);
     // What this process remembers of the user's refusals goes (their quota figures, and their
@@ -71,7 +75,7 @@ export class Subscriptions {
     if (r[0] === 'DATES') {
       throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
     }
-    return this.parse(userId, r);
+    return { sub: this.parse(userId, r), replaced: String(r[10]) };
   }
 
   async get(userId: string): Promise<Subscription | undefined> {
