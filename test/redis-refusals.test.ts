@@ -214,6 +214,34 @@ describe('the cache of refusals', () => {
     }
   });
 
+  it('a user deleted by another process and subscribed here to another profile is not refused from the bucket it left', async () => {
+    const now = T0;
+    const { manager, admissions } = onRedis(() => now);
+    // Another process on the same keys.
+    const otherStore = new RedisStore({ client, prefix: `c${prefixes}` });
+    otherStore.setTestClock(() => now);
+    const other = new Manager({ clock: () => now, store: otherStore });
+    for (const m of [manager, other]) {
+      m.registerProfile('crowd', { rate: { limit: 1, intervalMs: 3_600_000, shared: 'crowd' } });
+      m.registerProfile('fast', { rate: { limit: 1000, intervalMs: 1000 } });
+    }
+    try {
+      await manager.subscribe('a', 'crowd');
+      const a = manager.getLimiter('a');
+      expect((await a.check()).allowed).toBe(true);
+      expect((await a.check()).allowed).toBe(false);
+      await other.deleteSubscription('a');
+      // A new record here: this process's handle still knew 'crowd' and its remembered refusal.
+      await manager.subscribe('a', 'fast');
+      const before = admissions();
+      expect((await a.check()).allowed).toBe(true);
+      expect(admissions()).toBe(before + 1);
+    } finally {
+      await other.close();
+      await manager.close();
+    }
+  });
+
   for (const shared of [false, true]) {
     it(`answers with the user's own quota in force and the time left in its period (${shared ? 'a shared bucket' : 'own buckets'})`, async () => {
       let now = T0;

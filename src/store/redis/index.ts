@@ -186,10 +186,10 @@ export class RedisStore implements Store {
   async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
     this.ctx.profiles.set(profile.name, profile);
     const { sub, replaced } = await this.subscriptions.subscribe(userId, profile, input);
-    // A re-subscription to another profile: handles read it again. A new subscription or one to
-    // the same profile changes no profile a handle knows (one whose user this process deleted
-    // forgot it then): marking it would make every handle catch up on its next call.
-    if (replaced !== '' && replaced !== profile.name) this.handles.reprofiled(this.ctx.keys.user(userId));
+    // Handles read the profile again unless the subscription it replaced had the same one. A new
+    // record counts as a change: a handle may still know the profile of a subscription that
+    // another process deleted.
+    if (replaced !== profile.name) this.handles.reprofiled(this.ctx.keys.user(userId));
     return sub;
   }
 
