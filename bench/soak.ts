@@ -65,9 +65,9 @@ interface UserState {
   inFlight: number;
   /** Subscribed with an end: it expires (and is swept) instead of being deleted. */
   ends: boolean;
-  /** The handlers of this user's checks, made once (a check is most of the load: its bookkeeping allocates nothing of its own). */
-  checked: () => void;
-  checkFailed: (error: unknown) => void;
+  /** Its answers' handlers, made once (a check, most of the load, allocates none of its own): an answer that charged its unit, an error answer of a call that started nothing. */
+  charged: () => void;
+  failedUnstarted: (error: unknown) => void;
 }
 
 async function main(): Promise<void> {
@@ -111,12 +111,9 @@ async function main(): Promise<void> {
     // On Redis every user is kept to be read back at the end, so none ends (and is swept).
     const ends = !REDIS && next % 2 === 0;
     await manager.subscribe(id, 'soak', ends ? { durationMs: 4000 } : {});
-    const u: UserState = { id, limiter: manager.getLimiter(id), told: 0, inFlight: 0, ends, checked: () => {}, checkFailed: () => {} };
-    u.checked = () => {
-      u.told++;
-      succeeded(u);
-    };
-    u.checkFailed = (error) => failed(u, error, false);
+    const u: UserState = { id, limiter: manager.getLimiter(id), told: 0, inFlight: 0, ends, charged: () => {}, failedUnstarted: () => {} };
+    u.charged = () => succeeded(u);
+    u.failedUnstarted = (error) => failed(u, error, false);
     return u;
   };
   for (let i = 0; i < ACTIVE; i += 500) users.push(...(await Promise.all(Array.from({ length: Math.min(500, ACTIVE - i) }, subscribe))));
@@ -141,8 +138,9 @@ async function main(): Promise<void> {
     counts.rotated++;
   };
 
-  /** An answer that is not an error. */
+  /** An answer that is not an error: its unit was charged. */
   const succeeded = (u: UserState): void => {
+    u.told++;
     counts.settled++;
     u.inFlight--;
     const second = Math.floor((performance.now() - t0) / 1000);
@@ -167,16 +165,10 @@ async function main(): Promise<void> {
     u.inFlight--;
   };
 
-  const track = (u: UserState, call: Promise<unknown>, started: () => boolean): void => {
+  const track = (u: UserState, call: Promise<unknown>, onError: (error: unknown) => void): void => {
     counts.issued++;
     u.inFlight++;
-    call.then(
-      () => {
-        u.told++;
-        succeeded(u);
-      },
-      (error: unknown) => failed(u, error, started()),
-    );
+    call.then(u.charged, onError);
   };
 
   const WORKER_TASKS = ['ok', 'fail', 'crash', 'spin'] as const;
@@ -185,9 +177,7 @@ async function main(): Promise<void> {
     const kind = i % 10_000;
     counts.decisions++;
     if (kind < 9000) {
-      counts.issued++;
-      u.inFlight++;
-      u.limiter.check(1).then(u.checked, u.checkFailed);
+      track(u, u.limiter.check(1), u.failedUnstarted);
       return;
     }
     if (kind < 10_000 - WORKERS) {
@@ -209,7 +199,7 @@ async function main(): Promise<void> {
       );
       if (aborter !== undefined) setTimeout(() => aborter.abort(), 10);
       void call.then(() => (answered = true), () => (answered = true));
-      track(u, call, () => runs > 0);
+      track(u, call, (error) => failed(u, error, runs > 0));
       return;
     }
     // The kinds in turn (i itself is the same modulo 4 for every worker submit when W is 1).
@@ -218,7 +208,7 @@ async function main(): Promise<void> {
     // whatever its caller is told (a task abandoned at close is told SHUTTING_DOWN).
     const started = new Int32Array(new SharedArrayBuffer(4));
     const call = u.limiter.submit({ name, payload: { ms: 200, started } });
-    track(u, call, () => Atomics.load(started, 0) === 1);
+    track(u, call, (error) => failed(u, error, Atomics.load(started, 0) === 1));
   };
 
   const loop = monitorEventLoopDelay({ resolution: 10 });

@@ -4,7 +4,7 @@
 import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Manager, MemoryStore, RedisStore, type DetailedDecision, type ProfileConfig, type RedisClientLike } from '../src/index.js';
+import { Manager, MemoryStore, RedisStore, type DetailedDecision, type Limiter, type ProfileConfig, type RedisClientLike } from '../src/index.js';
 import { quiet, rejection } from './helpers.js';
 import { ModelBucket } from './support/model-bucket.js';
 import { startRedis, type RedisServer } from './support/redis.js';
@@ -186,16 +186,26 @@ describe('the cache of refusals', () => {
     }
   });
 
+  /** 'crowd' (a shared bucket of one unit an hour) and 'fast' (a bucket of the user's own), on `manager`. */
+  const crowdAndFast = (manager: Manager): void => {
+    manager.registerProfile('crowd', { rate: { limit: 1, intervalMs: 3_600_000, shared: 'crowd' } });
+    manager.registerProfile('fast', { rate: { limit: 1000, intervalMs: 1000 } });
+  };
+  /** User 'a' on 'crowd', its bucket spent: its handle, refused once. */
+  const spentOnCrowd = async (manager: Manager): Promise<Limiter> => {
+    await manager.subscribe('a', 'crowd');
+    const a = manager.getLimiter('a');
+    expect((await a.check()).allowed).toBe(true);
+    expect((await a.check()).allowed).toBe(false);
+    return a;
+  };
+
   it("a user subscribed again to another profile is not refused from the shared bucket it left (the handle reads the profile again)", async () => {
     const now = T0;
     const { manager, admissions } = onRedis(() => now);
-    manager.registerProfile('crowd', { rate: { limit: 1, intervalMs: 3_600_000, shared: 'crowd' } });
-    manager.registerProfile('fast', { rate: { limit: 1000, intervalMs: 1000 } });
+    crowdAndFast(manager);
     try {
-      await manager.subscribe('a', 'crowd');
-      const a = manager.getLimiter('a');
-      expect((await a.check()).allowed).toBe(true);
-      expect((await a.check()).allowed).toBe(false);
+      const a = await spentOnCrowd(manager);
       // The shared bucket's refusal is remembered: asked from memory.
       let before = admissions();
       expect((await a.check()).allowed).toBe(false);
@@ -221,15 +231,10 @@ describe('the cache of refusals', () => {
     const otherStore = new RedisStore({ client, prefix: `c${prefixes}` });
     otherStore.setTestClock(() => now);
     const other = new Manager({ clock: () => now, store: otherStore });
-    for (const m of [manager, other]) {
-      m.registerProfile('crowd', { rate: { limit: 1, intervalMs: 3_600_000, shared: 'crowd' } });
-      m.registerProfile('fast', { rate: { limit: 1000, intervalMs: 1000 } });
-    }
+    crowdAndFast(manager);
+    crowdAndFast(other);
     try {
-      await manager.subscribe('a', 'crowd');
-      const a = manager.getLimiter('a');
-      expect((await a.check()).allowed).toBe(true);
-      expect((await a.check()).allowed).toBe(false);
+      const a = await spentOnCrowd(manager);
       await other.deleteSubscription('a');
       // A new record here: this process's handle still knew 'crowd' and its remembered refusal.
       await manager.subscribe('a', 'fast');

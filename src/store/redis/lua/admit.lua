@@ -31,6 +31,7 @@
 --@include op
 --@include gcra
 --@include user
+--@include profile
 
 -- Replies are packed binary records (struct), concatenated into one string for the call.
 local COMPACT = '<dddddddddddd'
@@ -53,13 +54,7 @@ local profiles, by_name = {}, nil
 local P = tonumber(ARGV[5])
 for i = 1, P do
   local a = 4 + 2 * i
-  local sig, d, T, tau, burst, quota, period, bits, max_wait = string.match(ARGV[a + 1], '^((%d+):(%d+)):(%d+):(%d+):(%-?%d+):(%d+):(%d+):(%-?%d+)$')
-  bits = tonumber(bits)
-  profiles[i] = {
-    name = ARGV[a], d = tonumber(d), T = tonumber(T), tau = tonumber(tau), burst = tonumber(burst),
-    quota = tonumber(quota), period = tonumber(period), hard = bits % 2 == 1, waits = bits % 4 >= 2,
-    shared = bits >= 4, max_wait = tonumber(max_wait), sig = sig, i = i,
-  }
+  profiles[i] = profile_parse(ARGV[a], ARGV[a + 1], i)
 end
 
 local b = 6 + P * 2

@@ -14,6 +14,7 @@
 --@include op
 --@include refunds
 --@include letters
+--@include profile
 
 local now, refused = op_begin()
 if not now then
@@ -55,9 +56,7 @@ while at <= #undo do
     for i = 1, P do
       local fields
       fields, at = struct.unpack('<I4c0', undo, at)
-      -- As admit.lua reads them: "d:T:tau:burst:quota:period:bits:max wait", "d:T" the signature.
-      local sig, d, T, tau, _, _, period, bits = string.match(fields, '^((%d+):(%d+)):(%d+):(%d+):(%-?%d+):(%d+):(%d+):')
-      profiles[i] = { d = tonumber(d), T = tonumber(T), tau = tonumber(tau), period = tonumber(period), shared = tonumber(bits) >= 4, sig = sig }
+      profiles[i] = profile_parse('', fields, i)
     end
     local codes, costs = {}, {}
     for i = 1, count do
