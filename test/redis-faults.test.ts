@@ -604,6 +604,28 @@ describe('a retry the store cannot re-admit', () => {
   });
 });
 
+describe('close(), then the caller quits its client', () => {
+  // Redis answers slowly: the profiles' configurations, recorded one call after another from
+  // registerProfile on, are still being recorded when the Manager is closed.
+  it('close() resolves once no call of the store is in flight, and starts none after: QUIT is the last command, answered OK', async () => {
+    const r = await rig({
+      a: { rate: { limit: 5, intervalMs: 1_000, shared: 'pool' } },
+      b: { rate: { limit: 5, intervalMs: 1_000, shared: 'pool' }, quota: { limit: 10 } },
+      c: { rate: { limit: 9, intervalMs: 1_000 } },
+    });
+    r.proxy.delay(40);
+    await r.manager.close({ drain: false, timeoutMs: 10_000 });
+    // Nothing of the store's is on its way, either way.
+    const closed = r.proxy.stats();
+    expect({ awaiting: closed.awaitingReplies, held: closed.heldChunks }).toEqual({ awaiting: 0, held: 0 });
+    r.proxy.delay(0);
+    expect(await r.client.quit()).toBe('OK');
+    // QUIT was the one request forwarded after close() resolved.
+    const after = await r.proxy.until((s) => s.open === 0);
+    expect(after.requestsForwarded).toBe(closed.requestsForwarded + 1);
+  });
+});
+
 describe('overload is shed, not queued', () => {
   const profiles = { p: { rate: { limit: 10_000, intervalMs: 1000 }, quota: { limit: 10_000 } } satisfies ProfileConfig };
 

@@ -165,7 +165,8 @@ export class RedisStore implements Store {
   }
 
   /**
-   * Stops the background presence (the client stays open: it is the caller's), and charges back
+   * Stops the background presence, waiting for its calls still running (the client stays open:
+   * it is the caller's, who can quit it once this resolves), and charges back
    * what was admitted under 'local' while Redis was unreachable, trying again until it is
    * charged or `timeoutMs` (default: the store's call timeout) has passed. `owed`: the units of
    * usage left uncharged (0: none).
@@ -174,12 +175,14 @@ export class RedisStore implements Store {
     /** Units of usage admitted under 'local' while Redis was unreachable and not charged to it. */
     owed: number;
   }> {
-    this.presence.stop();
     const until = performance.now() + timeoutMs;
+    // Presence starts no call of its own from now on; those running end within the timeout.
+    const presenceStopped = this.presence.stop(timeoutMs);
     const owed = await this.outage.close(timeoutMs);
     // Calls in doubt are settled, and refunds land, while Redis answers, within what is left of
     // the timeout (past it they go on in the background while the process lives).
     await this.ctx.ops.settled(Math.max(0, until - performance.now()));
+    await presenceStopped;
     return { owed };
   }
 

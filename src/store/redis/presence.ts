@@ -37,6 +37,10 @@ export class Presence {
   /** Configurations not recorded in Redis yet, by record name ('profile:<name>', 'bucket:<name>'). */
   private readonly unrecorded = new Map<string, string>();
   private beating = false;
+  /** Set by {@link Presence.stop}: no call of presence's own starts after it. */
+  private stopped = false;
+  /** Presence's own calls that may still be running (a record, a beat). */
+  private readonly running = new Set<Promise<unknown>>();
   private readonly onReady = (): void => this.beat();
 
   constructor(private readonly ctx: Context) {}
@@ -51,8 +55,9 @@ export class Presence {
     const rate = { limit: profile.rate.limit, intervalMs: profile.rate.intervalMs, burst: profile.rate.burst };
     this.unrecorded.set(`profile:${profile.name}`, JSON.stringify({ rate: { ...rate, shared: profile.shared ?? null, onLimit: profile.onLimit }, quota: profile.quotaLimit, periodMs: profile.quotaPeriodMs, hard: profile.quotaHard }));
     if (profile.shared !== undefined) this.unrecorded.set(`bucket:${profile.shared}`, JSON.stringify(rate));
+    if (this.stopped) return;
     this.start();
-    await this.record();
+    await this.track(this.record());
   }
 
   /** Counts this process among the live ones now, and tells how many there are. */
@@ -62,16 +67,34 @@ export class Presence {
     return this.processes;
   }
 
-  /** Stops the background presence. */
-  stop(): void {
+  /**
+   * Stops the background presence: no call of its own starts from now on. Resolves once those
+   * already running have ended, or after `ms`, whichever is first; so that a caller can quit the
+   * client without a command of presence's written after its QUIT.
+   */
+  async stop(ms: number): Promise<void> {
+    this.stopped = true;
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;
     for (const client of this.ctx.calls.clients) if (connecting(client)) client.off('ready', this.onReady);
+    if (this.running.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.allSettled([...this.running]), new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+    clearTimeout(timer);
+  }
+
+  /** Counts `call` among presence's calls running until it ends. */
+  private track<T>(call: Promise<T>): Promise<T> {
+    this.running.add(call);
+    const done = (): void => void this.running.delete(call);
+    call.then(done, done);
+    return call;
   }
 
   /** Records the configurations not recorded yet, warning of drift. */
   private async record(): Promise<void> {
     for (const [name, config] of [...this.unrecorded]) {
+      if (this.stopped) return;
       const before = (await this.ctx.calls.run(scripts.profile, [this.ctx.keys.profiles()], [name, config])) as unknown as string | null;
       // Recorded (unless registered anew meanwhile: that one goes next).
       if (this.unrecorded.get(name) === config) this.unrecorded.delete(name);
@@ -85,12 +108,14 @@ export class Presence {
 
   /** One beat: what is not recorded yet, then this process's presence. Failures wait for the next beat. */
   private beat(): void {
-    if (this.beating) return;
+    if (this.beating || this.stopped) return;
     this.beating = true;
-    (async () => {
-      if (this.unrecorded.size > 0) await this.record();
-      await this.refresh();
-    })()
+    this.track(
+      (async () => {
+        if (this.unrecorded.size > 0) await this.record();
+        if (!this.stopped) await this.refresh();
+      })(),
+    )
       .catch(() => {})
       .finally(() => {
         this.beating = false;
@@ -103,6 +128,6 @@ export class Presence {
     this.timer = setInterval(this.onReady, PRESENCE_TTL_MS / 3);
     this.timer.unref();
     for (const client of this.ctx.calls.clients) if (connecting(client)) client.on('ready', this.onReady);
-    void this.refresh().catch(() => {});
+    this.track(this.refresh()).catch(() => {});
   }
 }
