@@ -7,7 +7,7 @@
 // 'local' admitted is charged back once, to usage and to the bucket, also by close().
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Manager, RedisStore, type TaskvalveError } from '../src/index.js';
+import { Manager, RedisStore, type RedisStoreOptions, type TaskvalveError } from '../src/index.js';
 import { eventually } from './helpers.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
 import { startRedis, type RedisServer } from './support/redis.js';
@@ -50,13 +50,19 @@ interface Process {
  * `count` processes on one prefix, each a Manager over its own client through the proxy, with
  * `register` run on each; each has counted the others (presence).
  */
-async function processes(count: number, policy: Policy | Policy[], register: (manager: Manager) => void, timeoutMs = TIMEOUT_MS): Promise<Process[]> {
+async function processes(
+  count: number,
+  policy: Policy | Policy[],
+  register: (manager: Manager) => void,
+  timeoutMs = TIMEOUT_MS,
+  options: Pick<RedisStoreOptions, 'rememberedUsers'> = {},
+): Promise<Process[]> {
   const prefix = `o${++prefixes}`;
   const all: Process[] = [];
   for (let i = 0; i < count; i++) {
     const client = new Redis({ port: proxy.port });
     client.on('error', () => {}); // the proxy's faults are expected
-    const store = new RedisStore({ client, prefix, timeoutMs });
+    const store = new RedisStore({ client, prefix, timeoutMs, ...options });
     const manager = new Manager({ store, onStoreUnavailable: Array.isArray(policy) ? (policy[i] as Policy) : policy });
     manager.on('error', () => {}); // charge-backs that fail while Redis is away are reported here
     register(manager);
@@ -178,6 +184,27 @@ describe('policies reach every user this process answered for, past the 10,000 c
       expect(e).toMatchObject({ code: 'STORE_UNAVAILABLE', message: expect.stringContaining('has not seen its subscription in good standing') });
     }
   }, 120_000);
+});
+
+describe('rememberedUsers bounds the users a process remembers beyond its cached handles', () => {
+  it("remembering 4,000: the 2,000 answered last are admitted by 'fail-open'; those answered 4,000 answers ago and more fail closed", async () => {
+    const older = Array.from({ length: 3_000 }, (_, i) => `older-${i}`);
+    const recent = Array.from({ length: 2_000 }, (_, i) => `recent-${i}`);
+    const [p] = (await processes(1, 'fail-open', (m) => m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } }), 2_000, { rememberedUsers: 4_000 })) as [Process];
+    const inChunks = async (users: string[], work: (user: string) => Promise<unknown>): Promise<void> => {
+      for (let i = 0; i < users.length; i += 500) await Promise.all(users.slice(i, i + 500).map(work));
+    };
+    await inChunks([...older, ...recent], (user) => p.manager.subscribe(user, 'p'));
+    // Answered in this order: the older users, then the recent ones.
+    for (const users of [older, recent]) await inChunks(users, async (user) => expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true));
+    // 10,000 handles that never call: the manager's cache of handles no longer holds any of the above.
+    for (let i = 0; i < 10_000; i++) p.manager.getLimiter(`filler-${i}`);
+
+    proxy.blackhole();
+    const [admitted, forgotten] = await Promise.all([decide(recent.map((user) => p.manager.getLimiter(user).check(1))), decide(older.slice(0, 1_000).map((user) => p.manager.getLimiter(user).check(1)))]);
+    expect(admitted).toEqual({ allowed: recent.length, denied: 0, failed: [] });
+    expect(forgotten).toEqual({ allowed: 0, denied: 0, failed: older.slice(0, 1_000).map(() => 'STORE_UNAVAILABLE') });
+  }, 60_000);
 });
 
 describe("'local' charges back what it admitted, once, to usage and to the bucket", () => {

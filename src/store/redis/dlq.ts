@@ -6,6 +6,7 @@
  */
 import { deserialize, serialize } from 'node:v8';
 import type { DlqQuery, FailedTask } from '../store.js';
+import { Recent } from '../../util/recent.js';
 import { notThisCall, type Reply } from './calls.js';
 import type { Context } from './context.js';
 import { Gather } from './gather.js';
@@ -21,7 +22,7 @@ interface Letter {
   retentionMs: number;
 }
 
-/** Inline dead letters whose function this process keeps for replay. */
+/** Inline dead letters whose function this process keeps for replay: at most these, and at least the most recent half of them. */
 const MAX_INLINE = 10_000;
 
 /**
@@ -66,7 +67,7 @@ function serialiseEntry(entry: FailedTask): StoredEntry {
 
 export class DeadLetters {
   /** Inline task functions of this process's dead letters, by entry id. */
-  private readonly inline = new Map<string, FailedTask['task']>();
+  private readonly inline = new Recent<string, FailedTask['task']>(MAX_INLINE);
 
   /** The queue lives in one slot: one lane. */
   private readonly adds = new Gather<0, Letter, void>((_, letters) => this.store(letters));
@@ -81,7 +82,6 @@ export class DeadLetters {
   async add(entry: FailedTask, bounds: { maxEntries: number; retentionMs: number }, nowMs: number): Promise<void> {
     if (typeof entry.task === 'function') {
       this.inline.set(entry.id, entry.task);
-      if (this.inline.size > MAX_INLINE) this.inline.delete(this.inline.keys().next().value as string);
     }
     const json = JSON.stringify(serialiseEntry(entry));
     const age = Math.max(0, nowMs - entry.lastFailedAt.getTime());

@@ -9,6 +9,7 @@
  */
 import type { Profile } from '../../profile.js';
 import type { UserSlot } from '../store.js';
+import { Recent } from '../../util/recent.js';
 import type { Keys } from './keys.js';
 
 /** Deleted (and moved) users this process remembers at most (past it, every handle forgets what it knew). */
@@ -27,8 +28,6 @@ export interface Ref {
   period: number;
   /** The count of deletions and profile changes when the entry last caught up with them (see forget). */
   seen: number;
-  /** When the entry last went into the remembered users (-1: never), counted in insertions. */
-  stamp: number;
 }
 
 /** The entries of one store: held by limiter handles, the latest answered remembered; and the deletions they catch up with. */
@@ -42,19 +41,15 @@ export class Handles {
   private readonly changed = new Map<string, number>();
   /** Entries that caught up before this count forget what they knew (a map was cleared). */
   private forgetBefore = 0;
-  /** The users answered most recently, by key, oldest first (bounded by `max`). */
-  private readonly remembered = new Map<string, Ref>();
-  /** Insertions into `remembered` so far. */
-  private inserted = 0;
-  /** An entry inserted within the last `fresh` insertions is not moved when answered again. */
-  private readonly fresh: number;
+  /** The users answered most recently, by key: at most `max`, and at least the `max / 2` most recent. */
+  private readonly remembered: Recent<string, Ref>;
 
   /** `max`: how many users' standing the store remembers beyond the handles that hold theirs. */
   constructor(
     private readonly keys: Keys,
-    private readonly max: number,
+    max: number,
   ) {
-    this.fresh = Math.max(1, Math.floor(max / 2));
+    this.remembered = new Recent(max);
   }
 
   /**
@@ -70,29 +65,15 @@ export class Handles {
     const user = this.keys.user(userId);
     let ref = this.remembered.get(user);
     if (ref === undefined) {
-      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, stamp: -1 };
+      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks };
     } else if (ref.seen !== this.marks) this.catchUp(ref);
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
 
-  /**
-   * The entry was just answered: keep it among the remembered users. Approximately least
-   * recently answered goes first: an entry is moved to the young end only when at least half
-   * the bound was inserted since it last was, so an answer costs one comparison.
-   */
+  /** The entry was just answered: keep it among the remembered users (the least recently answered go first, half the bound at a time). */
   answered(ref: Ref): void {
-    if (ref.stamp >= 0 && this.inserted - ref.stamp < this.fresh) return;
-    const remembered = this.remembered;
-    if (remembered.has(ref.user)) remembered.delete(ref.user);
-    else if (remembered.size >= this.max) remembered.delete(remembered.keys().next().value as string);
-    remembered.set(ref.user, ref);
-    ref.stamp = this.inserted++;
-  }
-
-  /** How many users' standing is remembered now (beyond the handles that hold theirs). */
-  get size(): number {
-    return this.remembered.size;
+    if (!this.remembered.fresh(ref.user, ref)) this.remembered.set(ref.user, ref);
   }
 
   /** The user with key `user` was deleted: entries forget what they knew of it. */

@@ -1,0 +1,47 @@
+/**
+ * A bounded map of the entries set most recently, in two generations: entries are set in the
+ * young one; once it holds half the bound, it becomes the old one and the old one is dropped
+ * whole. Every operation is O(1).
+ *
+ * Why not one Map, dropping its first key when full: V8 marks a deleted entry of a Map and
+ * leaves its slot in place until the table is rebuilt, and finding the first key walks over
+ * the deleted slots before it. Evicting the oldest entry one at a time thus walks every entry
+ * evicted before it: 8 µs an eviction at 10,000 entries, 45 µs at 100,000 (this machine).
+ */
+export class Recent<K, V> {
+  private young = new Map<K, V>();
+  private old = new Map<K, V>();
+  private readonly half: number;
+
+  /**
+   * Holds at most `max` entries (2 for a `max` of 1), and always the `max / 2` set most
+   * recently (rounded down, at least 1); those set before them may have been dropped.
+   */
+  constructor(max: number) {
+    this.half = Math.max(1, Math.floor(max / 2));
+  }
+
+  get(key: K): V | undefined {
+    const value = this.young.get(key);
+    return value !== undefined ? value : this.old.get(key);
+  }
+
+  /** Whether `key` holds `value` and was set since the old generation was dropped last (setting it again would change nothing). */
+  fresh(key: K, value: V): boolean {
+    return this.young.get(key) === value;
+  }
+
+  set(key: K, value: V): void {
+    const young = this.young;
+    if (young.size >= this.half && !young.has(key)) {
+      this.old = young;
+      this.young = new Map();
+    }
+    this.young.set(key, value);
+  }
+
+  delete(key: K): void {
+    this.young.delete(key);
+    this.old.delete(key);
+  }
+}
