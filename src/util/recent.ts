@@ -26,16 +26,19 @@ export class Recent<K, V> {
     return value !== undefined ? value : this.old.get(key);
   }
 
-  /** Whether `key` holds `value` and was set since the old generation was dropped last (setting it again would change nothing). */
-  fresh(key: K, value: V): boolean {
-    return this.young.get(key) === value;
-  }
+  /**
+   * Counts the turns of generations: an entry set during the current turn is in the young
+   * generation until the next (setting it again before then changes nothing of its age), which
+   * a caller can tell by keeping the turn it set it in.
+   */
+  turn = 0;
 
   set(key: K, value: V): void {
     const young = this.young;
     if (young.size >= this.half && !young.has(key)) {
       this.old = young;
       this.young = new Map();
+      this.turn++;
     }
     this.young.set(key, value);
   }

@@ -15,6 +15,19 @@ import type { Keys } from './keys.js';
 /** Deleted (and moved) users this process remembers at most (past it, every handle forgets what it knew). */
 const MAX_MARKED = 10_000;
 
+/**
+ * Users are spread over this many groups (by a hash of their key) to tell, in one comparison
+ * per call, whether a deletion or profile change may concern an entry (see Handles.ref).
+ */
+const GROUPS = 4096;
+
+/** A user key's group: FNV-1a over its UTF-16 units, folded to GROUPS. */
+function groupOf(user: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < user.length; i++) h = Math.imul(h ^ user.charCodeAt(i), 0x01000193);
+  return (h >>> 0) % GROUPS;
+}
+
 /** What this process knows of one user: its key, and the standing of the latest answer. */
 export interface Ref {
   owner: Handles;
@@ -28,6 +41,10 @@ export interface Ref {
   period: number;
   /** The count of deletions and profile changes when the entry last caught up with them (see forget). */
   seen: number;
+  /** The user's group (see GROUPS). */
+  group: number;
+  /** The remembered users' turn the entry was last set in (-1: none; see Recent.turn). */
+  turn: number;
 }
 
 /** The entries of one store: held by limiter handles, the latest answered remembered; and the deletions they catch up with. */
@@ -39,6 +56,8 @@ export class Handles {
   private marks = 0;
   private readonly deleted = new Map<string, number>();
   private readonly changed = new Map<string, number>();
+  /** Per group of users, the count when the last deletion or profile change in it was made. */
+  private readonly groupMarks = new Float64Array(GROUPS);
   /** Entries that caught up before this count forget what they knew (a map was cleared). */
   private forgetBefore = 0;
   /** The users answered most recently, by key: at most `max`, and at least the `max / 2` most recent. */
@@ -59,25 +78,40 @@ export class Handles {
   ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.owner === this) {
-      if (held.seen !== this.marks) this.catchUp(held);
+      if (this.stale(held)) this.catchUp(held);
       return held;
     }
     const user = this.keys.user(userId);
     let ref = this.remembered.get(user);
     if (ref === undefined) {
-      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks };
-    } else if (ref.seen !== this.marks) this.catchUp(ref);
+      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, group: groupOf(user), turn: -1 };
+    } else if (this.stale(ref)) this.catchUp(ref);
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
 
+  /**
+   * Whether a deletion or profile change made since the entry last caught up may concern it:
+   * one in its group of users, or the maps' clearing. (Most changes concern other users: the
+   * entry's own are looked up only then.)
+   */
+  private stale(ref: Ref): boolean {
+    const seen = ref.seen;
+    return seen !== this.marks && ((this.groupMarks[ref.group] as number) > seen || seen < this.forgetBefore);
+  }
+
   /** The entry was just answered: keep it among the remembered users (the least recently answered go first, half the bound at a time). */
   answered(ref: Ref): void {
-    if (!this.remembered.fresh(ref.user, ref)) this.remembered.set(ref.user, ref);
+    const remembered = this.remembered;
+    if (ref.turn === remembered.turn) return;
+    remembered.set(ref.user, ref);
+    ref.turn = remembered.turn;
   }
 
   /** The user with key `user` was deleted: entries forget what they knew of it. */
   forget(user: string): void {
+    const ref = this.remembered.get(user);
+    if (ref !== undefined) ref.turn = -1;
     this.remembered.delete(user);
     this.mark(this.deleted, user);
   }
@@ -98,6 +132,7 @@ export class Handles {
       this.forgetBefore = this.marks;
     }
     map.set(user, this.marks);
+    this.groupMarks[groupOf(user)] = this.marks;
   }
 
   /**
