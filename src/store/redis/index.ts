@@ -74,7 +74,8 @@ export interface RedisStoreOptions {
   /**
    * How many users' standing (profile, usage, quota, whether the subscription was usable) this
    * process remembers for the outage policies, beyond the users whose limiter handles the
-   * manager holds: the most recently answered ones. Default 100,000 (about 20 MB; see
+   * manager holds: the most recently answered ones, at most this many and at least the half
+   * answered last (they are forgotten half at a time). Default 100,000 (about 20 MB; see
    * docs/redis.md). Under 'fail-open' and 'local', a user this process does not remember fails
    * closed while Redis is unreachable.
    */
