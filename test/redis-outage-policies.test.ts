@@ -207,6 +207,36 @@ describe('rememberedUsers bounds the users a process remembers beyond its cached
   }, 60_000);
 });
 
+describe('a user seen in good standing stays known while the process subscribes or deletes many others', () => {
+  const register = (m: Manager): void => m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } });
+
+  it("after 10,001 new subscriptions here (each makes handles read their user's profile again), 'fail-open' still admits a user answered before them", async () => {
+    const [p] = (await processes(1, 'fail-open', register, 2_000)) as [Process];
+    await p.manager.subscribe('known', 'p');
+    expect((await p.manager.getLimiter('known').check(1)).allowed).toBe(true);
+    const others = Array.from({ length: 10_001 }, (_, i) => `new-${i}`);
+    for (let i = 0; i < others.length; i += 500) await Promise.all(others.slice(i, i + 500).map((user) => p.manager.subscribe(user, 'p')));
+    proxy.blackhole();
+    expect(await decide([p.manager.getLimiter('known').check(1)])).toEqual({ allowed: 1, denied: 0, failed: [] });
+  }, 60_000);
+
+  it("after 10,001 deletions here, the same; and a user deleted here is not admitted by 'fail-open', whoever holds its handle", async () => {
+    const [p] = (await processes(1, 'fail-open', register, 2_000)) as [Process];
+    const others = Array.from({ length: 10_001 }, (_, i) => `gone-${i}`);
+    for (let i = 0; i < others.length; i += 500) await Promise.all(others.slice(i, i + 500).map((user) => p.manager.subscribe(user, 'p')));
+    await p.manager.subscribe('known', 'p');
+    await p.manager.subscribe('deleted', 'p');
+    const handle = p.manager.getLimiter('deleted');
+    for (const user of ['known', 'deleted']) expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true);
+    for (let i = 0; i < others.length; i += 500) await Promise.all(others.slice(i, i + 500).map((user) => p.manager.deleteSubscription(user)));
+    expect(await p.manager.deleteSubscription('deleted')).toBe(true);
+    proxy.blackhole();
+    const [known, deleted] = await Promise.all([decide([p.manager.getLimiter('known').check(1)]), decide([handle.check(1), p.manager.getLimiter('deleted').check(1)])]);
+    expect(known).toEqual({ allowed: 1, denied: 0, failed: [] });
+    expect(deleted).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE', 'STORE_UNAVAILABLE'] });
+  }, 60_000);
+});
+
 describe("'local' charges back what it admitted, once, to usage and to the bucket", () => {
   const register = (m: Manager): void => m.registerProfile('own', { rate: { limit: 10, intervalMs: 1000 }, quota: { limit: 1000, kind: 'soft' } });
 

@@ -16,8 +16,12 @@ export class Recent<K, V> {
   /**
    * Holds at most `max` entries (2 for a `max` of 1), and always the `max / 2` set most
    * recently (rounded down, at least 1); those set before them may have been dropped.
+   * `dropped` is given each generation dropped, once (an entry set again since is in it too).
    */
-  constructor(max: number) {
+  constructor(
+    max: number,
+    private readonly dropped?: (generation: ReadonlyMap<K, V>) => void,
+  ) {
     this.half = Math.max(1, Math.floor(max / 2));
   }
 
@@ -36,9 +40,11 @@ export class Recent<K, V> {
   set(key: K, value: V): void {
     const young = this.young;
     if (young.size >= this.half && !young.has(key)) {
+      const old = this.old;
       this.old = young;
       this.young = new Map();
       this.turn++;
+      this.dropped?.(old);
     }
     this.young.set(key, value);
   }

@@ -3,16 +3,26 @@
  * last seen (profile, usage, quota in force, usage period, whether the subscription was usable),
  * which the outage policies decide on. A limiter handle holds its user's entry; the store keeps
  * the most recently answered users' entries too (bounded), so that a user whose handle was
- * dropped from the manager's cache is still known. Deletions and profile changes this process
- * made are caught up with: an entry whose user was deleted since it last looked forgets what it
- * knew, one whose user was moved to another profile forgets the profile.
+ * dropped from the manager's cache is still known.
+ *
+ * Deletions and profile changes this process makes reach every entry of that user: an entry
+ * whose user was deleted forgets what it knew, one whose user was moved to another profile
+ * forgets the profile. A remembered entry is told at once. An entry only a handle holds (never
+ * answered, or no longer remembered) catches up on its next call, from the deletions and
+ * changes made since it last looked; those are bounded, and when they were cleared the entry
+ * forgets what it may have missed.
  */
 import type { Profile } from '../../profile.js';
 import type { UserSlot } from '../store.js';
 import { Recent } from '../../util/recent.js';
 import type { Keys } from './keys.js';
 
-/** Deleted (and moved) users this process remembers at most (past it, every handle forgets what it knew). */
+/**
+ * Deleted users, and users moved to another profile, kept at most (each) for the entries only a
+ * handle holds. Past it the map is cleared, and those entries forget what they may have missed:
+ * all they knew for deletions, the profile for moves (a new record counts as one: see
+ * RedisStore.subscribe).
+ */
 const MAX_MARKED = 10_000;
 
 /**
@@ -39,11 +49,11 @@ export interface Ref {
   /** From the latest answer: the quota limit in force (-1: none), and the usage period's token. */
   quota: number;
   period: number;
-  /** The count of deletions and profile changes when the entry last caught up with them (see forget). */
+  /** The count of deletions and profile changes when the entry was last known to be up to date with them. */
   seen: number;
   /** The user's group (see GROUPS). */
   group: number;
-  /** The remembered users' turn the entry was last set in (-1: none; see Recent.turn). */
+  /** The remembered users' turn the entry was last set in (-1: not remembered; see Recent.turn). */
   turn: number;
 }
 
@@ -51,15 +61,17 @@ export interface Ref {
 export class Handles {
   /**
    * Deletions and profile changes this process made, and by user key the count when the last of
-   * each was made (bounded).
+   * each was made (bounded), for the entries only a handle holds.
    */
   private marks = 0;
   private readonly deleted = new Map<string, number>();
   private readonly changed = new Map<string, number>();
   /** Per group of users, the count when the last deletion or profile change in it was made. */
   private readonly groupMarks = new Float64Array(GROUPS);
-  /** Entries that caught up before this count forget what they knew (a map was cleared). */
+  /** Entries up to date only before this count forget what they knew (the deletions were cleared). */
   private forgetBefore = 0;
+  /** Entries up to date only before this count forget the profile they saw (the profile changes were cleared). */
+  private unprofileBefore = 0;
   /** The users answered most recently, by key: at most `max`, and at least the `max / 2` most recent. */
   private readonly remembered: Recent<string, Ref>;
 
@@ -68,52 +80,68 @@ export class Handles {
     private readonly keys: Keys,
     max: number,
   ) {
-    this.remembered = new Recent(max);
+    // The entries of a generation dropped were told every change until now: up to date, they
+    // catch up on their own from here. (Those set again since are remembered still; those
+    // released before are caught up from when they were.)
+    this.remembered = new Recent(max, (generation) => {
+      const dropped = this.remembered.turn - 2;
+      for (const ref of generation.values()) if (ref.turn === dropped) ref.seen = this.marks;
+    });
   }
 
   /**
    * The user's entry for this store: the one `slot` holds, else the remembered one, else a new
-   * one (remembered from its first answer on); kept in `slot`, caught up with deletions.
+   * one (remembered from its first answer on); kept in `slot`, up to date with deletions.
    */
   ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.owner === this) {
-      if (this.stale(held)) this.catchUp(held);
+      if (!this.isRemembered(held) && this.stale(held)) this.catchUp(held);
       return held;
     }
     const user = this.keys.user(userId);
     let ref = this.remembered.get(user);
-    if (ref === undefined) {
-      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, group: groupOf(user), turn: -1 };
-    } else if (this.stale(ref)) this.catchUp(ref);
+    ref ??= { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, group: groupOf(user), turn: -1 };
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
 
+  /** Whether the entry is among the remembered users (in either generation): it is then told every change at once. */
+  private isRemembered(ref: Ref): boolean {
+    return ref.turn >= 0 && ref.turn >= this.remembered.turn - 1;
+  }
+
   /**
-   * Whether a deletion or profile change made since the entry last caught up may concern it:
-   * one in its group of users, or the maps' clearing. (Most changes concern other users: the
+   * Whether a deletion or profile change made since the entry was last up to date may concern
+   * it: one in its group of users, or the maps' clearing. (Most changes concern other users: the
    * entry's own are looked up only then.)
    */
   private stale(ref: Ref): boolean {
     const seen = ref.seen;
-    return seen !== this.marks && ((this.groupMarks[ref.group] as number) > seen || seen < this.forgetBefore);
+    return seen !== this.marks && ((this.groupMarks[ref.group] as number) > seen || seen < this.unprofileBefore || seen < this.forgetBefore);
   }
 
   /** The entry was just answered: keep it among the remembered users (the least recently answered go first, half the bound at a time). */
   answered(ref: Ref): void {
     const remembered = this.remembered;
     if (ref.turn === remembered.turn) return;
+    if (!this.isRemembered(ref) && this.stale(ref)) this.catchUp(ref);
+    // Another entry of the same user (a handle kept one while it was not remembered) gives way:
+    // up to date until now, it catches up on its own from here.
+    const other = remembered.get(ref.user);
+    if (other !== undefined && other !== ref) this.release(other);
     remembered.set(ref.user, ref);
     ref.turn = remembered.turn;
   }
 
   /** The user with key `user` was deleted: entries forget what they knew of it. */
   forget(user: string): void {
-    const ref = this.remembered.get(user);
-    if (ref !== undefined) ref.turn = -1;
-    this.remembered.delete(user);
     this.mark(this.deleted, user);
+    const ref = this.remembered.get(user);
+    if (ref === undefined) return;
+    forgetAll(ref);
+    this.remembered.delete(user);
+    this.release(ref);
   }
 
   /**
@@ -123,31 +151,44 @@ export class Handles {
    */
   reprofiled(user: string): void {
     this.mark(this.changed, user);
+    const ref = this.remembered.get(user);
+    if (ref !== undefined) ref.profile = undefined;
+  }
+
+  /** A remembered entry no longer is: up to date now, it catches up on its own from here. */
+  private release(ref: Ref): void {
+    ref.turn = -1;
+    ref.seen = this.marks;
   }
 
   private mark(map: Map<string, number>, user: string): void {
     this.marks++;
     if (map.size >= MAX_MARKED) {
       map.clear();
-      this.forgetBefore = this.marks;
+      if (map === this.deleted) this.forgetBefore = this.marks;
+      else this.unprofileBefore = this.marks;
     }
     map.set(user, this.marks);
     this.groupMarks[groupOf(user)] = this.marks;
   }
 
   /**
-   * An entry whose user this process deleted since it last caught up forgets the profile and
-   * standing it saw; one whose user it moved to another profile forgets the profile.
+   * An entry whose user this process deleted since it was last up to date forgets the profile
+   * and standing it saw; one whose user it moved to another profile forgets the profile.
    */
   private catchUp(ref: Ref): void {
     const at = this.deleted.get(ref.user);
-    if (ref.seen < this.forgetBefore || (at !== undefined && at > ref.seen)) {
-      ref.profile = undefined;
-      ref.usage = 0;
-      ref.usable = false;
-      ref.quota = -1;
-      ref.period = 0;
-    } else if ((this.changed.get(ref.user) ?? 0) > ref.seen) ref.profile = undefined;
+    if (ref.seen < this.forgetBefore || (at !== undefined && at > ref.seen)) forgetAll(ref);
+    else if (ref.seen < this.unprofileBefore || (this.changed.get(ref.user) ?? 0) > ref.seen) ref.profile = undefined;
     ref.seen = this.marks;
   }
+}
+
+/** The entry forgets the profile and standing it saw. */
+function forgetAll(ref: Ref): void {
+  ref.profile = undefined;
+  ref.usage = 0;
+  ref.usable = false;
+  ref.quota = -1;
+  ref.period = 0;
 }
