@@ -12,17 +12,21 @@ export class Recent<K, V> {
   private young = new Map<K, V>();
   private old = new Map<K, V>();
   private readonly half: number;
+  /** Whether the generation before the young one is kept (not for a bound of 1). */
+  private readonly keepOld: boolean;
 
   /**
-   * Holds at most `max` entries (2 for a `max` of 1), and always the `max / 2` set most
-   * recently (rounded down, at least 1); those set before them may have been dropped.
-   * `dropped` is given each generation dropped, once (an entry set again since is in it too).
+   * Holds at most `max` entries, and always the `max / 2` set most recently (rounded down, at
+   * least 1); those set before them may have been dropped.
+   * `dropped` is given each generation dropped, once, with the turn it was set in (an entry set
+   * again since is in it too).
    */
   constructor(
     max: number,
-    private readonly dropped?: (generation: ReadonlyMap<K, V>) => void,
+    private readonly dropped?: (generation: ReadonlyMap<K, V>, turn: number) => void,
   ) {
     this.half = Math.max(1, Math.floor(max / 2));
+    this.keepOld = max >= 2;
   }
 
   get(key: K): V | undefined {
@@ -37,14 +41,20 @@ export class Recent<K, V> {
    */
   turn = 0;
 
+  /** Whether entries set in `turn` are held still (unless deleted or set again since). */
+  holds(turn: number): boolean {
+    return turn === this.turn || (turn === this.turn - 1 && this.keepOld);
+  }
+
   set(key: K, value: V): void {
     const young = this.young;
     if (young.size >= this.half && !young.has(key)) {
       const old = this.old;
-      this.old = young;
+      this.old = this.keepOld ? young : new Map();
       this.young = new Map();
       this.turn++;
-      this.dropped?.(old);
+      this.dropped?.(old, this.turn - 2);
+      if (!this.keepOld) this.dropped?.(young, this.turn - 1);
     }
     this.young.set(key, value);
   }

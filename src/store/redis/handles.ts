@@ -55,7 +55,17 @@ export interface Ref {
   group: number;
   /** The remembered users' turn the entry was last set in (-1: not remembered; see Recent.turn). */
   turn: number;
+  /**
+   * What the entry must forget on its next call (Forget): a deletion or profile change this
+   * process made while it was remembered. Kept until then, so that an answer read after the
+   * change, to a call that began before it, is forgotten too.
+   */
+  pending: Forget;
 }
+
+/** What an entry must forget: nothing, its profile, or all it knew. */
+type Forget = 0 | 1 | 2;
+const Forget = { NOTHING: 0, PROFILE: 1, ALL: 2 } as const;
 
 /** The entries of one store: held by limiter handles, the latest answered remembered; and the deletions they catch up with. */
 export class Handles {
@@ -83,9 +93,8 @@ export class Handles {
     // The entries of a generation dropped were told every change until now: up to date, they
     // catch up on their own from here. (Those set again since are remembered still; those
     // released before are caught up from when they were.)
-    this.remembered = new Recent(max, (generation) => {
-      const dropped = this.remembered.turn - 2;
-      for (const ref of generation.values()) if (ref.turn === dropped) ref.seen = this.marks;
+    this.remembered = new Recent(max, (generation, turn) => {
+      for (const ref of generation.values()) if (ref.turn === turn) ref.seen = this.marks;
     });
   }
 
@@ -96,19 +105,22 @@ export class Handles {
   ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.owner === this) {
+      if (held.pending !== Forget.NOTHING) applyPending(held);
       if (!this.isRemembered(held) && this.stale(held)) this.catchUp(held);
       return held;
     }
     const user = this.keys.user(userId);
     let ref = this.remembered.get(user);
-    ref ??= { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, group: groupOf(user), turn: -1 };
+    if (ref === undefined) {
+      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, group: groupOf(user), turn: -1, pending: Forget.NOTHING };
+    } else if (ref.pending !== Forget.NOTHING) applyPending(ref);
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
 
   /** Whether the entry is among the remembered users (in either generation): it is then told every change at once. */
   private isRemembered(ref: Ref): boolean {
-    return ref.turn >= 0 && ref.turn >= this.remembered.turn - 1;
+    return ref.turn >= 0 && this.remembered.holds(ref.turn);
   }
 
   /**
@@ -139,7 +151,7 @@ export class Handles {
     this.mark(this.deleted, user);
     const ref = this.remembered.get(user);
     if (ref === undefined) return;
-    forgetAll(ref);
+    ref.pending = Forget.ALL;
     this.remembered.delete(user);
     this.release(ref);
   }
@@ -152,7 +164,7 @@ export class Handles {
   reprofiled(user: string): void {
     this.mark(this.changed, user);
     const ref = this.remembered.get(user);
-    if (ref !== undefined) ref.profile = undefined;
+    if (ref !== undefined && ref.pending === Forget.NOTHING) ref.pending = Forget.PROFILE;
   }
 
   /** A remembered entry no longer is: up to date now, it catches up on its own from here. */
@@ -182,6 +194,13 @@ export class Handles {
     else if (ref.seen < this.unprofileBefore || (this.changed.get(ref.user) ?? 0) > ref.seen) ref.profile = undefined;
     ref.seen = this.marks;
   }
+}
+
+/** The entry forgets what a change made while it was remembered calls for. */
+function applyPending(ref: Ref): void {
+  if (ref.pending === Forget.ALL) forgetAll(ref);
+  else ref.profile = undefined;
+  ref.pending = Forget.NOTHING;
 }
 
 /** The entry forgets the profile and standing it saw. */
