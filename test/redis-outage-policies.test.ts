@@ -5,6 +5,7 @@
 // exceeded, a spent bucket is not admitted again beyond its refill, the policies reach every
 // user this process has answered for (not only those whose handles are cached), and what
 // 'local' admitted is charged back once, to usage and to the bucket, also by close().
+import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore, type RedisStoreOptions, type TaskvalveError } from '../src/index.js';
@@ -235,6 +236,58 @@ describe('a user seen in good standing stays known while the process subscribes 
     expect(known).toEqual({ allowed: 1, denied: 0, failed: [] });
     expect(deleted).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE', 'STORE_UNAVAILABLE'] });
   }, 60_000);
+});
+
+describe('what a process knows for the outage policies follows its own changes (random sequences against a model)', () => {
+  const register = (m: Manager): void => {
+    m.registerProfile('a', { rate: { limit: 100, intervalMs: 1000 } });
+    m.registerProfile('b', { rate: { limit: 50, intervalMs: 1000 } });
+  };
+  const users = ['u0', 'u1', 'u2'];
+  const step = fc.record({ op: fc.constantFrom('subscribe', 'check', 'delete', 'change'), user: fc.constantFrom(...users), profile: fc.constantFrom('a', 'b') });
+
+  it("'fail-open' admits, while Redis is away, exactly the users last answered here in good standing with no deletion or change of profile here since (remembering 2 users)", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 12 }), async (steps) => {
+        const [p] = (await processes(1, 'fail-open', register, TIMEOUT_MS, { rememberedUsers: 2 })) as [Process];
+        // The model: each user's profile in Redis, and whether this process knows its standing.
+        const profileOf = new Map<string, string>();
+        const known = new Set<string>();
+        for (const { op, user, profile } of steps) {
+          if (op === 'subscribe') {
+            // A subscription replacing one of the same profile leaves what handles know; any other is a change of profile.
+            if (profileOf.get(user) !== profile) known.delete(user);
+            await p.manager.subscribe(user, profile);
+            profileOf.set(user, profile);
+          } else if (op === 'check') {
+            if (profileOf.has(user)) {
+              await p.manager.getLimiter(user).check(1);
+              known.add(user);
+            } else {
+              await expect(p.manager.getLimiter(user).check(1)).rejects.toMatchObject({ code: 'SUBSCRIPTION_NOT_FOUND' });
+              known.delete(user);
+            }
+          } else if (op === 'delete') {
+            await p.manager.deleteSubscription(user);
+            profileOf.delete(user);
+            known.delete(user);
+          } else if (profileOf.has(user)) {
+            await p.manager.changeProfile(user, profile);
+            profileOf.set(user, profile);
+            known.delete(user);
+          }
+        }
+        proxy.blackhole();
+        try {
+          const outcomes = await Promise.all(users.map((user) => decide([p.manager.getLimiter(user).check(1)])));
+          expect(outcomes).toEqual(users.map((user) => (known.has(user) ? { allowed: 1, denied: 0, failed: [] } : { allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] })));
+        } finally {
+          proxy.heal();
+        }
+      }),
+      { numRuns: 25 },
+    );
+  }, 120_000);
 });
 
 describe("'local' charges back what it admitted, once, to usage and to the bucket", () => {
