@@ -34,16 +34,20 @@ export class Recent<K, V> {
     return value !== undefined ? value : this.old.get(key);
   }
 
+  private turns = 0;
+
   /**
    * Counts the turns of generations: an entry set during the current turn is in the young
    * generation until the next (setting it again before then changes nothing of its age), which
    * a caller can tell by keeping the turn it set it in.
    */
-  turn = 0;
+  get turn(): number {
+    return this.turns;
+  }
 
-  /** Whether entries set in `turn` are held still (unless deleted or set again since). */
+  /** Whether entries set in `turn` are held still (unless deleted or set again since); a negative turn: never set. */
   holds(turn: number): boolean {
-    return turn === this.turn || (turn === this.turn - 1 && this.keepOld);
+    return turn === this.turns || (turn === this.turns - 1 && turn >= 0 && this.keepOld);
   }
 
   set(key: K, value: V): void {
@@ -52,9 +56,9 @@ export class Recent<K, V> {
       const old = this.old;
       this.old = this.keepOld ? young : new Map();
       this.young = new Map();
-      this.turn++;
-      this.dropped?.(old, this.turn - 2);
-      if (!this.keepOld) this.dropped?.(young, this.turn - 1);
+      this.turns++;
+      this.dropped?.(old, this.turns - 2);
+      if (!this.keepOld) this.dropped?.(young, this.turns - 1);
     }
     this.young.set(key, value);
   }

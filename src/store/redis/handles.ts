@@ -5,12 +5,13 @@
  * the most recently answered users' entries too (bounded), so that a user whose handle was
  * dropped from the manager's cache is still known.
  *
- * Deletions and profile changes this process makes reach every entry of that user: an entry
- * whose user was deleted forgets what it knew, one whose user was moved to another profile
- * forgets the profile. A remembered entry is told at once. An entry only a handle holds (never
- * answered, or no longer remembered) catches up on its next call, from the deletions and
- * changes made since it last looked; those are bounded, and when they were cleared the entry
- * forgets what it may have missed.
+ * Deletions and profile changes this process makes reach every entry of that user by its next
+ * call: an entry whose user was deleted forgets what it knew, one whose user was moved to
+ * another profile forgets the profile (an answer read in between, to a call begun before the
+ * change, included). A remembered entry is marked at once with what it must forget. An entry
+ * only a handle holds (never answered, or no longer remembered) catches up from the deletions
+ * and changes made since it last looked; those are bounded, and when they were cleared the
+ * entry forgets what it may have missed.
  */
 import type { Profile } from '../../profile.js';
 import type { UserSlot } from '../store.js';
@@ -106,7 +107,7 @@ export class Handles {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.owner === this) {
       if (held.pending !== Forget.NOTHING) applyPending(held);
-      if (!this.isRemembered(held) && this.stale(held)) this.catchUp(held);
+      if (this.stale(held) && !this.remembered.holds(held.turn)) this.catchUp(held);
       return held;
     }
     const user = this.keys.user(userId);
@@ -116,11 +117,6 @@ export class Handles {
     } else if (ref.pending !== Forget.NOTHING) applyPending(ref);
     if (slot !== undefined) slot.ref = ref;
     return ref;
-  }
-
-  /** Whether the entry is among the remembered users (in either generation): it is then told every change at once. */
-  private isRemembered(ref: Ref): boolean {
-    return ref.turn >= 0 && this.remembered.holds(ref.turn);
   }
 
   /**
@@ -137,7 +133,7 @@ export class Handles {
   answered(ref: Ref): void {
     const remembered = this.remembered;
     if (ref.turn === remembered.turn) return;
-    if (!this.isRemembered(ref) && this.stale(ref)) this.catchUp(ref);
+    if (this.stale(ref) && !remembered.holds(ref.turn)) this.catchUp(ref);
     // Another entry of the same user (a handle kept one while it was not remembered) gives way:
     // up to date until now, it catches up on its own from here.
     const other = remembered.get(ref.user);
@@ -189,23 +185,24 @@ export class Handles {
    * and standing it saw; one whose user it moved to another profile forgets the profile.
    */
   private catchUp(ref: Ref): void {
+    const seen = ref.seen;
     const at = this.deleted.get(ref.user);
-    if (ref.seen < this.forgetBefore || (at !== undefined && at > ref.seen)) forgetAll(ref);
-    else if (ref.seen < this.unprofileBefore || (this.changed.get(ref.user) ?? 0) > ref.seen) ref.profile = undefined;
+    if (seen < this.forgetBefore || (at !== undefined && at > seen)) unlearn(ref, Forget.ALL);
+    else if (seen < this.unprofileBefore || (this.changed.get(ref.user) ?? 0) > seen) unlearn(ref, Forget.PROFILE);
     ref.seen = this.marks;
   }
 }
 
 /** The entry forgets what a change made while it was remembered calls for. */
 function applyPending(ref: Ref): void {
-  if (ref.pending === Forget.ALL) forgetAll(ref);
-  else ref.profile = undefined;
+  unlearn(ref, ref.pending);
   ref.pending = Forget.NOTHING;
 }
 
-/** The entry forgets the profile and standing it saw. */
-function forgetAll(ref: Ref): void {
+/** The entry forgets its profile, or all it saw. */
+function unlearn(ref: Ref, what: Forget): void {
   ref.profile = undefined;
+  if (what !== Forget.ALL) return;
   ref.usage = 0;
   ref.usable = false;
   ref.quota = -1;

@@ -75,7 +75,8 @@ export class Subscriptions {
     if (r[0] === 'DATES') {
       throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
     }
-    return { sub: this.parse(userId, r), replaced: String(r[10]) };
+    // The replaced profile closes the reply (its call's number taken off by ops.ts).
+    return { sub: this.parse(userId, r), replaced: String(r[r.length - 1]) };
   }
 
   async get(userId: string): Promise<Subscription | undefined> {
