@@ -1,6 +1,14 @@
 // Worker tasks of the soak (bench/soak.ts): each named export is a task. Each one marks that it
 // started in `started` (an Int32Array on shared memory), so that the soak knows which of its
 // worker tasks ran, and were charged, whatever their callers were told.
+import { BroadcastChannel } from 'node:worker_threads';
+
+// Each worker thread that loads this module says so once: the soak counts the threads its pool
+// started (each crash, and each task terminated at its timeout, costs the pool a new one).
+const threads = new BroadcastChannel('taskvalve-soak-threads');
+threads.postMessage(1);
+threads.close();
+
 function mark({ started }) {
   Atomics.store(started, 0, 1);
 }

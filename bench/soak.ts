@@ -12,17 +12,22 @@
  *     (ended subscriptions are swept after `endedRetentionMs`);
  *   - inline and worker tasks that succeed, throw, crash their worker, time out, or are aborted.
  *
- * It reports the achieved load, the event-loop p99 and how busy the main thread was, the heap slope over the second half
+ * It reports the achieved load, the event-loop p99 and how busy the main thread was, the cores
+ * the process used (all its threads) and the worker threads its pool started, the heap slope over the second half
  * (% of the heap per minute, from a least-squares fit of the heap in use right after each full
  * GC: those V8 makes itself, and one forced every 30 s when run with --expose-gc, so that no
  * forced pause weighs on the event-loop p99), unsettled promises, double runs, dead letters against callers'
  * rejections (a caller told its letter could not be stored, while Redis is away, is counted
  * apart), and quota usage against what callers were told. On Redis it also reports how
- * long service took to come back after the restart, every error by code, and phantom charges:
+ * long service took to come back after the restart, the cores redis-server used before the kill,
+ * every error by code, and phantom charges:
  * units Redis holds beyond what callers were told was charged (and the reverse), read for every
  * user after the close (on Redis, retired users are kept, not deleted, so that they can be read).
  */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { constants, monitorEventLoopDelay, PerformanceObserver, type NodeGCPerformanceDetail } from 'node:perf_hooks';
+import { BroadcastChannel } from 'node:worker_threads';
 import { Redis } from 'ioredis';
 // The package as an application runs it: the build in dist/ (npm run soak builds it first).
 import { Manager, RedisStore, TaskvalveError, type Limiter } from '../dist/index.js';
@@ -51,6 +56,18 @@ const POPULATION = 100_000;
 /** Users active at once; the rest of the population rotates through. */
 const ACTIVE = 10_000;
 const TICK_MS = 10;
+
+/** CPU seconds a process has used (Linux: user + system, from /proc); undefined elsewhere. */
+const cpuSecondsOf = (pid: number): number | undefined => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The fields after the command name (in parentheses): utime and stime are the 12th and 13th, in ticks of 1/100 s.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return undefined;
+  }
+};
 
 const log = (line: string): void => {
   process.stderr.write(`${line}\n`);
@@ -92,6 +109,11 @@ async function main(): Promise<void> {
   });
   let deadLetters = 0;
   manager.on('dead-letter', () => deadLetters++);
+  // Worker threads the pool started (soak-worker.mjs says so as each thread loads it).
+  let threadsStarted = 0;
+  const threads = new BroadcastChannel('taskvalve-soak-threads');
+  threads.onmessage = () => threadsStarted++;
+  threads.unref();
   manager.on('error', () => {});
 
   const counts = { issued: 0, settled: 0, decisions: 0, failedFinal: 0, lettersNotStored: 0, doubleRuns: 0, quotaMismatch: 0, usersChecked: 0, rotated: 0, shed: 0 };
@@ -230,6 +252,10 @@ async function main(): Promise<void> {
   let lastForcedGc = performance.now();
   t0 = performance.now();
   const busy0 = performance.eventLoopUtilization();
+  // What the machine's cores went to before the kill: this process (all its threads), and redis-server.
+  const cpu0 = process.cpuUsage();
+  const redisCpu0 = server === undefined ? undefined : cpuSecondsOf(server.pid);
+  let cpuBeforeKill: { process: number; redis: number | undefined; seconds: number; threads: number } | undefined;
   let killedAt = -1;
   /** Decisions shed for overload before the kill (after it, every call fails while Redis is away). */
   let shedBeforeKill = 0;
@@ -243,6 +269,14 @@ async function main(): Promise<void> {
     if (server !== undefined && killedAt < 0 && elapsed >= (SECONDS * 1000) / 2) {
       killedAt = elapsed;
       shedBeforeKill = counts.shed;
+      const used = process.cpuUsage(cpu0);
+      const redisCpu = cpuSecondsOf(server.pid);
+      cpuBeforeKill = {
+        process: (used.user + used.system) / 1e6,
+        redis: redisCpu === undefined || redisCpu0 === undefined ? undefined : redisCpu - redisCpu0,
+        seconds: elapsed / 1000,
+        threads: threadsStarted,
+      };
       log(`\nkill -9 of redis-server (pid ${server.pid}) at ${(elapsed / 1000).toFixed(1)} s`);
       await server.kill();
       // Restarted in the background: the load goes on meanwhile.
@@ -298,6 +332,9 @@ async function main(): Promise<void> {
   gcs.disconnect();
   // The share of the run the main thread was busy (not waiting for I/O): 1 means CPU-bound.
   const busy = performance.eventLoopUtilization(busy0).utilization;
+  const used = process.cpuUsage(cpu0);
+  const processCpu = (used.user + used.system) / 1e6;
+  const threadsDuringLoad = threadsStarted;
   const report = await manager.close({ drain: true, timeoutMs: 10_000 });
   await new Promise((resolve) => setImmediate(resolve));
 
@@ -336,6 +373,14 @@ async function main(): Promise<void> {
       restartedAtSeconds: Number((restartedAt / 1000).toFixed(1)),
       serviceBackSecondsAfterRestart: back < 0 ? null : Number((back - restartedAt / 1000).toFixed(1)),
       answersPerSecondBeforeKill: Math.round(before),
+      // Before the kill: the cores this process and redis-server used, and worker threads started per second.
+      ...(cpuBeforeKill === undefined
+        ? {}
+        : {
+            processCpuCoresBeforeKill: Number((cpuBeforeKill.process / cpuBeforeKill.seconds).toFixed(2)),
+            ...(cpuBeforeKill.redis === undefined ? {} : { redisCpuCoresBeforeKill: Number((cpuBeforeKill.redis / cpuBeforeKill.seconds).toFixed(2)) }),
+            workerThreadsStartedPerSecondBeforeKill: Number((cpuBeforeKill.threads / cpuBeforeKill.seconds).toFixed(1)),
+          }),
       shedForOverloadBeforeKill: shedBeforeKill,
       usersReadBack: retired.length,
       phantomUnits: phantom,
@@ -367,6 +412,11 @@ async function main(): Promise<void> {
         .slice(0, 5),
     ),
     eventLoopBusy: Number(busy.toFixed(3)),
+    /** The cores this process used (all its threads: main, GC, worker threads), of the machine's. */
+    processCpuCores: Number((processCpu / seconds).toFixed(2)),
+    machineCores: availableParallelism(),
+    /** Worker threads the pool started during the load (a crash or a timeout costs a new one). */
+    workerThreadsStarted: threadsDuringLoad,
     heapSlopePercentPerMinute: Number(((100 * slope) / my).toFixed(2)),
     heapMeanMB: Number((my / 1e6).toFixed(1)),
     unsettled: counts.issued - counts.settled,
@@ -385,6 +435,7 @@ async function main(): Promise<void> {
     close: report,
     ...(redis === undefined ? {} : { redis }),
   };
+  threads.close();
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
 }
 
