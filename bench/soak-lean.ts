@@ -1,7 +1,7 @@
 /**
  * `npx tsx bench/soak-lean.ts [--rate R] [--seconds S] [--aof]`: the soak's decision mix on a
  * RedisStore, driven by a lean loop, to tell what the store costs from what the soak's own
- * bookkeeping, user rotation and worker threads add (docs/redis.md, "Where the 2 cores go").
+ * bookkeeping, user rotation and worker threads add (docs/redis.md, "Soak").
  * 10,000 users; per 40 decisions 36 check(1) and one inline submit of each kind the soak has
  * (succeeds, throws, outlives its 40 ms timeout, and one more that outlives it); retries and
  * dead letters as the soak's profile has them. No worker tasks, no rotation, no kill. Prints the
