@@ -206,6 +206,65 @@ describe('rememberedUsers bounds the users a process remembers beyond its cached
     expect(admitted).toEqual({ allowed: recent.length, denied: 0, failed: [] });
     expect(forgotten).toEqual({ allowed: 0, denied: 0, failed: older.slice(0, 1_000).map(() => 'STORE_UNAVAILABLE') });
   }, 60_000);
+
+  it("a handle held past its user's turn among the remembered still learns of a deletion or a change of profile made here", async () => {
+    const register = (m: Manager): void => {
+      m.registerProfile('a', { rate: { limit: 10, intervalMs: 1000 } });
+      m.registerProfile('b', { rate: { limit: 5, intervalMs: 1000 } });
+    };
+    const [p] = (await processes(1, 'fail-open', register, 2_000, { rememberedUsers: 2 })) as [Process];
+    for (const user of ['deleted', 'changed', 'kept', 'x', 'y']) await p.manager.subscribe(user, 'a');
+    // The application holds these handles; the manager's cache holds them too, but drops a deleted user's.
+    const deleted = p.manager.getLimiter('deleted');
+    const changed = p.manager.getLimiter('changed');
+    for (const user of ['deleted', 'changed', 'kept', 'x', 'y']) expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true);
+    // Remembering 2, only y (and x) were answered recently enough: the others are known through their handles alone.
+    expect(await p.manager.deleteSubscription('deleted')).toBe(true);
+    await p.manager.changeProfile('changed', 'b');
+    proxy.blackhole();
+    const [gone, moved, kept, last] = await Promise.all([
+      decide([deleted.check(1)]),
+      decide([changed.check(1)]),
+      decide([p.manager.getLimiter('kept').check(1)]),
+      decide([p.manager.getLimiter('y').check(1)]),
+    ]);
+    // Neither is admitted by what the handle knew before the change: the one deleted, nor the one whose profile this process changed.
+    expect(gone).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
+    expect(moved).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
+    // Untouched users stay known through their handles, remembered or not.
+    expect(kept).toEqual({ allowed: 1, denied: 0, failed: [] });
+    expect(last).toEqual({ allowed: 1, denied: 0, failed: [] });
+  }, 60_000);
+
+  it.each(['deletions', 'changes of profile'] as const)('... and still after 10,001 more %s here (past the bounded record of them)', async (kind) => {
+    const register = (m: Manager): void => {
+      m.registerProfile('a', { rate: { limit: 10, intervalMs: 1000 } });
+      m.registerProfile('b', { rate: { limit: 5, intervalMs: 1000 } });
+    };
+    const [p] = (await processes(1, 'fail-open', register, 2_000, { rememberedUsers: 2 })) as [Process];
+    const others = Array.from({ length: 10_001 }, (_, i) => `other-${i}`);
+    const inChunks = async (work: (user: string) => Promise<unknown>): Promise<void> => {
+      for (let i = 0; i < others.length; i += 500) await Promise.all(others.slice(i, i + 500).map(work));
+    };
+    await inChunks((user) => p.manager.subscribe(user, 'a'));
+    for (const user of ['touched', 'kept', 'x', 'y']) await p.manager.subscribe(user, 'a');
+    const touched = p.manager.getLimiter('touched');
+    for (const user of ['touched', 'kept', 'x', 'y']) expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true);
+    if (kind === 'deletions') {
+      expect(await p.manager.deleteSubscription('touched')).toBe(true);
+      await inChunks((user) => p.manager.deleteSubscription(user));
+    } else {
+      await p.manager.changeProfile('touched', 'b');
+      await inChunks((user) => p.manager.changeProfile(user, 'b'));
+    }
+    proxy.blackhole();
+    const [gone, kept, last] = await Promise.all([decide([touched.check(1)]), decide([p.manager.getLimiter('kept').check(1)]), decide([p.manager.getLimiter('y').check(1)])]);
+    expect(gone).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
+    // Past the record, an entry a handle alone holds forgets what it may have missed (it fails
+    // closed); a remembered user keeps its standing.
+    expect(kept).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
+    expect(last).toEqual({ allowed: 1, denied: 0, failed: [] });
+  }, 60_000);
 });
 
 describe('a user seen in good standing stays known while the process subscribes or deletes many others', () => {
