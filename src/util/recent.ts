@@ -53,12 +53,12 @@ export class Recent<K, V> {
   set(key: K, value: V): void {
     const young = this.young;
     if (young.size >= this.half && !young.has(key)) {
-      const old = this.old;
-      this.old = this.keepOld ? young : new Map();
+      // A bound of 1 keeps no old generation (it stays empty): the young one is dropped.
+      const gone = this.keepOld ? this.old : young;
+      if (this.keepOld) this.old = young;
       this.young = new Map();
       this.turns++;
-      this.dropped?.(old, this.turns - 2);
-      if (!this.keepOld) this.dropped?.(young, this.turns - 1);
+      this.dropped?.(gone, this.keepOld ? this.turns - 2 : this.turns - 1);
     }
     this.young.set(key, value);
   }

@@ -39,6 +39,30 @@ function groupOf(user: string): number {
   return (h >>> 0) % GROUPS;
 }
 
+/**
+ * Changes of one kind this process made (deletions, or moves to another profile): by user key,
+ * the count when the user's last one was made, for the entries only a handle holds. Bounded:
+ * past MAX_MARKED it is cleared, and an entry up to date only before then may have missed one.
+ */
+class ChangeRecord {
+  private readonly at = new Map<string, number>();
+  /** The count when the record was last cleared (0: never). */
+  clearedAt = 0;
+
+  add(user: string, count: number): void {
+    if (this.at.size >= MAX_MARKED) {
+      this.at.clear();
+      this.clearedAt = count;
+    }
+    this.at.set(user, count);
+  }
+
+  /** Whether an entry of `user` up to date at count `seen` may have missed a change. */
+  missed(user: string, seen: number): boolean {
+    return seen < this.clearedAt || (this.at.get(user) ?? 0) > seen;
+  }
+}
+
 /** What this process knows of one user: its key, and the standing of the latest answer. */
 export interface Ref {
   owner: Handles;
@@ -75,14 +99,10 @@ export class Handles {
    * each was made (bounded), for the entries only a handle holds.
    */
   private marks = 0;
-  private readonly deleted = new Map<string, number>();
-  private readonly changed = new Map<string, number>();
+  private readonly deleted = new ChangeRecord();
+  private readonly changed = new ChangeRecord();
   /** Per group of users, the count when the last deletion or profile change in it was made. */
   private readonly groupMarks = new Float64Array(GROUPS);
-  /** Entries up to date only before this count forget what they knew (the deletions were cleared). */
-  private forgetBefore = 0;
-  /** Entries up to date only before this count forget the profile they saw (the profile changes were cleared). */
-  private unprofileBefore = 0;
   /** The users answered most recently, by key: at most `max`, and at least the `max / 2` most recent. */
   private readonly remembered: Recent<string, Ref>;
 
@@ -107,7 +127,7 @@ export class Handles {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.owner === this) {
       if (held.pending !== Forget.NOTHING) applyPending(held);
-      if (this.stale(held) && !this.remembered.holds(held.turn)) this.catchUp(held);
+      this.upToDate(held);
       return held;
     }
     const user = this.keys.user(userId);
@@ -126,14 +146,19 @@ export class Handles {
    */
   private stale(ref: Ref): boolean {
     const seen = ref.seen;
-    return seen !== this.marks && ((this.groupMarks[ref.group] as number) > seen || seen < this.unprofileBefore || seen < this.forgetBefore);
+    return seen !== this.marks && ((this.groupMarks[ref.group] as number) > seen || seen < this.changed.clearedAt || seen < this.deleted.clearedAt);
+  }
+
+  /** An entry not remembered catches up with the changes it may have missed (a remembered one is told of them). */
+  private upToDate(ref: Ref): void {
+    if (this.stale(ref) && !this.remembered.holds(ref.turn)) this.catchUp(ref);
   }
 
   /** The entry was just answered: keep it among the remembered users (the least recently answered go first, half the bound at a time). */
   answered(ref: Ref): void {
     const remembered = this.remembered;
     if (ref.turn === remembered.turn) return;
-    if (this.stale(ref) && !remembered.holds(ref.turn)) this.catchUp(ref);
+    this.upToDate(ref);
     // Another entry of the same user (a handle kept one while it was not remembered) gives way:
     // up to date until now, it catches up on its own from here.
     const other = remembered.get(ref.user);
@@ -169,14 +194,9 @@ export class Handles {
     ref.seen = this.marks;
   }
 
-  private mark(map: Map<string, number>, user: string): void {
+  private mark(record: ChangeRecord, user: string): void {
     this.marks++;
-    if (map.size >= MAX_MARKED) {
-      map.clear();
-      if (map === this.deleted) this.forgetBefore = this.marks;
-      else this.unprofileBefore = this.marks;
-    }
-    map.set(user, this.marks);
+    record.add(user, this.marks);
     this.groupMarks[groupOf(user)] = this.marks;
   }
 
@@ -185,10 +205,8 @@ export class Handles {
    * and standing it saw; one whose user it moved to another profile forgets the profile.
    */
   private catchUp(ref: Ref): void {
-    const seen = ref.seen;
-    const at = this.deleted.get(ref.user);
-    if (seen < this.forgetBefore || (at !== undefined && at > seen)) unlearn(ref, Forget.ALL);
-    else if (seen < this.unprofileBefore || (this.changed.get(ref.user) ?? 0) > seen) unlearn(ref, Forget.PROFILE);
+    if (this.deleted.missed(ref.user, ref.seen)) unlearn(ref, Forget.ALL);
+    else if (this.changed.missed(ref.user, ref.seen)) unlearn(ref, Forget.PROFILE);
     ref.seen = this.marks;
   }
 }
