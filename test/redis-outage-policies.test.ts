@@ -93,6 +93,17 @@ async function readClocks(all: Process[], user: string): Promise<void> {
   for (const p of all) expect(await p.manager.getSubscription(user)).toBeDefined();
 }
 
+/** `work` for every user, 500 at a time. */
+async function inChunks(users: string[], work: (user: string) => Promise<unknown>): Promise<void> {
+  for (let i = 0; i < users.length; i += 500) await Promise.all(users.slice(i, i + 500).map(work));
+}
+
+/** Two profiles, 'a' and 'b', for moving users between them. */
+const registerTwo = (m: Manager): void => {
+  m.registerProfile('a', { rate: { limit: 10, intervalMs: 1000 } });
+  m.registerProfile('b', { rate: { limit: 5, intervalMs: 1000 } });
+};
+
 /** Allowed decisions of `checks`, and the codes of those that failed. */
 async function decide(checks: Promise<{ allowed: boolean }>[]): Promise<{ allowed: number; denied: number; failed: string[] }> {
   let allowed = 0;
@@ -162,12 +173,9 @@ describe('policies reach every user this process answered for, past the 10,000 c
     // (A longer timeout: setting up 12,000 users on a busy machine must not fail.)
     const all = await processes(2, ['fail-open', 'local'], (m) => m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } }), 2_000);
     const [open, local] = all as [Process, Process];
-    const inChunks = async (work: (user: string) => Promise<unknown>): Promise<void> => {
-      for (let i = 0; i < users.length; i += 500) await Promise.all(users.slice(i, i + 500).map(work));
-    };
-    await inChunks((user) => open.manager.subscribe(user, 'p'));
+    await inChunks(users, (user) => open.manager.subscribe(user, 'p'));
     await open.manager.subscribe('never-seen', 'p');
-    for (const p of all) await inChunks(async (user) => expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true));
+    for (const p of all) await inChunks(users, async (user) => expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true));
     await readClocks(all, 'never-seen');
 
     proxy.blackhole();
@@ -192,9 +200,6 @@ describe('rememberedUsers bounds the users a process remembers beyond its cached
     const older = Array.from({ length: 3_000 }, (_, i) => `older-${i}`);
     const recent = Array.from({ length: 2_000 }, (_, i) => `recent-${i}`);
     const [p] = (await processes(1, 'fail-open', (m) => m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } }), 2_000, { rememberedUsers: 4_000 })) as [Process];
-    const inChunks = async (users: string[], work: (user: string) => Promise<unknown>): Promise<void> => {
-      for (let i = 0; i < users.length; i += 500) await Promise.all(users.slice(i, i + 500).map(work));
-    };
     await inChunks([...older, ...recent], (user) => p.manager.subscribe(user, 'p'));
     // Answered in this order: the older users, then the recent ones.
     for (const users of [older, recent]) await inChunks(users, async (user) => expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true));
@@ -208,11 +213,7 @@ describe('rememberedUsers bounds the users a process remembers beyond its cached
   }, 60_000);
 
   it("a handle held past its user's turn among the remembered still learns of a deletion or a change of profile made here", async () => {
-    const register = (m: Manager): void => {
-      m.registerProfile('a', { rate: { limit: 10, intervalMs: 1000 } });
-      m.registerProfile('b', { rate: { limit: 5, intervalMs: 1000 } });
-    };
-    const [p] = (await processes(1, 'fail-open', register, 2_000, { rememberedUsers: 2 })) as [Process];
+    const [p] = (await processes(1, 'fail-open', registerTwo, 2_000, { rememberedUsers: 2 })) as [Process];
     for (const user of ['deleted', 'changed', 'kept', 'x', 'y']) await p.manager.subscribe(user, 'a');
     // The application holds these handles; the manager's cache holds them too, but drops a deleted user's.
     const deleted = p.manager.getLimiter('deleted');
@@ -237,25 +238,18 @@ describe('rememberedUsers bounds the users a process remembers beyond its cached
   }, 60_000);
 
   it.each(['deletions', 'changes of profile'] as const)('... and still after 10,001 more %s here (past the bounded record of them)', async (kind) => {
-    const register = (m: Manager): void => {
-      m.registerProfile('a', { rate: { limit: 10, intervalMs: 1000 } });
-      m.registerProfile('b', { rate: { limit: 5, intervalMs: 1000 } });
-    };
-    const [p] = (await processes(1, 'fail-open', register, 2_000, { rememberedUsers: 2 })) as [Process];
+    const [p] = (await processes(1, 'fail-open', registerTwo, 2_000, { rememberedUsers: 2 })) as [Process];
     const others = Array.from({ length: 10_001 }, (_, i) => `other-${i}`);
-    const inChunks = async (work: (user: string) => Promise<unknown>): Promise<void> => {
-      for (let i = 0; i < others.length; i += 500) await Promise.all(others.slice(i, i + 500).map(work));
-    };
-    await inChunks((user) => p.manager.subscribe(user, 'a'));
+    await inChunks(others, (user) => p.manager.subscribe(user, 'a'));
     for (const user of ['touched', 'kept', 'x', 'y']) await p.manager.subscribe(user, 'a');
     const touched = p.manager.getLimiter('touched');
     for (const user of ['touched', 'kept', 'x', 'y']) expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true);
     if (kind === 'deletions') {
       expect(await p.manager.deleteSubscription('touched')).toBe(true);
-      await inChunks((user) => p.manager.deleteSubscription(user));
+      await inChunks(others, (user) => p.manager.deleteSubscription(user));
     } else {
       await p.manager.changeProfile('touched', 'b');
-      await inChunks((user) => p.manager.changeProfile(user, 'b'));
+      await inChunks(others, (user) => p.manager.changeProfile(user, 'b'));
     }
     proxy.blackhole();
     const [gone, kept, last] = await Promise.all([decide([touched.check(1)]), decide([p.manager.getLimiter('kept').check(1)]), decide([p.manager.getLimiter('y').check(1)])]);
@@ -275,7 +269,7 @@ describe('a user seen in good standing stays known while the process subscribes 
     await p.manager.subscribe('known', 'p');
     expect((await p.manager.getLimiter('known').check(1)).allowed).toBe(true);
     const others = Array.from({ length: 10_001 }, (_, i) => `new-${i}`);
-    for (let i = 0; i < others.length; i += 500) await Promise.all(others.slice(i, i + 500).map((user) => p.manager.subscribe(user, 'p')));
+    await inChunks(others, (user) => p.manager.subscribe(user, 'p'));
     proxy.blackhole();
     expect(await decide([p.manager.getLimiter('known').check(1)])).toEqual({ allowed: 1, denied: 0, failed: [] });
   }, 60_000);
@@ -283,12 +277,12 @@ describe('a user seen in good standing stays known while the process subscribes 
   it("after 10,001 deletions here, the same; and a user deleted here is not admitted by 'fail-open', whoever holds its handle", async () => {
     const [p] = (await processes(1, 'fail-open', register, 2_000)) as [Process];
     const others = Array.from({ length: 10_001 }, (_, i) => `gone-${i}`);
-    for (let i = 0; i < others.length; i += 500) await Promise.all(others.slice(i, i + 500).map((user) => p.manager.subscribe(user, 'p')));
+    await inChunks(others, (user) => p.manager.subscribe(user, 'p'));
     await p.manager.subscribe('known', 'p');
     await p.manager.subscribe('deleted', 'p');
     const handle = p.manager.getLimiter('deleted');
     for (const user of ['known', 'deleted']) expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true);
-    for (let i = 0; i < others.length; i += 500) await Promise.all(others.slice(i, i + 500).map((user) => p.manager.deleteSubscription(user)));
+    await inChunks(others, (user) => p.manager.deleteSubscription(user));
     expect(await p.manager.deleteSubscription('deleted')).toBe(true);
     proxy.blackhole();
     const [known, deleted] = await Promise.all([decide([p.manager.getLimiter('known').check(1)]), decide([handle.check(1), p.manager.getLimiter('deleted').check(1)])]);
