@@ -212,6 +212,18 @@ describe('rememberedUsers bounds the users a process remembers beyond its cached
     expect(forgotten).toEqual({ allowed: 0, denied: 0, failed: older.slice(0, 1_000).map(() => 'STORE_UNAVAILABLE') });
   }, 60_000);
 
+  it("remembering 1: only the user answered last is admitted by 'fail-open'", async () => {
+    const [p] = (await processes(1, 'fail-open', (m) => m.registerProfile('p', { rate: { limit: 10, intervalMs: 1000 } }), 2_000, { rememberedUsers: 1 })) as [Process];
+    for (const user of ['first', 'last']) await p.manager.subscribe(user, 'p');
+    for (const user of ['first', 'last']) expect((await p.manager.getLimiter(user).check(1)).allowed).toBe(true);
+    // 10,000 handles that never call: the manager's cache of handles no longer holds either.
+    for (let i = 0; i < 10_000; i++) p.manager.getLimiter(`filler-${i}`);
+    proxy.blackhole();
+    const [first, last] = await Promise.all([decide([p.manager.getLimiter('first').check(1)]), decide([p.manager.getLimiter('last').check(1)])]);
+    expect(first).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
+    expect(last).toEqual({ allowed: 1, denied: 0, failed: [] });
+  }, 60_000);
+
   it("a handle held past its user's turn among the remembered still learns of a deletion or a change of profile made here", async () => {
     const [p] = (await processes(1, 'fail-open', registerTwo, 2_000, { rememberedUsers: 2 })) as [Process];
     for (const user of ['deleted', 'changed', 'kept', 'x', 'y']) await p.manager.subscribe(user, 'a');
