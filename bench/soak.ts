@@ -125,7 +125,7 @@ async function main(): Promise<void> {
   const shedBy: Record<string, number> = {};
   /** Subscribes of the rotation that failed, by code (the user they would have replaced stays). */
   const rotationErrors: Record<string, number> = {};
-  /** Answers that were not errors, per second of the run (to see service come back). */
+  /** Answers that were not errors, per tenth of a second of the run (to see service come back). */
   const served: number[] = [];
   /** On Redis: retired users (what their callers were told is read after the close, when nothing is in flight). */
   const retired: Array<{ id: string; told: number }> = [];
@@ -168,8 +168,8 @@ async function main(): Promise<void> {
     u.told++;
     counts.settled++;
     u.inFlight--;
-    const second = Math.floor((performance.now() - t0) / 1000);
-    served[second] = (served[second] ?? 0) + 1;
+    const tenth = Math.floor((performance.now() - t0) / 100);
+    served[tenth] = (served[tenth] ?? 0) + 1;
   };
   /** An error answer; `started`: the call's task started, so it was charged. */
   const failed = (u: UserState, error: unknown, started: boolean): void => {
@@ -361,20 +361,27 @@ async function main(): Promise<void> {
       });
     }
     await reader.close();
-    // Back to service: the first second after the kill whose answers reach 90% of the mean before it.
-    const killSecond = Math.floor(killedAt / 1000);
-    const before = served.slice(1, killSecond).reduce((a, b) => a + (b ?? 0), 0) / Math.max(1, killSecond - 1);
+    // Back to service: the first second-long window that starts after the restart (to the tenth
+    // of a second) whose answers reach 90% of the mean second before the kill (the first second
+    // left out: the load starts cold). Reported from the restart to the window's start.
+    const answersIn = (from: number, to: number): number => {
+      let sum = 0;
+      for (let k = from; k < to; k++) sum += served[k] ?? 0;
+      return sum;
+    };
+    const killTenth = Math.floor(killedAt / 100);
+    const before = answersIn(10, killTenth) / Math.max(0.1, (killTenth - 10) / 10);
     let back = -1;
-    for (let s = killSecond + 1; s < served.length - 1; s++) {
-      if ((served[s] ?? 0) >= 0.9 * before) {
-        back = s;
+    for (let k = Math.ceil(restartedAt / 100); restartedAt >= 0 && k + 10 <= served.length; k++) {
+      if (answersIn(k, k + 10) >= 0.9 * before) {
+        back = k;
         break;
       }
     }
     redis = {
       killedAtSeconds: Number((killedAt / 1000).toFixed(1)),
       restartedAtSeconds: Number((restartedAt / 1000).toFixed(1)),
-      serviceBackSecondsAfterRestart: back < 0 ? null : Number((back - restartedAt / 1000).toFixed(1)),
+      serviceBackSecondsAfterRestart: back < 0 ? null : Number((back / 10 - restartedAt / 1000).toFixed(1)),
       answersPerSecondBeforeKill: Math.round(before),
       // Before the kill: the cores this process and redis-server used, and worker threads started per second.
       ...(cpuBeforeKill === undefined
