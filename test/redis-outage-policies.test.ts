@@ -303,43 +303,113 @@ describe('a user seen in good standing stays known while the process subscribes 
   }, 60_000);
 });
 
+describe('a change this process makes to a subscription reaches the outage policies at once', () => {
+  // A profile with a rate and no quota: a quota set on the user is hard (the default).
+  const register = (m: Manager): void => m.registerProfile('free', { rate: { limit: 100, intervalMs: 1000 } });
+
+  /** Two checks answered by Redis (usage 2): the user is known in good standing, with no quota in force. */
+  async function seenWithoutQuota(policy: Policy): Promise<Process> {
+    const [p] = (await processes(1, policy, register)) as [Process];
+    await p.manager.subscribe('alice', 'free');
+    for (let i = 0; i < 2; i++) expect((await p.manager.getLimiter('alice').check(1)).allowed).toBe(true);
+    return p;
+  }
+
+  /** Six checks while Redis is away, then what Redis holds once it is back. */
+  async function outage(p: Process): Promise<{ during: Awaited<ReturnType<typeof decide>>; usage: number | undefined }> {
+    proxy.blackhole();
+    const during = await decide(Array.from({ length: 6 }, () => p.manager.getLimiter('alice').check(1)));
+    proxy.heal();
+    // Redis answers again: a check that Redis refuses, and with it any charge-back this process owed.
+    await p.manager.getLimiter('alice').check(1).catch(() => undefined);
+    return { during, usage: (await p.manager.getSubscription('alice'))?.usage };
+  }
+
+  const spent = { during: { allowed: 0, denied: 0, failed: Array(6).fill('STORE_UNAVAILABLE') }, usage: 2 };
+
+  it.each([
+    ['updateSubscriptionQuota', (p: Process) => p.manager.updateSubscriptionQuota('alice', 2)],
+    ['subscribe with a quota', (p: Process) => p.manager.subscribe('alice', 'free', { quota: 2 })],
+  ] as const)("'local' admits nothing past a hard quota of 2 set here by %s after the user's last answer (usage 2)", async (_, setQuota) => {
+    const p = await seenWithoutQuota('local');
+    expect((await setQuota(p)).quotaLimit).toBe(2);
+    expect(await outage(p)).toEqual(spent);
+  });
+
+  it.each(['local', 'fail-open'] as const)("'%s' admits nothing for a user canceled here after its last answer", async (policy) => {
+    const p = await seenWithoutQuota(policy);
+    expect((await p.manager.cancelSubscription('alice')).status).toBe('canceled');
+    expect(await outage(p)).toEqual(spent);
+  });
+
+  it("after an extension here, 'fail-open' admits the user again once Redis has answered an admission of it", async () => {
+    const p = await seenWithoutQuota('fail-open');
+    await p.manager.extendSubscription('alice', 60_000);
+    // Not known until answered: the extension alone does not tell this process the user's standing.
+    proxy.blackhole();
+    expect(await decide([p.manager.getLimiter('alice').check(1)])).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
+    proxy.heal();
+    expect((await p.manager.getLimiter('alice').check(1)).allowed).toBe(true);
+    proxy.blackhole();
+    expect(await decide([p.manager.getLimiter('alice').check(1)])).toEqual({ allowed: 1, denied: 0, failed: [] });
+  });
+});
+
 describe('what a process knows for the outage policies follows its own changes (random sequences against a model)', () => {
   const register = (m: Manager): void => {
     m.registerProfile('a', { rate: { limit: 100, intervalMs: 1000 } });
     m.registerProfile('b', { rate: { limit: 50, intervalMs: 1000 } });
   };
   const users = ['u0', 'u1', 'u2'];
-  const step = fc.record({ op: fc.constantFrom('subscribe', 'check', 'delete', 'change'), user: fc.constantFrom(...users), profile: fc.constantFrom('a', 'b') });
+  const step = fc.record({ op: fc.constantFrom('subscribe', 'check', 'delete', 'change', 'cancel', 'quota'), user: fc.constantFrom(...users), profile: fc.constantFrom('a', 'b') });
 
-  it("'fail-open' admits, while Redis is away, exactly the users last answered here in good standing with no deletion or change of profile here since (remembering 2 users)", async () => {
+  // Remembering 2 of the 3 users, a limiter handle the manager drops may take the user's entry
+  // with it (a new handle then knows nothing, whatever the changes); remembering all of them, the
+  // entries only learn of the changes.
+  it.each([
+    ['2 users', { rememberedUsers: 2 }],
+    ['every user', {}],
+  ] as const)("'fail-open' admits, while Redis is away, exactly the users last answered here in good standing with no change of their subscription here since (remembering %s)", async (_, remembering) => {
     await fc.assert(
-      fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 12 }), async (steps) => {
-        const [p] = (await processes(1, 'fail-open', register, TIMEOUT_MS, { rememberedUsers: 2 })) as [Process];
-        // The model: each user's profile in Redis, and whether this process knows its standing.
+      fc.asyncProperty(fc.array(step, { minLength: 4, maxLength: 16, size: 'max' }), async (steps) => {
+        const [p] = (await processes(1, 'fail-open', register, TIMEOUT_MS, remembering)) as [Process];
+        // The model: each user's profile in Redis, the users canceled, and whether this process
+        // knows a user's standing: from an admission answered in good standing until the next
+        // change this process makes to the user's subscription.
         const profileOf = new Map<string, string>();
+        const canceled = new Set<string>();
         const known = new Set<string>();
         for (const { op, user, profile } of steps) {
+          if (op === 'check') {
+            const check = p.manager.getLimiter(user).check(1);
+            if (!profileOf.has(user)) await expect(check).rejects.toMatchObject({ code: 'SUBSCRIPTION_NOT_FOUND' });
+            else if (canceled.has(user)) await expect(check).rejects.toMatchObject({ code: 'SUBSCRIPTION_INACTIVE' });
+            else await check;
+            if (profileOf.has(user) && !canceled.has(user)) known.add(user);
+            else known.delete(user);
+            continue;
+          }
+          known.delete(user);
           if (op === 'subscribe') {
-            // A subscription replacing one of the same profile leaves what handles know; any other is a change of profile.
-            if (profileOf.get(user) !== profile) known.delete(user);
             await p.manager.subscribe(user, profile);
             profileOf.set(user, profile);
-          } else if (op === 'check') {
-            if (profileOf.has(user)) {
-              await p.manager.getLimiter(user).check(1);
-              known.add(user);
-            } else {
-              await expect(p.manager.getLimiter(user).check(1)).rejects.toMatchObject({ code: 'SUBSCRIPTION_NOT_FOUND' });
-              known.delete(user);
-            }
+            canceled.delete(user);
           } else if (op === 'delete') {
             await p.manager.deleteSubscription(user);
             profileOf.delete(user);
-            known.delete(user);
-          } else if (profileOf.has(user)) {
+            canceled.delete(user);
+          } else if (!profileOf.has(user)) {
+            // A change of a subscription that does not exist.
+            const change = op === 'change' ? p.manager.changeProfile(user, profile) : op === 'cancel' ? p.manager.cancelSubscription(user) : p.manager.updateSubscriptionQuota(user, 1000);
+            await expect(change).rejects.toMatchObject({ code: 'SUBSCRIPTION_NOT_FOUND' });
+          } else if (op === 'change') {
             await p.manager.changeProfile(user, profile);
             profileOf.set(user, profile);
-            known.delete(user);
+          } else if (op === 'cancel') {
+            await p.manager.cancelSubscription(user);
+            canceled.add(user);
+          } else {
+            await p.manager.updateSubscriptionQuota(user, 1000);
           }
         }
         proxy.blackhole();

@@ -5,10 +5,11 @@
  * the most recently answered users' entries too (bounded), so that a user whose handle was
  * dropped from the manager's cache is still known.
  *
- * Deletions and profile changes this process makes reach every entry of that user by its next
- * call: an entry whose user was deleted forgets what it knew, one whose user was moved to
- * another profile forgets the profile (an answer read in between, to a call begun before the
- * change, included). A remembered entry is marked at once with what it must forget. An entry
+ * Deletions and other subscription changes this process makes reach every entry of that user by
+ * its next call: an entry whose user was deleted forgets what it knew, one whose subscription
+ * was changed (its profile, status, dates, quota or usage) forgets the profile, and with it the
+ * standing the outage policies would decide on (an answer read in between, to a call begun
+ * before the change, included). A remembered entry is marked at once with what it must forget. An entry
  * only a handle holds (never answered, or no longer remembered) catches up from the deletions
  * and changes made since it last looked; those are bounded, and when they were cleared the
  * entry forgets what it may have missed.
@@ -19,16 +20,16 @@ import { Recent } from '../../util/recent.js';
 import type { Keys } from './keys.js';
 
 /**
- * Deleted users, and users moved to another profile, kept at most (each) for the entries only a
- * handle holds. Past it the map is cleared, and those entries forget what they may have missed:
- * all they knew for deletions, the profile for moves (a new record counts as one: see
- * RedisStore.subscribe).
+ * Deleted users, and users whose subscription this process changed otherwise, kept at most (each)
+ * for the entries only a handle holds. Past it the map is cleared, and those entries forget what
+ * they may have missed: all they knew for deletions, the profile for other changes (a new record
+ * counts as one: see RedisStore.subscribe).
  */
 const MAX_MARKED = 10_000;
 
 /**
  * Users are spread over this many groups (by a hash of their key) to tell, in one comparison
- * per call, whether a deletion or profile change may concern an entry (see Handles.ref).
+ * per call, whether a deletion or subscription change may concern an entry (see Handles.ref).
  */
 const GROUPS = 4096;
 
@@ -40,7 +41,7 @@ function groupOf(user: string): number {
 }
 
 /**
- * Changes of one kind this process made (deletions, or moves to another profile): by user key,
+ * Changes of one kind this process made (deletions, or other subscription changes): by user key,
  * the count when the user's last one was made, for the entries only a handle holds. Bounded:
  * past MAX_MARKED it is cleared, and an entry up to date only before then may have missed one.
  */
@@ -74,14 +75,14 @@ export interface Ref {
   /** From the latest answer: the quota limit in force (-1: none), and the usage period's token. */
   quota: number;
   period: number;
-  /** The count of deletions and profile changes when the entry was last known to be up to date with them. */
+  /** The count of deletions and subscription changes when the entry was last known to be up to date with them. */
   seen: number;
   /** The user's group (see GROUPS). */
   group: number;
   /** The remembered users' turn the entry was last set in (-1: not remembered; see Recent.turn). */
   turn: number;
   /**
-   * What the entry must forget on its next call (Forget): a deletion or profile change this
+   * What the entry must forget on its next call (Forget): a deletion or subscription change this
    * process made while it was remembered. Kept until then, so that an answer read after the
    * change, to a call that began before it, is forgotten too.
    */
@@ -95,13 +96,13 @@ const Forget = { NOTHING: 0, PROFILE: 1, ALL: 2 } as const;
 /** The entries of one store: held by limiter handles, the latest answered remembered; and the deletions they catch up with. */
 export class Handles {
   /**
-   * Deletions and profile changes this process made, and by user key the count when the last of
+   * Deletions and subscription changes this process made, and by user key the count when the last of
    * each was made (bounded), for the entries only a handle holds.
    */
   private marks = 0;
   private readonly deleted = new ChangeRecord();
   private readonly changed = new ChangeRecord();
-  /** Per group of users, the count when the last deletion or profile change in it was made. */
+  /** Per group of users, the count when the last deletion or subscription change in it was made. */
   private readonly groupMarks = new Float64Array(GROUPS);
   /** The users answered most recently, by key: at most `max`, and at least the `max / 2` most recent. */
   private readonly remembered: Recent<string, Ref>;
@@ -140,7 +141,7 @@ export class Handles {
   }
 
   /**
-   * Whether a deletion or profile change made since the entry was last up to date may concern
+   * Whether a deletion or subscription change made since the entry was last up to date may concern
    * it: one in its group of users, or the maps' clearing. (Most changes concern other users: the
    * entry's own are looked up only then.)
    */
@@ -178,11 +179,14 @@ export class Handles {
   }
 
   /**
-   * This process moved the user with key `user` to another profile: entries forget the profile
-   * they saw, and the next call that needs it reads it again (a rate turn included, which takes
-   * from the bucket of the profile it knows).
+   * This process changed the subscription of the user with key `user` (subscribed it again,
+   * moved it to another profile, canceled or extended it, set its quota or reset its usage), or
+   * may have (the call failed): entries forget the profile they saw, so the outage policies
+   * decide nothing for the user until an admission answers for it again, and the next call that
+   * needs the profile reads it again (a rate turn included, which takes from the bucket of the
+   * profile it knows).
    */
-  reprofiled(user: string): void {
+  subscriptionChanged(user: string): void {
     this.mark(this.changed, user);
     const ref = this.remembered.get(user);
     if (ref !== undefined && ref.pending === Forget.NOTHING) ref.pending = Forget.PROFILE;
@@ -202,7 +206,7 @@ export class Handles {
 
   /**
    * An entry whose user this process deleted since it was last up to date forgets the profile
-   * and standing it saw; one whose user it moved to another profile forgets the profile.
+   * and standing it saw; one whose subscription it changed otherwise forgets the profile.
    */
   private catchUp(ref: Ref): void {
     if (this.deleted.missed(ref.user, ref.seen)) unlearn(ref, Forget.ALL);

@@ -187,14 +187,11 @@ export class RedisStore implements Store {
     return { owed };
   }
 
-  async subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
+  subscribe(userId: string, profile: Profile, input: SubscribeInput, _nowMs: number): Promise<Subscription> {
     this.ctx.profiles.set(profile.name, profile);
-    const { sub, replaced } = await this.subscriptions.subscribe(userId, profile, input);
-    // Handles read the profile again unless the subscription it replaced had the same one. A new
-    // record counts as a change: a handle may still know the profile of a subscription that
-    // another process deleted.
-    if (replaced !== profile.name) this.handles.reprofiled(this.ctx.keys.user(userId));
-    return sub;
+    // A new record counts as a change too: a handle may still know the profile of a subscription
+    // that another process deleted.
+    return this.changing(userId, this.subscriptions.subscribe(userId, profile, input));
   }
 
   getSubscription(userId: string, _nowMs: number): Promise<Subscription | undefined> {
@@ -202,27 +199,39 @@ export class RedisStore implements Store {
   }
 
   extendSubscription(userId: string, ms: number): Promise<Subscription | undefined> {
-    return this.subscriptions.change(userId, 'extend', ms);
+    return this.changing(userId, this.subscriptions.change(userId, 'extend', ms));
   }
 
   cancelSubscription(userId: string): Promise<Subscription | undefined> {
-    return this.subscriptions.change(userId, 'cancel', '');
+    return this.changing(userId, this.subscriptions.change(userId, 'cancel', ''));
   }
 
-  async changeProfile(userId: string, profile: Profile): Promise<Subscription | undefined> {
+  changeProfile(userId: string, profile: Profile): Promise<Subscription | undefined> {
     this.ctx.profiles.set(profile.name, profile);
-    const sub = await this.subscriptions.change(userId, 'change', profile.name, profile);
-    // Rate turns take from the bucket of the profile a handle knows: handles read it again.
-    this.handles.reprofiled(this.ctx.keys.user(userId));
-    return sub;
+    return this.changing(userId, this.subscriptions.change(userId, 'change', profile.name, profile));
   }
 
   resetUsage(userId: string): Promise<Subscription | undefined> {
-    return this.subscriptions.change(userId, 'reset', '');
+    return this.changing(userId, this.subscriptions.change(userId, 'reset', ''));
   }
 
   setQuota(userId: string, quota: number | null): Promise<Subscription | undefined> {
-    return this.subscriptions.change(userId, 'quota', quota ?? '');
+    return this.changing(userId, this.subscriptions.change(userId, 'quota', quota ?? ''));
+  }
+
+  /**
+   * A change of the user's subscription by this process, once it is applied or has failed (it
+   * may have applied): the user's entries forget the standing they saw (what the outage
+   * policies decide on, and the profile whose bucket rate turns take from) until an admission
+   * answers for the user again. A canceled subscription or a quota set here is never decided
+   * without Redis on what an earlier answer said.
+   */
+  private async changing<T>(userId: string, change: Promise<T>): Promise<T> {
+    try {
+      return await change;
+    } finally {
+      this.handles.subscriptionChanged(this.ctx.keys.user(userId));
+    }
   }
 
   /** Deletes the user's record, then the user's dead letters (also when there was no record: a retry completes a delete). */

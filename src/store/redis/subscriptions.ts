@@ -56,11 +56,8 @@ export class Subscriptions {
     return sub;
   }
 
-  /**
-   * Creates or replaces the user's subscription. `replaced`: the profile of the subscription it
-   * replaced ('' when there was none).
-   */
-  async subscribe(userId: string, profile: Profile, input: SubscribeInput): Promise<{ sub: Subscription; replaced: string }> {
+  /** Creates or replaces the user's subscription. */
+  async subscribe(userId: string, profile: Profile, input: SubscribeInput): Promise<Subscription> {
     const { keys, ops } = this.ctx;
     const user = keys.user(userId);
     // What this process remembers of the user's refusals goes (their quota figures, and their
@@ -75,8 +72,7 @@ export class Subscriptions {
     if (r[0] === 'DATES') {
       throw invalidArgument(`endsAt (${new Date(Number(r[2])).toISOString()}) must be after startsAt (${new Date(Number(r[1])).toISOString()})`);
     }
-    // The replaced profile closes the reply (its call's number taken off by ops.ts).
-    return { sub: this.parse(userId, r), replaced: String(r[r.length - 1]) };
+    return this.parse(userId, r);
   }
 
   async get(userId: string): Promise<Subscription | undefined> {

@@ -7,8 +7,8 @@
 --   ms ('' : none); 9 quota override ('' : none); 10 reset usage (1/0); 11 the user's id (its
 --   member in the index); 12 and 13 the profile's rate d and T ('' for a shared bucket: a
 --   user's own bucket is carried over to the profile's rate, see gcra_carry).
--- Reply: the subscription fields (see user_reply) and the profile of the record it replaced (''
---   when there was none), or { 'DATES', starts, ends } when it would end before it starts; then
+-- Reply: the subscription fields (see user_reply), or { 'DATES', starts, ends } when it would
+--   end before it starts; then
 --   the call's sequence number (see op.lua). Past the deadline the
 --   LATE error (see codes.ts), nothing written.
 --@include codes
@@ -38,10 +38,6 @@ if ea >= 0 and ea <= sa then
 end
 local q = tonumber(ARGV[9]) or -1
 local u = user_load(KEYS[1])
-local replaced = ''
-if u then
-  replaced = u.p
-end
 if not u then
   -- A new record's usage generation is the time it was made: a refund of a charge made before
   -- the user was deleted and subscribed again never matches it.
@@ -56,6 +52,5 @@ user_save(KEYS[1], u)
 ended_set(KEYS[2], ARGV[11], u.ea)
 op_end()
 local reply = user_reply(u, now_ms, 0)
-reply[#reply + 1] = replaced
 reply[#reply + 1] = op_number()
 return reply
