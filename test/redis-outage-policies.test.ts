@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Manager, RedisStore, type RedisStoreOptions, type TaskvalveError } from '../src/index.js';
+import { escapeId, rendezvous } from '../src/store/redis/keys.js';
 import { eventually } from './helpers.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
 import { startRedis, type RedisServer } from './support/redis.js';
@@ -342,6 +343,33 @@ describe('a change this process makes to a subscription reaches the outage polic
     expect(await outage(p)).toEqual(spent);
   });
 
+  it.each(['cancelSubscription', 'deleteSubscription'] as const)("a %s reported failed that applied (its reply lost): 'fail-open' admits nothing for the user", async (change) => {
+    const p = await seenWithoutQuota('fail-open');
+    // The same change of another user first: the server has the script, so the reply lost is the change's own.
+    await p.manager.subscribe('bob', 'free');
+    await p.manager[change]('bob');
+    const lost = proxy.dropReplies(1, { match: (r) => r.args.some((arg) => arg.toString() === 'alice') });
+    await expect(p.manager[change]('alice')).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' });
+    await lost.done;
+    const applied = await reader(p, register).manager.getSubscription('alice');
+    expect(applied?.status).toBe(change === 'cancelSubscription' ? 'canceled' : undefined);
+    proxy.blackhole();
+    expect(await decide([p.manager.getLimiter('alice').check(1)])).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
+  });
+
+  it("a rate turn after a change here reads the profile again, and 'fail-open' still admits nothing until an admission answers", async () => {
+    const [p] = (await processes(1, 'fail-open', (m) => m.registerProfile('slow', { rate: { limit: 5, intervalMs: 1000 } }), 2_000)) as [Process];
+    await p.manager.subscribe('alice', 'slow');
+    const alice = p.manager.getLimiter('alice');
+    for (let i = 0; i < 5; i++) expect((await alice.check(1)).allowed).toBe(true);
+    // The bucket is spent: the task waits for its turn, which reads the profile the change made this process forget.
+    const task = alice.submit(() => 'ran');
+    await p.manager.updateSubscriptionQuota('alice', 1000);
+    expect(await task).toBe('ran');
+    proxy.blackhole();
+    expect(await decide([alice.check(1)])).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
+  });
+
   it("after an extension here, 'fail-open' admits the user again once Redis has answered an admission of it", async () => {
     const p = await seenWithoutQuota('fail-open');
     await p.manager.extendSubscription('alice', 60_000);
@@ -352,6 +380,61 @@ describe('a change this process makes to a subscription reaches the outage polic
     expect((await p.manager.getLimiter('alice').check(1)).allowed).toBe(true);
     proxy.blackhole();
     expect(await decide([p.manager.getLimiter('alice').check(1)])).toEqual({ allowed: 1, denied: 0, failed: [] });
+  });
+});
+
+describe('an answer to a call begun before a change here is not learned from (2 client-side shards)', () => {
+  let shards: RedisServer[] = [];
+  let proxies: FaultProxy[] = [];
+
+  beforeAll(async () => {
+    shards = await Promise.all([startRedis(), startRedis()]);
+    proxies = await Promise.all(shards.map((s) => startFaultProxy({ port: s.port })));
+  });
+
+  afterAll(async () => {
+    await Promise.all(proxies.map((p) => p.close()));
+    await Promise.all(shards.map((s) => s.stop()));
+  });
+
+  /** A name `made(i)` for the first i whose key's hash tag `tag(name)` is placed on shard `shard` of 2. */
+  const placed = (shard: number, tag: (name: string) => string, made: (i: number) => string): string => {
+    for (let i = 0; ; i++) if (rendezvous(tag(made(i)), 2) === shard) return made(i);
+  };
+
+  it.each(['local', 'fail-open'] as const)("'%s': an admission in flight across the cancel, answered after it and after a later one, leaves the canceled user undecided", async (policy) => {
+    // The user's record on shard 0, its profile's shared bucket on shard 1: an admission reserves
+    // the quota on the first, then takes from the bucket on the second.
+    const user = placed(0, (id) => `u:${escapeId(id)}`, (i) => `alice-${i}`);
+    const bucket = placed(1, (name) => `b:${escapeId(name)}`, (i) => `bucket-${i}`);
+    const clients = proxies.map((p) => new Redis({ port: p.port }));
+    for (const client of clients) client.on('error', () => {});
+    const store = new RedisStore({ client: clients, prefix: `x${++prefixes}`, timeoutMs: 2_000 });
+    const manager = new Manager({ store, onStoreUnavailable: policy });
+    manager.on('error', () => {});
+    manager.registerProfile('free', { rate: { limit: 100, intervalMs: 1000, shared: bucket } });
+    const [toUser, toBucket] = proxies as [FaultProxy, FaultProxy];
+    try {
+      // Counted among the live processes: 'local' decides (it would fail closed without a count).
+      await eventually(async () => (await store.refreshPresence()) === 1, '1 live process');
+      await manager.subscribe(user, 'free');
+      expect((await manager.getLimiter(user).check(1)).allowed).toBe(true);
+      // A: its quota reserved, its take held on the way to the bucket's shard.
+      toBucket.blackhole();
+      const a = manager.getLimiter(user).check(1);
+      await toBucket.until((s) => s.heldChunks > 0);
+      expect((await manager.cancelSubscription(user)).status).toBe('canceled');
+      // B, begun after the cancel, is answered first; then A, which began before it.
+      await expect(manager.getLimiter(user).check(1)).rejects.toMatchObject({ code: 'SUBSCRIPTION_INACTIVE' });
+      toBucket.heal();
+      expect((await a).allowed).toBe(true);
+      toUser.blackhole();
+      expect(await decide(Array.from({ length: 3 }, () => manager.getLimiter(user).check(1)))).toEqual({ allowed: 0, denied: 0, failed: Array(3).fill('STORE_UNAVAILABLE') });
+    } finally {
+      for (const p of proxies) p.heal();
+      await manager.close({ timeoutMs: 0 });
+      for (const client of clients) client.disconnect();
+    }
   });
 });
 

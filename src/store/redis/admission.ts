@@ -42,6 +42,8 @@ class Asking {
     readonly out: AdmitResult,
     /** When it was asked (this process's µs): a refusal learned from it dates from then. */
     readonly sentUs: number,
+    /** The count of subscription changes when it was asked: its answer may predate a later one (Handles.learns). */
+    readonly began: number,
   ) {}
 }
 
@@ -66,7 +68,7 @@ export class Admission {
       const refused = this.denials.refusal(out, this.bucketOf(ref, profile), ref.user, profile, cost, sentUs, ref.usage);
       if (refused !== undefined) return Promise.resolve(refused);
     }
-    return this.attempt(new Asking(userId, ref, cost, mode, waiting, out, sentUs), profile, 0);
+    return this.attempt(new Asking(userId, ref, cost, mode, waiting, out, sentUs, this.handles.now), profile, 0);
   }
 
   /**
@@ -112,8 +114,17 @@ export class Admission {
     }
     const profile = answer.profile ?? this.ctx.profiles.get(String(r[11]));
     if (profile === undefined) throw this.unknownProfile(userId);
-    ref.profile = profile;
-    this.fill(out, userId, ref, profile, r);
+    this.fill(out, userId, profile, r);
+    // The standing the outage policies decide on, unless this process changed the subscription
+    // since the call began: the answer may predate the change.
+    if (this.handles.learns(ref, a.began)) {
+      ref.profile = profile;
+      ref.usage = out.usage;
+      ref.usable = out.verdict <= Verdict.QUOTA_EXCEEDED;
+      ref.quota = out.quotaLimit ?? -1;
+      ref.period = out.period;
+    }
+    this.handles.answered(ref);
     if (profile.shared !== undefined && this.outage.active) this.outage.answered(this.bucketOf(ref, profile));
     if (out.verdict === Verdict.RATE_LIMITED) {
       // admit.lua tells the exact µs (-1 from the protocol across slots: whole ms only).
@@ -272,7 +283,7 @@ export class Admission {
   }
 
   /** Copies a script's reply into the result object. */
-  private fill(out: AdmitResult, userId: string, ref: Ref, profile: Profile, reply: Reply): AdmitResult {
+  private fill(out: AdmitResult, userId: string, profile: Profile, reply: Reply): AdmitResult {
     // Every field of an admission's answer is a number (the name, at 11, is read elsewhere), a
     // heap number as read from the reply: those that are integers are made small (util/small.ts).
     const r = reply as number[];
@@ -308,11 +319,6 @@ export class Admission {
       if (r[10] === 1) this.ctx.listener.expired(userId, profile.name);
     }
     if (verdict === Verdict.QUEUED) out.bucket = waitKey(userId, profile);
-    ref.usage = out.usage;
-    ref.usable = verdict <= Verdict.QUOTA_EXCEEDED;
-    ref.quota = out.quotaLimit ?? -1;
-    ref.period = out.period;
-    this.handles.answered(ref);
     return out;
   }
 

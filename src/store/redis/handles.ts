@@ -5,14 +5,12 @@
  * the most recently answered users' entries too (bounded), so that a user whose handle was
  * dropped from the manager's cache is still known.
  *
- * Deletions and other subscription changes this process makes reach every entry of that user by
- * its next call: an entry whose user was deleted forgets what it knew, one whose subscription
- * was changed (its profile, status, dates, quota or usage) forgets the profile, and with it the
- * standing the outage policies would decide on (an answer read in between, to a call begun
- * before the change, included). A remembered entry is marked at once with what it must forget. An entry
- * only a handle holds (never answered, or no longer remembered) catches up from the deletions
- * and changes made since it last looked; those are bounded, and when they were cleared the
- * entry forgets what it may have missed.
+ * Every change this process makes to a user's subscription (a deletion included) makes that
+ * user's entries forget what they saw, and an answer to a call that began before the change is
+ * not learned from (it may predate the change): the entry learns again from the next answer to a
+ * call begun after it. A remembered entry forgets at once. An entry only a handle holds (never
+ * answered, or no longer remembered) catches up from the changes made since it last looked;
+ * those are bounded, and when they were cleared the entry forgets what it may have missed.
  */
 import type { Profile } from '../../profile.js';
 import type { UserSlot } from '../store.js';
@@ -20,10 +18,8 @@ import { Recent } from '../../util/recent.js';
 import type { Keys } from './keys.js';
 
 /**
- * Deleted users, and users whose subscription this process changed otherwise, kept at most (each)
- * for the entries only a handle holds. Past it the map is cleared, and those entries forget what
- * they may have missed: all they knew for deletions, the profile for other changes (a new record
- * counts as one: see RedisStore.subscribe).
+ * Users whose subscription this process changed (or deleted) kept at most for the entries only a
+ * handle holds. Past it the record is cleared, and those entries forget what they may have missed.
  */
 const MAX_MARKED = 10_000;
 
@@ -41,9 +37,9 @@ function groupOf(user: string): number {
 }
 
 /**
- * Changes of one kind this process made (deletions, or other subscription changes): by user key,
- * the count when the user's last one was made, for the entries only a handle holds. Bounded:
- * past MAX_MARKED it is cleared, and an entry up to date only before then may have missed one.
+ * The subscription changes this process made: by user key, the count when the user's last one
+ * was made, for the entries only a handle holds. Bounded: past MAX_MARKED it is cleared, and an
+ * entry up to date only before then may have missed one.
  */
 class ChangeRecord {
   private readonly at = new Map<string, number>();
@@ -75,34 +71,26 @@ export interface Ref {
   /** From the latest answer: the quota limit in force (-1: none), and the usage period's token. */
   quota: number;
   period: number;
-  /** The count of deletions and subscription changes when the entry was last known to be up to date with them. */
+  /** The count of subscription changes when the entry was last known to be up to date with them. */
   seen: number;
+  /**
+   * The count of changes when the entry last forgot what it saw for a change of its user: an
+   * answer to a call that began before (see Handles.learns) is not learned from.
+   */
+  forgotAt: number;
   /** The user's group (see GROUPS). */
   group: number;
   /** The remembered users' turn the entry was last set in (-1: not remembered; see Recent.turn). */
   turn: number;
-  /**
-   * What the entry must forget on its next call (Forget): a deletion or subscription change this
-   * process made while it was remembered. Kept until then, so that an answer read after the
-   * change, to a call that began before it, is forgotten too.
-   */
-  pending: Forget;
 }
 
-/** What an entry must forget: nothing, its profile, or all it knew. */
-type Forget = 0 | 1 | 2;
-const Forget = { NOTHING: 0, PROFILE: 1, ALL: 2 } as const;
-
-/** The entries of one store: held by limiter handles, the latest answered remembered; and the deletions they catch up with. */
+/** The entries of one store: held by limiter handles, the latest answered remembered; and the changes they catch up with. */
 export class Handles {
-  /**
-   * Deletions and subscription changes this process made, and by user key the count when the last of
-   * each was made (bounded), for the entries only a handle holds.
-   */
+  /** The subscription changes this process made (deletions included), counted. */
   private marks = 0;
-  private readonly deleted = new ChangeRecord();
-  private readonly changed = new ChangeRecord();
-  /** Per group of users, the count when the last deletion or subscription change in it was made. */
+  /** By user key, the count when the last change of the user was made (bounded), for the entries only a handle holds. */
+  private readonly changes = new ChangeRecord();
+  /** Per group of users, the count when the last subscription change in it was made. */
   private readonly groupMarks = new Float64Array(GROUPS);
   /** The users answered most recently, by key: at most `max`, and at least the `max / 2` most recent. */
   private readonly remembered: Recent<string, Ref>;
@@ -122,32 +110,46 @@ export class Handles {
 
   /**
    * The user's entry for this store: the one `slot` holds, else the remembered one, else a new
-   * one (remembered from its first answer on); kept in `slot`, up to date with deletions.
+   * one (remembered from its first answer on); kept in `slot`, up to date with the changes.
    */
   ref(userId: string, slot: UserSlot | undefined): Ref {
     const held = slot?.ref as Ref | undefined;
     if (held !== undefined && held.owner === this) {
-      if (held.pending !== Forget.NOTHING) applyPending(held);
       this.upToDate(held);
       return held;
     }
     const user = this.keys.user(userId);
     let ref = this.remembered.get(user);
     if (ref === undefined) {
-      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, group: groupOf(user), turn: -1, pending: Forget.NOTHING };
-    } else if (ref.pending !== Forget.NOTHING) applyPending(ref);
+      ref = { owner: this, user, profile: undefined, usage: 0, usable: false, quota: -1, period: 0, seen: this.marks, forgotAt: 0, group: groupOf(user), turn: -1 };
+    }
     if (slot !== undefined) slot.ref = ref;
     return ref;
   }
 
   /**
-   * Whether a deletion or subscription change made since the entry was last up to date may concern
-   * it: one in its group of users, or the maps' clearing. (Most changes concern other users: the
-   * entry's own are looked up only then.)
+   * Whether a subscription change made since the entry was last up to date may concern it: one in
+   * its group of users, or the record's clearing. (Most changes concern other users: the entry's
+   * own are looked up only then.)
    */
   private stale(ref: Ref): boolean {
     const seen = ref.seen;
-    return seen !== this.marks && ((this.groupMarks[ref.group] as number) > seen || seen < this.changed.clearedAt || seen < this.deleted.clearedAt);
+    return seen !== this.marks && ((this.groupMarks[ref.group] as number) > seen || seen < this.changes.clearedAt);
+  }
+
+  /** The count of changes so far: a call notes it as it begins (see learns). */
+  get now(): number {
+    return this.marks;
+  }
+
+  /**
+   * Whether the answer to a call of the entry's user that began at `began` (see now) may teach
+   * the entry what it says: not when the entry forgot what it saw for a change made since (the
+   * answer may predate the change).
+   */
+  learns(ref: Ref, began: number): boolean {
+    this.upToDate(ref);
+    return ref.forgotAt <= began;
   }
 
   /** An entry not remembered catches up with the changes it may have missed (a remembered one is told of them). */
@@ -168,28 +170,29 @@ export class Handles {
     ref.turn = remembered.turn;
   }
 
-  /** The user with key `user` was deleted: entries forget what they knew of it. */
+  /** The user with key `user` was deleted: entries forget what they knew of it, and it is no longer remembered. */
   forget(user: string): void {
-    this.mark(this.deleted, user);
-    const ref = this.remembered.get(user);
+    const ref = this.subscriptionChanged(user);
     if (ref === undefined) return;
-    ref.pending = Forget.ALL;
     this.remembered.delete(user);
     this.release(ref);
   }
 
   /**
-   * This process changed the subscription of the user with key `user` (subscribed it again,
-   * moved it to another profile, canceled or extended it, set its quota or reset its usage), or
-   * may have (the call failed): entries forget the profile they saw, so the outage policies
-   * decide nothing for the user until an admission answers for it again, and the next call that
-   * needs the profile reads it again (a rate turn included, which takes from the bucket of the
-   * profile it knows).
+   * This process changed the subscription of the user with key `user` (subscribed it, moved it to
+   * another profile, canceled or extended it, set its quota, reset its usage, deleted it), or
+   * may have (the call failed): entries forget what they saw, so the outage policies decide
+   * nothing for the user until an admission begun after the change answers, and the next call
+   * that needs the profile reads it again (a rate turn included, which takes from the bucket of
+   * the profile it knows). Answers the remembered entry, if any.
    */
-  subscriptionChanged(user: string): void {
-    this.mark(this.changed, user);
+  subscriptionChanged(user: string): Ref | undefined {
+    this.marks++;
+    this.changes.add(user, this.marks);
+    this.groupMarks[groupOf(user)] = this.marks;
     const ref = this.remembered.get(user);
-    if (ref !== undefined && ref.pending === Forget.NOTHING) ref.pending = Forget.PROFILE;
+    if (ref !== undefined) this.unlearn(ref);
+    return ref;
   }
 
   /** A remembered entry no longer is: up to date now, it catches up on its own from here. */
@@ -198,35 +201,19 @@ export class Handles {
     ref.seen = this.marks;
   }
 
-  private mark(record: ChangeRecord, user: string): void {
-    this.marks++;
-    record.add(user, this.marks);
-    this.groupMarks[groupOf(user)] = this.marks;
-  }
-
-  /**
-   * An entry whose user this process deleted since it was last up to date forgets the profile
-   * and standing it saw; one whose subscription it changed otherwise forgets the profile.
-   */
+  /** An entry whose user this process changed since it was last up to date forgets what it saw. */
   private catchUp(ref: Ref): void {
-    if (this.deleted.missed(ref.user, ref.seen)) unlearn(ref, Forget.ALL);
-    else if (this.changed.missed(ref.user, ref.seen)) unlearn(ref, Forget.PROFILE);
+    if (this.changes.missed(ref.user, ref.seen)) this.unlearn(ref);
     ref.seen = this.marks;
   }
-}
 
-/** The entry forgets what a change made while it was remembered calls for. */
-function applyPending(ref: Ref): void {
-  unlearn(ref, ref.pending);
-  ref.pending = Forget.NOTHING;
-}
-
-/** The entry forgets its profile, or all it saw. */
-function unlearn(ref: Ref, what: Forget): void {
-  ref.profile = undefined;
-  if (what !== Forget.ALL) return;
-  ref.usage = 0;
-  ref.usable = false;
-  ref.quota = -1;
-  ref.period = 0;
+  /** The entry forgets all it saw, and answers to calls begun until now (see learns). */
+  private unlearn(ref: Ref): void {
+    ref.profile = undefined;
+    ref.usage = 0;
+    ref.usable = false;
+    ref.quota = -1;
+    ref.period = 0;
+    ref.forgotAt = this.marks;
+  }
 }

@@ -220,11 +220,11 @@ export class RedisStore implements Store {
   }
 
   /**
-   * A change of the user's subscription by this process, once it is applied or has failed (it
-   * may have applied): the user's entries forget the standing they saw (what the outage
-   * policies decide on, and the profile whose bucket rate turns take from) until an admission
-   * answers for the user again. A canceled subscription or a quota set here is never decided
-   * without Redis on what an earlier answer said.
+   * A change of the user's subscription by this process (a deletion included), once it is
+   * applied or has failed (it may have applied): the user's entries forget the standing they saw
+   * (what the outage policies decide on, and the profile whose bucket rate turns take from) until
+   * an admission begun after the change answers. A canceled subscription or a quota set here is
+   * never decided without Redis on what an earlier answer said.
    */
   private async changing<T>(userId: string, change: Promise<T>): Promise<T> {
     try {
@@ -236,7 +236,7 @@ export class RedisStore implements Store {
 
   /** Deletes the user's record, then the user's dead letters (also when there was no record: a retry completes a delete). */
   async deleteSubscription(userId: string): Promise<string | undefined> {
-    const profileName = await this.subscriptions.delete(userId);
+    const profileName = await this.changing(userId, this.subscriptions.delete(userId));
     await this.deadLetters.forget([userId]);
     return profileName;
   }

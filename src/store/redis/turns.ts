@@ -57,6 +57,7 @@ export class Turns {
     const first = waiters[0];
     if (first === undefined) return { taken: 0, waitMs: 0, receipts: [] };
     const ref = this.handles.ref(first.userId, first.slot);
+    const began = this.handles.now;
     const profile = ref.profile ?? (await this.subscriptions.profileOf(first.userId, ref.user));
     if (!profile) {
       // No such user any more: nothing to limit for the user's waiters (as take() answers).
@@ -64,7 +65,8 @@ export class Turns {
       while (n < waiters.length && (waiters[n] as TurnRequest).userId === first.userId) n++;
       return { taken: n, waitMs: 0, receipts: new Array<undefined>(n).fill(undefined) };
     }
-    ref.profile = profile;
+    // Unless this process changed the subscription meanwhile (the read may predate the change).
+    if (this.handles.learns(ref, began)) ref.profile = profile;
     const rate = profile.rate;
     if (first.cost > rate.burst) return { taken: 0, waitMs: Infinity, receipts: [] };
     const costs = [first.cost];
@@ -91,9 +93,10 @@ export class Turns {
   /** A lone rate turn (a retry's): 0 when taken, else ms to wait (Infinity: never). */
   async one(userId: string, cost: number, slot: UserSlot | undefined, receipt: { value: RateReceipt | undefined } | undefined): Promise<number> {
     const ref = this.handles.ref(userId, slot);
+    const began = this.handles.now;
     const profile = ref.profile ?? (await this.subscriptions.profileOf(userId, ref.user));
     if (!profile) return 0;
-    ref.profile = profile;
+    if (this.handles.learns(ref, began)) ref.profile = profile;
     const rate = profile.rate;
     if (cost > rate.burst) return Infinity;
     const shared = profile.shared !== undefined;
