@@ -402,21 +402,33 @@ describe('an answer to a call begun before a change here is not learned from (2 
     for (let i = 0; ; i++) if (rendezvous(tag(made(i)), 2) === shard) return made(i);
   };
 
-  it.each(['local', 'fail-open'] as const)("'%s': an admission in flight across the cancel, answered after it and after a later one, leaves the canceled user undecided", async (policy) => {
-    // The user's record on shard 0, its profile's shared bucket on shard 1: an admission reserves
-    // the quota on the first, then takes from the bucket on the second.
+  /**
+   * One process over the 2 shards, counted among the live ones (else 'local' decides nothing), for
+   * a user whose record is on shard 0 and a shared bucket on shard 1: an admission of one of the
+   * bucket's users reserves the quota on the first, then takes from the bucket on the second.
+   */
+  async function acrossShards(policy: Policy, timeoutMs: number, register: (m: Manager, bucket: string) => void) {
     const user = placed(0, (id) => `u:${escapeId(id)}`, (i) => `alice-${i}`);
     const bucket = placed(1, (name) => `b:${escapeId(name)}`, (i) => `bucket-${i}`);
     const clients = proxies.map((p) => new Redis({ port: p.port }));
     for (const client of clients) client.on('error', () => {});
-    const store = new RedisStore({ client: clients, prefix: `x${++prefixes}`, timeoutMs: 2_000 });
+    const store = new RedisStore({ client: clients, prefix: `x${++prefixes}`, timeoutMs });
     const manager = new Manager({ store, onStoreUnavailable: policy });
     manager.on('error', () => {});
-    manager.registerProfile('free', { rate: { limit: 100, intervalMs: 1000, shared: bucket } });
+    register(manager, bucket);
     const [toUser, toBucket] = proxies as [FaultProxy, FaultProxy];
+    const close = async (): Promise<void> => {
+      for (const p of proxies) p.heal();
+      await manager.close({ timeoutMs: 0 });
+      for (const client of clients) client.disconnect();
+    };
+    await eventually(async () => (await store.refreshPresence()) === 1, '1 live process');
+    return { user, manager, toUser, toBucket, close };
+  }
+
+  it.each(['local', 'fail-open'] as const)("'%s': an admission in flight across the cancel, answered after it and after a later one, leaves the canceled user undecided", async (policy) => {
+    const { user, manager, toUser, toBucket, close } = await acrossShards(policy, 1_000, (m, bucket) => m.registerProfile('free', { rate: { limit: 100, intervalMs: 1000, shared: bucket } }));
     try {
-      // Counted among the live processes: 'local' decides (it would fail closed without a count).
-      await eventually(async () => (await store.refreshPresence()) === 1, '1 live process');
       await manager.subscribe(user, 'free');
       expect((await manager.getLimiter(user).check(1)).allowed).toBe(true);
       // A: its quota reserved, its take held on the way to the bucket's shard.
@@ -431,9 +443,28 @@ describe('an answer to a call begun before a change here is not learned from (2 
       toUser.blackhole();
       expect(await decide(Array.from({ length: 3 }, () => manager.getLimiter(user).check(1)))).toEqual({ allowed: 0, denied: 0, failed: Array(3).fill('STORE_UNAVAILABLE') });
     } finally {
-      for (const p of proxies) p.heal();
-      await manager.close({ timeoutMs: 0 });
-      for (const client of clients) client.disconnect();
+      await close();
+    }
+  });
+
+  it("'local': admissions begun before a move here to a profile with a hard quota, failing after a later one was answered, are decided on the new profile: none admitted", async () => {
+    const { user, manager, toBucket, close } = await acrossShards('local', 300, (m, bucket) => {
+      m.registerProfile('soft', { rate: { limit: 100, intervalMs: 1000, shared: bucket }, quota: { limit: 1000, kind: 'soft' } });
+      m.registerProfile('hard', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 3 } });
+    });
+    try {
+      await manager.subscribe(user, 'soft');
+      expect((await manager.getLimiter(user).check(1)).allowed).toBe(true);
+      // X: their quota reserved on the user's shard, their takes held on the way to the bucket's, until they time out.
+      toBucket.blackhole();
+      const xs = Array.from({ length: 4 }, () => manager.getLimiter(user).check(1));
+      await toBucket.until((s) => s.heldChunks > 0);
+      expect((await manager.changeProfile(user, 'hard')).quotaLimit).toBe(3);
+      // Y, begun after the move (its own bucket is on the user's shard), is answered: the quota of 3 is spent.
+      await expect(manager.getLimiter(user).check(1)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED' });
+      expect(await decide(xs)).toEqual({ allowed: 0, denied: 0, failed: Array(4).fill('STORE_UNAVAILABLE') });
+    } finally {
+      await close();
     }
   });
 });

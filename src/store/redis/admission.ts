@@ -88,11 +88,16 @@ export class Admission {
     // A failed call's error passes to the caller as it is, without a handler that would only
     // throw it again, unless the outage policy decides.
     if (!this.outage.decides) return answers.then(answer);
-    return answers.then(answer, (error: unknown) => this.unanswered(a, profile, error));
+    return answers.then(answer, (error: unknown) => this.unanswered(a, error));
   }
 
-  /** A call that failed: the outage policy decides (or the error is the caller's). */
-  private unanswered(a: Asking, profile: Profile | undefined, error: unknown): AdmitResult {
+  /**
+   * A call that failed: the outage policy decides (or the error is the caller's), on the standing
+   * the entry holds now and the profile it learned with it, not the profile the call began with:
+   * an answer since, to a call begun after a change here, may have taught the entry another one.
+   */
+  private unanswered(a: Asking, error: unknown): AdmitResult {
+    const profile = a.ref.profile;
     return this.outage.admit(error, a.out, a.userId, a.ref, profile, a.cost, profile === undefined ? a.ref.user : this.bucketOf(a.ref, profile));
   }
 
