@@ -22,7 +22,7 @@ const TIMEOUT_MS = 200;
 let server: RedisServer;
 let proxy: FaultProxy;
 let prefixes = 0;
-const open: { manager: Manager; client: Redis }[] = [];
+const open: { manager: Manager; clients: Redis[] }[] = [];
 
 beforeAll(async () => {
   server = await startRedis();
@@ -36,9 +36,9 @@ afterAll(async () => {
 
 afterEach(async () => {
   proxy.heal();
-  for (const { manager, client } of open.splice(0)) {
+  for (const { manager, clients } of open.splice(0)) {
     await manager.close({ timeoutMs: 0 });
-    client.disconnect();
+    for (const client of clients) client.disconnect();
   }
 });
 
@@ -49,26 +49,28 @@ interface Process {
 }
 
 /**
- * `count` processes on one prefix, each a Manager over its own client through the proxy, with
- * `register` run on each; each has counted the others (presence).
+ * `count` processes on one prefix, each a Manager over its own client through the proxy (or the
+ * clients `connect` opens: one per shard), with `register` run on each; each has counted the
+ * others (presence).
  */
 async function processes(
   count: number,
   policy: Policy | Policy[],
   register: (manager: Manager) => void,
   timeoutMs = TIMEOUT_MS,
-  options: Pick<RedisStoreOptions, 'rememberedUsers'> = {},
+  options: Pick<RedisStoreOptions, 'rememberedUsers'> & { connect?: () => Redis[] } = {},
 ): Promise<Process[]> {
+  const { connect = () => [new Redis({ port: proxy.port })], ...storeOptions } = options;
   const prefix = `o${++prefixes}`;
   const all: Process[] = [];
   for (let i = 0; i < count; i++) {
-    const client = new Redis({ port: proxy.port });
-    client.on('error', () => {}); // the proxy's faults are expected
-    const store = new RedisStore({ client, prefix, timeoutMs, ...options });
+    const clients = connect();
+    for (const client of clients) client.on('error', () => {}); // the proxy's faults are expected
+    const store = new RedisStore({ client: clients.length === 1 ? (clients[0] as Redis) : clients, prefix, timeoutMs, ...storeOptions });
     const manager = new Manager({ store, onStoreUnavailable: Array.isArray(policy) ? (policy[i] as Policy) : policy });
     manager.on('error', () => {}); // charge-backs that fail while Redis is away are reported here
     register(manager);
-    open.push({ manager, client });
+    open.push({ manager, clients });
     all.push({ manager, store, prefix });
   }
   // Each counts itself as soon as it registered a profile: wait until every one sees all.
@@ -82,7 +84,7 @@ function reader(of: Process, register: (manager: Manager) => void): Process {
   const store = new RedisStore({ client, prefix: of.prefix });
   const manager = new Manager({ store });
   register(manager);
-  open.push({ manager, client });
+  open.push({ manager, clients: [client] });
   return { manager, store, prefix: of.prefix };
 }
 
@@ -402,70 +404,73 @@ describe('an answer to a call begun before a change here is not learned from (2 
     for (let i = 0; ; i++) if (rendezvous(tag(made(i)), 2) === shard) return made(i);
   };
 
+  afterEach(() => {
+    for (const p of proxies) p.heal();
+  });
+
   /**
-   * One process over the 2 shards, counted among the live ones (else 'local' decides nothing), for
-   * a user whose record is on shard 0 and a shared bucket on shard 1: an admission of one of the
-   * bucket's users reserves the quota on the first, then takes from the bucket on the second.
+   * One process over the 2 shards, for a user whose record is on shard 0 and a shared bucket on
+   * shard 1: an admission of one of the bucket's users reserves the quota on the first, then
+   * takes from the bucket on the second.
    */
-  async function acrossShards(policy: Policy, timeoutMs: number, register: (m: Manager, bucket: string) => void) {
+  async function acrossShards(policy: Policy, timeoutMs: number, register: (m: Manager, bucket: string) => void, options: Pick<RedisStoreOptions, 'rememberedUsers'> = {}) {
     const user = placed(0, (id) => `u:${escapeId(id)}`, (i) => `alice-${i}`);
     const bucket = placed(1, (name) => `b:${escapeId(name)}`, (i) => `bucket-${i}`);
-    const clients = proxies.map((p) => new Redis({ port: p.port }));
-    for (const client of clients) client.on('error', () => {});
-    const store = new RedisStore({ client: clients, prefix: `x${++prefixes}`, timeoutMs });
-    const manager = new Manager({ store, onStoreUnavailable: policy });
-    manager.on('error', () => {});
-    register(manager, bucket);
+    const [p] = (await processes(1, policy, (m) => register(m, bucket), timeoutMs, { ...options, connect: () => proxies.map((x) => new Redis({ port: x.port })) })) as [Process];
     const [toUser, toBucket] = proxies as [FaultProxy, FaultProxy];
-    const close = async (): Promise<void> => {
-      for (const p of proxies) p.heal();
-      await manager.close({ timeoutMs: 0 });
-      for (const client of clients) client.disconnect();
-    };
-    await eventually(async () => (await store.refreshPresence()) === 1, '1 live process');
-    return { user, manager, toUser, toBucket, close };
+    return { user, manager: p.manager, toUser, toBucket };
   }
 
   it.each(['local', 'fail-open'] as const)("'%s': an admission in flight across the cancel, answered after it and after a later one, leaves the canceled user undecided", async (policy) => {
-    const { user, manager, toUser, toBucket, close } = await acrossShards(policy, 1_000, (m, bucket) => m.registerProfile('free', { rate: { limit: 100, intervalMs: 1000, shared: bucket } }));
-    try {
-      await manager.subscribe(user, 'free');
-      expect((await manager.getLimiter(user).check(1)).allowed).toBe(true);
-      // A: its quota reserved, its take held on the way to the bucket's shard.
-      toBucket.blackhole();
-      const a = manager.getLimiter(user).check(1);
-      await toBucket.until((s) => s.heldChunks > 0);
-      expect((await manager.cancelSubscription(user)).status).toBe('canceled');
-      // B, begun after the cancel, is answered first; then A, which began before it.
-      await expect(manager.getLimiter(user).check(1)).rejects.toMatchObject({ code: 'SUBSCRIPTION_INACTIVE' });
-      toBucket.heal();
-      expect((await a).allowed).toBe(true);
-      toUser.blackhole();
-      expect(await decide(Array.from({ length: 3 }, () => manager.getLimiter(user).check(1)))).toEqual({ allowed: 0, denied: 0, failed: Array(3).fill('STORE_UNAVAILABLE') });
-    } finally {
-      await close();
-    }
+    const { user, manager, toUser, toBucket } = await acrossShards(policy, 1_000, (m, bucket) => m.registerProfile('free', { rate: { limit: 100, intervalMs: 1000, shared: bucket } }));
+    await manager.subscribe(user, 'free');
+    expect((await manager.getLimiter(user).check(1)).allowed).toBe(true);
+    // A: its quota reserved, its take held on the way to the bucket's shard.
+    toBucket.blackhole();
+    const a = manager.getLimiter(user).check(1);
+    await toBucket.until((s) => s.heldChunks > 0);
+    expect((await manager.cancelSubscription(user)).status).toBe('canceled');
+    // B, begun after the cancel, is answered first; then A, which began before it.
+    await expect(manager.getLimiter(user).check(1)).rejects.toMatchObject({ code: 'SUBSCRIPTION_INACTIVE' });
+    toBucket.heal();
+    expect((await a).allowed).toBe(true);
+    toUser.blackhole();
+    expect(await decide(Array.from({ length: 3 }, () => manager.getLimiter(user).check(1)))).toEqual({ allowed: 0, denied: 0, failed: Array(3).fill('STORE_UNAVAILABLE') });
+  });
+
+  it("'fail-open': the same for an entry only its limiter handle holds (remembering 1 user), its answer read before any later call begins", async () => {
+    const { user, manager, toUser, toBucket } = await acrossShards('fail-open', 1_000, (m, bucket) => m.registerProfile('free', { rate: { limit: 100, intervalMs: 1000, shared: bucket } }), { rememberedUsers: 1 });
+    await manager.subscribe(user, 'free');
+    await manager.subscribe('other', 'free');
+    const alice = manager.getLimiter(user);
+    expect((await alice.check(1)).allowed).toBe(true);
+    // Answered last, the other user is the one remembered: the first one's entry is its handle's alone.
+    expect((await manager.getLimiter('other').check(1)).allowed).toBe(true);
+    toBucket.blackhole();
+    const a = alice.check(1);
+    await toBucket.until((s) => s.heldChunks > 0);
+    expect((await manager.cancelSubscription(user)).status).toBe('canceled');
+    toBucket.heal();
+    expect((await a).allowed).toBe(true);
+    toUser.blackhole();
+    expect(await decide([alice.check(1)])).toEqual({ allowed: 0, denied: 0, failed: ['STORE_UNAVAILABLE'] });
   });
 
   it("'local': admissions begun before a move here to a profile with a hard quota, failing after a later one was answered, are decided on the new profile: none admitted", async () => {
-    const { user, manager, toBucket, close } = await acrossShards('local', 300, (m, bucket) => {
+    const { user, manager, toBucket } = await acrossShards('local', 300, (m, bucket) => {
       m.registerProfile('soft', { rate: { limit: 100, intervalMs: 1000, shared: bucket }, quota: { limit: 1000, kind: 'soft' } });
       m.registerProfile('hard', { rate: { limit: 100, intervalMs: 1000 }, quota: { limit: 3 } });
     });
-    try {
-      await manager.subscribe(user, 'soft');
-      expect((await manager.getLimiter(user).check(1)).allowed).toBe(true);
-      // X: their quota reserved on the user's shard, their takes held on the way to the bucket's, until they time out.
-      toBucket.blackhole();
-      const xs = Array.from({ length: 4 }, () => manager.getLimiter(user).check(1));
-      await toBucket.until((s) => s.heldChunks > 0);
-      expect((await manager.changeProfile(user, 'hard')).quotaLimit).toBe(3);
-      // Y, begun after the move (its own bucket is on the user's shard), is answered: the quota of 3 is spent.
-      await expect(manager.getLimiter(user).check(1)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED' });
-      expect(await decide(xs)).toEqual({ allowed: 0, denied: 0, failed: Array(4).fill('STORE_UNAVAILABLE') });
-    } finally {
-      await close();
-    }
+    await manager.subscribe(user, 'soft');
+    expect((await manager.getLimiter(user).check(1)).allowed).toBe(true);
+    // X: their quota reserved on the user's shard, their takes held on the way to the bucket's, until they time out.
+    toBucket.blackhole();
+    const xs = Array.from({ length: 4 }, () => manager.getLimiter(user).check(1));
+    await toBucket.until((s) => s.heldChunks > 0);
+    expect((await manager.changeProfile(user, 'hard')).quotaLimit).toBe(3);
+    // Y, begun after the move (its own bucket is on the user's shard), is answered: the quota of 3 is spent.
+    await expect(manager.getLimiter(user).check(1)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED' });
+    expect(await decide(xs)).toEqual({ allowed: 0, denied: 0, failed: Array(4).fill('STORE_UNAVAILABLE') });
   });
 });
 

@@ -122,14 +122,13 @@ export class Admission {
     this.fill(out, userId, profile, r);
     // The standing the outage policies decide on, unless this process changed the subscription
     // since the call began: the answer may predate the change.
-    if (this.handles.learns(ref, a.began)) {
+    if (this.handles.answered(ref, a.began)) {
       ref.profile = profile;
       ref.usage = out.usage;
       ref.usable = out.verdict <= Verdict.QUOTA_EXCEEDED;
       ref.quota = out.quotaLimit ?? -1;
       ref.period = out.period;
     }
-    this.handles.answered(ref);
     if (profile.shared !== undefined && this.outage.active) this.outage.answered(this.bucketOf(ref, profile));
     if (out.verdict === Verdict.RATE_LIMITED) {
       // admit.lua tells the exact µs (-1 from the protocol across slots: whole ms only).

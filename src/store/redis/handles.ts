@@ -157,17 +157,24 @@ export class Handles {
     if (this.stale(ref) && !this.remembered.holds(ref.turn)) this.catchUp(ref);
   }
 
-  /** The entry was just answered: keep it among the remembered users (the least recently answered go first, half the bound at a time). */
-  answered(ref: Ref): void {
+  /**
+   * The entry's user was just answered, to a call that began at `began`: keep the entry among the
+   * remembered users (the least recently answered go first, half the bound at a time), and say
+   * whether the answer may teach it what it says (as learns).
+   */
+  answered(ref: Ref, began: number): boolean {
     const remembered = this.remembered;
-    if (ref.turn === remembered.turn) return;
-    this.upToDate(ref);
-    // Another entry of the same user (a handle kept one while it was not remembered) gives way:
-    // up to date until now, it catches up on its own from here.
-    const other = remembered.get(ref.user);
-    if (other !== undefined && other !== ref) this.release(other);
-    remembered.set(ref.user, ref);
-    ref.turn = remembered.turn;
+    // Set in the current turn: remembered, so told of every change directly.
+    if (ref.turn !== remembered.turn) {
+      this.upToDate(ref);
+      // Another entry of the same user (a handle kept one while it was not remembered) gives way:
+      // up to date until now, it catches up on its own from here.
+      const other = remembered.get(ref.user);
+      if (other !== undefined && other !== ref) this.release(other);
+      remembered.set(ref.user, ref);
+      ref.turn = remembered.turn;
+    }
+    return ref.forgotAt <= began;
   }
 
   /** The user with key `user` was deleted: entries forget what they knew of it, and it is no longer remembered. */

@@ -220,8 +220,8 @@ export class RedisStore implements Store {
   }
 
   /**
-   * A change of the user's subscription by this process (a deletion included), once it is
-   * applied or has failed (it may have applied): the user's entries forget the standing they saw
+   * A change of the user's subscription by this process, once it is applied or has failed (it
+   * may have applied): the user's entries forget the standing they saw
    * (what the outage policies decide on, and the profile whose bucket rate turns take from) until
    * an admission begun after the change answers. A canceled subscription or a quota set here is
    * never decided without Redis on what an earlier answer said.
@@ -234,9 +234,19 @@ export class RedisStore implements Store {
     }
   }
 
-  /** Deletes the user's record, then the user's dead letters (also when there was no record: a retry completes a delete). */
+  /**
+   * Deletes the user's record, then the user's dead letters (also when there was no record: a
+   * retry completes a delete). Applied, the store forgets the user (forget(), as for a sweep's
+   * deletion); failed, the user's entries forget what they saw all the same (see changing).
+   */
   async deleteSubscription(userId: string): Promise<string | undefined> {
-    const profileName = await this.changing(userId, this.subscriptions.delete(userId));
+    let profileName: string | undefined;
+    try {
+      profileName = await this.subscriptions.delete(userId);
+    } catch (error) {
+      this.handles.subscriptionChanged(this.ctx.keys.user(userId));
+      throw error;
+    }
     await this.deadLetters.forget([userId]);
     return profileName;
   }
